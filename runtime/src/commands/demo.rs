@@ -1,0 +1,315 @@
+//! `ferrule demo`: a gateway, a broker and a subscriber in one process.
+//!
+//! Makes a throwaway PKI, starts the embedded broker (rumqttd) on a loopback
+//! port with TLS and client-certificate authentication, runs a gateway with
+//! the `sim` driver and the `scale` processor, and prints every data message
+//! a TLS subscriber receives. Stops after `duration` or on Ctrl-C.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio::sync::watch;
+
+use ferrule::config::Config;
+use ferrule::dev::certs::DevCa;
+use ferrule::gateway;
+use ferrule::publish::{TlsFiles, tls};
+
+const GATEWAY: &str = "demo-gateway";
+
+/// What the demo needs to know.
+pub struct DemoOptions {
+    /// Directory holding `sim.wasm` and `scale.wasm`.
+    pub plugin_dir: PathBuf,
+    /// Stop after this long; `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+}
+
+/// Runs the demo; returns an error if no reading arrived.
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    for plugin in ["sim.wasm", "scale.wasm"] {
+        let path = options.plugin_dir.join(plugin);
+        if !path.is_file() {
+            bail!(
+                "{}: plugin not found; build the plugins first (cargo xtask plugins) or pass --plugin-dir",
+                path.display()
+            );
+        }
+    }
+    let work = tempfile::Builder::new().prefix("ferrule-demo-").tempdir()?;
+    let certs = work.path().join("certs");
+    let ca = DevCa::new(&certs, "demo-ca")?;
+    let server = ca.server("broker", &["localhost", "127.0.0.1"])?;
+    let gateway_id = ca.client("gateway", GATEWAY)?;
+    let viewer = ca.client("viewer", "demo-viewer")?;
+
+    let port = free_port()?;
+    start_broker(port, &ca.cert, &server.cert, &server.key)?;
+    wait_for_port(port, Duration::from_secs(10))?;
+    println!("broker   : embedded, TLS with client certificates, 127.0.0.1:{port}");
+
+    let config_path = work.path().join("ferrule.toml");
+    std::fs::write(
+        &config_path,
+        demo_config(
+            port,
+            &options.plugin_dir,
+            &ca.cert,
+            &gateway_id.cert,
+            &gateway_id.key,
+        ),
+    )?;
+    let config = Config::load(&config_path)?;
+    println!("config   : {}", config_path.display());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let viewer_files = TlsFiles {
+        ca: ca.cert.clone(),
+        client_cert: Some(viewer.cert),
+        client_key: Some(viewer.key),
+    };
+    let (count_tx, mut count_rx) = watch::channel(0u64);
+    let subscriber = tokio::spawn(subscribe(
+        port,
+        viewer_files,
+        started,
+        count_tx,
+        stop_rx.clone(),
+    ));
+
+    let prepared = gateway::prepare(config).await?;
+    println!(
+        "gateway  : {GATEWAY}, plugins loaded in {} ms; readings follow (Ctrl-C to stop)",
+        started.elapsed().as_millis()
+    );
+    let gateway_task = tokio::spawn(gateway::run(prepared, stop_rx));
+
+    let deadline = async {
+        match options.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = deadline => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = stop_tx.send(true);
+    gateway_task.await??;
+    let _ = tokio::time::timeout(Duration::from_secs(2), subscriber).await;
+    let received = *count_rx.borrow_and_update();
+    println!(
+        "demo done: {received} messages received over TLS in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if received == 0 {
+        bail!("no reading reached the subscriber");
+    }
+    Ok(())
+}
+
+fn demo_config(port: u16, plugins: &Path, ca: &Path, cert: &Path, key: &Path) -> String {
+    let plugins = plugins
+        .canonicalize()
+        .unwrap_or_else(|_| plugins.to_path_buf());
+    format!(
+        r#"# Written by `ferrule demo`.
+[gateway]
+id = "{GATEWAY}"
+data_dir = "data"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+ca_file = "{ca}"
+client_cert_file = "{cert}"
+client_key_file = "{key}"
+keep_alive_s = 10
+
+[[driver]]
+name = "line-1"
+plugin = "{sim}"
+interval_ms = 500
+
+[driver.config]
+seed = 42
+channels = [
+  {{ name = "temperature", signal = "sine", offset = 21.0, amplitude = 4.0, period_s = 30.0, unit = "degC" }},
+  {{ name = "pressure", signal = "random-walk", offset = 1013.0, amplitude = 5.0, step = 0.5, unit = "hPa" }},
+  {{ name = "fill", signal = "ramp", offset = 0.0, amplitude = 100.0, period_s = 20.0, unit = "%" }},
+  {{ name = "count", signal = "counter" }},
+]
+
+[[driver.processor]]
+name = "to-fahrenheit"
+plugin = "{scale}"
+
+[driver.processor.config.channels.temperature]
+gain = 1.8
+offset = 32.0
+rename = "temperature_f"
+unit = "degF"
+"#,
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+        sim = plugins.join("sim.wasm").display(),
+        scale = plugins.join("scale.wasm").display(),
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("embedded broker did not listen on {addr} within {limit:?}")
+}
+
+fn start_broker(port: u16, ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<()> {
+    let text = format!(
+        r#"
+id = 0
+[router]
+id = 0
+max_connections = 64
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "demo-tls"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+[v4.1.tls]
+capath = "{ca}"
+certpath = "{cert}"
+keypath = "{key}"
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 1048576
+max_inflight_count = 200
+dynamic_filters = true
+"#,
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display()
+    );
+    let config: rumqttd::Config = toml::from_str(&text).context("embedded broker config")?;
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::Builder::new()
+        .name("demo-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })?;
+    Ok(())
+}
+
+/// Subscribes over TLS and prints each message; counts data messages.
+async fn subscribe(
+    port: u16,
+    files: TlsFiles,
+    started: Instant,
+    count: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut options = MqttOptions::new("demo-viewer", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(10));
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        tls::client_config(&files)?,
+    )));
+    let (client, mut events) = AsyncClient::new(options, 16);
+    client
+        .subscribe(format!("ferrule/{GATEWAY}/#"), QoS::AtLeastOnce)
+        .await?;
+    // After stop, keep reading a little longer so the gateway's last
+    // messages (and its "offline" status) are shown.
+    let mut grace_until: Option<tokio::time::Instant> = None;
+    loop {
+        let grace = async {
+            match grace_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            e = events.poll() => e,
+            _ = stop.changed(), if grace_until.is_none() => {
+                grace_until = Some(tokio::time::Instant::now() + Duration::from_millis(1500));
+                continue;
+            }
+            _ = grace => return Ok(()),
+        };
+        match event {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.topic.ends_with("/status") {
+                    println!("status   : {}", String::from_utf8_lossy(&p.payload));
+                    continue;
+                }
+                let n = *count.borrow() + 1;
+                count.send_replace(n);
+                if n == 1 {
+                    println!(
+                        "first reading arrived {} ms after start",
+                        started.elapsed().as_millis()
+                    );
+                }
+                println!("{}", describe(&p.topic, &p.payload));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "demo subscriber reconnecting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// One line per message: sequence, driver and each reading.
+fn describe(topic: &str, payload: &[u8]) -> String {
+    let Ok(message) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return format!("{topic}: {}", String::from_utf8_lossy(payload));
+    };
+    let mut line = format!(
+        "seq {:>5}  {:<8}",
+        message["seq"],
+        message["driver"].as_str().unwrap_or("?")
+    );
+    if let Some(readings) = message["readings"].as_array() {
+        for r in readings {
+            let value = match &r["value"] {
+                serde_json::Value::Number(n) => match n.as_f64() {
+                    Some(f) if r["type"] == "float" => format!("{f:.2}"),
+                    _ => n.to_string(),
+                },
+                other => other.to_string(),
+            };
+            line.push_str(&format!(
+                "  {}={}{}",
+                r["channel"].as_str().unwrap_or("?"),
+                value,
+                r["unit"]
+                    .as_str()
+                    .map(|u| format!(" {u}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    line
+}

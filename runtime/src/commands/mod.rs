@@ -1,0 +1,118 @@
+//! The `ferrule` command line.
+
+pub mod demo;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferrule::config::Config;
+use ferrule::gateway;
+use tokio::sync::watch;
+
+/// ferrule: a WebAssembly plugin runtime for industrial gateways.
+#[derive(Debug, Parser)]
+#[command(name = "ferrule", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a gateway: poll its drivers, queue every reading, publish over MQTT/TLS.
+    Run {
+        /// The gateway's TOML config file.
+        config: PathBuf,
+    },
+    /// Check a config and every plugin it names, without connecting anywhere.
+    Check { config: PathBuf },
+    /// Run a self-contained demo: embedded TLS broker, sim driver, scale processor.
+    Demo {
+        /// Directory with sim.wasm and scale.wasm.
+        #[arg(
+            long,
+            env = "FERRULE_PLUGIN_DIR",
+            default_value = "target/wasm32-wasip2/release"
+        )]
+        plugin_dir: PathBuf,
+        /// Stop after this long (e.g. 20s, 5m); runs until Ctrl-C when absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => run_gateway(&config).await,
+        Command::Check { config } => check(&config).await,
+        Command::Demo {
+            plugin_dir,
+            duration,
+        } => {
+            demo::run(demo::DemoOptions {
+                plugin_dir,
+                duration,
+            })
+            .await
+        }
+    }
+}
+
+async fn run_gateway(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let prepared = gateway::prepare(config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    gateway::run(prepared, stop_rx).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let drivers = config.drivers.len();
+    let processors: usize = config.drivers.iter().map(|d| d.processors.len()).sum();
+    let prepared = gateway::prepare(config)
+        .await
+        .with_context(|| format!("{}: check failed", path.display()))?;
+    for (spec, _) in &prepared.drivers {
+        println!(
+            "driver {:<16} {} ({} processor(s))",
+            spec.driver.name,
+            spec.driver.loaded.path().display(),
+            spec.processors.len()
+        );
+    }
+    println!(
+        "{}: ok: {drivers} driver(s), {processors} processor(s); every plugin exports its world and accepted its config",
+        path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! The gateway's TOML configuration: its types, how it is read, and the
+//! checks that run before anything starts.
+//!
+//! Every error names the file, line and column and says what was expected.
+//! Paths in the file (plugins, certificates, data directory) are relative to
+//! the directory holding the config file.
+
+mod error;
+mod types;
+
+use std::path::{Path, PathBuf};
+
+pub use error::ConfigError;
+pub use types::{
+    Config, DriverConfig, GatewayConfig, MqttConfig, PluginLimits, ProcessorConfig, QueueConfig,
+};
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and anchors
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_col(text, span.start))
+                .unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.source = path.to_path_buf();
+        config.base_dir = base;
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    /// Resolves a path from the config file against the file's directory.
+    pub fn resolve(&self, relative: &Path) -> PathBuf {
+        if relative.is_absolute() {
+            relative.to_path_buf()
+        } else {
+            self.base_dir.join(relative)
+        }
+    }
+
+    fn invalid(&self, text: &str, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        let (line, column) = line_col(text, span.start);
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let gateway_span = self.gateway.id.span();
+        if self.gateway.id.get_ref().is_empty()
+            || !self.gateway.id.get_ref().chars().all(topic_safe)
+        {
+            return Err(self.invalid(
+                text,
+                gateway_span,
+                format!(
+                    "gateway.id {:?}: expected a non-empty name of letters, digits, '-', '_' or '.'",
+                    self.gateway.id.get_ref()
+                ),
+            ));
+        }
+        if self.drivers.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: self.source.clone(),
+                line: 1,
+                column: 1,
+                message: "no [[driver]] configured; expected at least one".to_string(),
+            });
+        }
+        for file in [
+            Some(&self.mqtt.ca_file),
+            self.mqtt.client_cert_file.as_ref(),
+            self.mqtt.client_key_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let resolved = self.resolve(Path::new(file.get_ref()));
+            if !resolved.is_file() {
+                return Err(self.invalid(
+                    text,
+                    file.span(),
+                    format!(
+                        "file {:?} not found (looked at {})",
+                        file.get_ref(),
+                        resolved.display()
+                    ),
+                ));
+            }
+        }
+        if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                path: self.source.clone(),
+                line: 1,
+                column: 1,
+                message: "mqtt: client_cert_file and client_key_file must be set together"
+                    .to_string(),
+            });
+        }
+        let mut names = std::collections::HashSet::new();
+        for driver in &self.drivers {
+            self.check_name(text, &driver.name, "driver")?;
+            if !names.insert(driver.name.get_ref().clone()) {
+                return Err(self.invalid(
+                    text,
+                    driver.name.span(),
+                    format!("duplicate driver name {:?}", driver.name.get_ref()),
+                ));
+            }
+            if *driver.interval_ms.get_ref() == 0 {
+                return Err(self.invalid(
+                    text,
+                    driver.interval_ms.span(),
+                    "interval_ms: expected a positive number of milliseconds".to_string(),
+                ));
+            }
+            self.check_plugin_file(text, &driver.plugin)?;
+            let mut processor_names = std::collections::HashSet::new();
+            for processor in &driver.processors {
+                self.check_name(text, &processor.name, "processor")?;
+                if !processor_names.insert(processor.name.get_ref().clone()) {
+                    return Err(self.invalid(
+                        text,
+                        processor.name.span(),
+                        format!(
+                            "duplicate processor name {:?} in driver {:?}",
+                            processor.name.get_ref(),
+                            driver.name.get_ref()
+                        ),
+                    ));
+                }
+                self.check_plugin_file(text, &processor.plugin)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_name(
+        &self,
+        text: &str,
+        name: &toml::Spanned<String>,
+        what: &str,
+    ) -> Result<(), ConfigError> {
+        if name.get_ref().is_empty() || !name.get_ref().chars().all(topic_safe) {
+            return Err(self.invalid(
+                text,
+                name.span(),
+                format!(
+                    "{what} name {:?}: expected a non-empty name of letters, digits, '-', '_' or '.'",
+                    name.get_ref()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_plugin_file(
+        &self,
+        text: &str,
+        plugin: &toml::Spanned<PathBuf>,
+    ) -> Result<(), ConfigError> {
+        let resolved = self.resolve(plugin.get_ref());
+        if !resolved.is_file() {
+            return Err(self.invalid(
+                text,
+                plugin.span(),
+                format!(
+                    "plugin file {:?} not found (looked at {})",
+                    plugin.get_ref().display(),
+                    resolved.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Names end up in MQTT topics, so they may not contain `/`, `+`, `#` or spaces.
+fn topic_safe(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// Sandbox limits every plugin gets unless it overrides them.
+    #[serde(default)]
+    pub limits: PluginLimits,
+    #[serde(rename = "driver", default)]
+    pub drivers: Vec<DriverConfig>,
+    /// The file this config was read from.
+    #[serde(skip)]
+    pub source: PathBuf,
+    /// Directory relative paths are resolved against.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Unique name of this gateway; part of every topic and message.
+    pub id: Spanned<String>,
+    /// Where the queue and plugin data live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host name or address; also the name its certificate must carry.
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Defaults to the gateway id.
+    pub client_id: Option<String>,
+    /// First topic level: topics are `{topic_prefix}/{gateway}/...`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// PEM bundle of the CA(s) that sign the broker's certificate.
+    pub ca_file: Spanned<String>,
+    /// PEM certificate chain of this gateway, for mutual TLS.
+    pub client_cert_file: Option<Spanned<String>>,
+    /// PEM private key of this gateway (PKCS#8, PKCS#1 or SEC1).
+    pub client_key_file: Option<Spanned<String>>,
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// Queue entries published but not yet acknowledged, at most.
+    #[serde(default = "default_inflight")]
+    pub max_inflight: u16,
+    /// First reconnect delay; doubles on each failure up to `reconnect_max_ms`.
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+fn default_mqtt_port() -> u16 {
+    8883
+}
+
+fn default_topic_prefix() -> String {
+    "ferrule".to_string()
+}
+
+fn default_keep_alive_s() -> u64 {
+    30
+}
+
+fn default_inflight() -> u16 {
+    32
+}
+
+fn default_reconnect_min_ms() -> u64 {
+    500
+}
+
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// The redb file; defaults to `{data_dir}/queue.redb`.
+    pub path: Option<PathBuf>,
+}
+
+/// Sandbox limits for one plugin instance.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Linear memory, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// Longest a single call (init, poll, process, ...) may run.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            memory_mb: default_memory_mb(),
+            timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
+fn default_memory_mb() -> u64 {
+    64
+}
+
+fn default_timeout_ms() -> u64 {
+    1_000
+}
+
+/// One driver instance and its processor chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriverConfig {
+    /// Unique name; appears in topics as `{prefix}/{gateway}/data/{name}`.
+    pub name: Spanned<String>,
+    /// Path of the driver component (`.wasm`).
+    pub plugin: Spanned<PathBuf>,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: Spanned<u64>,
+    /// Passed to the plugin's `init` as JSON.
+    #[serde(default = "empty_table")]
+    pub config: toml::Value,
+    /// Overrides of the global `[limits]`.
+    pub limits: Option<PluginLimits>,
+    /// Run in order on every batch this driver produces.
+    #[serde(rename = "processor", default)]
+    pub processors: Vec<ProcessorConfig>,
+}
+
+fn default_interval_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 1_000)
+}
+
+fn empty_table() -> toml::Value {
+    toml::Value::Table(toml::Table::new())
+}
+
+/// One processor instance in a driver's chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    pub name: Spanned<String>,
+    pub plugin: Spanned<PathBuf>,
+    #[serde(default = "empty_table")]
+    pub config: toml::Value,
+    pub limits: Option<PluginLimits>,
+}

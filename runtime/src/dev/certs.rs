@@ -1,0 +1,174 @@
+//! A throwaway PKI for the demo and the tests: one CA, a server certificate
+//! for loopback, and client certificates for gateways and subscribers.
+//! Files are written world-readable on purpose, so a broker that drops
+//! privileges (mosquitto started as root) can still read them; never use
+//! these for anything but local testing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// Why the PKI could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A certificate and its key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A CA that can issue more certificates.
+pub struct DevCa {
+    dir: PathBuf,
+    params: CertificateParams,
+    key: KeyPair,
+    /// The CA certificate, PEM.
+    pub cert: PathBuf,
+}
+
+impl DevCa {
+    /// Makes a new CA named `name` and writes `{dir}/{name}.pem`.
+    pub fn new(dir: &Path, name: &str) -> Result<DevCa, CertError> {
+        write_dir(dir)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key)?;
+        let path = dir.join(format!("{name}.pem"));
+        write_file(&path, &cert.pem())?;
+        Ok(DevCa {
+            dir: dir.to_path_buf(),
+            params,
+            key,
+            cert: path,
+        })
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub fn server(&self, file_stem: &str, names: &[&str]) -> Result<CertFiles, CertError> {
+        self.issue(file_stem, names, ExtendedKeyUsagePurpose::ServerAuth, None)
+    }
+
+    /// A client certificate with common name `cn`.
+    pub fn client(&self, file_stem: &str, cn: &str) -> Result<CertFiles, CertError> {
+        self.issue(
+            file_stem,
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            Some(cn),
+        )
+    }
+
+    /// A certificate valid for `names` from now for `validity`.
+    pub fn issue_valid_for(
+        &self,
+        file_stem: &str,
+        names: &[&str],
+        validity: Duration,
+    ) -> Result<CertFiles, CertError> {
+        let now = time_now();
+        self.issue_with(
+            file_stem,
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            None,
+            |p| {
+                p.not_before = now - time::Duration::minutes(5);
+                p.not_after =
+                    now + time::Duration::try_from(validity).unwrap_or(time::Duration::ZERO);
+            },
+        )
+    }
+
+    fn issue(
+        &self,
+        file_stem: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        cn: Option<&str>,
+    ) -> Result<CertFiles, CertError> {
+        self.issue_with(file_stem, names, usage, cn, |_| {})
+    }
+
+    fn issue_with(
+        &self,
+        file_stem: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        cn: Option<&str>,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Result<CertFiles, CertError> {
+        let key = KeyPair::generate()?;
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, cn.unwrap_or(file_stem));
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        adjust(&mut params);
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        let files = CertFiles {
+            cert: self.dir.join(format!("{file_stem}.pem")),
+            key: self.dir.join(format!("{file_stem}.key")),
+        };
+        write_file(&files.cert, &cert.pem())?;
+        write_file(&files.key, &key.serialize_pem())?;
+        Ok(files)
+    }
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn write_dir(dir: &Path) -> Result<(), CertError> {
+    let err = |source| CertError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    set_mode(dir, 0o755).map_err(err)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), CertError> {
+    let err = |source| CertError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(path, text).map_err(err)?;
+    set_mode(path, 0o644).map_err(err)
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Putting a gateway together from its config: load and check every plugin,
+//! start their instances, open the queue, then run the driver tasks and the
+//! publisher until shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
+use crate::plugin::{PluginEngine, PluginError};
+use crate::publish::{self, PublisherSettings, TlsFiles, Topics};
+use crate::queue::{Queue, QueueError};
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("{}: driver {driver}: {source}", config.display())]
+    Driver {
+        config: PathBuf,
+        driver: String,
+        source: PluginError,
+    },
+    #[error("{}: {what}: config cannot be passed to the plugin as JSON: {message}", config.display())]
+    PluginConfig {
+        config: PathBuf,
+        what: String,
+        message: String,
+    },
+}
+
+/// A gateway whose plugins are loaded and initialised, not yet running.
+pub struct Prepared {
+    pub config: Config,
+    pub drivers: Vec<(DriverSpec, Chain)>,
+    _engine: PluginEngine,
+}
+
+fn to_json(config: &Config, what: &str, table: &toml::Value) -> Result<String, StartError> {
+    serde_json::to_string(table).map_err(|e| StartError::PluginConfig {
+        config: config.source.clone(),
+        what: what.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Loads every plugin (checking it exports the right world) and runs each
+/// instance's `init` with its config. Nothing here touches the network.
+pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
+    let engine = PluginEngine::new()?;
+    let mut drivers = Vec::with_capacity(config.drivers.len());
+    for d in &config.drivers {
+        let name = d.name.get_ref().clone();
+        let limits = d.limits.unwrap_or(config.limits);
+        let loaded = engine.load_driver(&config.resolve(d.plugin.get_ref()))?;
+        let mut processors = Vec::with_capacity(d.processors.len());
+        for p in &d.processors {
+            let instance = format!("{name}/{}", p.name.get_ref());
+            processors.push(PluginSpec {
+                loaded: engine.load_processor(&config.resolve(p.plugin.get_ref()))?,
+                limits: p.limits.unwrap_or(limits),
+                config_json: to_json(&config, &format!("processor {instance}"), &p.config)?,
+                name: instance,
+            });
+        }
+        let spec = DriverSpec {
+            driver: PluginSpec {
+                loaded,
+                limits,
+                config_json: to_json(&config, &format!("driver {name}"), &d.config)?,
+                name: name.clone(),
+            },
+            processors,
+            interval: Duration::from_millis(*d.interval_ms.get_ref()),
+        };
+        let chain = spec.start().await.map_err(|source| StartError::Driver {
+            config: config.source.clone(),
+            driver: name.clone(),
+            source,
+        })?;
+        drivers.push((spec, chain));
+    }
+    Ok(Prepared {
+        config,
+        drivers,
+        _engine: engine,
+    })
+}
+
+/// The queue file a config points at.
+pub fn queue_path(config: &Config) -> PathBuf {
+    match &config.queue.path {
+        Some(p) => config.resolve(p),
+        None => config.resolve(&config.gateway.data_dir).join("queue.redb"),
+    }
+}
+
+fn publisher_settings(config: &Config) -> PublisherSettings {
+    let m = &config.mqtt;
+    let gateway = config.gateway.id.get_ref().clone();
+    let resolve = |p: &str| config.resolve(Path::new(p));
+    PublisherSettings {
+        client_id: m.client_id.clone().unwrap_or_else(|| gateway.clone()),
+        topics: Topics::new(&m.topic_prefix, &gateway),
+        gateway,
+        host: m.host.clone(),
+        port: m.port,
+        tls: TlsFiles {
+            ca: resolve(m.ca_file.get_ref()),
+            client_cert: m.client_cert_file.as_ref().map(|f| resolve(f.get_ref())),
+            client_key: m.client_key_file.as_ref().map(|f| resolve(f.get_ref())),
+        },
+        keep_alive: Duration::from_secs(m.keep_alive_s.max(5)),
+        max_inflight: m.max_inflight,
+        reconnect_min: Duration::from_millis(m.reconnect_min_ms.max(10)),
+        reconnect_max: Duration::from_millis(m.reconnect_max_ms.max(m.reconnect_min_ms)),
+    }
+}
+
+/// Runs a prepared gateway until `shutdown` turns true; then stops polling,
+/// lets the publisher say offline, and returns.
+pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<(), StartError> {
+    let Prepared {
+        config,
+        drivers,
+        _engine,
+    } = prepared;
+    let queue = Queue::open(&queue_path(&config))?;
+    let (depth, _) = queue.depth()?;
+    tracing::info!(
+        gateway = %config.gateway.id.get_ref(),
+        drivers = drivers.len(),
+        queued = depth,
+        "ferrule running"
+    );
+    let publisher = tokio::spawn(publish::run(
+        publisher_settings(&config),
+        queue.clone(),
+        shutdown.clone(),
+    ));
+    let mut tasks = Vec::with_capacity(drivers.len());
+    for (spec, chain) in drivers {
+        tasks.push(tokio::spawn(pipeline::run_driver(
+            spec,
+            chain,
+            queue.clone(),
+            Arc::new(DriverCounters::default()),
+            shutdown.clone(),
+        )));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = publisher.await;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! ferrule: a WebAssembly plugin-based edge runtime for industrial gateways.
+//!
+//! Drivers and processors run as sandboxed WASM components
+//! ([`plugin`]); the [`pipeline`] polls drivers and runs processor chains;
+//! every batch is committed to the durable [`queue`] before the
+//! [`publish`]er sends it over MQTT with TLS and deletes it on PUBACK.
+
+pub mod config;
+pub mod dev;
+pub mod gateway;
+pub mod pipeline;
+pub mod plugin;
+pub mod publish;
+pub mod queue;
+pub mod reading;

@@ -1,0 +1,175 @@
+//! The pipeline: one task per driver instance polls it on its interval,
+//! runs the batch through the driver's processor chain, and appends the
+//! result to the queue.
+//!
+//! A plugin instance that traps or overruns its deadline is dropped and
+//! rebuilt in a fresh store after a backoff that doubles up to
+//! [`MAX_RESTART_DELAY`]; its failures never stop other drivers or the
+//! publisher. A poll or process call that returns an error is logged and
+//! counted, and the driver is polled again on the next tick.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::PluginLimits;
+use crate::plugin::{
+    DriverInstance, LoadedDriver, LoadedProcessor, PluginError, ProcessorInstance,
+};
+use crate::queue::Queue;
+use crate::reading::{Batch, now_ns};
+
+/// Longest wait before rebuilding a failed plugin instance.
+pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+const MIN_RESTART_DELAY: Duration = Duration::from_millis(500);
+
+/// A plugin ready to instantiate, with its instance name, limits and config.
+#[derive(Clone)]
+pub struct PluginSpec<L> {
+    pub name: String,
+    pub loaded: L,
+    pub limits: PluginLimits,
+    pub config_json: String,
+}
+
+/// Everything one driver task needs.
+#[derive(Clone)]
+pub struct DriverSpec {
+    pub driver: PluginSpec<LoadedDriver>,
+    pub processors: Vec<PluginSpec<LoadedProcessor>>,
+    pub interval: Duration,
+}
+
+/// Counters of one driver's pipeline, for logs and telemetry.
+#[derive(Debug, Default)]
+pub struct DriverCounters {
+    pub polls_ok: AtomicU64,
+    pub polls_failed: AtomicU64,
+    pub readings: AtomicU64,
+    pub batches_queued: AtomicU64,
+    pub restarts: AtomicU64,
+}
+
+/// A driver instance with its processor chain.
+pub struct Chain {
+    driver: DriverInstance,
+    processors: Vec<ProcessorInstance>,
+}
+
+impl DriverSpec {
+    /// Instantiates the driver and its processors and runs each `init`.
+    pub async fn start(&self) -> Result<Chain, PluginError> {
+        let d = &self.driver;
+        let driver = d.loaded.start(&d.name, &d.limits, &d.config_json).await?;
+        let mut processors = Vec::with_capacity(self.processors.len());
+        for p in &self.processors {
+            processors.push(p.loaded.start(&p.name, &p.limits, &p.config_json).await?);
+        }
+        Ok(Chain { driver, processors })
+    }
+}
+
+impl Chain {
+    /// Polls once and runs the chain; `Ok(None)` when the poll produced nothing.
+    pub async fn poll_once(&mut self, driver: &str) -> Result<Option<Batch>, PluginError> {
+        let mut readings = self.driver.poll().await?;
+        for processor in &mut self.processors {
+            if readings.is_empty() {
+                break;
+            }
+            readings = processor.process(readings).await?;
+        }
+        if readings.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Batch {
+            driver: driver.to_string(),
+            captured_ns: now_ns(),
+            readings,
+        }))
+    }
+}
+
+/// Polls one driver until `shutdown` turns true. `chain` is an instance
+/// already started (so startup can fail fast on a bad config).
+pub async fn run_driver(
+    spec: DriverSpec,
+    chain: Chain,
+    queue: Queue,
+    counters: Arc<DriverCounters>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let name = spec.driver.name.clone();
+    let mut chain = Some(chain);
+    let mut restart_delay = MIN_RESTART_DELAY;
+    let mut ticker = tokio::time::interval(spec.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let Some(live) = chain.as_mut() else {
+            match spec.start().await {
+                Ok(fresh) => {
+                    tracing::info!(driver = %name, "plugin instances rebuilt");
+                    chain = Some(fresh);
+                }
+                Err(e) => {
+                    tracing::error!(driver = %name, error = %e, retry_in_ms = restart_delay.as_millis() as u64, "cannot rebuild plugin instances");
+                    if sleep_or_shutdown(restart_delay, &mut shutdown).await {
+                        return;
+                    }
+                    restart_delay = (restart_delay * 2).min(MAX_RESTART_DELAY);
+                }
+            }
+            continue;
+        };
+        match live.poll_once(&name).await {
+            Ok(Some(batch)) => {
+                counters.polls_ok.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .readings
+                    .fetch_add(batch.readings.len() as u64, Ordering::Relaxed);
+                match queue.append(batch).await {
+                    Ok(seq) => {
+                        counters.batches_queued.fetch_add(1, Ordering::Relaxed);
+                        tracing::trace!(driver = %name, seq, "batch captured");
+                    }
+                    Err(e) => tracing::error!(driver = %name, error = %e, "batch not captured"),
+                }
+                restart_delay = MIN_RESTART_DELAY;
+            }
+            Ok(None) => {
+                counters.polls_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                counters.polls_failed.fetch_add(1, Ordering::Relaxed);
+                if e.instance_lost() {
+                    counters.restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(driver = %name, error = %e, restart_in_ms = restart_delay.as_millis() as u64, "plugin instance lost; rebuilding");
+                    chain = None;
+                    if sleep_or_shutdown(restart_delay, &mut shutdown).await {
+                        return;
+                    }
+                    restart_delay = (restart_delay * 2).min(MAX_RESTART_DELAY);
+                } else {
+                    tracing::warn!(driver = %name, error = %e, "poll failed");
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps; true when shutdown was requested meanwhile.
+async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}

@@ -1,0 +1,313 @@
+//! Live plugin instances and the guarded calls into them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use wasmtime::{Store, Trap};
+
+use super::bindings::driver::DriverPlugin;
+use super::bindings::processor::ProcessorPlugin;
+use super::bindings::types as wt;
+use super::host::HostState;
+use super::load::{LoadedDriver, LoadedProcessor};
+use super::{EPOCH_TICK, PluginError};
+use crate::config::PluginLimits;
+use crate::reading::{Quality, Reading, Value, now_ns};
+
+/// What a driver reports about its device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceStatus {
+    pub connected: bool,
+    pub firmware: Option<String>,
+    pub battery_percent: Option<u8>,
+    pub signal_quality: Option<u8>,
+    pub extra: Vec<(String, String)>,
+}
+
+pub struct DriverInstance {
+    store: Store<HostState>,
+    plugin: DriverPlugin,
+    timeout_ms: u64,
+}
+
+pub struct ProcessorInstance {
+    store: Store<HostState>,
+    plugin: ProcessorPlugin,
+    timeout_ms: u64,
+}
+
+fn new_store(
+    pre_engine: &wasmtime::Engine,
+    instance: &str,
+    limits: &PluginLimits,
+) -> Store<HostState> {
+    let mut store = Store::new(pre_engine, HostState::new(instance, limits));
+    store.limiter(|state| &mut state.limits);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(deadline_ticks(limits.timeout_ms));
+    store
+}
+
+fn deadline_ticks(timeout_ms: u64) -> u64 {
+    let tick_ms = u64::try_from(EPOCH_TICK.as_millis()).unwrap_or(10).max(1);
+    timeout_ms.div_ceil(tick_ms).max(1)
+}
+
+/// Runs one call into a plugin under its deadline: the epoch deadline stops
+/// guest code that spins, the tokio timeout stops a call stuck in the host.
+async fn guarded<T>(
+    store_instance: &str,
+    timeout_ms: u64,
+    call: &'static str,
+    fut: impl Future<Output = wasmtime::Result<T>>,
+) -> Result<T, PluginError> {
+    let limit = Duration::from_millis(timeout_ms) + Duration::from_millis(100);
+    match tokio::time::timeout(limit, fut).await {
+        Err(_) => Err(PluginError::Timeout {
+            instance: store_instance.to_string(),
+            call,
+            timeout_ms,
+        }),
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                Err(PluginError::Timeout {
+                    instance: store_instance.to_string(),
+                    call,
+                    timeout_ms,
+                })
+            } else {
+                Err(PluginError::Trap {
+                    instance: store_instance.to_string(),
+                    call,
+                    message: format!("{e:#}").replace('\n', " | "),
+                })
+            }
+        }
+    }
+}
+
+fn returned(instance: &str, call: &'static str, error: wt::Error) -> PluginError {
+    let error = match error {
+        wt::Error::InvalidConfig(m) => format!("invalid config: {m}"),
+        wt::Error::Unavailable(m) => format!("device unavailable: {m}"),
+        wt::Error::Timeout(m) => format!("device timeout: {m}"),
+        wt::Error::Protocol(m) => format!("protocol error: {m}"),
+        wt::Error::Unsupported(m) => format!("unsupported: {m}"),
+        wt::Error::Other(m) => m,
+    };
+    PluginError::Returned {
+        instance: instance.to_string(),
+        call,
+        error,
+    }
+}
+
+impl LoadedDriver {
+    /// Builds a fresh instance in its own store and calls its `init`.
+    pub async fn start(
+        &self,
+        instance: &str,
+        limits: &PluginLimits,
+        config_json: &str,
+    ) -> Result<DriverInstance, PluginError> {
+        let mut store = new_store(self.pre.engine(), instance, limits);
+        let plugin = guarded(
+            instance,
+            limits.timeout_ms,
+            "instantiate",
+            self.pre.instantiate_async(&mut store),
+        )
+        .await
+        .map_err(|e| PluginError::Instantiate {
+            instance: instance.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut driver = DriverInstance {
+            store,
+            plugin,
+            timeout_ms: limits.timeout_ms,
+        };
+        driver.init(config_json).await?;
+        Ok(driver)
+    }
+}
+
+impl DriverInstance {
+    fn arm(&mut self) -> String {
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.timeout_ms));
+        self.store.data().instance.clone()
+    }
+
+    async fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
+        let name = self.arm();
+        let iface = self.plugin.ferrule_plugin_driver();
+        guarded(
+            &name,
+            self.timeout_ms,
+            "init",
+            iface.call_init(&mut self.store, config_json),
+        )
+        .await?
+        .map_err(|e| returned(&name, "init", e))
+    }
+
+    /// Polls the device; readings without a timestamp get the current time.
+    pub async fn poll(&mut self) -> Result<Vec<Reading>, PluginError> {
+        let name = self.arm();
+        let iface = self.plugin.ferrule_plugin_driver();
+        let readings = guarded(
+            &name,
+            self.timeout_ms,
+            "poll",
+            iface.call_poll(&mut self.store),
+        )
+        .await?
+        .map_err(|e| returned(&name, "poll", e))?;
+        let now = now_ns();
+        Ok(readings.into_iter().map(|r| from_wit(r, now)).collect())
+    }
+
+    pub async fn write(&mut self, channel: &str, value: Value) -> Result<(), PluginError> {
+        let name = self.arm();
+        let iface = self.plugin.ferrule_plugin_driver();
+        guarded(
+            &name,
+            self.timeout_ms,
+            "write",
+            iface.call_write(&mut self.store, channel, &to_wit_value(value)),
+        )
+        .await?
+        .map_err(|e| returned(&name, "write", e))
+    }
+
+    pub async fn status(&mut self) -> Result<DeviceStatus, PluginError> {
+        let name = self.arm();
+        let iface = self.plugin.ferrule_plugin_driver();
+        let s = guarded(
+            &name,
+            self.timeout_ms,
+            "status",
+            iface.call_status(&mut self.store),
+        )
+        .await?;
+        Ok(DeviceStatus {
+            connected: s.connected,
+            firmware: s.firmware,
+            battery_percent: s.battery_percent,
+            signal_quality: s.signal_quality,
+            extra: s.extra,
+        })
+    }
+}
+
+impl LoadedProcessor {
+    pub async fn start(
+        &self,
+        instance: &str,
+        limits: &PluginLimits,
+        config_json: &str,
+    ) -> Result<ProcessorInstance, PluginError> {
+        let mut store = new_store(self.pre.engine(), instance, limits);
+        let plugin = guarded(
+            instance,
+            limits.timeout_ms,
+            "instantiate",
+            self.pre.instantiate_async(&mut store),
+        )
+        .await
+        .map_err(|e| PluginError::Instantiate {
+            instance: instance.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut processor = ProcessorInstance {
+            store,
+            plugin,
+            timeout_ms: limits.timeout_ms,
+        };
+        processor.init(config_json).await?;
+        Ok(processor)
+    }
+}
+
+impl ProcessorInstance {
+    fn arm(&mut self) -> String {
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.timeout_ms));
+        self.store.data().instance.clone()
+    }
+
+    async fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
+        let name = self.arm();
+        let iface = self.plugin.ferrule_plugin_processor();
+        guarded(
+            &name,
+            self.timeout_ms,
+            "init",
+            iface.call_init(&mut self.store, config_json),
+        )
+        .await?
+        .map_err(|e| returned(&name, "init", e))
+    }
+
+    pub async fn process(&mut self, batch: Vec<Reading>) -> Result<Vec<Reading>, PluginError> {
+        let name = self.arm();
+        let iface = self.plugin.ferrule_plugin_processor();
+        let input: Vec<wt::Reading> = batch.into_iter().map(to_wit).collect();
+        let output = guarded(
+            &name,
+            self.timeout_ms,
+            "process",
+            iface.call_process(&mut self.store, &input),
+        )
+        .await?
+        .map_err(|e| returned(&name, "process", e))?;
+        let now = now_ns();
+        Ok(output.into_iter().map(|r| from_wit(r, now)).collect())
+    }
+}
+
+fn from_wit(r: wt::Reading, default_ts_ns: u64) -> Reading {
+    Reading {
+        channel: r.channel,
+        value: match r.value {
+            wt::Value::Float(v) => Value::Float(v),
+            wt::Value::Int(v) => Value::Int(v),
+            wt::Value::Boolean(v) => Value::Bool(v),
+            wt::Value::Text(v) => Value::Text(v),
+            wt::Value::Bytes(v) => Value::Bytes(v),
+        },
+        ts_ns: r.timestamp_ns.unwrap_or(default_ts_ns),
+        quality: match r.quality {
+            wt::Quality::Good => Quality::Good,
+            wt::Quality::Uncertain => Quality::Uncertain,
+            wt::Quality::Bad => Quality::Bad,
+        },
+        unit: r.unit,
+    }
+}
+
+fn to_wit_value(value: Value) -> wt::Value {
+    match value {
+        Value::Float(v) => wt::Value::Float(v),
+        Value::Int(v) => wt::Value::Int(v),
+        Value::Bool(v) => wt::Value::Boolean(v),
+        Value::Text(v) => wt::Value::Text(v),
+        Value::Bytes(v) => wt::Value::Bytes(v),
+    }
+}
+
+fn to_wit(r: Reading) -> wt::Reading {
+    wt::Reading {
+        channel: r.channel,
+        value: to_wit_value(r.value),
+        timestamp_ns: Some(r.ts_ns),
+        quality: match r.quality {
+            Quality::Good => wt::Quality::Good,
+            Quality::Uncertain => wt::Quality::Uncertain,
+            Quality::Bad => wt::Quality::Bad,
+        },
+        unit: r.unit,
+    }
+}

@@ -1,0 +1,81 @@
+//! The publisher's TLS settings: TLS 1.3 and 1.2 only, ring's cipher suites
+//! (all ECDHE or TLS 1.3, so every session has forward secrecy), the broker
+//! verified against the configured CA bundle only, and optional client
+//! authentication with the gateway's own certificate and key.
+//!
+//! Files are read anew for every connection attempt, so replacing them on
+//! disk takes effect at the next reconnect.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+
+/// Why the TLS settings could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("{}: cannot read certificates: {message}", path.display())]
+    Certificates { path: PathBuf, message: String },
+    #[error("{}: no certificate found (expected PEM \"CERTIFICATE\" blocks)", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: cannot read private key: {message}", path.display())]
+    Key { path: PathBuf, message: String },
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+/// Files that make up the gateway's TLS identity and trust.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certificates {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Builds a client config from the files as they are on disk now.
+pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(&files.ca)? {
+        roots.add(cert).map_err(|e| TlsError::Certificates {
+            path: files.ca.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (&files.client_cert, &files.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certs(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+                path: key.clone(),
+                message: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Setup(format!("client certificate and key: {e}")))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}

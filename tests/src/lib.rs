@@ -1,0 +1,339 @@
+//! Helpers for ferrule's integration tests: where the built binary and
+//! plugins are, and real peers (mosquitto, the ferrule process, a TLS
+//! subscriber) started on loopback and stopped when dropped.
+//!
+//! The binary and the plugins are built by `cargo xtask test` before the
+//! tests run; the helpers fail with a message saying so when they are missing.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ferrule::dev::certs::{CertFiles, DevCa};
+use ferrule::publish::{TlsFiles, tls};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The shared cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The `ferrule` binary built in the same profile as the tests.
+pub fn ferrule_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("FERRULE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    // The test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target directory from the test executable")?;
+    let bin = profile_dir.join("ferrule");
+    if !bin.is_file() {
+        bail!(
+            "{} not found; build it first (`cargo xtask test` does, or `cargo build -p ferrule`)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A plugin component built by `cargo xtask plugins`.
+pub fn plugin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = target_dir()
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    if !path.is_file() {
+        bail!(
+            "{} not found; build the plugins first (`cargo xtask plugins`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Waits until something listens on `port`.
+pub fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("nothing listened on {addr} within {limit:?}")
+}
+
+/// A throwaway PKI: CA, broker certificate for loopback, gateway and
+/// subscriber client certificates.
+pub struct Pki {
+    pub ca: DevCa,
+    pub server: CertFiles,
+    pub gateway: CertFiles,
+    pub subscriber: CertFiles,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> anyhow::Result<Pki> {
+        let ca = DevCa::new(dir, "test-ca")?;
+        Ok(Pki {
+            server: ca.server("broker", &["localhost", "127.0.0.1", "::1"])?,
+            gateway: ca.client("gateway", "test-gateway")?,
+            subscriber: ca.client("subscriber", "test-subscriber")?,
+            ca,
+        })
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+    name: &'static str,
+}
+
+impl Process {
+    /// Sends SIGKILL and waits for the process to go.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (graceful stop) and waits up to `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        bail!("{} did not stop within {limit:?} of SIGTERM", self.name)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn_logged(name: &'static str, mut command: Command, log: PathBuf) -> anyhow::Result<Process> {
+    let out = std::fs::File::create(&log)?;
+    let err = out.try_clone()?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    Ok(Process { child, log, name })
+}
+
+/// Debian's mosquitto, on a loopback port, TLS only, client certificates required.
+pub struct Mosquitto {
+    pub port: u16,
+    pub process: Process,
+}
+
+impl Mosquitto {
+    pub fn binary() -> anyhow::Result<PathBuf> {
+        for candidate in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+            if Path::new(candidate).is_file() {
+                return Ok(PathBuf::from(candidate));
+            }
+        }
+        bail!("mosquitto not installed; `cargo xtask test` installs it (apt-get install mosquitto)")
+    }
+
+    /// Starts mosquitto with `extra` lines appended to its listener config.
+    pub fn start(dir: &Path, pki: &Pki, port: u16, extra: &str) -> anyhow::Result<Mosquitto> {
+        let conf = dir.join(format!("mosquitto-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "per_listener_settings false\n\
+                 allow_anonymous true\n\
+                 persistence false\n\
+                 log_dest stderr\n\
+                 log_type all\n\
+                 listener {port} 127.0.0.1\n\
+                 cafile {ca}\n\
+                 certfile {cert}\n\
+                 keyfile {key}\n\
+                 require_certificate true\n\
+                 tls_version tlsv1.2\n\
+                 {extra}\n",
+                ca = pki.ca.cert.display(),
+                cert = pki.server.cert.display(),
+                key = pki.server.key.display(),
+            ),
+        )?;
+        let mut command = Command::new(Self::binary()?);
+        command.arg("-c").arg(&conf);
+        let process = spawn_logged(
+            "mosquitto",
+            command,
+            dir.join(format!("mosquitto-{port}.log")),
+        )?;
+        let mut broker = Mosquitto { port, process };
+        if let Err(e) = wait_for_port(port, Duration::from_secs(10)) {
+            broker.process.kill9();
+            bail!("{e}; mosquitto log:\n{}", broker.process.log_text());
+        }
+        Ok(broker)
+    }
+}
+
+/// The `ferrule` binary running a config.
+pub fn start_ferrule(dir: &Path, args: &[&str]) -> anyhow::Result<Process> {
+    let mut command = Command::new(ferrule_bin()?);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("FERRULE_LOG", "info,ferrule=debug");
+    spawn_logged("ferrule", command, dir.join("ferrule.log"))
+}
+
+/// Runs the `ferrule` binary to completion; returns (success, stdout, stderr).
+pub fn run_ferrule(dir: &Path, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let output = Command::new(ferrule_bin()?)
+        .args(args)
+        .current_dir(dir)
+        .env("FERRULE_LOG", "warn")
+        .output()?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// One message a subscriber received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Received {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&self.payload)?)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
+/// A TLS MQTT subscriber that forwards what it receives to a channel.
+pub struct Subscriber {
+    pub messages: mpsc::UnboundedReceiver<Received>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Connects with the PKI's subscriber certificate and subscribes to `filter`.
+    pub async fn connect(pki: &Pki, port: u16, filter: &str) -> anyhow::Result<Subscriber> {
+        let files = TlsFiles {
+            ca: pki.ca.cert.clone(),
+            client_cert: Some(pki.subscriber.cert.clone()),
+            client_key: Some(pki.subscriber.key.clone()),
+        };
+        let mut options = MqttOptions::new(format!("test-sub-{port}"), "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(16 << 20, 1 << 20);
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls::client_config(&files)?,
+        )));
+        let (client, mut events) = AsyncClient::new(options, 64);
+        client.subscribe(filter, QoS::AtLeastOnce).await?;
+        let (tx, messages) = mpsc::unbounded_channel();
+        // Wait for the SUBACK so nothing published after this returns is missed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if Instant::now() > deadline {
+                bail!("subscriber: no SUBACK from 127.0.0.1:{port}");
+            }
+            match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    let _ = tx.send(Received {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        retain: p.retain,
+                    });
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => bail!("subscriber: {e}"),
+                Err(_) => bail!("subscriber: timed out connecting to 127.0.0.1:{port}"),
+            }
+        }
+        let task = tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx
+                            .send(Received {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        Ok(Subscriber { messages, task })
+    }
+
+    /// The next message within `limit`, or an error naming what was awaited.
+    pub async fn next(&mut self, limit: Duration, what: &str) -> anyhow::Result<Received> {
+        match tokio::time::timeout(limit, self.messages.recv()).await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => bail!("subscriber closed while waiting for {what}"),
+            Err(_) => bail!("no message within {limit:?} while waiting for {what}"),
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,6 @@
+//! ferrule's integration tests: one test binary, a module per area.
+//! Every test starts its own peers on loopback and stops them.
+
+mod bad_input;
+mod common;
+mod end_to_end;
