@@ -1,1 +1,205 @@
-fn main() {}
+//! `cargo xtask`: the one place that knows how to build plugins, install
+//! what the tests need, and run the suites.
+//!
+//! - `cargo xtask demo [--duration 20s]`: build everything, run the demo.
+//! - `cargo xtask test`: install test tools if missing, then fmt, clippy and
+//!   every test. `.ci/run` calls exactly this.
+//! - `cargo xtask plugins`: build the WebAssembly plugins (release,
+//!   wasm32-wasip2) into `target/wasm32-wasip2/release/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the plugins and ferrule, then run the self-contained demo.
+    Demo {
+        /// Stop after this long (e.g. 20s); runs until Ctrl-C when absent.
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// Install what the tests need, then run fmt, clippy and all tests.
+    Test,
+    /// Build the WebAssembly plugins and the plugin-author template.
+    Plugins,
+}
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Plugin workspaces: each is built from its own directory so its
+/// `.cargo/config.toml` (target, shared target dir) applies.
+const PLUGIN_WORKSPACES: [&str; 2] = ["plugins", "examples/driver-template"];
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Task::Demo { duration } => demo(&root, duration.as_deref()),
+        Task::Test => test(&root),
+        Task::Plugins => {
+            ensure_wasm_target()?;
+            build_plugins(&root)
+        }
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask must live one level below the workspace root")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs a command in `dir`, echoing it, failing on a non-zero exit.
+fn run(dir: &Path, command: &mut Command) -> anyhow::Result<()> {
+    command.current_dir(dir);
+    let shown = format!("{command:?}").replace('"', "");
+    eprintln!("xtask: {shown}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn demo(root: &Path, duration: Option<&str>) -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    build_plugins(root)?;
+    let mut command = cargo();
+    command.args([
+        "run",
+        "--quiet",
+        "-p",
+        "ferrule",
+        "--",
+        "demo",
+        "--plugin-dir",
+    ]);
+    command.arg(root.join("target").join(WASM_TARGET).join("release"));
+    if let Some(d) = duration {
+        command.args(["--duration", d]);
+    }
+    run(root, &mut command)
+}
+
+fn test(root: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    ensure_wasm_target()?;
+    ensure_mosquitto()?;
+
+    run(root, cargo().args(["fmt", "--all", "--check"]))?;
+    for ws in PLUGIN_WORKSPACES {
+        run(&root.join(ws), cargo().args(["fmt", "--all", "--check"]))?;
+    }
+    run(
+        root,
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    for ws in PLUGIN_WORKSPACES {
+        run(
+            &root.join(ws),
+            cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+        )?;
+    }
+    build_plugins(root)?;
+    // The integration tests run the real binary; cargo test does not build
+    // another package's binary for them.
+    run(root, cargo().args(["build", "-p", "ferrule", "--bins"]))?;
+    run(root, cargo().args(["test", "--workspace"]))?;
+    eprintln!(
+        "xtask: all checks passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn build_plugins(root: &Path) -> anyhow::Result<()> {
+    for ws in PLUGIN_WORKSPACES {
+        run(&root.join(ws), cargo().args(["build", "--release"]))?;
+    }
+    Ok(())
+}
+
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let output = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to add the wasm32-wasip2 target")?;
+    if String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
+        return Ok(());
+    }
+    run(
+        Path::new("."),
+        Command::new("rustup").args(["target", "add", WASM_TARGET]),
+    )
+}
+
+fn ensure_mosquitto() -> anyhow::Result<()> {
+    let have = |bin: &str| {
+        ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+            .iter()
+            .any(|dir| Path::new(dir).join(bin).is_file())
+    };
+    if have("mosquitto") && have("mosquitto_sub") {
+        return Ok(());
+    }
+    eprintln!("xtask: installing mosquitto and mosquitto-clients (Debian packages)");
+    let as_root = |args: &[&str]| {
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let mut command = if is_root {
+            Command::new(args[0])
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg(args[0]);
+            sudo
+        };
+        command
+            .args(&args[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    run(Path::new("."), &mut as_root(&["apt-get", "update"]))?;
+    run(
+        Path::new("."),
+        &mut as_root(&[
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "mosquitto",
+            "mosquitto-clients",
+        ]),
+    )
+}

@@ -106,7 +106,7 @@ impl Driver for Sim {
                     c.name
                 )));
             }
-            if !(c.period_s > 0.0) {
+            if !c.period_s.is_finite() || c.period_s <= 0.0 {
                 return Err(Error::InvalidConfig(format!(
                     "channels.{}.period_s: expected a positive number of seconds, got {}",
                     c.name, c.period_s

@@ -1,1 +1,109 @@
+use std::path::Path;
 
+use proptest::prelude::*;
+
+use super::*;
+
+fn write_fixture(dir: &Path) -> String {
+    std::fs::write(dir.join("ca.pem"), "x").unwrap();
+    std::fs::write(dir.join("drv.wasm"), "x").unwrap();
+    r#"[gateway]
+id = "gw-1"
+
+[mqtt]
+host = "broker.local"
+ca_file = "ca.pem"
+
+[[driver]]
+name = "d1"
+plugin = "drv.wasm"
+interval_ms = 250
+
+[driver.config]
+answer = 42
+"#
+    .to_string()
+}
+
+#[test]
+fn defaults_and_relative_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = write_fixture(dir.path());
+    let path = dir.path().join("gw.toml");
+    let config = Config::parse(&text, &path).unwrap();
+    assert_eq!(config.mqtt.port, 8883);
+    assert_eq!(config.mqtt.topic_prefix, "ferrule");
+    assert_eq!(config.limits.memory_mb, 64);
+    assert_eq!(*config.drivers[0].interval_ms.get_ref(), 250);
+    assert_eq!(
+        config.resolve(config.drivers[0].plugin.get_ref()),
+        dir.path().join("drv.wasm")
+    );
+    assert_eq!(
+        serde_json::to_string(&config.drivers[0].config).unwrap(),
+        r#"{"answer":42}"#
+    );
+}
+
+#[test]
+fn unknown_field_names_line_column_and_expected_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = write_fixture(dir.path()).replace("interval_ms = 250", "intervall = 250");
+    let err = Config::parse(&text, Path::new("gw.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("gw.toml:11:1: unknown field `intervall`, expected one of"),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_error_has_a_position() {
+    let err = Config::parse("[gateway\nid = 1", Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("x.toml:1:"), "{err}");
+}
+
+#[test]
+fn bad_names_and_zero_interval_are_refused_at_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let text = write_fixture(dir.path()).replace("name = \"d1\"", "name = \"a/b\"");
+    let err = Config::parse(&text, &path).unwrap_err().to_string();
+    assert!(err.contains("gw.toml:9:8: driver name \"a/b\""), "{err}");
+
+    let text = write_fixture(dir.path()).replace("interval_ms = 250", "interval_ms = 0");
+    let err = Config::parse(&text, &path).unwrap_err().to_string();
+    assert!(
+        err.contains("gw.toml:11:15: interval_ms: expected a positive"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_ca_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let text = write_fixture(dir.path()).replace("\"ca.pem\"", "\"nope.pem\"");
+    let err = Config::parse(&text, &path).unwrap_err().to_string();
+    assert!(
+        err.contains("gw.toml:6:11: file \"nope.pem\" not found"),
+        "{err}"
+    );
+}
+
+proptest! {
+    #[test]
+    fn line_col_matches_a_naive_count(text in "[a-z\n]{0,80}", offset in 0usize..100) {
+        let (line, col) = line_col(&text, offset);
+        let offset = offset.min(text.len());
+        let mut l = 1;
+        let mut c = 1;
+        for ch in text[..offset].chars() {
+            if ch == '\n' { l += 1; c = 1; } else { c += 1; }
+        }
+        prop_assert_eq!((line, col), (l, c));
+    }
+}

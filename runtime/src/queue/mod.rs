@@ -61,12 +61,28 @@ fn storage(e: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(e.to_string())
 }
 
-/// A handle to the queue; cheap to clone.
+/// A handle to the queue; cheap to clone. The file is closed (and the
+/// writer thread joined) when the last handle is dropped.
 #[derive(Clone)]
 pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     db: Arc<Database>,
-    appends: std::sync::mpsc::SyncSender<writer::Append>,
+    appends: Option<std::sync::mpsc::SyncSender<writer::Append>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     committed: watch::Receiver<u64>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after it commits what it holds.
+        self.appends.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl Queue {
@@ -104,12 +120,15 @@ impl Queue {
         };
         let db = Arc::new(db);
         let (committed_tx, committed) = watch::channel(next_seq - 1);
-        let appends = writer::spawn(db.clone(), next_seq, committed_tx)
+        let (appends, writer) = writer::spawn(db.clone(), next_seq, committed_tx)
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         Ok(Queue {
-            db,
-            appends,
-            committed,
+            inner: Arc::new(Inner {
+                db,
+                appends: Some(appends),
+                writer: Some(writer),
+                committed,
+            }),
         })
     }
 
@@ -117,7 +136,7 @@ impl Queue {
     pub async fn append(&self, batch: Batch) -> Result<u64, QueueError> {
         let encoded = serde_json::to_vec(&batch).map_err(storage)?;
         let (reply, answer) = oneshot::channel();
-        let sender = self.appends.clone();
+        let sender = self.inner.appends.clone().ok_or(QueueError::Closed)?;
         // The channel is bounded; a full channel means the writer is behind,
         // so wait off the async threads.
         tokio::task::spawn_blocking(move || sender.send(writer::Append { encoded, reply }))
@@ -129,12 +148,12 @@ impl Queue {
 
     /// The highest sequence number committed so far; changes on every commit.
     pub fn committed(&self) -> watch::Receiver<u64> {
-        self.committed.clone()
+        self.inner.committed.clone()
     }
 
     /// Up to `max` entries with sequence `>= from`, in order.
     pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Batch)>, QueueError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.inner.db.begin_read().map_err(storage)?;
         let table = txn.open_table(ENTRIES).map_err(storage)?;
         let mut out = Vec::new();
         for item in table.range(from..).map_err(storage)?.take(max) {
@@ -154,7 +173,7 @@ impl Queue {
         if seqs.is_empty() {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let mut txn = self.inner.db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::None).map_err(storage)?;
         {
             let mut table = txn.open_table(ENTRIES).map_err(storage)?;
@@ -167,7 +186,7 @@ impl Queue {
 
     /// Number of entries waiting and the oldest one's sequence.
     pub fn depth(&self) -> Result<(u64, Option<u64>), QueueError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.inner.db.begin_read().map_err(storage)?;
         let table = txn.open_table(ENTRIES).map_err(storage)?;
         let len = table.len().map_err(storage)?;
         let first = table.first().map_err(storage)?.map(|(k, _)| k.value());

@@ -17,12 +17,12 @@ pub(super) fn spawn(
     db: Arc<Database>,
     next_seq: u64,
     committed: watch::Sender<u64>,
-) -> std::io::Result<SyncSender<Append>> {
+) -> std::io::Result<(SyncSender<Append>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(MAX_GROUP * 4);
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("ferrule-queue".into())
         .spawn(move || run(&db, next_seq, &rx, &committed))?;
-    Ok(tx)
+    Ok((tx, handle))
 }
 
 fn run(db: &Database, mut next_seq: u64, rx: &Receiver<Append>, committed: &watch::Sender<u64>) {
@@ -38,11 +38,14 @@ fn run(db: &Database, mut next_seq: u64, rx: &Receiver<Append>, committed: &watc
         }
         match commit(db, next_seq, &group) {
             Ok(()) => {
-                let count = group.len() as u64;
+                let first = next_seq;
+                next_seq += group.len() as u64;
+                // Publish the new high-water mark before anyone hears back, so
+                // a caller never sees its own sequence ahead of `committed`.
+                committed.send_replace(next_seq - 1);
                 for (offset, append) in group.drain(..).enumerate() {
-                    let _ = append.reply.send(Ok(next_seq + offset as u64));
+                    let _ = append.reply.send(Ok(first + offset as u64));
                 }
-                next_seq += count;
             }
             Err(e) => {
                 tracing::error!(error = %e, batches = group.len(), "queue commit failed; batches not captured");
@@ -51,7 +54,6 @@ fn run(db: &Database, mut next_seq: u64, rx: &Receiver<Append>, committed: &watc
                 }
             }
         }
-        committed.send_replace(next_seq - 1);
     }
 }
 

@@ -152,3 +152,24 @@ fn a_driver_whose_init_rejects_its_config_is_named() -> anyhow::Result<()> {
     assert!(stderr.contains("expected at least one channel"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn the_plugin_author_template_builds_into_a_driver_that_passes_check() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sim = plugin("sim")?.display().to_string();
+    let template = plugin("my_driver")?.display().to_string();
+    let text = valid_config(dir.path())?.replacen(&sim, &template, 1);
+    // The template's config has a single optional field.
+    let start = text.find("[driver.config]").unwrap_or(0);
+    let end = start + text[start..].find("[[driver.processor]]").unwrap_or(0);
+    let text = format!(
+        "{}[driver.config]\nstart = 5\n\n{}",
+        &text[..start],
+        &text[end..]
+    );
+    std::fs::write(dir.path().join("gateway.toml"), text)?;
+    let (ok, stdout, stderr) = run_ferrule(dir.path(), &["check", "gateway.toml"])?;
+    assert!(ok, "stderr: {stderr}");
+    assert!(stdout.contains("my_driver.wasm"), "{stdout}");
+    Ok(())
+}
