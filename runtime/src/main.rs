@@ -7,10 +7,12 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = commands::Cli::parse();
+    // rumqttd (the demo's embedded broker) logs every client disconnect as an
+    // error, so it is silent unless FERRULE_LOG asks for it.
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FERRULE_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn,rumqttc=warn")),
+                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -28,6 +28,9 @@ enum Task {
         /// Stop after this long (e.g. 20s); runs until Ctrl-C when absent.
         #[arg(long)]
         duration: Option<String>,
+        /// Poll interval of the simulated device, in milliseconds.
+        #[arg(long)]
+        interval_ms: Option<u64>,
     },
     /// Install what the tests need, then run fmt, clippy and all tests.
     Test,
@@ -45,7 +48,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let root = workspace_root()?;
     match cli.command {
-        Task::Demo { duration } => demo(&root, duration.as_deref()),
+        Task::Demo {
+            duration,
+            interval_ms,
+        } => demo(&root, duration.as_deref(), interval_ms),
         Task::Test => test(&root),
         Task::Plugins => {
             ensure_wasm_target()?;
@@ -80,7 +86,7 @@ fn run(dir: &Path, command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(root: &Path, duration: Option<&str>) -> anyhow::Result<()> {
+fn demo(root: &Path, duration: Option<&str>, interval_ms: Option<u64>) -> anyhow::Result<()> {
     ensure_wasm_target()?;
     build_plugins(root)?;
     let mut command = cargo();
@@ -96,6 +102,9 @@ fn demo(root: &Path, duration: Option<&str>) -> anyhow::Result<()> {
     command.arg(root.join("target").join(WASM_TARGET).join("release"));
     if let Some(d) = duration {
         command.args(["--duration", d]);
+    }
+    if let Some(ms) = interval_ms {
+        command.arg("--interval-ms").arg(ms.to_string());
     }
     run(root, &mut command)
 }

@@ -26,6 +26,8 @@ pub struct DemoOptions {
     pub plugin_dir: PathBuf,
     /// Stop after this long; `None` runs until Ctrl-C.
     pub duration: Option<Duration>,
+    /// How often the simulated device is polled.
+    pub interval_ms: u64,
 }
 
 /// Runs the demo; returns an error if no reading arrived.
@@ -57,6 +59,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         &config_path,
         demo_config(
             port,
+            options.interval_ms,
             &options.plugin_dir,
             &ca.cert,
             &gateway_id.cert,
@@ -72,7 +75,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         client_cert: Some(viewer.cert),
         client_key: Some(viewer.key),
     };
-    let (count_tx, mut count_rx) = watch::channel(0u64);
+    let (count_tx, mut count_rx) = watch::channel(Tally::default());
     let subscriber = tokio::spawn(subscribe(
         port,
         viewer_files,
@@ -101,18 +104,38 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     gateway_task.await??;
     let _ = tokio::time::timeout(Duration::from_secs(2), subscriber).await;
-    let received = *count_rx.borrow_and_update();
+    let tally = *count_rx.borrow_and_update();
+    let received = tally.messages;
     println!(
-        "demo done: {received} messages received over TLS in {:.1} s",
+        "demo done: {} messages, {} readings received over TLS in {:.1} s",
+        tally.messages,
+        tally.readings,
         started.elapsed().as_secs_f64()
     );
+    if let (Some(first), Some(last)) = (tally.first, tally.last) {
+        let span = last.duration_since(first).as_secs_f64();
+        if span > 0.0 && tally.messages > 1 {
+            println!(
+                "rate     : {:.0} readings/s, {:.0} messages/s while readings flowed",
+                (tally.readings - tally.first_readings) as f64 / span,
+                (tally.messages - 1) as f64 / span
+            );
+        }
+    }
     if received == 0 {
         bail!("no reading reached the subscriber");
     }
     Ok(())
 }
 
-fn demo_config(port: u16, plugins: &Path, ca: &Path, cert: &Path, key: &Path) -> String {
+fn demo_config(
+    port: u16,
+    interval_ms: u64,
+    plugins: &Path,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> String {
     let plugins = plugins
         .canonicalize()
         .unwrap_or_else(|_| plugins.to_path_buf());
@@ -133,7 +156,7 @@ keep_alive_s = 10
 [[driver]]
 name = "line-1"
 plugin = "{sim}"
-interval_ms = 500
+interval_ms = {interval_ms}
 
 [driver.config]
 seed = 42
@@ -220,12 +243,23 @@ dynamic_filters = true
     Ok(())
 }
 
+/// What the subscriber has seen.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    messages: u64,
+    readings: u64,
+    /// Readings in the first message (excluded from the rate).
+    first_readings: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
 /// Subscribes over TLS and prints each message; counts data messages.
 async fn subscribe(
     port: u16,
     files: TlsFiles,
     started: Instant,
-    count: watch::Sender<u64>,
+    count: watch::Sender<Tally>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut options = MqttOptions::new("demo-viewer", "127.0.0.1", port);
@@ -262,14 +296,24 @@ async fn subscribe(
                     println!("status   : {}", String::from_utf8_lossy(&p.payload));
                     continue;
                 }
-                let n = *count.borrow() + 1;
-                count.send_replace(n);
-                if n == 1 {
+                let readings = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                    .ok()
+                    .and_then(|v| v["readings"].as_array().map(|r| r.len() as u64))
+                    .unwrap_or(0);
+                let now = Instant::now();
+                let mut tally = *count.borrow();
+                tally.messages += 1;
+                tally.readings += readings;
+                tally.last = Some(now);
+                if tally.first.is_none() {
+                    tally.first = Some(now);
+                    tally.first_readings = readings;
                     println!(
                         "first reading arrived {} ms after start",
                         started.elapsed().as_millis()
                     );
                 }
+                count.send_replace(tally);
                 println!("{}", describe(&p.topic, &p.payload));
             }
             Ok(_) => {}

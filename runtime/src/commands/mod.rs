@@ -40,6 +40,9 @@ pub enum Command {
         /// Stop after this long (e.g. 20s, 5m); runs until Ctrl-C when absent.
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
+        /// Poll interval of the simulated device, in milliseconds.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+        interval_ms: u64,
     },
 }
 
@@ -50,10 +53,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo {
             plugin_dir,
             duration,
+            interval_ms,
         } => {
             demo::run(demo::DemoOptions {
                 plugin_dir,
                 duration,
+                interval_ms,
             })
             .await
         }
