@@ -66,6 +66,28 @@ pub fn plugin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A temporary directory that other users can enter, so a broker that drops
+/// privileges (mosquitto started as root) can still read what the test
+/// writes there.
+pub fn tempdir() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("ferrule-test-").tempdir()?;
+    set_mode(dir.path(), 0o755)?;
+    Ok(dir)
+}
+
+/// A directory mosquitto may write to (its persistence database).
+pub fn broker_writable_dir(parent: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir)?;
+    set_mode(&dir, 0o777)?;
+    Ok(dir)
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
@@ -174,7 +196,8 @@ impl Mosquitto {
         bail!("mosquitto not installed; `cargo xtask test` installs it (apt-get install mosquitto)")
     }
 
-    /// Starts mosquitto with `extra` lines appended to its listener config.
+    /// Starts mosquitto with `extra` lines appended to its config (after the
+    /// listener, so listener options like `max_packet_size` apply there).
     pub fn start(dir: &Path, pki: &Pki, port: u16, extra: &str) -> anyhow::Result<Mosquitto> {
         let conf = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(
@@ -182,7 +205,6 @@ impl Mosquitto {
             format!(
                 "per_listener_settings false\n\
                  allow_anonymous true\n\
-                 persistence false\n\
                  log_dest stderr\n\
                  log_type all\n\
                  listener {port} 127.0.0.1\n\
@@ -264,13 +286,40 @@ pub struct Subscriber {
 impl Subscriber {
     /// Connects with the PKI's subscriber certificate and subscribes to `filter`.
     pub async fn connect(pki: &Pki, port: u16, filter: &str) -> anyhow::Result<Subscriber> {
+        Self::connect_with(pki, port, filter, None).await
+    }
+
+    /// Like [`Subscriber::connect`] with a persistent session under
+    /// `client_id`: with broker persistence on, QoS 1 messages published while
+    /// the subscriber is away (a broker restart) are kept for it.
+    pub async fn connect_persistent(
+        pki: &Pki,
+        port: u16,
+        filter: &str,
+        client_id: &str,
+    ) -> anyhow::Result<Subscriber> {
+        Self::connect_with(pki, port, filter, Some(client_id)).await
+    }
+
+    async fn connect_with(
+        pki: &Pki,
+        port: u16,
+        filter: &str,
+        persistent_id: Option<&str>,
+    ) -> anyhow::Result<Subscriber> {
         let files = TlsFiles {
             ca: pki.ca.cert.clone(),
             client_cert: Some(pki.subscriber.cert.clone()),
             client_key: Some(pki.subscriber.key.clone()),
         };
-        let mut options = MqttOptions::new(format!("test-sub-{port}"), "127.0.0.1", port);
+        let client_id = persistent_id.map(str::to_string).unwrap_or_else(|| {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("test-sub-{}-{n}", std::process::id())
+        });
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(30));
+        options.set_clean_session(persistent_id.is_none());
         options.set_max_packet_size(16 << 20, 1 << 20);
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             tls::client_config(&files)?,

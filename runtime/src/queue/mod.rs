@@ -136,13 +136,19 @@ impl Queue {
     pub async fn append(&self, batch: Batch) -> Result<u64, QueueError> {
         let encoded = serde_json::to_vec(&batch).map_err(storage)?;
         let (reply, answer) = oneshot::channel();
-        let sender = self.inner.appends.clone().ok_or(QueueError::Closed)?;
-        // The channel is bounded; a full channel means the writer is behind,
-        // so wait off the async threads.
-        tokio::task::spawn_blocking(move || sender.send(writer::Append { encoded, reply }))
-            .await
-            .map_err(|_| QueueError::Closed)?
-            .map_err(|_| QueueError::Closed)?;
+        let sender = self.inner.appends.as_ref().ok_or(QueueError::Closed)?;
+        match sender.try_send(writer::Append { encoded, reply }) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(QueueError::Closed),
+            // The writer is behind: wait for room off the async threads.
+            Err(std::sync::mpsc::TrySendError::Full(append)) => {
+                let sender = sender.clone();
+                tokio::task::spawn_blocking(move || sender.send(append))
+                    .await
+                    .map_err(|_| QueueError::Closed)?
+                    .map_err(|_| QueueError::Closed)?;
+            }
+        }
         answer.await.map_err(|_| QueueError::Closed)?
     }
 

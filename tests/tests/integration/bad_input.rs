@@ -37,7 +37,7 @@ fn position(text: &str, needle: &str) -> (usize, usize) {
 
 #[test]
 fn valid_config_passes_check() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = ferrule_tests::tempdir()?;
     std::fs::write(dir.path().join("gateway.toml"), valid_config(dir.path())?)?;
     let (ok, stdout, stderr) = run_ferrule(dir.path(), &["check", "gateway.toml"])?;
     assert!(ok, "stderr: {stderr}");
@@ -50,7 +50,7 @@ fn valid_config_passes_check() -> anyhow::Result<()> {
 
 #[test]
 fn unknown_field_is_reported_with_line_and_column() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = ferrule_tests::tempdir()?;
     let text = valid_config(dir.path())?.replace("interval_ms = 1000", "intervall = 1000");
     let line = check_fails(dir.path(), &text)?;
     let (l, c) = position(&text, "intervall");
@@ -69,7 +69,7 @@ fn unknown_field_is_reported_with_line_and_column() -> anyhow::Result<()> {
 
 #[test]
 fn missing_plugin_file_is_named() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = ferrule_tests::tempdir()?;
     let sim = plugin("sim")?.display().to_string();
     let text = valid_config(dir.path())?.replace(&sim, "plugins/nowhere.wasm");
     let line = check_fails(dir.path(), &text)?;
@@ -85,7 +85,7 @@ fn missing_plugin_file_is_named() -> anyhow::Result<()> {
 
 #[test]
 fn a_file_that_is_not_wasm_is_refused() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = ferrule_tests::tempdir()?;
     let bogus = dir.path().join("driver.wasm");
     std::fs::write(&bogus, b"#!/bin/sh\necho not a plugin\n")?;
     let sim = plugin("sim")?.display().to_string();
@@ -100,7 +100,7 @@ fn a_file_that_is_not_wasm_is_refused() -> anyhow::Result<()> {
 
 #[test]
 fn a_core_module_is_refused_as_not_a_component() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = ferrule_tests::tempdir()?;
     let module = dir.path().join("core.wasm");
     // The smallest valid core module: magic and version 1, no sections.
     std::fs::write(&module, b"\0asm\x01\0\0\0")?;
@@ -116,7 +116,7 @@ fn a_core_module_is_refused_as_not_a_component() -> anyhow::Result<()> {
 
 #[test]
 fn a_component_exporting_the_wrong_world_is_refused() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = ferrule_tests::tempdir()?;
     let sim = plugin("sim")?.display().to_string();
     let scale = plugin("scale")?.display().to_string();
     // The processor configured as the driver.
@@ -131,7 +131,7 @@ fn a_component_exporting_the_wrong_world_is_refused() -> anyhow::Result<()> {
 
 #[test]
 fn a_driver_whose_init_rejects_its_config_is_named() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = ferrule_tests::tempdir()?;
     let text = valid_config(dir.path())?;
     let start = text.find("channels = [").unwrap_or(0);
     let end = start + text[start..].find("]\n").unwrap_or(0) + 1;
@@ -155,7 +155,7 @@ fn a_driver_whose_init_rejects_its_config_is_named() -> anyhow::Result<()> {
 
 #[test]
 fn the_plugin_author_template_builds_into_a_driver_that_passes_check() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = ferrule_tests::tempdir()?;
     let sim = plugin("sim")?.display().to_string();
     let template = plugin("my_driver")?.display().to_string();
     let text = valid_config(dir.path())?.replacen(&sim, &template, 1);

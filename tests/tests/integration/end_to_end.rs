@@ -10,7 +10,7 @@ use crate::common::sim_scale_config;
 #[tokio::test]
 async fn scaled_readings_arrive_in_sequence_and_status_goes_offline_on_kill() -> anyhow::Result<()>
 {
-    let dir = tempfile::tempdir()?;
+    let dir = ferrule_tests::tempdir()?;
     let pki = Pki::new(&dir.path().join("certs"))?;
     let port = free_port()?;
     let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
@@ -99,5 +99,117 @@ async fn scaled_readings_arrive_in_sequence_and_status_goes_offline_on_kill() ->
     assert!(m.retain, "status is retained");
     assert_eq!(m.text(), "offline");
     drop(broker);
+    Ok(())
+}
+
+/// Collects data messages until one with `seq >= until` arrives; returns every seq seen.
+async fn collect_until(
+    sub: &mut Subscriber,
+    until: u64,
+    limit: Duration,
+    ferrule: &ferrule_tests::Process,
+) -> anyhow::Result<Vec<u64>> {
+    let deadline = Instant::now() + limit;
+    let mut seqs = Vec::new();
+    while seqs.iter().all(|s| *s < until) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = match sub.next(left, &format!("seq {until}")).await {
+            Ok(m) => m,
+            Err(e) => anyhow::bail!("{e}; got {seqs:?}; ferrule log:\n{}", ferrule.log_text()),
+        };
+        if m.topic.contains("/data/") {
+            seqs.push(m.json()?["seq"].as_u64().unwrap_or_default());
+        }
+    }
+    Ok(seqs)
+}
+
+#[tokio::test]
+async fn readings_captured_while_the_broker_restarts_arrive_without_gap() -> anyhow::Result<()> {
+    let dir = ferrule_tests::tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    let port = free_port()?;
+    // Broker persistence keeps the subscriber's session (and the messages
+    // queued for it) across the restart, so the test sees everything the
+    // broker accepted.
+    let store = ferrule_tests::broker_writable_dir(dir.path(), "mosquitto-db")?;
+    let extra = format!(
+        "persistence true\npersistence_location {}/\n",
+        store.display()
+    );
+    let mut broker = Mosquitto::start(dir.path(), &pki, port, &extra)?;
+    let mut sub =
+        Subscriber::connect_persistent(&pki, port, "ferrule/gw-test/data/#", "restart-sub").await?;
+
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, sim_scale_config(dir.path(), &pki, port, 50)?)?;
+    let mut ferrule = start_ferrule(dir.path(), &["run", config.to_str().unwrap_or_default()])?;
+
+    let mut seqs = collect_until(&mut sub, 10, Duration::from_secs(30), &ferrule).await?;
+    broker.process.terminate(Duration::from_secs(10))?;
+    // ferrule keeps capturing (every 50 ms) while the broker is away.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = ferrule.log_text();
+    assert!(
+        log.contains("mqtt connection lost"),
+        "the outage was noticed:\n{log}"
+    );
+    broker = Mosquitto::start(dir.path(), &pki, port, &extra)?;
+    let last_before = seqs.iter().copied().max().unwrap_or(0);
+    seqs.extend(
+        collect_until(
+            &mut sub,
+            last_before + 50,
+            Duration::from_secs(60),
+            &ferrule,
+        )
+        .await?,
+    );
+    ferrule.kill9();
+
+    let max = seqs.iter().copied().max().unwrap_or(0);
+    let mut unique = seqs.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    let missing: Vec<u64> = (1..=max)
+        .filter(|s| unique.binary_search(s).is_err())
+        .collect();
+    assert!(missing.is_empty(), "sequence gaps {missing:?} in {seqs:?}");
+    eprintln!(
+        "broker restart: {} messages up to seq {max}, {} duplicates re-sent after reconnect",
+        seqs.len(),
+        seqs.len() - unique.len()
+    );
+    drop(broker);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_publishes_offline_and_exits_zero() -> anyhow::Result<()> {
+    let dir = ferrule_tests::tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    let port = free_port()?;
+    let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
+    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/status").await?;
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, sim_scale_config(dir.path(), &pki, port, 100)?)?;
+    let mut ferrule = start_ferrule(dir.path(), &["run", config.to_str().unwrap_or_default()])?;
+    let m = sub.next(Duration::from_secs(30), "online status").await?;
+    assert_eq!(m.text(), "online");
+    let status = ferrule.terminate(Duration::from_secs(10))?;
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        ferrule.log_text()
+    );
+    let m = sub.next(Duration::from_secs(10), "offline status").await?;
+    assert_eq!(m.text(), "offline");
+    assert!(ferrule.log_text().contains("shutting down"));
+    // A clean MQTT DISCONNECT, so the offline above came from ferrule, not the will.
+    let broker_log = broker.process.log_text();
+    assert!(
+        broker_log.contains("Received DISCONNECT from gw-test"),
+        "{broker_log}"
+    );
     Ok(())
 }
