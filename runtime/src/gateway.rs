@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
 use crate::plugin::{PluginEngine, PluginError};
 use crate::publish::{self, PublisherSettings, TlsFiles, Topics};
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Queue, QueueError, QueueOptions};
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +102,15 @@ pub fn queue_path(config: &Config) -> PathBuf {
     }
 }
 
+/// The queue's limits and policies from config.
+pub fn queue_options(config: &Config) -> QueueOptions {
+    QueueOptions {
+        max_bytes: config.queue.max_bytes,
+        when_full: config.queue.when_full,
+        max_age: config.queue.max_age_s.map(Duration::from_secs),
+    }
+}
+
 fn publisher_settings(config: &Config) -> PublisherSettings {
     let m = &config.mqtt;
     let gateway = config.gateway.id.get_ref().clone();
@@ -132,12 +141,14 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
         drivers,
         _engine,
     } = prepared;
-    let queue = Queue::open(&queue_path(&config))?;
-    let (depth, _) = queue.depth()?;
+    let queue = Queue::open(&queue_path(&config), queue_options(&config))?;
+    let stats = queue.stats()?;
     tracing::info!(
         gateway = %config.gateway.id.get_ref(),
         drivers = drivers.len(),
-        queued = depth,
+        queued = stats.depth,
+        queued_bytes = stats.bytes,
+        next_seq = stats.next_seq,
         "ferrule running"
     );
     let publisher = tokio::spawn(publish::run(

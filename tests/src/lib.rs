@@ -386,3 +386,130 @@ impl Drop for Subscriber {
         self.task.abort();
     }
 }
+
+/// Mosquitto options that keep a persistent subscriber's session and its
+/// queued messages across broker restarts.
+pub fn persistence_config(dir: &Path) -> anyhow::Result<String> {
+    let store = broker_writable_dir(dir, "mosquitto-db")?;
+    Ok(format!(
+        "persistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 100\n",
+        store.display()
+    ))
+}
+
+/// `ferrule queue stats --json` for a config.
+pub fn queue_stats(dir: &Path, config: &Path) -> anyhow::Result<serde_json::Value> {
+    let config = config.to_string_lossy();
+    let (ok, stdout, stderr) = run_ferrule(dir, &["queue", "stats", &config, "--json"])?;
+    if !ok {
+        bail!("ferrule queue stats failed: {stderr}");
+    }
+    Ok(serde_json::from_str(&stdout)?)
+}
+
+/// Sequence numbers seen by a subscriber, with duplicates.
+#[derive(Debug, Default)]
+pub struct SeqLog {
+    pub all: Vec<u64>,
+}
+
+impl SeqLog {
+    /// Takes every data message already received, without waiting.
+    pub fn drain(&mut self, sub: &mut Subscriber) -> anyhow::Result<()> {
+        while let Ok(m) = sub.messages.try_recv() {
+            self.push(&m)?;
+        }
+        Ok(())
+    }
+
+    pub fn push(&mut self, m: &Received) -> anyhow::Result<()> {
+        if m.topic.contains("/data/") {
+            let seq = m.json()?["seq"]
+                .as_u64()
+                .context("data message without seq")?;
+            self.all.push(seq);
+        }
+        Ok(())
+    }
+
+    /// Waits until every sequence in `first..=last` has been seen.
+    pub async fn wait_for_all(
+        &mut self,
+        sub: &mut Subscriber,
+        first: u64,
+        last: u64,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.drain(sub)?;
+            if self.missing(first, last).is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let missing = self.missing(first, last);
+                bail!(
+                    "{} of {first}..={last} never arrived (first few: {:?})",
+                    missing.len(),
+                    &missing[..missing.len().min(20)]
+                );
+            }
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(200), sub.messages.recv()).await
+            {
+                self.push(&m)?;
+            }
+        }
+    }
+
+    pub fn unique(&self) -> Vec<u64> {
+        let mut u = self.all.clone();
+        u.sort_unstable();
+        u.dedup();
+        u
+    }
+
+    pub fn missing(&self, first: u64, last: u64) -> Vec<u64> {
+        let u = self.unique();
+        (first..=last)
+            .filter(|s| u.binary_search(s).is_err())
+            .collect()
+    }
+
+    pub fn duplicates(&self) -> usize {
+        self.all.len() - self.unique().len()
+    }
+
+    pub fn max(&self) -> u64 {
+        self.all.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// A small deterministic generator for test timings (seed printed by the test).
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn from_time() -> Jitter {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+        Jitter(seed)
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.0
+    }
+
+    /// A duration uniformly in `min..max`.
+    pub fn between(&mut self, min: Duration, max: Duration) -> Duration {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        let span = max.saturating_sub(min).as_millis().max(1) as u64;
+        min + Duration::from_millis(x % span)
+    }
+}

@@ -28,6 +28,11 @@ pub enum Command {
     },
     /// Check a config and every plugin it names, without connecting anywhere.
     Check { config: PathBuf },
+    /// Inspect or export the store-and-forward queue (works while ferrule runs).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Run a self-contained demo: embedded TLS broker, sim driver, scale processor.
     Demo {
         /// Directory with sim.wasm and scale.wasm.
@@ -46,10 +51,34 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Depth, bytes, oldest entry's age, drops by reason.
+    Stats {
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every queued batch to stdout, oldest first.
+    Export {
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line: `{"seq", "driver", "captured_ns", "readings"}`.
+    Jsonl,
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => run_gateway(&config).await,
         Command::Check { config } => check(&config).await,
+        Command::Queue { command } => queue(command),
         Command::Demo {
             plugin_dir,
             duration,
@@ -120,4 +149,57 @@ async fn check(path: &Path) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+fn queue(command: QueueCommand) -> anyhow::Result<()> {
+    match command {
+        QueueCommand::Stats { config, json } => {
+            let config = Config::load(&config)?;
+            let path = gateway::queue_path(&config);
+            let stats = ferrule::queue::read_stats(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+                return Ok(());
+            }
+            let age = stats
+                .oldest_captured_ns
+                .map(|ns| {
+                    let age_ns = ferrule::reading::now_ns().saturating_sub(ns);
+                    humantime::format_duration(Duration::from_secs(age_ns / 1_000_000_000))
+                        .to_string()
+                })
+                .unwrap_or_else(|| "-".to_string());
+            println!("queue        {}", path.display());
+            println!("depth        {} entries", stats.depth);
+            println!("bytes        {}", stats.bytes);
+            println!("oldest age   {age}");
+            println!(
+                "sequence     next {}{}",
+                stats.next_seq,
+                stats
+                    .oldest_seq
+                    .map(|s| format!(", oldest queued {s}"))
+                    .unwrap_or_default()
+            );
+            println!(
+                "dropped      cap {}, age {}",
+                stats.dropped_cap, stats.dropped_age
+            );
+            Ok(())
+        }
+        QueueCommand::Export { config, format } => {
+            let config = Config::load(&config)?;
+            let path = gateway::queue_path(&config);
+            match format {
+                ExportFormat::Jsonl => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    let count = ferrule::queue::export_jsonl(&path, &mut out)?;
+                    std::io::Write::flush(&mut out)?;
+                    eprintln!("exported {count} batches from {}", path.display());
+                }
+            }
+            Ok(())
+        }
+    }
 }

@@ -97,6 +97,13 @@ fn default_reconnect_max_ms() -> u64 {
 pub struct QueueConfig {
     /// The redb file; defaults to `{data_dir}/queue.redb`.
     pub path: Option<PathBuf>,
+    /// Cap on the stored entries' size, in bytes; no cap when absent.
+    pub max_bytes: Option<u64>,
+    /// What happens at the cap: `drop-oldest` (counted) or `block` (drivers wait).
+    #[serde(default)]
+    pub when_full: crate::queue::FullPolicy,
+    /// Entries older than this many seconds are dropped (counted); kept forever when absent.
+    pub max_age_s: Option<u64>,
 }
 
 /// Sandbox limits for one plugin instance.

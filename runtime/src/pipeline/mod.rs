@@ -136,7 +136,13 @@ pub async fn run_driver(
                 counters
                     .readings
                     .fetch_add(batch.readings.len() as u64, Ordering::Relaxed);
-                match queue.append(batch).await {
+                // Under `when_full = block` the append waits for space; shutdown
+                // must still be able to stop the driver.
+                let appended = tokio::select! {
+                    result = queue.append(batch) => result,
+                    _ = shutdown.changed() => return,
+                };
+                match appended {
                     Ok(seq) => {
                         counters.batches_queued.fetch_add(1, Ordering::Relaxed);
                         tracing::trace!(driver = %name, seq, "batch captured");

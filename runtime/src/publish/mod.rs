@@ -93,15 +93,15 @@ pub async fn run(settings: PublisherSettings, queue: Queue, mut shutdown: watch:
         if *shutdown.borrow() {
             return;
         }
-        let started = tokio::time::Instant::now();
-        match session(&settings, &queue, &mut shutdown).await {
+        let mut connected = false;
+        match session(&settings, &queue, &mut shutdown, &mut connected).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(broker = %format!("{}:{}", settings.host, settings.port), error = %e, "mqtt connection lost");
             }
         }
-        // A connection that lasted a while resets the backoff.
-        if started.elapsed() > settings.reconnect_max {
+        // A session that got as far as CONNACK starts the backoff afresh.
+        if connected {
             delay = settings.reconnect_min;
         }
         let wait = with_jitter(delay);
@@ -149,10 +149,14 @@ async fn session(
     settings: &PublisherSettings,
     queue: &Queue,
     shutdown: &mut watch::Receiver<bool>,
+    connected: &mut bool,
 ) -> Result<(), SessionError> {
+    // Removals handed over in the last session are committed before this
+    // one reads the queue, so acknowledged entries are not sent again.
+    queue.sync().await?;
     let (client, eventloop) = connect(settings)?;
     let (mut events, driver) = drive(eventloop);
-    let result = session_loop(settings, queue, shutdown, &client, &mut events).await;
+    let result = session_loop(settings, queue, shutdown, &client, &mut events, connected).await;
     driver.abort();
     result
 }
@@ -183,6 +187,7 @@ async fn session_loop(
     shutdown: &mut watch::Receiver<bool>,
     client: &AsyncClient,
     events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+    connected_once: &mut bool,
 ) -> Result<(), SessionError> {
     let mut committed = queue.committed();
     let mut handed: VecDeque<Handed> = VecDeque::new();
@@ -190,34 +195,48 @@ async fn session_loop(
     let mut next_seq = 0u64;
     let mut connected = false;
     let window = usize::from(settings.max_inflight.max(1));
+    // Acknowledged but not yet deleted; deleted in one transaction per burst.
+    let mut acked: Vec<u64> = Vec::new();
     loop {
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else {
                     return Err(SessionError::Closed);
                 };
-                match event? {
-                    Event::Incoming(Packet::ConnAck(_)) => {
-                        connected = true;
-                        tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), "mqtt connected");
-                        client.try_publish(settings.topics.status(), QoS::AtLeastOnce, true, "online")?;
-                        handed.push_back(Handed::Status);
-                    }
-                    Event::Outgoing(Outgoing::Publish(pkid)) => {
-                        if let Some(Handed::Entry(seq)) = handed.pop_front() {
-                            inflight.insert(pkid, seq);
+                let mut next = Some(event);
+                // Handle everything already waiting before touching the queue.
+                while let Some(event) = next.take() {
+                    match event? {
+                        Event::Incoming(Packet::ConnAck(_)) => {
+                            connected = true;
+                            *connected_once = true;
+                            tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), "mqtt connected");
+                            client.try_publish(settings.topics.status(), QoS::AtLeastOnce, true, "online")?;
+                            handed.push_back(Handed::Status);
                         }
-                    }
-                    Event::Incoming(Packet::PubAck(ack)) => {
-                        if let Some(seq) = inflight.remove(&ack.pkid) {
-                            queue.remove(&[seq])?;
+                        Event::Outgoing(Outgoing::Publish(pkid)) => {
+                            if let Some(Handed::Entry(seq)) = handed.pop_front() {
+                                inflight.insert(pkid, seq);
+                            }
                         }
+                        Event::Incoming(Packet::PubAck(ack)) => {
+                            if let Some(seq) = inflight.remove(&ack.pkid) {
+                                acked.push(seq);
+                            }
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                    next = events.try_recv().ok();
+                }
+                delete_acked(queue, &mut acked);
+            }
+            changed = committed.changed() => {
+                if changed.is_err() {
+                    return Err(SessionError::Closed);
                 }
             }
-            _ = committed.changed() => {}
             _ = shutdown.changed() => {
+                delete_acked(queue, &mut acked);
                 if connected {
                     let _ = client.try_publish(settings.topics.status(), QoS::AtLeastOnce, true, "offline");
                     let _ = client.try_disconnect();
@@ -244,6 +263,18 @@ async fn session_loop(
                 window,
             )?;
         }
+    }
+}
+
+/// Hands acknowledged entries to the queue's writer, which deletes them
+/// in its next commit (together with new appends: one fsync).
+fn delete_acked(queue: &Queue, acked: &mut Vec<u64>) {
+    if acked.is_empty() {
+        return;
+    }
+    if let Err(e) = queue.remove_later(std::mem::take(acked)) {
+        // Only when the queue is closing; the entries stay and are re-sent.
+        tracing::debug!(error = %e, "acknowledged entries not deleted");
     }
 }
 
@@ -274,6 +305,7 @@ fn fill_window(
             payload,
         )?;
         handed.push_back(Handed::Entry(seq));
+        queue.mark_sent(seq);
         *next_seq = seq + 1;
     }
     Ok(())

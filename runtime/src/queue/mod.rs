@@ -11,37 +11,81 @@
 //! - **Sequence numbers are assigned at commit, per gateway, strictly
 //!   increasing, never reused.** The next number is stored in the `meta`
 //!   table in the same transaction as the entries, so deleting every entry
-//!   (or restarting) cannot make a number come back. A gap seen by a
-//!   subscriber therefore proves loss.
-//! - **Deleted only after PUBACK.** The publisher calls [`Queue::remove`]
-//!   with sequences the broker acknowledged. Removal commits with
-//!   `Durability::None`: it becomes durable with the next append's commit,
-//!   and a crash before that re-sends the entries (a duplicate, never a loss).
-//! - **Group commit.** One writer thread takes every append waiting at that
-//!   moment (up to [`MAX_GROUP`]) and commits them in one transaction, so the
-//!   capture rate is not bounded by one fsync per batch.
+//!   or restarting cannot make a number come back. A quarantined file is
+//!   replaced by one whose numbering starts above anything the old one can
+//!   have held (see `store::open`). A gap seen by a subscriber therefore
+//!   proves loss, and the only losses are the counted ones below.
+//! - **Deleted only after PUBACK, or by a counted policy.** The publisher
+//!   hands the writer the sequences the broker acknowledged
+//!   ([`Queue::remove_later`]); they are deleted in the writer's next
+//!   commit. A crash before that commit re-sends them (a duplicate, never a
+//!   loss). The only other deletions are the `max_bytes` cap under
+//!   [`FullPolicy::DropOldest`] (oldest never-sent entries first, counted in
+//!   `dropped.cap`; entries already handed to the broker, at most the
+//!   in-flight window, are kept because they may have arrived) and
+//!   `max_age` retention (counted in `dropped.age`); both counters change in
+//!   the same transaction as the deletion.
+//! - **Group commit.** One writer thread takes every request waiting when
+//!   the previous commit finished — appends (up to [`MAX_GROUP`]) and
+//!   removals — and commits them in one transaction with
+//!   `Durability::Immediate`: the batching window is the previous fsync, so
+//!   a burst from many drivers and its acknowledgements cost one fsync, and a
+//!   lone append no added delay.
+//! - **Back-pressure is bounded.** At most [`MAX_WAITING`] appends wait for
+//!   the writer; further appends wait for a slot, which holds their drivers.
+//! - **I/O errors lose nothing.** When a commit fails (disk full, read-only,
+//!   a failing device), the writer keeps the group in memory, reports the
+//!   condition ([`QueueHealth::io_error`]), reopens the file and retries with
+//!   backoff; appends wait in the bounded channel and then block their
+//!   drivers. Nothing is answered until it is committed.
+//! - **Bytes are the entries' stored size** (header plus JSON), kept in
+//!   `meta` with every change; the file itself is larger by redb's overhead.
 //!
-//! Tests: `queue::tests` (order, no reuse after delete and reopen, group
-//! commit) and the end-to-end test in `tests/`.
+//! Tests: `queue::tests` (ordering, reuse, caps, retention, quarantine),
+//! `queue::model_tests` (random append/ack/reopen sequences against an
+//! in-memory model), and `tests/` (outage, kill -9, broker restarts, disk
+//! full, corrupt file) against the real binary and mosquitto.
 
+mod store;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, ReadableDatabase};
+use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
-use crate::reading::Batch;
+pub use store::{export_jsonl, read_stats};
 
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const NEXT_SEQ: &str = "next_seq";
+use crate::reading::Batch;
+use store::{ENTRIES, storage};
 
 /// Most appends committed in one transaction.
 pub const MAX_GROUP: usize = 512;
+
+/// Appends that may wait for the writer before drivers block.
+pub const MAX_WAITING: usize = MAX_GROUP * 4;
+
+/// What happens when the queue reaches `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullPolicy {
+    /// Delete the oldest entries to make room; counted in `dropped_cap`.
+    #[default]
+    DropOldest,
+    /// Make drivers wait until the publisher frees space; nothing is dropped.
+    Block,
+}
+
+/// Limits and policies of a queue.
+#[derive(Debug, Clone, Default)]
+pub struct QueueOptions {
+    pub max_bytes: Option<u64>,
+    pub when_full: FullPolicy,
+    pub max_age: Option<Duration>,
+}
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +97,37 @@ pub enum QueueError {
     Storage(String),
     #[error("queue: entry {seq} is corrupt: {message}")]
     Corrupt { seq: u64, message: String },
-    #[error("queue: writer has stopped")]
+    #[error("queue: file is being reopened after an I/O error")]
+    Unavailable,
+    #[error("queue: closed")]
     Closed,
 }
 
-fn storage(e: impl std::fmt::Display) -> QueueError {
-    QueueError::Storage(e.to_string())
+/// Figures about the queue's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    pub depth: u64,
+    pub bytes: u64,
+    pub next_seq: u64,
+    pub oldest_seq: Option<u64>,
+    pub oldest_captured_ns: Option<u64>,
+    pub dropped_cap: u64,
+    pub dropped_age: u64,
+}
+
+/// Conditions worth an operator's attention.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueHealth {
+    /// The file found at startup could not be opened and was moved here.
+    pub quarantined: Option<PathBuf>,
+    /// The last commit failed with this error and is being retried.
+    pub io_error: Option<String>,
+    /// Appends are waiting for space under [`FullPolicy::Block`].
+    pub blocked: bool,
+    /// Total time appends have waited for space, in milliseconds.
+    pub blocked_ms_total: u64,
+    /// Commits that failed and were retried.
+    pub commit_retries: u64,
 }
 
 /// A handle to the queue; cheap to clone. The file is closed (and the
@@ -68,64 +137,93 @@ pub struct Queue {
     inner: Arc<Inner>,
 }
 
+/// State shared by the handles and the writer thread.
+struct Shared {
+    path: PathBuf,
+    options: QueueOptions,
+    /// `None` while the writer reopens the file after an I/O error.
+    db: RwLock<Option<Database>>,
+    health: Mutex<QueueHealth>,
+    closing: std::sync::atomic::AtomicBool,
+    /// One past the highest sequence handed to the broker by this process.
+    sent_below: std::sync::atomic::AtomicU64,
+}
+
 struct Inner {
-    db: Arc<Database>,
-    appends: Option<std::sync::mpsc::SyncSender<writer::Append>>,
+    shared: Arc<Shared>,
+    requests: Option<std::sync::mpsc::Sender<writer::Request>>,
+    /// One permit per append waiting for the writer.
+    slots: Arc<tokio::sync::Semaphore>,
     writer: Option<std::thread::JoinHandle<()>>,
     committed: watch::Receiver<u64>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         // Closing the channel ends the writer after it commits what it holds.
-        self.appends.take();
+        self.requests.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
     }
 }
 
-impl Queue {
-    /// Opens (or creates) the queue file and starts its writer thread.
-    pub fn open(path: &Path) -> Result<Queue, QueueError> {
-        let open_err = |message: String| QueueError::Open {
-            path: path.to_path_buf(),
-            message,
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, QueueError>,
+    ) -> Result<R, QueueError> {
+        let guard = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(QueueError::Unavailable),
         }
-        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+    }
+}
+
+impl Queue {
+    /// Opens (or creates) the queue file and starts its writer thread. A file
+    /// that cannot be opened is quarantined (see [`QueueHealth::quarantined`]).
+    pub fn open(path: &Path, options: QueueOptions) -> Result<Queue, QueueError> {
+        let opened = store::open(path)?;
         let next_seq = {
-            let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
-            let next = {
-                let meta = txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
-                let entries = txn
-                    .open_table(ENTRIES)
-                    .map_err(|e| open_err(e.to_string()))?;
-                let stored = meta
-                    .get(NEXT_SEQ)
-                    .map_err(|e| open_err(e.to_string()))?
-                    .map(|v| v.value())
-                    .unwrap_or(1);
-                let after_last = entries
-                    .last()
-                    .map_err(|e| open_err(e.to_string()))?
-                    .map(|(k, _)| k.value() + 1)
-                    .unwrap_or(1);
-                stored.max(after_last)
-            };
-            txn.commit().map_err(|e| open_err(e.to_string()))?;
-            next
+            let txn = opened.db.begin_read().map_err(storage)?;
+            store::stats_in(&txn)?.next_seq
         };
-        let db = Arc::new(db);
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            options,
+            db: RwLock::new(Some(opened.db)),
+            health: Mutex::new(QueueHealth {
+                quarantined: opened.quarantined,
+                ..QueueHealth::default()
+            }),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            sent_below: std::sync::atomic::AtomicU64::new(0),
+        });
         let (committed_tx, committed) = watch::channel(next_seq - 1);
-        let (appends, writer) = writer::spawn(db.clone(), next_seq, committed_tx)
-            .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
+        let (requests, writer) =
+            writer::spawn(shared.clone(), next_seq, committed_tx).map_err(|e| {
+                QueueError::Open {
+                    path: path.to_path_buf(),
+                    message: format!("cannot start writer thread: {e}"),
+                }
+            })?;
         Ok(Queue {
             inner: Arc::new(Inner {
-                db,
-                appends: Some(appends),
+                shared,
+                requests: Some(requests),
+                slots: Arc::new(tokio::sync::Semaphore::new(MAX_WAITING)),
                 writer: Some(writer),
                 committed,
             }),
@@ -134,21 +232,20 @@ impl Queue {
 
     /// Commits a batch durably and returns its sequence number.
     pub async fn append(&self, batch: Batch) -> Result<u64, QueueError> {
-        let encoded = serde_json::to_vec(&batch).map_err(storage)?;
+        let encoded = store::encode_entry(&batch)?;
+        let slot = self
+            .inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| QueueError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        let sender = self.inner.appends.as_ref().ok_or(QueueError::Closed)?;
-        match sender.try_send(writer::Append { encoded, reply }) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(QueueError::Closed),
-            // The writer is behind: wait for room off the async threads.
-            Err(std::sync::mpsc::TrySendError::Full(append)) => {
-                let sender = sender.clone();
-                tokio::task::spawn_blocking(move || sender.send(append))
-                    .await
-                    .map_err(|_| QueueError::Closed)?
-                    .map_err(|_| QueueError::Closed)?;
-            }
-        }
+        self.send(writer::Request::Append(writer::Append {
+            encoded,
+            reply,
+            _slot: slot,
+        }))?;
         answer.await.map_err(|_| QueueError::Closed)?
     }
 
@@ -159,46 +256,78 @@ impl Queue {
 
     /// Up to `max` entries with sequence `>= from`, in order.
     pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Batch)>, QueueError> {
-        let txn = self.inner.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(ENTRIES).map_err(storage)?;
-        let mut out = Vec::new();
-        for item in table.range(from..).map_err(storage)?.take(max) {
-            let (key, value) = item.map_err(storage)?;
-            let seq = key.value();
-            let batch = serde_json::from_slice(value.value()).map_err(|e| QueueError::Corrupt {
-                seq,
-                message: e.to_string(),
-            })?;
-            out.push((seq, batch));
-        }
-        Ok(out)
-    }
-
-    /// Deletes acknowledged entries (see the module's invariants).
-    pub fn remove(&self, seqs: &[u64]) -> Result<(), QueueError> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        let mut txn = self.inner.db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::None).map_err(storage)?;
-        {
-            let mut table = txn.open_table(ENTRIES).map_err(storage)?;
-            for seq in seqs {
-                table.remove(seq).map_err(storage)?;
+        self.inner.shared.with_db(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(ENTRIES).map_err(storage)?;
+            let mut out = Vec::new();
+            for item in table.range(from..).map_err(storage)?.take(max) {
+                let (key, value) = item.map_err(storage)?;
+                let seq = key.value();
+                out.push((seq, store::decode_entry(seq, value.value())?));
             }
-        }
-        txn.commit().map_err(storage)
+            Ok(out)
+        })
     }
 
-    /// Number of entries waiting and the oldest one's sequence.
-    pub fn depth(&self) -> Result<(u64, Option<u64>), QueueError> {
-        let txn = self.inner.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(ENTRIES).map_err(storage)?;
-        let len = table.len().map_err(storage)?;
-        let first = table.first().map_err(storage)?.map(|(k, _)| k.value());
-        Ok((len, first))
+    fn send(&self, request: writer::Request) -> Result<(), QueueError> {
+        self.inner
+            .requests
+            .as_ref()
+            .ok_or(QueueError::Closed)?
+            .send(request)
+            .map_err(|_| QueueError::Closed)
+    }
+
+    /// Hands acknowledged sequences to the writer, which deletes them in its
+    /// next commit; returns at once. Sequences no longer present are ignored.
+    pub fn remove_later(&self, seqs: Vec<u64>) -> Result<(), QueueError> {
+        self.send(writer::Request::Remove { seqs, done: None })
+    }
+
+    /// Deletes sequences and returns once the deletion is committed.
+    pub async fn remove(&self, seqs: Vec<u64>) -> Result<(), QueueError> {
+        let (done, answer) = oneshot::channel();
+        self.send(writer::Request::Remove {
+            seqs,
+            done: Some(done),
+        })?;
+        answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Returns once every request handed over before it is committed.
+    pub async fn sync(&self) -> Result<(), QueueError> {
+        self.remove(Vec::new()).await
+    }
+
+    /// Notes that `seq` was handed to the broker. The size cap then drops
+    /// never-sent entries before it, so a dropped entry is one that surely
+    /// never arrived and `dropped_cap` counts real losses exactly.
+    pub fn mark_sent(&self, seq: u64) {
+        self.inner
+            .shared
+            .sent_below
+            .fetch_max(seq + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.inner.shared.with_db(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            store::stats_in(&txn)
+        })
+    }
+
+    /// Conditions worth reporting (quarantine, I/O errors, back-pressure).
+    pub fn health(&self) -> QueueHealth {
+        lock(&self.inner.shared.health).clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.shared.path
     }
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

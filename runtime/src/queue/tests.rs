@@ -18,7 +18,7 @@ fn batch(driver: &str, n: i64) -> Batch {
 #[tokio::test]
 async fn sequences_are_contiguous_and_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = Queue::open(&dir.path().join("q.redb")).unwrap();
+    let queue = Queue::open(&dir.path().join("q.redb"), QueueOptions::default()).unwrap();
     let mut seqs = Vec::new();
     for n in 0..10 {
         seqs.push(queue.append(batch("d", n)).await.unwrap());
@@ -38,24 +38,23 @@ async fn sequence_numbers_are_never_reused_after_delete_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q.redb");
     {
-        let queue = Queue::open(&path).unwrap();
+        let queue = Queue::open(&path, QueueOptions::default()).unwrap();
         for n in 0..5 {
             queue.append(batch("d", n)).await.unwrap();
         }
-        queue.remove(&[1, 2, 3, 4, 5]).unwrap();
-        assert_eq!(queue.depth().unwrap(), (0, None));
-        // A durable append after the non-durable delete makes both durable.
+        queue.remove(vec![1, 2, 3, 4, 5]).await.unwrap();
+        assert_eq!(queue.stats().unwrap().depth, 0);
         assert_eq!(queue.append(batch("d", 5)).await.unwrap(), 6);
-        queue.remove(&[6]).unwrap();
+        queue.remove(vec![6]).await.unwrap();
     }
-    let queue = Queue::open(&path).unwrap();
+    let queue = Queue::open(&path, QueueOptions::default()).unwrap();
     assert_eq!(queue.append(batch("d", 6)).await.unwrap(), 7);
 }
 
 #[tokio::test]
 async fn concurrent_appends_get_unique_sequences() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = Queue::open(&dir.path().join("q.redb")).unwrap();
+    let queue = Queue::open(&dir.path().join("q.redb"), QueueOptions::default()).unwrap();
     let mut tasks = Vec::new();
     for t in 0..8 {
         let q = queue.clone();
@@ -76,17 +75,23 @@ async fn concurrent_appends_get_unique_sequences() {
     }
     all.sort_unstable();
     assert_eq!(all, (1..=400).collect::<Vec<_>>());
-    assert_eq!(queue.depth().unwrap(), (400, Some(1)));
+    assert_eq!(
+        (
+            queue.stats().unwrap().depth,
+            queue.stats().unwrap().oldest_seq
+        ),
+        (400, Some(1))
+    );
 }
 
 #[tokio::test]
 async fn read_from_starts_at_the_oldest_remaining_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = Queue::open(&dir.path().join("q.redb")).unwrap();
+    let queue = Queue::open(&dir.path().join("q.redb"), QueueOptions::default()).unwrap();
     for n in 0..6 {
         queue.append(batch("d", n)).await.unwrap();
     }
-    queue.remove(&[1, 2, 4]).unwrap();
+    queue.remove(vec![1, 2, 4]).await.unwrap();
     let seqs: Vec<u64> = queue
         .read_from(0, 10)
         .unwrap()
@@ -101,4 +106,174 @@ async fn read_from_starts_at_the_oldest_remaining_entry() {
         .map(|(s, _)| s)
         .collect();
     assert_eq!(seqs, vec![5]);
+}
+
+fn encoded_len(b: &Batch) -> u64 {
+    store::encode_entry(b).unwrap().len() as u64
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_the_newest_and_counts_exactly_what_it_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = encoded_len(&batch("d", 0));
+    let options = QueueOptions {
+        max_bytes: Some(one * 5 + one / 2),
+        ..QueueOptions::default()
+    };
+    let queue = Queue::open(&dir.path().join("q.redb"), options).unwrap();
+    for n in 0..20 {
+        assert_eq!(queue.append(batch("d", n)).await.unwrap(), n as u64 + 1);
+    }
+    let stats = queue.stats().unwrap();
+    assert_eq!(stats.depth, 5);
+    assert_eq!(stats.dropped_cap, 15, "every dropped entry counted");
+    assert!(stats.bytes <= one * 5 + one / 2);
+    let seqs: Vec<u64> = queue
+        .read_from(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(seqs, vec![16, 17, 18, 19, 20], "the newest are all there");
+}
+
+#[tokio::test]
+async fn block_makes_appends_wait_for_space_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = encoded_len(&batch("d", 0));
+    let options = QueueOptions {
+        max_bytes: Some(one * 3),
+        when_full: FullPolicy::Block,
+        ..QueueOptions::default()
+    };
+    let queue = Queue::open(&dir.path().join("q.redb"), options).unwrap();
+    for n in 0..3 {
+        queue.append(batch("d", n)).await.unwrap();
+    }
+    let q = queue.clone();
+    let waiting = tokio::spawn(async move { q.append(batch("d", 3)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the fourth append waits at the cap");
+    assert!(queue.health().blocked, "and the wait is reported");
+    queue.remove(vec![1]).await.unwrap();
+    let seq = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seq, 4);
+    let stats = queue.stats().unwrap();
+    assert_eq!((stats.depth, stats.dropped_cap), (3, 0));
+    let health = queue.health();
+    assert!(!health.blocked);
+    assert!(health.blocked_ms_total >= 200, "{health:?}");
+}
+
+#[tokio::test]
+async fn retention_drops_entries_older_than_max_age_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = QueueOptions {
+        max_age: Some(std::time::Duration::from_secs(60)),
+        ..QueueOptions::default()
+    };
+    let queue = Queue::open(&dir.path().join("q.redb"), options).unwrap();
+    let hour_ago = crate::reading::now_ns() - 3_600_000_000_000;
+    for n in 0..4 {
+        let mut b = batch("d", n);
+        b.captured_ns = hour_ago;
+        queue.append(b).await.unwrap();
+    }
+    let mut fresh = batch("d", 4);
+    fresh.captured_ns = crate::reading::now_ns();
+    let fresh_len = encoded_len(&fresh);
+    queue.append(fresh).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while queue.stats().unwrap().dropped_age < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let stats = queue.stats().unwrap();
+    assert_eq!(
+        (stats.depth, stats.dropped_age, stats.oldest_seq),
+        (1, 4, Some(5))
+    );
+    assert_eq!(stats.bytes, fresh_len);
+}
+
+#[tokio::test]
+async fn a_garbage_file_is_quarantined_and_numbering_continues_above_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    {
+        let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+        for n in 0..3 {
+            queue.append(batch("d", n)).await.unwrap();
+        }
+    }
+    std::fs::write(&path, b"this is not a database, and was never one").unwrap();
+    let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+    let aside = queue.health().quarantined.expect("quarantined");
+    assert!(aside.is_file());
+    assert!(
+        aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("q.redb.corrupt-")
+    );
+    let seq = queue.append(batch("d", 9)).await.unwrap();
+    assert!(
+        seq > 3,
+        "never reuses a number the old file handed out: {seq}"
+    );
+}
+
+#[tokio::test]
+async fn a_truncated_file_opens_repaired_or_quarantined_and_collection_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    {
+        let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+        for n in 0..200 {
+            queue.append(batch("d", n)).await.unwrap();
+        }
+    }
+    let len = std::fs::metadata(&path).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len / 3).unwrap();
+    drop(file);
+    let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+    let seq = queue.append(batch("d", 1000)).await.unwrap();
+    assert!(seq > 200, "{seq}");
+    // Whatever survived reads back cleanly.
+    for (s, b) in queue.read_from(0, 1000).unwrap() {
+        assert!(s <= seq);
+        assert_eq!(b.driver, "d");
+    }
+}
+
+#[tokio::test]
+async fn stats_and_export_read_a_live_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+    for n in 0..4 {
+        queue.append(batch("d", n)).await.unwrap();
+    }
+    queue.remove(vec![1]).await.unwrap();
+    queue.append(batch("d", 4)).await.unwrap();
+    let stats = read_stats(&path).unwrap();
+    assert_eq!(
+        (stats.depth, stats.oldest_seq, stats.next_seq),
+        (4, Some(2), 6)
+    );
+    let mut out = Vec::new();
+    assert_eq!(export_jsonl(&path, &mut out).unwrap(), 4);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["seq"], 2);
+    assert_eq!(lines[0]["driver"], "d");
+    assert_eq!(lines[3]["readings"][0]["value"], 4);
 }

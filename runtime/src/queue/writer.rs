@@ -1,74 +1,415 @@
-//! The queue's single writer: group commit of appends.
+//! The queue's single writer. Each cycle takes every request waiting
+//! (appends and removals), applies retention, removals and as many appends
+//! as the size policy allows in one transaction, commits it with
+//! `Durability::Immediate`, and only then answers. A failed commit keeps
+//! everything pending and is retried after reopening the file.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::time::{Duration, Instant};
 
-use redb::Database;
-use tokio::sync::{oneshot, watch};
+use redb::ReadableTable;
+use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
-use super::{ENTRIES, MAX_GROUP, META, NEXT_SEQ, QueueError, storage};
+use super::store::{self, BYTES, DROPPED_AGE, DROPPED_CAP, ENTRIES, META, NEXT_SEQ, storage};
+use super::{FullPolicy, MAX_GROUP, QueueError, Shared, lock};
+use crate::reading::now_ns;
+
+pub(super) enum Request {
+    Append(Append),
+    Remove {
+        seqs: Vec<u64>,
+        done: Option<oneshot::Sender<Result<(), QueueError>>>,
+    },
+}
 
 pub(super) struct Append {
     pub encoded: Vec<u8>,
     pub reply: oneshot::Sender<Result<u64, QueueError>>,
+    /// Released when the append is answered, letting another one in.
+    pub _slot: OwnedSemaphorePermit,
 }
 
+/// How often retention runs, and how long an idle writer sleeps.
+const TICK: Duration = Duration::from_secs(1);
+/// Most entries one retention pass deletes (keeps its transaction small).
+const RETENTION_BATCH: usize = 10_000;
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a writer blocked at the cap waits for removals before looking again.
+const BLOCK_WAIT: Duration = Duration::from_millis(200);
+/// A repeated warning (I/O error, cap drops) is logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
 pub(super) fn spawn(
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     next_seq: u64,
     committed: watch::Sender<u64>,
-) -> std::io::Result<(SyncSender<Append>, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(MAX_GROUP * 4);
+) -> std::io::Result<(Sender<Request>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = Writer {
+        shared,
+        next_seq,
+        noted_seq: next_seq,
+        committed,
+        last_retention: Instant::now(),
+        last_warning: None,
+        appends: VecDeque::new(),
+        removes: Vec::new(),
+        remove_waiters: Vec::new(),
+        blocked_since: None,
+    };
     let handle = std::thread::Builder::new()
         .name("ferrule-queue".into())
-        .spawn(move || run(&db, next_seq, &rx, &committed))?;
+        .spawn(move || writer.run(&rx))?;
     Ok((tx, handle))
 }
 
-fn run(db: &Database, mut next_seq: u64, rx: &Receiver<Append>, committed: &watch::Sender<u64>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    // Blocks for the first append of a group, then takes whatever else is waiting.
-    while let Ok(first) = rx.recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(next) => group.push(next),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        match commit(db, next_seq, &group) {
-            Ok(()) => {
-                let first = next_seq;
-                next_seq += group.len() as u64;
-                // Publish the new high-water mark before anyone hears back, so
-                // a caller never sees its own sequence ahead of `committed`.
-                committed.send_replace(next_seq - 1);
-                for (offset, append) in group.drain(..).enumerate() {
-                    let _ = append.reply.send(Ok(first + offset as u64));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, batches = group.len(), "queue commit failed; batches not captured");
-                for append in group.drain(..) {
-                    let _ = append.reply.send(Err(QueueError::Storage(e.to_string())));
-                }
-            }
-        }
-    }
+struct Writer {
+    shared: Arc<Shared>,
+    next_seq: u64,
+    /// `next_seq` when the high-water mark was last noted beside the file.
+    noted_seq: u64,
+    committed: watch::Sender<u64>,
+    last_retention: Instant,
+    last_warning: Option<Instant>,
+    appends: VecDeque<Append>,
+    removes: Vec<u64>,
+    remove_waiters: Vec<oneshot::Sender<Result<(), QueueError>>>,
+    /// Set while appends wait at the cap under [`FullPolicy::Block`].
+    blocked_since: Option<Instant>,
 }
 
-fn commit(db: &Database, next_seq: u64, group: &[Append]) -> Result<(), QueueError> {
-    let txn = db.begin_write().map_err(storage)?;
-    {
-        let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
-        for (offset, append) in group.iter().enumerate() {
-            entries
-                .insert(next_seq + offset as u64, append.encoded.as_slice())
-                .map_err(storage)?;
+/// What one commit did.
+#[derive(Default)]
+struct Cycle {
+    /// Appends committed (from the front of the pending queue), and the first's sequence.
+    appended: usize,
+    first: u64,
+    dropped_cap: u64,
+    expired: u64,
+    /// Appends are left waiting at the cap.
+    blocked: bool,
+}
+
+impl Writer {
+    fn run(mut self, rx: &Receiver<Request>) {
+        let mut open = true;
+        let mut retry_delay = RETRY_MIN;
+        loop {
+            let progress_possible = !self.removes.is_empty()
+                || !self.remove_waiters.is_empty()
+                || (!self.appends.is_empty() && self.blocked_since.is_none());
+            if !progress_possible {
+                if !open {
+                    self.fail_pending(&QueueError::Closed);
+                    return;
+                }
+                let wait = if self.blocked_since.is_some() {
+                    BLOCK_WAIT
+                } else {
+                    TICK
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(request) => self.take(request),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(request) => self.take(request),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            let retention_due = self.last_retention.elapsed() >= TICK;
+            if !retention_due
+                && self.removes.is_empty()
+                && self.remove_waiters.is_empty()
+                && self.appends.is_empty()
+            {
+                continue;
+            }
+            match self.commit(retention_due) {
+                Ok(cycle) => {
+                    retry_delay = RETRY_MIN;
+                    self.finish(cycle);
+                }
+                Err(e) => {
+                    if self.shared.closing.load(Ordering::SeqCst) {
+                        // Shutting down with a failing disk: what is still
+                        // pending was never captured, and its callers are told.
+                        self.fail_pending(&e);
+                        return;
+                    }
+                    self.io_failed(&e);
+                    std::thread::sleep(retry_delay);
+                    retry_delay = (retry_delay * 2).min(RETRY_MAX);
+                    self.reopen();
+                }
+            }
         }
-        let mut meta = txn.open_table(META).map_err(storage)?;
-        meta.insert(NEXT_SEQ, next_seq + group.len() as u64)
-            .map_err(storage)?;
     }
-    txn.commit().map_err(storage)
+
+    fn take(&mut self, request: Request) {
+        match request {
+            Request::Append(append) => self.appends.push_back(append),
+            Request::Remove { seqs, done } => {
+                self.removes.extend(seqs);
+                if let Some(done) = done {
+                    self.remove_waiters.push(done);
+                }
+            }
+        }
+    }
+
+    fn fail_pending(&mut self, e: &QueueError) {
+        for append in self.appends.drain(..) {
+            let _ = append.reply.send(Err(QueueError::Storage(e.to_string())));
+        }
+        for done in self.remove_waiters.drain(..) {
+            let _ = done.send(Err(QueueError::Storage(e.to_string())));
+        }
+    }
+
+    /// Answers everyone the commit served and updates the reported state.
+    fn finish(&mut self, cycle: Cycle) {
+        self.last_retention = Instant::now();
+        self.removes.clear();
+        for done in self.remove_waiters.drain(..) {
+            let _ = done.send(Ok(()));
+        }
+        if cycle.appended > 0 {
+            // Publish the new high-water mark before anyone hears back, so a
+            // caller never sees its own sequence ahead of `committed`.
+            self.committed.send_replace(self.next_seq - 1);
+            for (offset, append) in self.appends.drain(..cycle.appended).enumerate() {
+                let _ = append.reply.send(Ok(cycle.first + offset as u64));
+            }
+        }
+        if self.next_seq >= self.noted_seq + store::SEQ_NOTE_STRIDE {
+            store::note_next_seq(&self.shared.path, self.next_seq);
+            self.noted_seq = self.next_seq;
+        }
+        if cycle.dropped_cap > 0 {
+            self.warn_dropped(cycle.dropped_cap);
+        }
+        if cycle.expired > 0 {
+            tracing::info!(
+                expired = cycle.expired,
+                max_age_s = self
+                    .shared
+                    .options
+                    .max_age
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                "queue retention dropped entries older than max_age"
+            );
+        }
+        let mut health = lock(&self.shared.health);
+        if let Some(error) = health.io_error.take() {
+            tracing::info!(previous_error = %error, retries = health.commit_retries, "queue writes resumed");
+        }
+        match (cycle.blocked, self.blocked_since) {
+            (true, None) => {
+                tracing::warn!(
+                    max_bytes = self.shared.options.max_bytes.unwrap_or(0),
+                    "queue full: drivers wait until the publisher frees space (when_full = block)"
+                );
+                self.blocked_since = Some(Instant::now());
+                health.blocked = true;
+            }
+            (false, Some(since)) => {
+                let waited = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+                health.blocked_ms_total = health.blocked_ms_total.saturating_add(waited);
+                health.blocked = false;
+                self.blocked_since = None;
+                tracing::info!(waited_ms = waited, "queue has space again; drivers resume");
+            }
+            _ => {}
+        }
+    }
+
+    fn io_failed(&mut self, e: &QueueError) {
+        let mut health = lock(&self.shared.health);
+        health.commit_retries += 1;
+        let first = health.io_error.is_none();
+        health.io_error = Some(e.to_string());
+        drop(health);
+        if first {
+            tracing::error!(error = %e, waiting = self.appends.len(), "queue commit failed; readings wait in memory and the commit is retried");
+            self.last_warning = Some(Instant::now());
+        } else if self.last_warning.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            tracing::warn!(error = %e, waiting = self.appends.len(), "queue commit still failing; readings wait in memory");
+            self.last_warning = Some(Instant::now());
+        }
+    }
+
+    /// Drops the database handle and opens the file again: after an I/O
+    /// error redb refuses further writes on the old handle.
+    fn reopen(&mut self) {
+        let mut slot = self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = None;
+        match store::reopen(&self.shared.path) {
+            Ok((db, next_seq)) => {
+                self.next_seq = self.next_seq.max(next_seq);
+                *slot = Some(db);
+            }
+            Err(e) => tracing::debug!(error = %e, "queue reopen failed; will retry"),
+        }
+    }
+
+    fn warn_dropped(&mut self, dropped: u64) {
+        if self.last_warning.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            tracing::warn!(
+                dropped,
+                max_bytes = self.shared.options.max_bytes.unwrap_or(0),
+                "queue at its size cap: oldest entries dropped (when_full = drop-oldest; counted in dropped_cap)"
+            );
+            self.last_warning = Some(Instant::now());
+        }
+    }
+
+    /// One transaction: retention (when due), removals, then appends as the
+    /// size policy allows. Commits only if something changed.
+    fn commit(&mut self, retention_due: bool) -> Result<Cycle, QueueError> {
+        let options = self.shared.options.clone();
+        let first = self.next_seq;
+        let appends = &self.appends;
+        let removes = &self.removes;
+        let sent_below = self.shared.sent_below.load(Ordering::Relaxed);
+        let cycle = self.shared.with_db(|db| {
+            let txn = db.begin_write().map_err(storage)?;
+            let mut cycle = Cycle {
+                first,
+                ..Cycle::default()
+            };
+            let mut changed = false;
+            {
+                let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                let counter =
+                    |meta: &redb::Table<&str, u64>, key: &str| -> Result<u64, QueueError> {
+                        Ok(meta
+                            .get(key)
+                            .map_err(storage)?
+                            .map(|v| v.value())
+                            .unwrap_or(0))
+                    };
+                let mut bytes = counter(&meta, BYTES)?;
+
+                if let (true, Some(max_age)) = (retention_due, options.max_age) {
+                    let cutoff = now_ns()
+                        .saturating_sub(u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX));
+                    while (cycle.expired as usize) < RETENTION_BATCH {
+                        let expired = match entries.first().map_err(storage)? {
+                            Some((_, v)) => {
+                                store::captured_ns(v.value()).is_some_and(|ns| ns < cutoff)
+                            }
+                            None => false,
+                        };
+                        if !expired {
+                            break;
+                        }
+                        if let Some((_, v)) = entries.pop_first().map_err(storage)? {
+                            bytes = bytes.saturating_sub(v.value().len() as u64);
+                            cycle.expired += 1;
+                        }
+                    }
+                    if cycle.expired > 0 {
+                        meta.insert(DROPPED_AGE, counter(&meta, DROPPED_AGE)? + cycle.expired)
+                            .map_err(storage)?;
+                        changed = true;
+                    }
+                }
+
+                for seq in removes {
+                    if let Some(old) = entries.remove(seq).map_err(storage)? {
+                        bytes = bytes.saturating_sub(old.value().len() as u64);
+                        changed = true;
+                    }
+                }
+
+                let mut seq = first;
+                for append in appends.iter().take(MAX_GROUP) {
+                    let size = append.encoded.len() as u64;
+                    if let Some(max) = options.max_bytes
+                        && bytes + size > max
+                    {
+                        match options.when_full {
+                            // An empty queue takes an entry even if it alone is over the cap.
+                            FullPolicy::Block if bytes > 0 => {
+                                cycle.blocked = true;
+                                break;
+                            }
+                            FullPolicy::Block => {}
+                            FullPolicy::DropOldest => {
+                                while bytes + size > max {
+                                    // The oldest entry not yet handed to the broker;
+                                    // only when there is none, the oldest of all.
+                                    let victim = match entries
+                                        .range(sent_below..)
+                                        .map_err(storage)?
+                                        .next()
+                                    {
+                                        Some(item) => Some(item.map_err(storage)?.0.value()),
+                                        None => entries
+                                            .first()
+                                            .map_err(storage)?
+                                            .map(|(k, _)| k.value()),
+                                    };
+                                    let Some(victim) = victim else {
+                                        break;
+                                    };
+                                    let Some(old) = entries.remove(victim).map_err(storage)? else {
+                                        break;
+                                    };
+                                    bytes = bytes.saturating_sub(old.value().len() as u64);
+                                    cycle.dropped_cap += 1;
+                                }
+                            }
+                        }
+                    }
+                    entries
+                        .insert(seq, append.encoded.as_slice())
+                        .map_err(storage)?;
+                    bytes += size;
+                    seq += 1;
+                    cycle.appended += 1;
+                }
+                if cycle.appended > 0 {
+                    meta.insert(NEXT_SEQ, seq).map_err(storage)?;
+                    changed = true;
+                }
+                if cycle.dropped_cap > 0 {
+                    meta.insert(
+                        DROPPED_CAP,
+                        counter(&meta, DROPPED_CAP)? + cycle.dropped_cap,
+                    )
+                    .map_err(storage)?;
+                }
+                if changed {
+                    meta.insert(BYTES, bytes).map_err(storage)?;
+                }
+            }
+            if changed {
+                txn.commit().map_err(storage)?;
+            } else {
+                txn.abort().map_err(storage)?;
+            }
+            Ok(cycle)
+        })?;
+        self.next_seq = first + cycle.appended as u64;
+        Ok(cycle)
+    }
 }

@@ -58,3 +58,52 @@ unit = "degF"
         scale = plugin("scale")?.display(),
     ))
 }
+
+/// A gateway with one `sim` driver of `channels` counter channels (so each
+/// poll yields that many readings) and `queue` as its `[queue]` table body.
+pub fn sim_config(
+    data_dir: &Path,
+    pki: &Pki,
+    port: u16,
+    interval_ms: u64,
+    channels: usize,
+    queue: &str,
+) -> anyhow::Result<String> {
+    let channels: Vec<String> = (0..channels)
+        .map(|i| format!("{{ name = \"c{i}\", signal = \"counter\" }}"))
+        .collect();
+    Ok(format!(
+        r#"[gateway]
+id = "gw-test"
+data_dir = "{data}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+ca_file = "{ca}"
+client_cert_file = "{cert}"
+client_key_file = "{key}"
+keep_alive_s = 5
+reconnect_min_ms = 100
+reconnect_max_ms = 1000
+max_inflight = 64
+
+[queue]
+{queue}
+
+[[driver]]
+name = "sim-1"
+plugin = "{sim}"
+interval_ms = {interval_ms}
+
+[driver.config]
+channels = [{channels}]
+"#,
+        data = data_dir.display(),
+        ca = pki.ca.cert.display(),
+        cert = pki.gateway.cert.display(),
+        key = pki.gateway.key.display(),
+        sim = plugin("sim")?.display(),
+        channels = channels.join(", "),
+    ))
+}

@@ -4,3 +4,4 @@
 mod bad_input;
 mod common;
 mod end_to_end;
+mod store_forward;

@@ -1,0 +1,323 @@
+//! The queue file's layout, opening it (with repair, or quarantine when it
+//! cannot be opened), and reading it without a running writer.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Builder, ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, StorageError, TableDefinition,
+};
+
+use super::{QueueError, QueueStats};
+use crate::reading::Batch;
+
+/// Entries by sequence number. Value: captured time (u64 little-endian
+/// nanoseconds) followed by the batch as JSON.
+pub(super) const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+/// Counters, updated in the same transaction as the entries they describe.
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub(super) const NEXT_SEQ: &str = "next_seq";
+pub(super) const BYTES: &str = "bytes";
+pub(super) const DROPPED_CAP: &str = "dropped.cap";
+pub(super) const DROPPED_AGE: &str = "dropped.age";
+
+const HEADER: usize = 8;
+
+pub(super) fn storage(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Storage(e.to_string())
+}
+
+pub(super) fn encode_entry(batch: &Batch) -> Result<Vec<u8>, QueueError> {
+    let mut out = Vec::with_capacity(HEADER + 64 + batch.readings.len() * 96);
+    out.extend_from_slice(&batch.captured_ns.to_le_bytes());
+    serde_json::to_writer(&mut out, batch).map_err(storage)?;
+    Ok(out)
+}
+
+pub(super) fn decode_entry(seq: u64, bytes: &[u8]) -> Result<Batch, QueueError> {
+    let corrupt = |message: String| QueueError::Corrupt { seq, message };
+    let json = bytes
+        .get(HEADER..)
+        .ok_or_else(|| corrupt(format!("entry of {} bytes has no header", bytes.len())))?;
+    serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
+}
+
+/// The captured time stored in an entry's header.
+pub(super) fn captured_ns(bytes: &[u8]) -> Option<u64> {
+    let header: [u8; HEADER] = bytes.get(..HEADER)?.try_into().ok()?;
+    Some(u64::from_le_bytes(header))
+}
+
+fn builder() -> Builder {
+    let mut builder = Builder::new();
+    // One writer (the runtime); `ferrule queue stats` may read alongside.
+    builder.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    builder
+}
+
+/// A database that opened, and what had to be done to open it.
+pub(super) struct Opened {
+    pub db: Database,
+    pub quarantined: Option<PathBuf>,
+}
+
+/// Errors that say something else holds the file or we may not touch it;
+/// the file itself is fine and must not be quarantined.
+fn is_access_problem(e: &DatabaseError) -> bool {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => true,
+        DatabaseError::Storage(StorageError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ReadOnlyFilesystem
+                | std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::QuotaExceeded
+                | std::io::ErrorKind::WouldBlock
+        ),
+        _ => false,
+    }
+}
+
+/// Opens the queue file, repairing it if the last run did not close it. A
+/// file that cannot be opened or read is renamed to
+/// `{name}.corrupt-{UTC timestamp}` and a fresh queue is started whose
+/// sequence numbers start above anything the old file can have held.
+pub(super) fn open(path: &Path) -> Result<Opened, QueueError> {
+    let open_err = |message: String| QueueError::Open {
+        path: path.to_path_buf(),
+        message,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
+    }
+    let problem = match try_open(path) {
+        Ok(db) => {
+            seq_floor_note(path, &db);
+            return Ok(Opened {
+                db,
+                quarantined: None,
+            });
+        }
+        Err(Attempt::Access(message)) => return Err(open_err(message)),
+        Err(Attempt::Corrupt(message)) => message,
+    };
+    let floor = next_seq_floor(path);
+    let aside = quarantine_name(path);
+    std::fs::rename(path, &aside).map_err(|e| {
+        open_err(format!(
+            "file is unreadable ({problem}) and cannot be moved aside: {e}"
+        ))
+    })?;
+    tracing::error!(
+        queue = %path.display(),
+        moved_to = %aside.display(),
+        problem = %problem,
+        next_seq = floor,
+        "QUEUE FILE QUARANTINED: it could not be opened; a fresh queue is started and collection continues. Entries in the old file were not sent."
+    );
+    let db = builder()
+        .create(path)
+        .map_err(|e| open_err(format!("fresh queue after quarantine: {e}")))?;
+    {
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(NEXT_SEQ, floor).map_err(storage)?;
+            txn.open_table(ENTRIES).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+    }
+    seq_floor_note(path, &db);
+    Ok(Opened {
+        db,
+        quarantined: Some(aside),
+    })
+}
+
+enum Attempt {
+    Access(String),
+    Corrupt(String),
+}
+
+fn try_open(path: &Path) -> Result<Database, Attempt> {
+    // redb's debug builds assert on some kinds of corruption; treat such a
+    // panic like a corruption error so a bad file never stops the gateway.
+    let opened = std::panic::catch_unwind(|| -> Result<Database, Attempt> {
+        let db = builder().create(path).map_err(|e| {
+            if is_access_problem(&e) {
+                Attempt::Access(e.to_string())
+            } else {
+                Attempt::Corrupt(e.to_string())
+            }
+        })?;
+        // Prove the tables are readable before trusting the file.
+        check_tables(&db).map_err(|e| Attempt::Corrupt(e.to_string()))?;
+        Ok(db)
+    });
+    match opened {
+        Ok(result) => result,
+        Err(_) => Err(Attempt::Corrupt("storage engine rejected the file".into())),
+    }
+}
+
+fn check_tables(db: &Database) -> Result<(), QueueError> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let meta = txn.open_table(META).map_err(storage)?;
+        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        meta.get(NEXT_SEQ).map_err(storage)?;
+        entries.first().map_err(storage)?;
+        entries.last().map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
+}
+
+fn quarantine_name(path: &Path) -> PathBuf {
+    let stamp = time::OffsetDateTime::now_utc();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "queue".to_string());
+    path.with_file_name(format!(
+        "{name}.corrupt-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        stamp.year(),
+        u8::from(stamp.month()),
+        stamp.day(),
+        stamp.hour(),
+        stamp.minute(),
+        stamp.second()
+    ))
+}
+
+/// Where the last known sequence high-water mark is noted, outside the queue
+/// file, so a quarantine never restarts numbering below it.
+fn seq_note_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".seq");
+    path.with_file_name(name)
+}
+
+/// Sequence numbers handed out between two notes, at most.
+pub(super) const SEQ_NOTE_STRIDE: u64 = 1 << 16;
+
+/// The first sequence number of a queue that replaces a quarantined one:
+/// above the last note (plus the stride it may have run ahead) and above the
+/// current time in microseconds (a counter that started at 1 cannot have
+/// passed it), whichever is larger.
+fn next_seq_floor(path: &Path) -> u64 {
+    let noted = std::fs::read_to_string(seq_note_path(path))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    noted.saturating_add(2 * SEQ_NOTE_STRIDE).max(micros).max(1)
+}
+
+fn seq_floor_note(path: &Path, db: &Database) {
+    let next = db
+        .begin_read()
+        .ok()
+        .and_then(|txn| txn.open_table(META).ok())
+        .and_then(|meta| meta.get(NEXT_SEQ).ok().flatten().map(|v| v.value()))
+        .unwrap_or(1);
+    note_next_seq(path, next);
+}
+
+/// Records `next_seq` beside the queue file (write, fsync, rename).
+pub(super) fn note_next_seq(path: &Path, next_seq: u64) {
+    let note = seq_note_path(path);
+    let tmp = note.with_extension("seq.tmp");
+    let result = (|| -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        writeln!(file, "{next_seq}")?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &note)
+    })();
+    if let Err(e) = result {
+        tracing::warn!(note = %note.display(), error = %e, "cannot note the queue's sequence high-water mark");
+    }
+}
+
+/// Figures of a queue file, read without taking it from a running gateway.
+pub fn read_stats(path: &Path) -> Result<QueueStats, QueueError> {
+    let db = builder()
+        .open_read_only(path)
+        .map_err(|e| QueueError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let txn = db.begin_read().map_err(storage)?;
+    stats_in(&txn)
+}
+
+pub(super) fn stats_in(txn: &redb::ReadTransaction) -> Result<QueueStats, QueueError> {
+    let meta = txn.open_table(META).map_err(storage)?;
+    let entries = txn.open_table(ENTRIES).map_err(storage)?;
+    let get = |key: &str| -> Result<u64, QueueError> {
+        Ok(meta
+            .get(key)
+            .map_err(storage)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    };
+    let first = entries.first().map_err(storage)?;
+    Ok(QueueStats {
+        depth: entries.len().map_err(storage)?,
+        bytes: get(BYTES)?,
+        next_seq: get(NEXT_SEQ)?.max(1),
+        oldest_seq: first.as_ref().map(|(k, _)| k.value()),
+        oldest_captured_ns: first.as_ref().and_then(|(_, v)| captured_ns(v.value())),
+        dropped_cap: get(DROPPED_CAP)?,
+        dropped_age: get(DROPPED_AGE)?,
+    })
+}
+
+/// Writes every queued batch as one JSON line (`{"seq": …, "batch": …}`),
+/// oldest first; returns how many were written.
+pub fn export_jsonl(path: &Path, out: &mut dyn Write) -> Result<u64, QueueError> {
+    let db = builder()
+        .open_read_only(path)
+        .map_err(|e| QueueError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let txn = db.begin_read().map_err(storage)?;
+    let entries = txn.open_table(ENTRIES).map_err(storage)?;
+    let mut count = 0;
+    for item in entries.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        let seq = key.value();
+        let batch = decode_entry(seq, value.value())?;
+        serde_json::to_writer(&mut *out, &ExportLine { seq, batch: &batch }).map_err(storage)?;
+        out.write_all(b"\n").map_err(storage)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[derive(serde::Serialize)]
+struct ExportLine<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    batch: &'a Batch,
+}
+
+/// Opens the file again after an I/O error (repairing it if needed), without
+/// quarantining: the file was good a moment ago. Returns its `next_seq`.
+pub(super) fn reopen(path: &Path) -> Result<(Database, u64), QueueError> {
+    let db = builder().create(path).map_err(|e| QueueError::Open {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let next = {
+        let txn = db.begin_read().map_err(storage)?;
+        stats_in(&txn)?.next_seq
+    };
+    Ok((db, next))
+}
