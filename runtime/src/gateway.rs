@@ -108,6 +108,7 @@ pub fn queue_options(config: &Config) -> QueueOptions {
         max_bytes: config.queue.max_bytes,
         when_full: config.queue.when_full,
         max_age: config.queue.max_age_s.map(Duration::from_secs),
+        max_group: None,
     }
 }
 

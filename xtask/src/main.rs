@@ -36,6 +36,13 @@ enum Task {
     Test,
     /// Build the WebAssembly plugins and the plugin-author template.
     Plugins,
+    /// Benchmarks that print figures (release build). Parts: queue.
+    Bench {
+        /// Which part to run; all when absent.
+        part: Option<String>,
+    },
+    /// Long fault runs: kill -9 ferrule 50 times and check nothing is lost.
+    Soak,
 }
 
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -57,6 +64,8 @@ fn main() -> anyhow::Result<()> {
             ensure_wasm_target()?;
             build_plugins(&root)
         }
+        Task::Bench { part } => bench(&root, part.as_deref()),
+        Task::Soak => soak(&root),
     }
 }
 
@@ -145,6 +154,46 @@ fn test(root: &Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn bench(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
+    ensure_mosquitto()?;
+    match part {
+        None | Some("queue") => run(
+            root,
+            cargo().args([
+                "run",
+                "--release",
+                "-p",
+                "ferrule-tests",
+                "--bin",
+                "bench-queue",
+            ]),
+        ),
+        Some(other) => bail!("unknown benchmark {other:?}; parts: queue"),
+    }
+}
+
+fn soak(root: &Path) -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    ensure_mosquitto()?;
+    build_plugins(root)?;
+    run(root, cargo().args(["build", "-p", "ferrule", "--bins"]))?;
+    run(
+        root,
+        cargo()
+            .args([
+                "test",
+                "-p",
+                "ferrule-tests",
+                "--test",
+                "integration",
+                "kill9",
+                "--",
+                "--nocapture",
+            ])
+            .env("FERRULE_KILL_CYCLES", "50"),
+    )
 }
 
 fn build_plugins(root: &Path) -> anyhow::Result<()> {

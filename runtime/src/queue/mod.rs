@@ -85,6 +85,9 @@ pub struct QueueOptions {
     pub max_bytes: Option<u64>,
     pub when_full: FullPolicy,
     pub max_age: Option<Duration>,
+    /// Most appends per commit; `None` means [`MAX_GROUP`]. `Some(1)` gives
+    /// one fsync per batch, which the queue benchmark compares against.
+    pub max_group: Option<usize>,
 }
 
 /// Why a queue operation failed.

@@ -341,7 +341,8 @@ impl Writer {
                 }
 
                 let mut seq = first;
-                for append in appends.iter().take(MAX_GROUP) {
+                let group = options.max_group.unwrap_or(MAX_GROUP).clamp(1, MAX_GROUP);
+                for append in appends.iter().take(group) {
                     let size = append.encoded.len() as u64;
                     if let Some(max) = options.max_bytes
                         && bytes + size > max

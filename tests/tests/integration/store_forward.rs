@@ -163,13 +163,17 @@ async fn outage_of_60_s_at_200_readings_per_s_is_backfilled_without_gap() -> any
     Ok(())
 }
 
+/// 20 cycles; `cargo xtask soak` runs it with `FERRULE_KILL_CYCLES=50`.
 #[tokio::test]
 async fn kill9_twenty_times_loses_no_committed_reading() -> anyhow::Result<()> {
-    kill9_cycles(20).await
+    let cycles = std::env::var("FERRULE_KILL_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    kill9_cycles(cycles).await
 }
 
-/// Also run by `cargo xtask soak` with more cycles (FERRULE_SOAK_KILLS).
-pub async fn kill9_cycles(cycles: usize) -> anyhow::Result<()> {
+async fn kill9_cycles(cycles: usize) -> anyhow::Result<()> {
     let mut rig = Rig::new(20, 5, "").await?;
     let mut jitter = Jitter::from_time();
     eprintln!("kill -9 cycles: {cycles}, jitter seed {}", jitter.seed());
@@ -316,6 +320,12 @@ async fn a_corrupt_queue_file_is_quarantined_and_collection_continues() -> anyho
         })
         .collect();
     assert_eq!(aside.len(), 1, "the bad file is kept aside for inspection");
+    let stats = rig.stats()?;
+    assert_eq!(
+        stats["quarantined"].as_array().map(Vec::len),
+        Some(1),
+        "{stats}"
+    );
     // Numbering restarts above anything the old file can have held.
     assert!(rig.seqs.unique()[0] > 1_000_000);
     assert!(ferrule.child.try_wait()?.is_none(), "still running");

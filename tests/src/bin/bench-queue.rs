@@ -1,0 +1,176 @@
+//! `cargo xtask bench queue`: capture rate of the queue with group commit
+//! against one commit per batch (both `Durability::Immediate`), and drain
+//! rate from the queue to a local mosquitto over TLS, QoS 1. Prints figures;
+//! asserts nothing (timings are never test assertions).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrule::publish::{self, PublisherSettings, TlsFiles, Topics};
+use ferrule::queue::{Queue, QueueOptions};
+use ferrule::reading::{Batch, Quality, Reading, Value, now_ns};
+use ferrule_tests::{Mosquitto, Pki, free_port};
+
+const READINGS_PER_BATCH: usize = 100;
+const PRODUCERS: usize = 8;
+
+fn batch(n: u64) -> Batch {
+    let ts = now_ns();
+    Batch {
+        driver: format!("bench-{}", n % PRODUCERS as u64),
+        captured_ns: ts,
+        readings: (0..READINGS_PER_BATCH)
+            .map(|i| Reading {
+                channel: format!("c{i:02}"),
+                value: Value::Float(n as f64 * 0.5 + i as f64),
+                ts_ns: ts,
+                quality: Quality::Good,
+                unit: Some("degC".into()),
+            })
+            .collect(),
+    }
+}
+
+/// Readings/s captured by `PRODUCERS` tasks appending for `seconds`.
+async fn capture(
+    dir: &Path,
+    name: &str,
+    max_group: Option<usize>,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let queue = Queue::open(
+        &dir.join(format!("{name}.redb")),
+        QueueOptions {
+            max_group,
+            ..QueueOptions::default()
+        },
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let batches = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..PRODUCERS {
+        let (queue, stop, batches) = (queue.clone(), stop.clone(), batches.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = p as u64;
+            while !stop.load(Ordering::Relaxed) {
+                queue.append(batch(n)).await?;
+                batches.fetch_add(1, Ordering::Relaxed);
+                n += PRODUCERS as u64;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let b = batches.load(Ordering::Relaxed) as f64;
+    Ok((b * READINGS_PER_BATCH as f64 / elapsed, b / elapsed))
+}
+
+/// Readings/s drained from a queue of `batches` entries to mosquitto over TLS.
+async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
+    let queue = Queue::open(&dir.join("drain.redb"), QueueOptions::default())?;
+    let mut tasks = Vec::new();
+    for p in 0..PRODUCERS as u64 {
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = p;
+            while n < batches {
+                queue.append(batch(n)).await?;
+                n += PRODUCERS as u64;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let pki = Pki::new(&dir.join("certs"))?;
+    let port = free_port()?;
+    let _broker = Mosquitto::start(dir, &pki, port, "max_queued_messages 0")?;
+    let settings = PublisherSettings {
+        gateway: "bench".into(),
+        host: "127.0.0.1".into(),
+        port,
+        client_id: "bench".into(),
+        topics: Topics::new("ferrule", "bench"),
+        tls: TlsFiles {
+            ca: pki.ca.cert.clone(),
+            client_cert: Some(pki.gateway.cert.clone()),
+            client_key: Some(pki.gateway.key.clone()),
+        },
+        keep_alive: Duration::from_secs(30),
+        max_inflight: 64,
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let publisher = tokio::spawn(publish::run(settings, queue.clone(), stop_rx));
+    loop {
+        if queue.stats()?.depth == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "drain took over 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let _ = publisher.await;
+    let b = batches as f64;
+    Ok((b * READINGS_PER_BATCH as f64 / elapsed, b / elapsed))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let drain_batches: u64 = std::env::var("BENCH_DRAIN_BATCHES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5_000);
+    // On the project's disk (not a tmpfs), so fsync costs what it costs.
+    let base = ferrule_tests::target_dir().join("bench-tmp");
+    std::fs::create_dir_all(&base)?;
+    let dir = tempfile::Builder::new()
+        .prefix("queue-")
+        .tempdir_in(&base)?;
+    ferrule_tests::broker_writable_dir(dir.path(), ".")?;
+
+    println!(
+        "queue benchmark: {PRODUCERS} producers, {READINGS_PER_BATCH} readings per batch, Durability::Immediate, {seconds} s per capture run"
+    );
+    let (group_r, group_b) = capture(dir.path(), "group", None, seconds).await?;
+    let (single_r, single_b) = capture(dir.path(), "single", Some(1), seconds).await?;
+    let (drain_r, drain_b) = drain(dir.path(), drain_batches).await?;
+    println!();
+    println!("| figure | readings/s | batches/s |");
+    println!("| --- | ---: | ---: |");
+    println!("| capture, group commit | {group_r:.0} | {group_b:.0} |");
+    println!("| capture, one commit per batch (baseline) | {single_r:.0} | {single_b:.0} |");
+    println!(
+        "| drain to mosquitto, TLS, QoS 1 ({drain_batches} batches queued) | {drain_r:.0} | {drain_b:.0} |"
+    );
+    println!();
+    println!(
+        "group commit / one commit per batch: {:.1}x",
+        group_r / single_r.max(1.0)
+    );
+    println!(
+        "drain / group-commit capture: {:.2}x",
+        drain_r / group_r.max(1.0)
+    );
+    println!("targets: capture >= 100000 readings/s, drain >= 50000 readings/s");
+    Ok(())
+}
