@@ -244,16 +244,20 @@ pub(super) fn note_next_seq(path: &Path, next_seq: u64) {
     }
 }
 
-/// Figures of a queue file, read without taking it from a running gateway.
-pub fn read_stats(path: &Path) -> Result<QueueStats, QueueError> {
+/// A read transaction on a queue file, alongside a running gateway if any.
+fn read_only(path: &Path) -> Result<redb::ReadTransaction, QueueError> {
     let db = builder()
         .open_read_only(path)
         .map_err(|e| QueueError::Open {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-    let txn = db.begin_read().map_err(storage)?;
-    stats_in(&txn)
+    db.begin_read().map_err(storage)
+}
+
+/// Figures of a queue file, read without taking it from a running gateway.
+pub fn read_stats(path: &Path) -> Result<QueueStats, QueueError> {
+    stats_in(&read_only(path)?)
 }
 
 pub(super) fn stats_in(txn: &redb::ReadTransaction) -> Result<QueueStats, QueueError> {
@@ -278,16 +282,11 @@ pub(super) fn stats_in(txn: &redb::ReadTransaction) -> Result<QueueStats, QueueE
     })
 }
 
-/// Writes every queued batch as one JSON line (`{"seq": …, "batch": …}`),
-/// oldest first; returns how many were written.
+/// Writes every queued batch as one JSON line
+/// (`{"seq", "driver", "captured_ns", "readings"}`), oldest first; returns
+/// how many were written.
 pub fn export_jsonl(path: &Path, out: &mut dyn Write) -> Result<u64, QueueError> {
-    let db = builder()
-        .open_read_only(path)
-        .map_err(|e| QueueError::Open {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    let txn = db.begin_read().map_err(storage)?;
+    let txn = read_only(path)?;
     let entries = txn.open_table(ENTRIES).map_err(storage)?;
     let mut count = 0;
     for item in entries.iter().map_err(storage)? {

@@ -11,20 +11,7 @@ pub fn sim_scale_config(
     interval_ms: u64,
 ) -> anyhow::Result<String> {
     Ok(format!(
-        r#"[gateway]
-id = "gw-test"
-data_dir = "{data}"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-ca_file = "{ca}"
-client_cert_file = "{cert}"
-client_key_file = "{key}"
-keep_alive_s = 5
-reconnect_min_ms = 100
-reconnect_max_ms = 1000
-
+        r#"{header}
 [[driver]]
 name = "sim-1"
 plugin = "{sim}"
@@ -50,10 +37,7 @@ offset = 32.0
 rename = "temperature_f"
 unit = "degF"
 "#,
-        data = dir.join("data").display(),
-        ca = pki.ca.cert.display(),
-        cert = pki.gateway.cert.display(),
-        key = pki.gateway.key.display(),
+        header = gateway_and_mqtt(&dir.join("data"), pki, port, ""),
         sim = plugin("sim")?.display(),
         scale = plugin("scale")?.display(),
     ))
@@ -73,6 +57,28 @@ pub fn sim_config(
         .map(|i| format!("{{ name = \"c{i}\", signal = \"counter\" }}"))
         .collect();
     Ok(format!(
+        r#"{header}
+[queue]
+{queue}
+
+[[driver]]
+name = "sim-1"
+plugin = "{sim}"
+interval_ms = {interval_ms}
+
+[driver.config]
+channels = [{channels}]
+"#,
+        header = gateway_and_mqtt(data_dir, pki, port, "max_inflight = 64\n"),
+        sim = plugin("sim")?.display(),
+        channels = channels.join(", "),
+    ))
+}
+
+/// The `[gateway]` and `[mqtt]` tables every test gateway shares: id
+/// `gw-test`, mutual TLS with the test PKI, quick reconnects.
+fn gateway_and_mqtt(data_dir: &Path, pki: &Pki, port: u16, mqtt_extra: &str) -> String {
+    format!(
         r#"[gateway]
 id = "gw-test"
 data_dir = "{data}"
@@ -86,24 +92,11 @@ client_key_file = "{key}"
 keep_alive_s = 5
 reconnect_min_ms = 100
 reconnect_max_ms = 1000
-max_inflight = 64
-
-[queue]
-{queue}
-
-[[driver]]
-name = "sim-1"
-plugin = "{sim}"
-interval_ms = {interval_ms}
-
-[driver.config]
-channels = [{channels}]
+{mqtt_extra}
 "#,
         data = data_dir.display(),
         ca = pki.ca.cert.display(),
         cert = pki.gateway.cert.display(),
         key = pki.gateway.key.display(),
-        sim = plugin("sim")?.display(),
-        channels = channels.join(", "),
-    ))
+    )
 }
