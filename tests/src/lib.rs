@@ -160,6 +160,22 @@ impl Process {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until the process's log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while !self.log_text().contains(needle) {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} never logged {needle:?} within {limit:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Process {
