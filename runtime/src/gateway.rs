@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
-use crate::plugin::{PluginEngine, PluginError};
+use crate::plugin::{EngineSettings, PluginEngine, PluginError, Sandbox};
 use crate::publish::{self, PublisherSettings, TlsFiles, Topics};
 use crate::queue::{Queue, QueueError, QueueOptions};
 
@@ -37,9 +37,11 @@ pub enum StartError {
 }
 
 /// A gateway whose plugins are loaded and initialised, not yet running.
+/// A driver whose chain failed to start keeps its error: `check` reports
+/// it, `run` logs it and lets the supervisor retry with backoff.
 pub struct Prepared {
     pub config: Config,
-    pub drivers: Vec<(DriverSpec, Chain)>,
+    pub drivers: Vec<(DriverSpec, Result<Chain, StartError>)>,
     _engine: PluginEngine,
 }
 
@@ -51,21 +53,29 @@ fn to_json(config: &Config, what: &str, table: &toml::Value) -> Result<String, S
     })
 }
 
-/// Loads every plugin (checking it exports the right world) and runs each
-/// instance's `init` with its config. Nothing here touches the network.
+/// Loads every plugin (checking it exports the right world), builds each
+/// instance's sandbox and runs its `init` with its config. Nothing here
+/// touches the network; a plugin file that cannot be loaded is an error.
 pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
-    let engine = PluginEngine::new()?;
+    let data_root = config.resolve(&config.gateway.data_dir);
+    let engine = PluginEngine::with_settings(&engine_settings(&config, &data_root))?;
     let mut drivers = Vec::with_capacity(config.drivers.len());
     for d in &config.drivers {
         let name = d.name.get_ref().clone();
-        let limits = d.limits.unwrap_or(config.limits);
+        let limits = config.limits.with(d.limits);
         let loaded = engine.load_driver(&config.resolve(d.plugin.get_ref()))?;
         let mut processors = Vec::with_capacity(d.processors.len());
         for p in &d.processors {
             let instance = format!("{name}/{}", p.name.get_ref());
+            let sandbox = Sandbox::new(
+                &instance,
+                limits.with(p.limits),
+                &p.capabilities(),
+                &data_root,
+            )?;
             processors.push(PluginSpec {
                 loaded: engine.load_processor(&config.resolve(p.plugin.get_ref()))?,
-                limits: p.limits.unwrap_or(limits),
+                sandbox,
                 config_json: to_json(&config, &format!("processor {instance}"), &p.config)?,
                 name: instance,
             });
@@ -73,18 +83,25 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         let spec = DriverSpec {
             driver: PluginSpec {
                 loaded,
-                limits,
+                sandbox: Sandbox::new(&name, limits, &d.capabilities(), &data_root)?,
                 config_json: to_json(&config, &format!("driver {name}"), &d.config)?,
                 name: name.clone(),
             },
             processors,
             interval: Duration::from_millis(*d.interval_ms.get_ref()),
+            restart_min: Duration::from_millis(config.runtime.restart_min_ms.max(1)),
+            restart_max: Duration::from_millis(
+                config
+                    .runtime
+                    .restart_max_ms
+                    .max(config.runtime.restart_min_ms.max(1)),
+            ),
         };
         let chain = spec.start().await.map_err(|source| StartError::Driver {
             config: config.source.clone(),
             driver: name.clone(),
             source,
-        })?;
+        });
         drivers.push((spec, chain));
     }
     Ok(Prepared {
@@ -92,6 +109,33 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         drivers,
         _engine: engine,
     })
+}
+
+/// Pool and cache settings from config: room for every configured instance
+/// (or `runtime.max_instances`, if larger), slots as big as the largest memory cap.
+fn engine_settings(config: &Config, data_root: &Path) -> EngineSettings {
+    let mut instances = 0u32;
+    let mut max_memory_mb = config.limits.memory_mb;
+    for d in &config.drivers {
+        let limits = config.limits.with(d.limits);
+        max_memory_mb = max_memory_mb.max(limits.memory_mb);
+        for p in &d.processors {
+            max_memory_mb = max_memory_mb.max(limits.with(p.limits).memory_mb);
+        }
+        instances = instances.saturating_add(1 + d.processors.len() as u32);
+    }
+    EngineSettings {
+        // Rebuilds overlap with the instance being dropped: room for two each.
+        max_instances: config
+            .runtime
+            .max_instances
+            .max(instances.saturating_mul(2)),
+        max_memory_mb,
+        cache_dir: config
+            .runtime
+            .compile_cache
+            .then(|| data_root.join("cache")),
+    }
 }
 
 /// The queue file a config points at.
@@ -159,6 +203,13 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
     ));
     let mut tasks = Vec::with_capacity(drivers.len());
     for (spec, chain) in drivers {
+        let chain = match chain {
+            Ok(chain) => Some(chain),
+            Err(e) => {
+                tracing::error!(error = %e, "driver not started; retrying with backoff while the others run");
+                None
+            }
+        };
         tasks.push(tokio::spawn(pipeline::run_driver(
             spec,
             chain,

@@ -136,6 +136,11 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     let prepared = gateway::prepare(config)
         .await
         .with_context(|| format!("{}: check failed", path.display()))?;
+    for (_, chain) in &prepared.drivers {
+        if let Err(e) = chain {
+            anyhow::bail!("{e}");
+        }
+    }
     for (spec, _) in &prepared.drivers {
         println!(
             "driver {:<16} {} ({} processor(s))",

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
 pub use types::{
-    Config, DriverConfig, GatewayConfig, MqttConfig, PluginLimits, ProcessorConfig, QueueConfig,
+    Capabilities, Config, DriverConfig, GatewayConfig, LimitsOverride, MqttConfig, PluginLimits,
+    ProcessorConfig, QueueConfig, RuntimeConfig,
 };
 
 impl Config {
@@ -140,6 +141,7 @@ impl Config {
                 ));
             }
             self.check_plugin_file(text, &driver.plugin)?;
+            self.check_addresses(text, &driver.allow_net)?;
             let mut processor_names = std::collections::HashSet::new();
             for processor in &driver.processors {
                 self.check_name(text, &processor.name, "processor")?;
@@ -155,6 +157,7 @@ impl Config {
                     ));
                 }
                 self.check_plugin_file(text, &processor.plugin)?;
+                self.check_addresses(text, &processor.allow_net)?;
             }
         }
         Ok(())
@@ -175,6 +178,30 @@ impl Config {
                     name.get_ref()
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    fn check_addresses(
+        &self,
+        text: &str,
+        addresses: &[toml::Spanned<String>],
+    ) -> Result<(), ConfigError> {
+        for address in addresses {
+            let ok = address
+                .get_ref()
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(self.invalid(
+                    text,
+                    address.span(),
+                    format!(
+                        "allow_net entry {:?}: expected \"host:port\" (e.g. \"192.168.1.20:502\")",
+                        address.get_ref()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

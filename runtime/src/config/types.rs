@@ -14,6 +14,8 @@ pub struct Config {
     /// Sandbox limits every plugin gets unless it overrides them.
     #[serde(default)]
     pub limits: PluginLimits,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     #[serde(rename = "driver", default)]
     pub drivers: Vec<DriverConfig>,
     /// The file this config was read from.
@@ -107,7 +109,7 @@ pub struct QueueConfig {
 }
 
 /// Sandbox limits for one plugin instance.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginLimits {
     /// Linear memory, in MiB.
@@ -116,6 +118,16 @@ pub struct PluginLimits {
     /// Longest a single call (init, poll, process, ...) may run.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Most readings one `poll` or `process` may return.
+    #[serde(default = "default_max_readings")]
+    pub max_readings: usize,
+    /// Longest string or byte value (channel, unit, text, bytes), in bytes.
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// Log lines (host log, stdout, stderr together) per second; bursts of
+    /// twice that pass, the rest are dropped and counted.
+    #[serde(default = "default_log_lines_per_s")]
+    pub log_lines_per_s: u32,
 }
 
 impl Default for PluginLimits {
@@ -123,6 +135,36 @@ impl Default for PluginLimits {
         PluginLimits {
             memory_mb: default_memory_mb(),
             timeout_ms: default_timeout_ms(),
+            max_readings: default_max_readings(),
+            max_value_bytes: default_max_value_bytes(),
+            log_lines_per_s: default_log_lines_per_s(),
+        }
+    }
+}
+
+/// Per-plugin overrides of the global `[limits]`; unset keys inherit.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    pub memory_mb: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_readings: Option<usize>,
+    pub max_value_bytes: Option<usize>,
+    pub log_lines_per_s: Option<u32>,
+}
+
+impl PluginLimits {
+    /// These limits with `over`'s keys replacing theirs.
+    pub fn with(self, over: Option<LimitsOverride>) -> PluginLimits {
+        let Some(o) = over else {
+            return self;
+        };
+        PluginLimits {
+            memory_mb: o.memory_mb.unwrap_or(self.memory_mb),
+            timeout_ms: o.timeout_ms.unwrap_or(self.timeout_ms),
+            max_readings: o.max_readings.unwrap_or(self.max_readings),
+            max_value_bytes: o.max_value_bytes.unwrap_or(self.max_value_bytes),
+            log_lines_per_s: o.log_lines_per_s.unwrap_or(self.log_lines_per_s),
         }
     }
 }
@@ -133,6 +175,90 @@ fn default_memory_mb() -> u64 {
 
 fn default_timeout_ms() -> u64 {
     1_000
+}
+
+fn default_max_readings() -> usize {
+    10_000
+}
+
+fn default_max_value_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_log_lines_per_s() -> u32 {
+    20
+}
+
+/// What a plugin may reach beyond its own memory; everything else is denied.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    pub allow_net: Vec<String>,
+    pub allow_dns: bool,
+    pub data_dir: bool,
+}
+
+impl DriverConfig {
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            allow_net: self.allow_net.iter().map(|a| a.get_ref().clone()).collect(),
+            allow_dns: self.allow_dns,
+            data_dir: self.data_dir,
+        }
+    }
+}
+
+impl ProcessorConfig {
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            allow_net: self.allow_net.iter().map(|a| a.get_ref().clone()).collect(),
+            allow_dns: self.allow_dns,
+            data_dir: self.data_dir,
+        }
+    }
+}
+
+/// Runtime-wide settings.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// First delay before rebuilding a failed plugin instance; doubles up to `restart_max_ms`.
+    #[serde(default = "default_restart_min_ms")]
+    pub restart_min_ms: u64,
+    #[serde(default = "default_restart_max_ms")]
+    pub restart_max_ms: u64,
+    /// Plugin instances the pooling allocator reserves room for.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// Keep compiled plugins in `{data_dir}/cache` so restarts skip compilation.
+    #[serde(default = "default_true")]
+    pub compile_cache: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            restart_min_ms: default_restart_min_ms(),
+            restart_max_ms: default_restart_max_ms(),
+            max_instances: default_max_instances(),
+            compile_cache: true,
+        }
+    }
+}
+
+fn default_restart_min_ms() -> u64 {
+    500
+}
+
+fn default_restart_max_ms() -> u64 {
+    60_000
+}
+
+fn default_max_instances() -> u32 {
+    64
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One driver instance and its processor chain.
@@ -148,8 +274,17 @@ pub struct DriverConfig {
     /// Passed to the plugin's `init` as JSON.
     #[serde(default = "empty_table")]
     pub config: toml::Value,
-    /// Overrides of the global `[limits]`.
-    pub limits: Option<PluginLimits>,
+    /// Overrides of the global `[limits]`; processors inherit them.
+    pub limits: Option<LimitsOverride>,
+    /// `host:port` addresses the plugin may open TCP connections to; nothing when empty.
+    #[serde(default)]
+    pub allow_net: Vec<Spanned<String>>,
+    /// Whether the plugin may resolve host names.
+    #[serde(default)]
+    pub allow_dns: bool,
+    /// A private directory `{data_dir}/plugins/{instance}`, seen by the plugin as `/data`.
+    #[serde(default)]
+    pub data_dir: bool,
     /// Run in order on every batch this driver produces.
     #[serde(rename = "processor", default)]
     pub processors: Vec<ProcessorConfig>,
@@ -171,5 +306,14 @@ pub struct ProcessorConfig {
     pub plugin: Spanned<PathBuf>,
     #[serde(default = "empty_table")]
     pub config: toml::Value,
-    pub limits: Option<PluginLimits>,
+    pub limits: Option<LimitsOverride>,
+    /// `host:port` addresses the plugin may open TCP connections to; nothing when empty.
+    #[serde(default)]
+    pub allow_net: Vec<Spanned<String>>,
+    /// Whether the plugin may resolve host names.
+    #[serde(default)]
+    pub allow_dns: bool,
+    /// A private directory `{data_dir}/plugins/{instance}`, seen by the plugin as `/data`.
+    #[serde(default)]
+    pub data_dir: bool,
 }

@@ -2,11 +2,14 @@
 //! runs the batch through the driver's processor chain, and appends the
 //! result to the queue.
 //!
-//! A plugin instance that traps or overruns its deadline is dropped and
-//! rebuilt in a fresh store after a backoff that doubles up to
-//! [`MAX_RESTART_DELAY`]; its failures never stop other drivers or the
-//! publisher. A poll or process call that returns an error is logged and
-//! counted, and the driver is polled again on the next tick.
+//! The supervisor: a plugin instance that traps, overruns its deadline or
+//! returns output beyond its limits — or a chain that cannot be started
+//! (`init` failing) — is dropped and rebuilt in fresh stores after a
+//! backoff that doubles from `runtime.restart_min_ms` to
+//! `runtime.restart_max_ms` and resets after a good poll. Each driver task
+//! owns its own instances, so one plugin's failures never stop other
+//! drivers or the publisher. A poll or process call that returns an error
+//! is logged and counted, and the driver is polled again on the next tick.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,23 +17,19 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::PluginLimits;
+use crate::plugin::Sandbox;
 use crate::plugin::{
     DriverInstance, LoadedDriver, LoadedProcessor, PluginError, ProcessorInstance,
 };
 use crate::queue::Queue;
 use crate::reading::{Batch, now_ns};
 
-/// Longest wait before rebuilding a failed plugin instance.
-pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
-const MIN_RESTART_DELAY: Duration = Duration::from_millis(500);
-
-/// A plugin ready to instantiate, with its instance name, limits and config.
+/// A plugin ready to instantiate, with its instance name, sandbox and config.
 #[derive(Clone)]
 pub struct PluginSpec<L> {
     pub name: String,
     pub loaded: L,
-    pub limits: PluginLimits,
+    pub sandbox: Sandbox,
     pub config_json: String,
 }
 
@@ -40,6 +39,9 @@ pub struct DriverSpec {
     pub driver: PluginSpec<LoadedDriver>,
     pub processors: Vec<PluginSpec<LoadedProcessor>>,
     pub interval: Duration,
+    /// Restart backoff: first delay and cap.
+    pub restart_min: Duration,
+    pub restart_max: Duration,
 }
 
 /// Counters of one driver's pipeline, for logs and telemetry.
@@ -50,6 +52,17 @@ pub struct DriverCounters {
     pub readings: AtomicU64,
     pub batches_queued: AtomicU64,
     pub restarts: AtomicU64,
+    /// The most recent failure, for logs and telemetry.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl DriverCounters {
+    fn failed(&self, error: &PluginError) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.to_string());
+    }
 }
 
 /// A driver instance with its processor chain.
@@ -62,10 +75,10 @@ impl DriverSpec {
     /// Instantiates the driver and its processors and runs each `init`.
     pub async fn start(&self) -> Result<Chain, PluginError> {
         let d = &self.driver;
-        let driver = d.loaded.start(&d.name, &d.limits, &d.config_json).await?;
+        let driver = d.loaded.start(&d.name, &d.sandbox, &d.config_json).await?;
         let mut processors = Vec::with_capacity(self.processors.len());
         for p in &self.processors {
-            processors.push(p.loaded.start(&p.name, &p.limits, &p.config_json).await?);
+            processors.push(p.loaded.start(&p.name, &p.sandbox, &p.config_json).await?);
         }
         Ok(Chain { driver, processors })
     }
@@ -92,18 +105,19 @@ impl Chain {
     }
 }
 
-/// Polls one driver until `shutdown` turns true. `chain` is an instance
-/// already started (so startup can fail fast on a bad config).
+/// Polls one driver until `shutdown` turns true. `chain` is the instance
+/// started at startup, or `None` if that failed (the task then rebuilds it
+/// with backoff, like after a crash).
 pub async fn run_driver(
     spec: DriverSpec,
-    chain: Chain,
+    chain: Option<Chain>,
     queue: Queue,
     counters: Arc<DriverCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = spec.driver.name.clone();
-    let mut chain = Some(chain);
-    let mut restart_delay = MIN_RESTART_DELAY;
+    let mut chain = chain;
+    let mut restart_delay = spec.restart_min;
     let mut ticker = tokio::time::interval(spec.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -121,11 +135,13 @@ pub async fn run_driver(
                     chain = Some(fresh);
                 }
                 Err(e) => {
-                    tracing::error!(driver = %name, error = %e, retry_in_ms = restart_delay.as_millis() as u64, "cannot rebuild plugin instances");
+                    counters.restarts.fetch_add(1, Ordering::Relaxed);
+                    counters.failed(&e);
+                    tracing::error!(driver = %name, error = %e, retry_in_ms = restart_delay.as_millis() as u64, restarts = counters.restarts.load(Ordering::Relaxed), "cannot start plugin instances; retrying after backoff");
                     if sleep_or_shutdown(restart_delay, &mut shutdown).await {
                         return;
                     }
-                    restart_delay = (restart_delay * 2).min(MAX_RESTART_DELAY);
+                    restart_delay = (restart_delay * 2).min(spec.restart_max);
                 }
             }
             continue;
@@ -149,21 +165,22 @@ pub async fn run_driver(
                     }
                     Err(e) => tracing::error!(driver = %name, error = %e, "batch not captured"),
                 }
-                restart_delay = MIN_RESTART_DELAY;
+                restart_delay = spec.restart_min;
             }
             Ok(None) => {
                 counters.polls_ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 counters.polls_failed.fetch_add(1, Ordering::Relaxed);
+                counters.failed(&e);
                 if e.instance_lost() {
                     counters.restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(driver = %name, error = %e, restart_in_ms = restart_delay.as_millis() as u64, "plugin instance lost; rebuilding");
+                    tracing::error!(driver = %name, error = %e, restart_in_ms = restart_delay.as_millis() as u64, restarts = counters.restarts.load(Ordering::Relaxed), "plugin instance lost; rebuilding");
                     chain = None;
                     if sleep_or_shutdown(restart_delay, &mut shutdown).await {
                         return;
                     }
-                    restart_delay = (restart_delay * 2).min(MAX_RESTART_DELAY);
+                    restart_delay = (restart_delay * 2).min(spec.restart_max);
                 } else {
                     tracing::warn!(driver = %name, error = %e, "poll failed");
                 }

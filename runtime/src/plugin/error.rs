@@ -30,12 +30,23 @@ pub enum PluginError {
         call: &'static str,
         message: String,
     },
-    #[error("plugin {instance}: {call} did not return within {timeout_ms} ms")]
+    #[error(
+        "plugin {instance}: {call} did not return within {timeout_ms} ms (stopped after {elapsed_ms} ms)"
+    )]
     Timeout {
         instance: String,
         call: &'static str,
         timeout_ms: u64,
+        elapsed_ms: u64,
     },
+    #[error("plugin {instance}: {call} output refused: {message}")]
+    Oversized {
+        instance: String,
+        call: &'static str,
+        message: String,
+    },
+    #[error("plugin {instance}: capability: {message}")]
+    Capability { instance: String, message: String },
     #[error("plugin {instance}: {call} failed: {error}")]
     Returned {
         instance: String,

@@ -1,43 +1,73 @@
 //! The state each plugin instance's `Store` carries, and the host functions
 //! the `ferrule:plugin/host` interface gives plugins.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use super::PluginError;
 use super::bindings::host::{Host, Level};
-use crate::config::PluginLimits;
+use super::output::{self, PluginLog};
+use super::sandbox::Sandbox;
 
 pub struct HostState {
     /// The configured instance name, used to tag everything it logs.
     pub instance: String,
     pub limits: StoreLimits,
+    pub log: PluginLog,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 impl HostState {
-    pub fn new(instance: &str, limits: &PluginLimits) -> HostState {
+    /// A WASI context that grants only what `sandbox` lists: no environment,
+    /// arguments or stdin; stdout/stderr into the log; TCP to the allowed
+    /// addresses only; name lookup only if allowed; `/data` only if granted.
+    pub fn new(instance: &str, sandbox: &Sandbox) -> Result<HostState, PluginError> {
+        let limits = &sandbox.limits;
         let memory_bytes =
             usize::try_from(limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        // A deny-everything WASI: no env, args, stdio, preopens or sockets.
-        let wasi = WasiCtx::builder()
-            .allow_tcp(false)
+        let log = PluginLog::new(instance, limits.log_lines_per_s);
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(log.stream("stdout", output::Level::Info))
+            .stderr(log.stream("stderr", output::Level::Warn))
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        HostState {
+            .allow_tcp(!sandbox.allow_net.is_empty())
+            .allow_ip_name_lookup(sandbox.allow_dns);
+        let allowed: Arc<[SocketAddr]> = sandbox.allow_net.clone().into();
+        wasi.socket_addr_check(move |addr, usage| {
+            let ok = match usage {
+                SocketAddrUse::TcpConnect => allowed.contains(&addr),
+                // connect() binds implicitly to the wildcard address first.
+                SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                _ => false,
+            };
+            Box::pin(async move { ok })
+        });
+        if let Some(dir) = &sandbox.data_dir {
+            wasi.preopened_dir(dir, "/data", FsPerms::ReadWrite)
+                .map_err(|e| PluginError::Capability {
+                    instance: instance.to_string(),
+                    message: format!("data_dir {}: {e}", dir.display()),
+                })?;
+        }
+        Ok(HostState {
             instance: instance.to_string(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory_bytes)
-                .instances(8)
-                .tables(16)
-                .memories(4)
+                .instances(16)
+                .tables(32)
+                .memories(8)
                 .trap_on_grow_failure(true)
                 .build(),
-            wasi,
+            log,
+            wasi: wasi.build(),
             table: ResourceTable::new(),
-        }
+        })
     }
 }
 
@@ -50,27 +80,15 @@ impl WasiView for HostState {
     }
 }
 
-/// Longest plugin log line kept; the rest is cut so a plugin can't flood the log with one line.
-const MAX_LOG_LINE: usize = 4096;
-
 impl Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
-        let plugin = self.instance.as_str();
-        match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
-        }
+        let level = match level {
+            Level::Trace => output::Level::Trace,
+            Level::Debug => output::Level::Debug,
+            Level::Info => output::Level::Info,
+            Level::Warn => output::Level::Warn,
+            Level::Error => output::Level::Error,
+        };
+        self.log.line(level, "log", &message);
     }
 }

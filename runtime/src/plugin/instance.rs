@@ -10,6 +10,7 @@ use super::bindings::processor::ProcessorPlugin;
 use super::bindings::types as wt;
 use super::host::HostState;
 use super::load::{LoadedDriver, LoadedProcessor};
+use super::sandbox::Sandbox;
 use super::{EPOCH_TICK, PluginError};
 use crate::config::PluginLimits;
 use crate::reading::{Quality, Reading, Value, now_ns};
@@ -27,25 +28,68 @@ pub struct DeviceStatus {
 pub struct DriverInstance {
     store: Store<HostState>,
     plugin: DriverPlugin,
-    timeout_ms: u64,
+    limits: PluginLimits,
 }
 
 pub struct ProcessorInstance {
     store: Store<HostState>,
     plugin: ProcessorPlugin,
-    timeout_ms: u64,
+    limits: PluginLimits,
 }
 
 fn new_store(
-    pre_engine: &wasmtime::Engine,
+    engine: &wasmtime::Engine,
     instance: &str,
-    limits: &PluginLimits,
-) -> Store<HostState> {
-    let mut store = Store::new(pre_engine, HostState::new(instance, limits));
+    sandbox: &Sandbox,
+) -> Result<Store<HostState>, PluginError> {
+    let mut store = Store::new(engine, HostState::new(instance, sandbox)?);
     store.limiter(|state| &mut state.limits);
     store.epoch_deadline_trap();
-    store.set_epoch_deadline(deadline_ticks(limits.timeout_ms));
-    store
+    store.set_epoch_deadline(deadline_ticks(sandbox.limits.timeout_ms));
+    Ok(store)
+}
+
+/// Refuses output beyond the instance's limits, naming what was too big.
+fn check_output(
+    instance: &str,
+    call: &'static str,
+    limits: &PluginLimits,
+    readings: &[wt::Reading],
+) -> Result<(), PluginError> {
+    let refuse = |message: String| PluginError::Oversized {
+        instance: instance.to_string(),
+        call,
+        message,
+    };
+    if readings.len() > limits.max_readings {
+        return Err(refuse(format!(
+            "{} readings, more than max_readings = {}",
+            readings.len(),
+            limits.max_readings
+        )));
+    }
+    let max = limits.max_value_bytes;
+    for r in readings {
+        let value_len = match &r.value {
+            wt::Value::Text(t) => t.len(),
+            wt::Value::Bytes(b) => b.len(),
+            _ => 0,
+        };
+        let unit_len = r.unit.as_ref().map_or(0, String::len);
+        for (what, len) in [
+            ("channel name", r.channel.len()),
+            ("value", value_len),
+            ("unit", unit_len),
+        ] {
+            if len > max {
+                let channel: String = r.channel.chars().take(40).collect();
+                return Err(refuse(format!(
+                    "{what} of {len} bytes in channel {channel:?}, more than max_value_bytes = {max}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn deadline_ticks(timeout_ms: u64) -> u64 {
@@ -62,11 +106,14 @@ async fn guarded<T>(
     fut: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<T, PluginError> {
     let limit = Duration::from_millis(timeout_ms) + Duration::from_millis(100);
+    let started = std::time::Instant::now();
+    let elapsed_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match tokio::time::timeout(limit, fut).await {
         Err(_) => Err(PluginError::Timeout {
             instance: store_instance.to_string(),
             call,
             timeout_ms,
+            elapsed_ms: elapsed_ms(),
         }),
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => {
@@ -75,6 +122,7 @@ async fn guarded<T>(
                     instance: store_instance.to_string(),
                     call,
                     timeout_ms,
+                    elapsed_ms: elapsed_ms(),
                 })
             } else {
                 Err(PluginError::Trap {
@@ -108,13 +156,13 @@ impl LoadedDriver {
     pub async fn start(
         &self,
         instance: &str,
-        limits: &PluginLimits,
+        sandbox: &Sandbox,
         config_json: &str,
     ) -> Result<DriverInstance, PluginError> {
-        let mut store = new_store(self.pre.engine(), instance, limits);
+        let mut store = new_store(self.pre.engine(), instance, sandbox)?;
         let plugin = guarded(
             instance,
-            limits.timeout_ms,
+            sandbox.limits.timeout_ms,
             "instantiate",
             self.pre.instantiate_async(&mut store),
         )
@@ -126,7 +174,7 @@ impl LoadedDriver {
         let mut driver = DriverInstance {
             store,
             plugin,
-            timeout_ms: limits.timeout_ms,
+            limits: sandbox.limits,
         };
         driver.init(config_json).await?;
         Ok(driver)
@@ -136,7 +184,7 @@ impl LoadedDriver {
 impl DriverInstance {
     fn arm(&mut self) -> String {
         self.store
-            .set_epoch_deadline(deadline_ticks(self.timeout_ms));
+            .set_epoch_deadline(deadline_ticks(self.limits.timeout_ms));
         self.store.data().instance.clone()
     }
 
@@ -145,7 +193,7 @@ impl DriverInstance {
         let iface = self.plugin.ferrule_plugin_driver();
         guarded(
             &name,
-            self.timeout_ms,
+            self.limits.timeout_ms,
             "init",
             iface.call_init(&mut self.store, config_json),
         )
@@ -159,7 +207,7 @@ impl DriverInstance {
         let iface = self.plugin.ferrule_plugin_driver();
         let readings = guarded(
             &name,
-            self.timeout_ms,
+            self.limits.timeout_ms,
             "poll",
             iface.call_poll(&mut self.store),
         )
@@ -174,7 +222,7 @@ impl DriverInstance {
         let iface = self.plugin.ferrule_plugin_driver();
         guarded(
             &name,
-            self.timeout_ms,
+            self.limits.timeout_ms,
             "write",
             iface.call_write(&mut self.store, channel, &to_wit_value(value)),
         )
@@ -187,7 +235,7 @@ impl DriverInstance {
         let iface = self.plugin.ferrule_plugin_driver();
         let s = guarded(
             &name,
-            self.timeout_ms,
+            self.limits.timeout_ms,
             "status",
             iface.call_status(&mut self.store),
         )
@@ -206,13 +254,13 @@ impl LoadedProcessor {
     pub async fn start(
         &self,
         instance: &str,
-        limits: &PluginLimits,
+        sandbox: &Sandbox,
         config_json: &str,
     ) -> Result<ProcessorInstance, PluginError> {
-        let mut store = new_store(self.pre.engine(), instance, limits);
+        let mut store = new_store(self.pre.engine(), instance, sandbox)?;
         let plugin = guarded(
             instance,
-            limits.timeout_ms,
+            sandbox.limits.timeout_ms,
             "instantiate",
             self.pre.instantiate_async(&mut store),
         )
@@ -224,7 +272,7 @@ impl LoadedProcessor {
         let mut processor = ProcessorInstance {
             store,
             plugin,
-            timeout_ms: limits.timeout_ms,
+            limits: sandbox.limits,
         };
         processor.init(config_json).await?;
         Ok(processor)
@@ -234,7 +282,7 @@ impl LoadedProcessor {
 impl ProcessorInstance {
     fn arm(&mut self) -> String {
         self.store
-            .set_epoch_deadline(deadline_ticks(self.timeout_ms));
+            .set_epoch_deadline(deadline_ticks(self.limits.timeout_ms));
         self.store.data().instance.clone()
     }
 
@@ -243,7 +291,7 @@ impl ProcessorInstance {
         let iface = self.plugin.ferrule_plugin_processor();
         guarded(
             &name,
-            self.timeout_ms,
+            self.limits.timeout_ms,
             "init",
             iface.call_init(&mut self.store, config_json),
         )
@@ -257,12 +305,13 @@ impl ProcessorInstance {
         let input: Vec<wt::Reading> = batch.into_iter().map(to_wit).collect();
         let output = guarded(
             &name,
-            self.timeout_ms,
+            self.limits.timeout_ms,
             "process",
             iface.call_process(&mut self.store, &input),
         )
         .await?
         .map_err(|e| returned(&name, "process", e))?;
+        check_output(&name, "process", &self.limits, &output)?;
         let now = now_ns();
         Ok(output.into_iter().map(|r| from_wit(r, now)).collect())
     }

@@ -113,10 +113,17 @@ impl PluginEngine {
                 });
             }
         }
-        Component::new(&self.engine, &bytes).map_err(|e| PluginError::Compile {
+        let compile = || Component::new(&self.engine, &bytes);
+        let compiled = match &self.cache {
+            Some(cache) => cache.get_or_compile(&self.engine, &bytes, compile),
+            None => compile().map(|c| (c, super::cache::Source::Compiled)),
+        };
+        let (component, source) = compiled.map_err(|e| PluginError::Compile {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
-        })
+        })?;
+        tracing::debug!(plugin = %path.display(), from = ?source, "component ready");
+        Ok(component)
     }
 
     /// Says which world a component was built for when it is not the one

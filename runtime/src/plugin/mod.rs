@@ -12,21 +12,28 @@
 //! network.
 
 mod bindings;
+mod cache;
 mod error;
 mod host;
 mod instance;
 mod load;
+mod output;
+mod sandbox;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::Linker;
-use wasmtime::{Config as EngineConfig, Engine};
+use wasmtime::{
+    Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
+pub use cache::Source as CompiledFrom;
 pub use error::PluginError;
 pub use instance::{DeviceStatus, DriverInstance, ProcessorInstance};
 pub use load::{LoadedDriver, LoadedProcessor, PluginKind};
+pub use sandbox::Sandbox;
 
 use host::HostState;
 
@@ -36,20 +43,77 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// The WIT package version this runtime implements.
 pub const WIT_PACKAGE: &str = "ferrule:plugin@0.1.0";
 
+/// How the engine is set up.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSettings {
+    /// Instances the pooling allocator has room for; 0 disables pooling.
+    pub max_instances: u32,
+    /// The largest `memory_mb` of any plugin (sizes the pool's memory slots).
+    pub max_memory_mb: u64,
+    /// Where compiled components are cached; no cache when `None`.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
 /// One wasmtime engine and linker shared by every plugin instance.
 pub struct PluginEngine {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     ticker_stop: Arc<AtomicBool>,
+    cache: Option<cache::CompileCache>,
+}
+
+fn engine_config(settings: &EngineSettings, pooling: bool) -> EngineConfig {
+    let mut config = EngineConfig::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.max_wasm_stack(512 * 1024);
+    if pooling && settings.max_instances > 0 {
+        let n = settings.max_instances;
+        let mut pool = PoolingAllocationConfig::default();
+        // A wasip2 component holds a handful of core instances (the plugin
+        // plus adapter shims), one or two memories and a few tables.
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(8))
+            .total_stacks(n)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_memory_size(
+                usize::try_from(settings.max_memory_mb.max(1).saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX),
+            );
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
 }
 
 impl PluginEngine {
+    /// An engine with default settings (no pooling, no cache).
     pub fn new() -> Result<PluginEngine, PluginError> {
-        let mut config = EngineConfig::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        config.max_wasm_stack(512 * 1024);
-        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
+        Self::with_settings(&EngineSettings::default())
+    }
+
+    pub fn with_settings(settings: &EngineSettings) -> Result<PluginEngine, PluginError> {
+        let engine = match Engine::new(&engine_config(settings, true)) {
+            Ok(engine) => engine,
+            Err(e) if settings.max_instances > 0 => {
+                tracing::warn!(error = %e, "pooling allocator unavailable here; allocating instances on demand");
+                Engine::new(&engine_config(settings, false))
+                    .map_err(|e| PluginError::Engine(e.to_string()))?
+            }
+            Err(e) => return Err(PluginError::Engine(e.to_string())),
+        };
+        let cache = match &settings.cache_dir {
+            Some(dir) => match cache::CompileCache::new(dir.clone(), &engine) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "compile cache disabled");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
@@ -78,6 +142,7 @@ impl PluginEngine {
             engine,
             linker: Arc::new(linker),
             ticker_stop,
+            cache,
         })
     }
 }

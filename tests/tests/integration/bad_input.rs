@@ -146,10 +146,41 @@ fn a_driver_whose_init_rejects_its_config_is_named() -> anyhow::Result<()> {
         "names the config file: {line}"
     );
 
-    // `run` refuses to start for the same reason, before connecting anywhere.
-    let (ok, _, stderr) = run_ferrule(dir.path(), &["run", "gateway.toml"])?;
-    assert!(!ok);
-    assert!(stderr.contains("expected at least one channel"), "{stderr}");
+    Ok(())
+}
+
+/// `run` names the same error in its log, keeps retrying that driver with
+/// backoff (no busy loop), and does not exit: other drivers keep running.
+#[tokio::test]
+async fn run_reports_a_rejected_init_and_retries_with_backoff() -> anyhow::Result<()> {
+    let dir = ferrule_tests::tempdir()?;
+    let text = valid_config(dir.path())?;
+    let start = text.find("channels = [").unwrap_or(0);
+    let end = start + text[start..].find("]\n").unwrap_or(0) + 1;
+    let text = format!(
+        "{}channels = []{}\n[runtime]\nrestart_min_ms = 200\nrestart_max_ms = 800\n",
+        &text[..start],
+        &text[end..]
+    );
+    std::fs::write(dir.path().join("gateway.toml"), text)?;
+    let mut ferrule = ferrule_tests::start_ferrule(dir.path(), &["run", "gateway.toml"])?;
+    ferrule
+        .wait_for_log(
+            "expected at least one channel",
+            std::time::Duration::from_secs(20),
+        )
+        .await?;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(ferrule.child.try_wait()?.is_none(), "run keeps going");
+    let log = ferrule.log_text();
+    assert!(
+        log.contains("gateway.toml: driver sim-1: plugin sim-1: init failed"),
+        "{log}"
+    );
+    // Backoff 200 → 400 → 800 → 800 ms: a handful of attempts in 3 s, not a busy loop.
+    let attempts = log.matches("expected at least one channel").count();
+    assert!((2..=10).contains(&attempts), "{attempts} attempts:\n{log}");
+    ferrule.kill9();
     Ok(())
 }
 
