@@ -119,7 +119,8 @@ pub async fn run_driver(
     let mut chain = chain;
     let mut restart_delay = spec.restart_min;
     let mut ticker = tokio::time::interval(spec.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Keep the configured cadence: a late tick does not shift the ones after it.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use wasmtime::{Store, Trap};
 
+use super::PluginError;
 use super::bindings::driver::DriverPlugin;
 use super::bindings::processor::ProcessorPlugin;
 use super::bindings::types as wt;
 use super::host::HostState;
 use super::load::{LoadedDriver, LoadedProcessor};
 use super::sandbox::Sandbox;
-use super::{EPOCH_TICK, PluginError};
 use crate::config::PluginLimits;
 use crate::reading::{Quality, Reading, Value, now_ns};
 
@@ -44,8 +44,12 @@ fn new_store(
 ) -> Result<Store<HostState>, PluginError> {
     let mut store = Store::new(engine, HostState::new(instance, sandbox)?);
     store.limiter(|state| &mut state.limits);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(deadline_ticks(sandbox.limits.timeout_ms));
+    // Guest code yields to the async runtime at every epoch tick, so a
+    // plugin that spins cannot hold a worker thread (and starve the other
+    // plugins and the publisher) until its deadline; the deadline itself is
+    // the timeout around each call in `guarded`.
+    store.epoch_deadline_async_yield_and_update(1);
+    store.set_epoch_deadline(1);
     Ok(store)
 }
 
@@ -92,20 +96,17 @@ fn check_output(
     Ok(())
 }
 
-fn deadline_ticks(timeout_ms: u64) -> u64 {
-    let tick_ms = u64::try_from(EPOCH_TICK.as_millis()).unwrap_or(10).max(1);
-    timeout_ms.div_ceil(tick_ms).max(1)
-}
-
-/// Runs one call into a plugin under its deadline: the epoch deadline stops
-/// guest code that spins, the tokio timeout stops a call stuck in the host.
+/// Runs one call into a plugin under its deadline. Guest code yields every
+/// epoch tick and host calls are async, so the timeout fires within a tick
+/// of the deadline whether the plugin spins or waits; the call is then
+/// dropped and the instance must be rebuilt.
 async fn guarded<T>(
     store_instance: &str,
     timeout_ms: u64,
     call: &'static str,
     fut: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<T, PluginError> {
-    let limit = Duration::from_millis(timeout_ms) + Duration::from_millis(100);
+    let limit = Duration::from_millis(timeout_ms);
     let started = std::time::Instant::now();
     let elapsed_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match tokio::time::timeout(limit, fut).await {
@@ -183,8 +184,7 @@ impl LoadedDriver {
 
 impl DriverInstance {
     fn arm(&mut self) -> String {
-        self.store
-            .set_epoch_deadline(deadline_ticks(self.limits.timeout_ms));
+        self.store.set_epoch_deadline(1);
         self.store.data().instance.clone()
     }
 
@@ -213,6 +213,7 @@ impl DriverInstance {
         )
         .await?
         .map_err(|e| returned(&name, "poll", e))?;
+        check_output(&name, "poll", &self.limits, &readings)?;
         let now = now_ns();
         Ok(readings.into_iter().map(|r| from_wit(r, now)).collect())
     }
@@ -281,8 +282,7 @@ impl LoadedProcessor {
 
 impl ProcessorInstance {
     fn arm(&mut self) -> String {
-        self.store
-            .set_epoch_deadline(deadline_ticks(self.limits.timeout_ms));
+        self.store.set_epoch_deadline(1);
         self.store.data().instance.clone()
     }
 

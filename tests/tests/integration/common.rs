@@ -77,7 +77,7 @@ channels = [{channels}]
 
 /// The `[gateway]` and `[mqtt]` tables every test gateway shares: id
 /// `gw-test`, mutual TLS with the test PKI, quick reconnects.
-fn gateway_and_mqtt(data_dir: &Path, pki: &Pki, port: u16, mqtt_extra: &str) -> String {
+pub fn gateway_and_mqtt(data_dir: &Path, pki: &Pki, port: u16, mqtt_extra: &str) -> String {
     format!(
         r#"[gateway]
 id = "gw-test"

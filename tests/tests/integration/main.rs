@@ -4,4 +4,5 @@
 mod bad_input;
 mod common;
 mod end_to_end;
+mod sandbox;
 mod store_forward;
