@@ -2,6 +2,7 @@
 //! start their instances, open the queue, then run the driver tasks and the
 //! publisher until shutdown.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,9 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
-use crate::plugin::{EngineSettings, PluginEngine, PluginError, Sandbox};
+use crate::plugin::{
+    EngineSettings, LoadedDriver, LoadedProcessor, PluginEngine, PluginError, Sandbox,
+};
 use crate::publish::{self, PublisherSettings, TlsFiles, Topics};
 use crate::queue::{Queue, QueueError, QueueOptions};
 
@@ -60,10 +63,22 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     let data_root = config.resolve(&config.gateway.data_dir);
     let engine = PluginEngine::with_settings(&engine_settings(&config, &data_root))?;
     let mut drivers = Vec::with_capacity(config.drivers.len());
+    // Each plugin file is compiled (or read from the cache) once, however
+    // many instances use it.
+    let mut driver_files: HashMap<PathBuf, LoadedDriver> = HashMap::new();
+    let mut processor_files: HashMap<PathBuf, LoadedProcessor> = HashMap::new();
     for d in &config.drivers {
         let name = d.name.get_ref().clone();
         let limits = config.limits.with(d.limits);
-        let loaded = engine.load_driver(&config.resolve(d.plugin.get_ref()))?;
+        let path = config.resolve(d.plugin.get_ref());
+        let loaded = match driver_files.get(&path) {
+            Some(loaded) => loaded.clone(),
+            None => {
+                let loaded = engine.load_driver(&path)?;
+                driver_files.insert(path, loaded.clone());
+                loaded
+            }
+        };
         let mut processors = Vec::with_capacity(d.processors.len());
         for p in &d.processors {
             let instance = format!("{name}/{}", p.name.get_ref());
@@ -73,8 +88,17 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
                 &p.capabilities(),
                 &data_root,
             )?;
+            let path = config.resolve(p.plugin.get_ref());
+            let loaded = match processor_files.get(&path) {
+                Some(loaded) => loaded.clone(),
+                None => {
+                    let loaded = engine.load_processor(&path)?;
+                    processor_files.insert(path, loaded.clone());
+                    loaded
+                }
+            };
             processors.push(PluginSpec {
-                loaded: engine.load_processor(&config.resolve(p.plugin.get_ref()))?,
+                loaded,
                 sandbox,
                 config_json: to_json(&config, &format!("processor {instance}"), &p.config)?,
                 name: instance,

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod common;
+mod compile_cache;
 mod end_to_end;
 mod sandbox;
 mod store_forward;

@@ -1,0 +1,176 @@
+//! `cargo xtask bench plugin`: the cost of one `poll()` of the wasm `sim`
+//! driver against the same logic compiled natively (1, 10 and 100 readings
+//! per poll), the time to start an instance with the pooling allocator, and
+//! the start-up of a 20-plugin config with a cold and a warm compile cache.
+//! Prints figures; asserts nothing.
+
+use std::time::{Duration, Instant};
+
+use ferrule::config::{Capabilities, Config, PluginLimits};
+use ferrule::gateway;
+use ferrule::plugin::{EngineSettings, PluginEngine, Sandbox};
+use ferrule_tests::plugin;
+
+#[allow(dead_code)]
+#[path = "../../../plugins/sim/src/signals.rs"]
+mod signals;
+
+fn sim_config(readings: usize) -> String {
+    let channels: Vec<String> = (0..readings)
+        .map(|i| {
+            format!(
+                r#"{{"name":"c{i}","signal":"sine","amplitude":5.0,"offset":20.0,"unit":"degC"}}"#
+            )
+        })
+        .collect();
+    format!(r#"{{"channels":[{}]}}"#, channels.join(","))
+}
+
+fn per_call(total: Duration, calls: u32) -> f64 {
+    total.as_nanos() as f64 / f64::from(calls)
+}
+
+async fn poll_costs(engine: &PluginEngine) -> anyhow::Result<()> {
+    let loaded = engine.load_driver(&plugin("sim")?)?;
+    let sandbox = Sandbox::default();
+    println!("| readings per poll | wasm ns/poll | native ns/poll | wasm / native |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for n in [1usize, 10, 100] {
+        let config = sim_config(n);
+        let calls: u32 = if n == 100 { 20_000 } else { 50_000 };
+        let mut wasm = loaded.start("bench", &sandbox, &config).await?;
+        for _ in 0..1_000 {
+            wasm.poll().await?;
+        }
+        let t = Instant::now();
+        for _ in 0..calls {
+            std::hint::black_box(wasm.poll().await?);
+        }
+        let wasm_ns = per_call(t.elapsed(), calls);
+
+        let mut native = signals::Generator::new(serde_json::from_str(&config)?)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for _ in 0..1_000 {
+            std::hint::black_box(native.poll().map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        let t = Instant::now();
+        for _ in 0..calls {
+            std::hint::black_box(native.poll().map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        let native_ns = per_call(t.elapsed(), calls);
+        println!(
+            "| {n} | {wasm_ns:.0} | {native_ns:.0} | {:.2}x |",
+            wasm_ns / native_ns
+        );
+    }
+    Ok(())
+}
+
+async fn start_cost(engine: &PluginEngine) -> anyhow::Result<()> {
+    let loaded = engine.load_driver(&plugin("sim")?)?;
+    let sandbox = Sandbox::new(
+        "bench",
+        PluginLimits::default(),
+        &Capabilities::default(),
+        &std::env::temp_dir(),
+    )?;
+    let config = sim_config(1);
+    for _ in 0..100 {
+        drop(loaded.start("bench", &sandbox, &config).await?);
+    }
+    let runs = 2_000u32;
+    let t = Instant::now();
+    for _ in 0..runs {
+        drop(std::hint::black_box(
+            loaded.start("bench", &sandbox, &config).await?,
+        ));
+    }
+    println!();
+    println!(
+        "instance start (pooling allocator; instantiate + init, new Store each): {:.1} µs",
+        per_call(t.elapsed(), runs) / 1000.0
+    );
+    Ok(())
+}
+
+/// 10 `sim` drivers, each with a `scale` processor: 20 plugin instances.
+fn twenty_plugins(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::write(dir.join("ca.pem"), "unused: start-up does not connect")?;
+    let mut text = format!(
+        "[gateway]\nid = \"bench\"\ndata_dir = \"{}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nca_file = \"ca.pem\"\n\n",
+        dir.join("data").display()
+    );
+    for i in 0..10 {
+        text.push_str(&format!(
+            "[[driver]]\nname = \"sim-{i}\"\nplugin = \"{}\"\n[driver.config]\nchannels = [{{ name = \"t\", signal = \"sine\" }}]\n[[driver.processor]]\nname = \"scale\"\nplugin = \"{}\"\n[driver.processor.config.channels.t]\ngain = 2.0\n\n",
+            plugin("sim")?.display(),
+            plugin("scale")?.display()
+        ));
+    }
+    let path = dir.join("twenty.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+async fn startup(dir: &std::path::Path) -> anyhow::Result<()> {
+    let config = twenty_plugins(dir)?;
+    let cache = dir.join("data/cache");
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(&cache);
+        let t = Instant::now();
+        let prepared = gateway::prepare(Config::load(&config)?).await?;
+        cold.push(t.elapsed());
+        drop(prepared);
+        let t = Instant::now();
+        let prepared = gateway::prepare(Config::load(&config)?).await?;
+        warm.push(t.elapsed());
+        drop(prepared);
+    }
+    cold.sort();
+    warm.sort();
+    println!();
+    println!(
+        "start-up of a 20-plugin config (10 sim drivers + 10 scale processors; load, compile or read cache, instantiate, init), median of 3:"
+    );
+    println!("| compile cache | ms |");
+    println!("| --- | ---: |");
+    println!("| cold (empty) | {:.0} |", cold[1].as_secs_f64() * 1000.0);
+    println!("| warm | {:.0} |", warm[1].as_secs_f64() * 1000.0);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("ferrule-bench-")
+        .tempdir()?;
+    let engine = PluginEngine::with_settings(&EngineSettings {
+        max_instances: 64,
+        max_memory_mb: 64,
+        cache_dir: None,
+    })?;
+    if let Ok(calls) = std::env::var("BENCH_PROFILE_POLLS") {
+        // For profilers: only the 100-reading wasm poll, this many times.
+        let calls: u32 = calls.parse()?;
+        let loaded = engine.load_driver(&plugin("sim")?)?;
+        let mut wasm = loaded
+            .start("bench", &Sandbox::default(), &sim_config(100))
+            .await?;
+        for _ in 0..calls {
+            std::hint::black_box(wasm.poll().await?);
+        }
+        return Ok(());
+    }
+    println!("plugin benchmark (release build)");
+    println!();
+    poll_costs(&engine).await?;
+    start_cost(&engine).await?;
+    startup(dir.path()).await?;
+    println!();
+    println!(
+        "targets: wasm/native <= 3x at 100 readings, instance start <= 50 µs, warm start-up of 20 plugins <= 300 ms"
+    );
+    Ok(())
+}
