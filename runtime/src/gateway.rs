@@ -70,15 +70,9 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     for d in &config.drivers {
         let name = d.name.get_ref().clone();
         let limits = config.limits.with(d.limits);
-        let path = config.resolve(d.plugin.get_ref());
-        let loaded = match driver_files.get(&path) {
-            Some(loaded) => loaded.clone(),
-            None => {
-                let loaded = engine.load_driver(&path)?;
-                driver_files.insert(path, loaded.clone());
-                loaded
-            }
-        };
+        let loaded = load_once(&mut driver_files, config.resolve(d.plugin.get_ref()), |p| {
+            engine.load_driver(p)
+        })?;
         let mut processors = Vec::with_capacity(d.processors.len());
         for p in &d.processors {
             let instance = format!("{name}/{}", p.name.get_ref());
@@ -88,15 +82,11 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
                 &p.capabilities(),
                 &data_root,
             )?;
-            let path = config.resolve(p.plugin.get_ref());
-            let loaded = match processor_files.get(&path) {
-                Some(loaded) => loaded.clone(),
-                None => {
-                    let loaded = engine.load_processor(&path)?;
-                    processor_files.insert(path, loaded.clone());
-                    loaded
-                }
-            };
+            let loaded = load_once(
+                &mut processor_files,
+                config.resolve(p.plugin.get_ref()),
+                |path| engine.load_processor(path),
+            )?;
             processors.push(PluginSpec {
                 loaded,
                 sandbox,
@@ -133,6 +123,20 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         drivers,
         _engine: engine,
     })
+}
+
+/// The plugin loaded from `path`, loading it only the first time.
+fn load_once<T: Clone>(
+    loaded: &mut HashMap<PathBuf, T>,
+    path: PathBuf,
+    load: impl FnOnce(&Path) -> Result<T, PluginError>,
+) -> Result<T, PluginError> {
+    if let Some(found) = loaded.get(&path) {
+        return Ok(found.clone());
+    }
+    let fresh = load(&path)?;
+    loaded.insert(path, fresh.clone());
+    Ok(fresh)
 }
 
 /// Pool and cache settings from config: room for every configured instance

@@ -197,23 +197,25 @@ pub struct Capabilities {
     pub data_dir: bool,
 }
 
+impl Capabilities {
+    fn from_keys(allow_net: &[Spanned<String>], allow_dns: bool, data_dir: bool) -> Capabilities {
+        Capabilities {
+            allow_net: allow_net.iter().map(|a| a.get_ref().clone()).collect(),
+            allow_dns,
+            data_dir,
+        }
+    }
+}
+
 impl DriverConfig {
     pub fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            allow_net: self.allow_net.iter().map(|a| a.get_ref().clone()).collect(),
-            allow_dns: self.allow_dns,
-            data_dir: self.data_dir,
-        }
+        Capabilities::from_keys(&self.allow_net, self.allow_dns, self.data_dir)
     }
 }
 
 impl ProcessorConfig {
     pub fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            allow_net: self.allow_net.iter().map(|a| a.get_ref().clone()).collect(),
-            allow_dns: self.allow_dns,
-            data_dir: self.data_dir,
-        }
+        Capabilities::from_keys(&self.allow_net, self.allow_dns, self.data_dir)
     }
 }
 
