@@ -292,7 +292,7 @@ fn fill_window(
     if outstanding >= window {
         return Ok(());
     }
-    for (seq, batch) in queue.read_from(*next_seq, window - outstanding)? {
+    for (seq, batch) in queue.read_for_send(*next_seq, window - outstanding)? {
         let payload =
             encode_data(&settings.gateway, seq, &batch).map_err(|e| SessionError::Encode {
                 seq,
@@ -305,7 +305,6 @@ fn fill_window(
             payload,
         )?;
         handed.push_back(Handed::Entry(seq));
-        queue.mark_sent(seq);
         *next_seq = seq + 1;
     }
     Ok(())

@@ -150,6 +150,10 @@ struct Shared {
     closing: std::sync::atomic::AtomicBool,
     /// One past the highest sequence handed to the broker by this process.
     sent_below: std::sync::atomic::AtomicU64,
+    /// Held while the publisher reads entries and marks them sent, and while
+    /// the writer drops entries at the cap, so an entry is never both handed
+    /// over and counted as dropped.
+    handover: Mutex<()>,
 }
 
 struct Inner {
@@ -199,9 +203,10 @@ impl Queue {
     /// that cannot be opened is quarantined (see [`QueueHealth::quarantined`]).
     pub fn open(path: &Path, options: QueueOptions) -> Result<Queue, QueueError> {
         let opened = store::open(path)?;
-        let next_seq = {
+        let (next_seq, bytes) = {
             let txn = opened.db.begin_read().map_err(storage)?;
-            store::stats_in(&txn)?.next_seq
+            let stats = store::stats_in(&txn)?;
+            (stats.next_seq, stats.bytes)
         };
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
@@ -213,10 +218,11 @@ impl Queue {
             }),
             closing: std::sync::atomic::AtomicBool::new(false),
             sent_below: std::sync::atomic::AtomicU64::new(0),
+            handover: Mutex::new(()),
         });
         let (committed_tx, committed) = watch::channel(next_seq - 1);
         let (requests, writer) =
-            writer::spawn(shared.clone(), next_seq, committed_tx).map_err(|e| {
+            writer::spawn(shared.clone(), next_seq, bytes, committed_tx).map_err(|e| {
                 QueueError::Open {
                     path: path.to_path_buf(),
                     message: format!("cannot start writer thread: {e}"),
@@ -302,14 +308,20 @@ impl Queue {
         self.remove(Vec::new()).await
     }
 
-    /// Notes that `seq` was handed to the broker. The size cap then drops
-    /// never-sent entries before it, so a dropped entry is one that surely
-    /// never arrived and `dropped_cap` counts real losses exactly.
-    pub fn mark_sent(&self, seq: u64) {
-        self.inner
-            .shared
-            .sent_below
-            .fetch_max(seq + 1, std::sync::atomic::Ordering::Relaxed);
+    /// Up to `max` entries from `from` on, for the publisher, marked as sent
+    /// in the same step: the size cap then drops only never-sent entries, so
+    /// a dropped entry is one that surely never arrived and `dropped_cap`
+    /// counts real losses exactly.
+    pub fn read_for_send(&self, from: u64, max: usize) -> Result<Vec<(u64, Batch)>, QueueError> {
+        let shared = &self.inner.shared;
+        let _guard = lock(&shared.handover);
+        let entries = self.read_from(from, max)?;
+        if let Some((last, _)) = entries.last() {
+            shared
+                .sent_below
+                .fetch_max(last + 1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(entries)
     }
 
     /// Current figures.

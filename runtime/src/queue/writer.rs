@@ -46,6 +46,7 @@ const LOG_EVERY: Duration = Duration::from_secs(30);
 pub(super) fn spawn(
     shared: Arc<Shared>,
     next_seq: u64,
+    bytes_hint: u64,
     committed: watch::Sender<u64>,
 ) -> std::io::Result<(Sender<Request>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -60,6 +61,7 @@ pub(super) fn spawn(
         removes: Vec::new(),
         remove_waiters: Vec::new(),
         blocked_since: None,
+        bytes_hint,
     };
     let handle = std::thread::Builder::new()
         .name("ferrule-queue".into())
@@ -80,6 +82,8 @@ struct Writer {
     remove_waiters: Vec<oneshot::Sender<Result<(), QueueError>>>,
     /// Set while appends wait at the cap under [`FullPolicy::Block`].
     blocked_since: Option<Instant>,
+    /// The stored size after the last commit (only this thread changes it).
+    bytes_hint: u64,
 }
 
 /// What one commit did.
@@ -92,6 +96,8 @@ struct Cycle {
     expired: u64,
     /// Appends are left waiting at the cap.
     blocked: bool,
+    /// The entries' stored size after this cycle.
+    bytes_after: u64,
 }
 
 impl Writer {
@@ -287,7 +293,20 @@ impl Writer {
         let first = self.next_seq;
         let appends = &self.appends;
         let removes = &self.removes;
-        let sent_below = self.shared.sent_below.load(Ordering::Relaxed);
+        let shared = &self.shared;
+        // A cycle that may drop at the cap holds the hand-over lock from
+        // reading the sent mark until its commit (see `Queue::read_for_send`).
+        let incoming: u64 = appends
+            .iter()
+            .take(MAX_GROUP)
+            .map(|a| a.encoded.len() as u64)
+            .sum();
+        let may_drop = options.when_full == FullPolicy::DropOldest
+            && options
+                .max_bytes
+                .is_some_and(|max| self.bytes_hint.saturating_add(incoming) > max);
+        let _handover = may_drop.then(|| lock(&shared.handover));
+        let sent_below = shared.sent_below.load(Ordering::SeqCst);
         let cycle = self.shared.with_db(|db| {
             let txn = db.begin_write().map_err(storage)?;
             let mut cycle = Cycle {
@@ -402,6 +421,7 @@ impl Writer {
                 if changed {
                     meta.insert(BYTES, bytes).map_err(storage)?;
                 }
+                cycle.bytes_after = bytes;
             }
             if changed {
                 txn.commit().map_err(storage)?;
@@ -411,6 +431,7 @@ impl Writer {
             Ok(cycle)
         })?;
         self.next_seq = first + cycle.appended as u64;
+        self.bytes_hint = cycle.bytes_after;
         Ok(cycle)
     }
 }
