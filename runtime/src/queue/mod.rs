@@ -221,12 +221,10 @@ impl Queue {
             handover: Mutex::new(()),
         });
         let (committed_tx, committed) = watch::channel(next_seq - 1);
-        let (requests, writer) =
-            writer::spawn(shared.clone(), next_seq, bytes, committed_tx).map_err(|e| {
-                QueueError::Open {
-                    path: path.to_path_buf(),
-                    message: format!("cannot start writer thread: {e}"),
-                }
+        let (requests, writer) = writer::spawn(shared.clone(), next_seq, bytes, committed_tx)
+            .map_err(|e| QueueError::Open {
+                path: path.to_path_buf(),
+                message: format!("cannot start writer thread: {e}"),
             })?;
         Ok(Queue {
             inner: Arc::new(Inner {
