@@ -215,6 +215,18 @@ impl Mosquitto {
     /// Starts mosquitto with `extra` lines appended to its config (after the
     /// listener, so listener options like `max_packet_size` apply there).
     pub fn start(dir: &Path, pki: &Pki, port: u16, extra: &str) -> anyhow::Result<Mosquitto> {
+        Self::start_with(dir, &pki.ca.cert, &pki.server, port, extra)
+    }
+
+    /// Like [`Mosquitto::start`] with a chosen CA (for client certificates)
+    /// and server certificate.
+    pub fn start_with(
+        dir: &Path,
+        ca: &Path,
+        server: &CertFiles,
+        port: u16,
+        extra: &str,
+    ) -> anyhow::Result<Mosquitto> {
         let conf = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(
             &conf,
@@ -230,9 +242,9 @@ impl Mosquitto {
                  require_certificate true\n\
                  tls_version tlsv1.2\n\
                  {extra}\n",
-                ca = pki.ca.cert.display(),
-                cert = pki.server.cert.display(),
-                key = pki.server.key.display(),
+                ca = ca.display(),
+                cert = server.cert.display(),
+                key = server.key.display(),
             ),
         )?;
         let mut command = Command::new(Self::binary()?);

@@ -14,6 +14,7 @@
 //! connects abandons the half-made connection (the broker then fires the
 //! will). A separate task drives the event loop and forwards its events.
 
+mod failure;
 mod message;
 pub mod tls;
 
@@ -26,6 +27,7 @@ use rumqttc::{
 };
 use tokio::sync::{mpsc, watch};
 
+pub use failure::{FailureKind, explain};
 pub use message::{Topics, encode_data};
 pub use tls::{TlsError, TlsFiles};
 
@@ -96,6 +98,15 @@ pub async fn run(settings: PublisherSettings, queue: Queue, mut shutdown: watch:
         let mut connected = false;
         match session(&settings, &queue, &mut shutdown, &mut connected).await {
             Ok(()) => return,
+            Err(SessionError::Connection(e)) => {
+                let (kind, why) = explain(&e, &settings.host);
+                tracing::warn!(
+                    broker = %format!("{}:{}", settings.host, settings.port),
+                    kind = kind.as_str(),
+                    error = %why,
+                    "mqtt connection lost"
+                );
+            }
             Err(e) => {
                 tracing::warn!(broker = %format!("{}:{}", settings.host, settings.port), error = %e, "mqtt connection lost");
             }

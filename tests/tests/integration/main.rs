@@ -7,3 +7,4 @@ mod compile_cache;
 mod end_to_end;
 mod sandbox;
 mod store_forward;
+mod tls_errors;
