@@ -53,7 +53,8 @@ pub struct PublisherSettings {
 enum SessionError {
     #[error("{0}")]
     Tls(#[from] TlsError),
-    #[error("{}", describe_connection_error(.0))]
+    /// Logged through [`explain`], which says what failed and its kind.
+    #[error("{0}")]
     Connection(Box<ConnectionError>),
     #[error("{0}")]
     Queue(#[from] QueueError),
@@ -68,17 +69,6 @@ enum SessionError {
 impl From<ConnectionError> for SessionError {
     fn from(e: ConnectionError) -> Self {
         SessionError::Connection(Box::new(e))
-    }
-}
-
-fn describe_connection_error(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => {
-            format!("broker refused the connection: {code:?}")
-        }
-        ConnectionError::Tls(e) => format!("TLS: {e}"),
-        ConnectionError::Io(e) => format!("network: {e}"),
-        other => other.to_string(),
     }
 }
 
