@@ -278,6 +278,9 @@ pub struct DriverConfig {
     pub config: toml::Value,
     /// Overrides of the global `[limits]`; processors inherit them.
     pub limits: Option<LimitsOverride>,
+    // The capability keys are repeated on both plugin tables rather than
+    // flattened from one struct: serde's `flatten` defeats both
+    // `deny_unknown_fields` and toml's spans. `capabilities()` gathers them.
     /// `host:port` addresses the plugin may open TCP connections to; nothing when empty.
     #[serde(default)]
     pub allow_net: Vec<Spanned<String>>,

@@ -85,6 +85,16 @@ impl Rig {
     /// Runs ferrule with a driver that polls once (the interval is an hour)
     /// until the queue is empty, then stops it: afterwards everything ever
     /// committed was acknowledged by the broker. Returns the last committed sequence.
+    /// [`Rig::drain`], then the criterion of these tests: every sequence
+    /// from 1 to the last committed one has arrived. Returns that last one.
+    async fn drain_and_expect_all(&mut self) -> anyhow::Result<u64> {
+        let last = self.drain().await?;
+        self.seqs
+            .wait_for_all(&mut self.sub, 1, last, Duration::from_secs(60))
+            .await?;
+        Ok(last)
+    }
+
     async fn drain(&mut self) -> anyhow::Result<u64> {
         let text = std::fs::read_to_string(&self.config)?;
         let drain_config = self.path().join("drain.toml");
@@ -149,10 +159,7 @@ async fn outage_of_60_s_at_200_readings_per_s_is_backfilled_without_gap() -> any
         .await?;
     let backfill = outage.elapsed();
     ferrule.terminate(Duration::from_secs(10))?;
-    let last = rig.drain().await?;
-    rig.seqs
-        .wait_for_all(&mut rig.sub, 1, last, Duration::from_secs(60))
-        .await?;
+    let last = rig.drain_and_expect_all().await?;
     eprintln!(
         "outage: {depth} batches ({} readings) queued in 60 s, all delivered {:.1} s after the outage began; {} messages up to seq {last}, {} duplicates",
         depth * 10,
@@ -184,10 +191,7 @@ async fn kill9_cycles(cycles: usize) -> anyhow::Result<()> {
         ferrule.kill9();
         rig.seqs.drain(&mut rig.sub)?;
     }
-    let last = rig.drain().await?;
-    rig.seqs
-        .wait_for_all(&mut rig.sub, 1, last, Duration::from_secs(60))
-        .await?;
+    let last = rig.drain_and_expect_all().await?;
     eprintln!(
         "kill -9 x{cycles}: {} committed, {} messages received, {} duplicates",
         last,
@@ -215,10 +219,7 @@ async fn broker_restarted_twenty_times_loses_nothing() -> anyhow::Result<()> {
     let log = ferrule.log_text();
     let reconnects = log.matches("mqtt connected").count();
     ferrule.terminate(Duration::from_secs(10))?;
-    let last = rig.drain().await?;
-    rig.seqs
-        .wait_for_all(&mut rig.sub, 1, last, Duration::from_secs(60))
-        .await?;
+    let last = rig.drain_and_expect_all().await?;
     assert!(
         reconnects >= 10,
         "ferrule reconnected after the restarts ({reconnects} connects)"
@@ -413,10 +414,7 @@ async fn a_full_disk_pauses_capture_without_crash_or_loss_and_resumes() -> anyho
     tokio::time::sleep(Duration::from_secs(2)).await;
     ferrule.terminate(Duration::from_secs(10))?;
     // The file is intact: it opens and drains.
-    let last = rig.drain().await?;
-    rig.seqs
-        .wait_for_all(&mut rig.sub, 1, last, Duration::from_secs(60))
-        .await?;
+    let last = rig.drain_and_expect_all().await?;
     eprintln!(
         "disk full: {last} committed, none lost, {} duplicates",
         rig.seqs.duplicates()
