@@ -187,6 +187,30 @@ impl Writer {
     /// Answers everyone the commit served and updates the reported state.
     fn finish(&mut self, cycle: Cycle) {
         self.last_retention = Instant::now();
+        // Health first: whoever hears back must not see a stale condition.
+        let mut health = lock(&self.shared.health);
+        if let Some(error) = health.io_error.take() {
+            tracing::info!(previous_error = %error, retries = health.commit_retries, "queue writes resumed");
+        }
+        match (cycle.blocked, self.blocked_since) {
+            (true, None) => {
+                tracing::warn!(
+                    max_bytes = self.shared.options.max_bytes.unwrap_or(0),
+                    "queue full: drivers wait until the publisher frees space (when_full = block)"
+                );
+                self.blocked_since = Some(Instant::now());
+                health.blocked = true;
+            }
+            (false, Some(since)) => {
+                let waited = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+                health.blocked_ms_total = health.blocked_ms_total.saturating_add(waited);
+                health.blocked = false;
+                self.blocked_since = None;
+                tracing::info!(waited_ms = waited, "queue has space again; drivers resume");
+            }
+            _ => {}
+        }
+        drop(health);
         self.removes.clear();
         for done in self.remove_waiters.drain(..) {
             let _ = done.send(Ok(()));
@@ -217,28 +241,6 @@ impl Writer {
                     .unwrap_or(0),
                 "queue retention dropped entries older than max_age"
             );
-        }
-        let mut health = lock(&self.shared.health);
-        if let Some(error) = health.io_error.take() {
-            tracing::info!(previous_error = %error, retries = health.commit_retries, "queue writes resumed");
-        }
-        match (cycle.blocked, self.blocked_since) {
-            (true, None) => {
-                tracing::warn!(
-                    max_bytes = self.shared.options.max_bytes.unwrap_or(0),
-                    "queue full: drivers wait until the publisher frees space (when_full = block)"
-                );
-                self.blocked_since = Some(Instant::now());
-                health.blocked = true;
-            }
-            (false, Some(since)) => {
-                let waited = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
-                health.blocked_ms_total = health.blocked_ms_total.saturating_add(waited);
-                health.blocked = false;
-                self.blocked_since = None;
-                tracing::info!(waited_ms = waited, "queue has space again; drivers resume");
-            }
-            _ => {}
         }
     }
 
