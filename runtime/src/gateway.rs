@@ -14,7 +14,7 @@ use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
 use crate::plugin::{
     EngineSettings, LoadedDriver, LoadedProcessor, PluginEngine, PluginError, Sandbox,
 };
-use crate::publish::{self, PublisherSettings, TlsFiles, Topics};
+use crate::publish::{self, PublisherSettings, PublisherStats, TlsFiles, Topics};
 use crate::queue::{Queue, QueueError, QueueOptions};
 
 /// Why a gateway could not start.
@@ -199,7 +199,13 @@ fn publisher_settings(config: &Config) -> PublisherSettings {
             client_cert: m.client_cert_file.as_ref().map(|f| resolve(f.get_ref())),
             client_key: m.client_key_file.as_ref().map(|f| resolve(f.get_ref())),
         },
-        keep_alive: Duration::from_secs(m.keep_alive_s.max(5)),
+        protocol: m.protocol,
+        username: m.username.clone(),
+        password_file: m.password_file.as_ref().map(|f| resolve(f.get_ref())),
+        clean_session: m.clean_session,
+        session_expiry_s: m.session_expiry_s,
+        max_packet_size: *m.max_packet_size.get_ref(),
+        keep_alive: Duration::from_secs(*m.keep_alive_s.get_ref()),
         max_inflight: m.max_inflight,
         reconnect_min: Duration::from_millis(m.reconnect_min_ms.max(10)),
         reconnect_max: Duration::from_millis(m.reconnect_max_ms.max(m.reconnect_min_ms)),
@@ -227,6 +233,7 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
     let publisher = tokio::spawn(publish::run(
         publisher_settings(&config),
         queue.clone(),
+        Arc::new(PublisherStats::default()),
         shutdown.clone(),
     ));
     let mut tasks = Vec::with_capacity(drivers.len());

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod net;
+
 use anyhow::{Context, bail};
 use ferrule::dev::certs::{CertFiles, DevCa};
 use ferrule::publish::{TlsFiles, tls};
@@ -184,11 +186,22 @@ impl Drop for Process {
     }
 }
 
-fn spawn_logged(name: &'static str, mut command: Command, log: PathBuf) -> anyhow::Result<Process> {
+fn spawn_logged(name: &'static str, command: Command, log: PathBuf) -> anyhow::Result<Process> {
+    spawn_logged_with(name, command, log, Stdio::null())
+}
+
+/// Like [`spawn_logged`] with a chosen stdin (a pipe kept open for the
+/// process's life, for servers that stop at end of input).
+fn spawn_logged_with(
+    name: &'static str,
+    mut command: Command,
+    log: PathBuf,
+    stdin: Stdio,
+) -> anyhow::Result<Process> {
     let out = std::fs::File::create(&log)?;
     let err = out.try_clone()?;
     let child = command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(out)
         .stderr(err)
         .spawn()
@@ -540,4 +553,35 @@ impl Jitter {
         let span = max.saturating_sub(min).as_millis().max(1) as u64;
         min + Duration::from_millis(x % span)
     }
+}
+
+/// Seconds since midnight (UTC) of a log line's RFC 3339 timestamp.
+pub fn log_clock(line: &str) -> Option<f64> {
+    let clock = line.split('T').nth(1)?.split('Z').next()?;
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Seconds since midnight (UTC) now, comparable with [`log_clock`].
+pub fn clock_now() -> f64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    since_epoch.rem_euclid(86_400.0)
+}
+
+/// The `connect_ms` figure of each "mqtt connected" line in a ferrule log,
+/// with the line's clock time.
+pub fn connects(log: &str) -> Vec<(f64, f64)> {
+    log.lines()
+        .filter(|l| l.contains("mqtt connected"))
+        .filter_map(|l| {
+            let ms = l.split("connect_ms=").nth(1)?.split_whitespace().next()?;
+            Some((log_clock(l)?, ms.parse().ok()?))
+        })
+        .collect()
 }

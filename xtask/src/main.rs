@@ -121,7 +121,7 @@ fn demo(root: &Path, duration: Option<&str>, interval_ms: Option<u64>) -> anyhow
 fn test(root: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     ensure_wasm_target()?;
-    ensure_mosquitto()?;
+    ensure_peers()?;
 
     run(root, cargo().args(["fmt", "--all", "--check"]))?;
     for ws in PLUGIN_WORKSPACES {
@@ -177,7 +177,7 @@ fn test(root: &Path) -> anyhow::Result<()> {
 
 fn bench(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
     ensure_wasm_target()?;
-    ensure_mosquitto()?;
+    ensure_peers()?;
     build_plugins(root)?;
     let parts: Vec<&str> = match part {
         None => vec!["queue", "plugin"],
@@ -196,7 +196,7 @@ fn bench(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
 
 fn soak(root: &Path) -> anyhow::Result<()> {
     ensure_wasm_target()?;
-    ensure_mosquitto()?;
+    ensure_peers()?;
     build_plugins(root)?;
     run(root, cargo().args(["build", "-p", "ferrule", "--bins"]))?;
     run(
@@ -240,16 +240,27 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
     )
 }
 
-fn ensure_mosquitto() -> anyhow::Result<()> {
+fn ensure_peers() -> anyhow::Result<()> {
     let have = |bin: &str| {
         ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
             .iter()
             .any(|dir| Path::new(dir).join(bin).is_file())
     };
-    if have("mosquitto") && have("mosquitto_sub") {
+    // The broker and its clients, and the openssl tool (the TLS tests run
+    // `openssl s_server` as a peer that speaks only old or weak TLS).
+    let missing: Vec<&str> = [
+        ("mosquitto", "mosquitto"),
+        ("mosquitto_sub", "mosquitto-clients"),
+        ("openssl", "openssl"),
+    ]
+    .into_iter()
+    .filter(|(bin, _)| !have(bin))
+    .map(|(_, package)| package)
+    .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing mosquitto and mosquitto-clients (Debian packages)");
+    eprintln!("xtask: installing {} (Debian packages)", missing.join(", "));
     let as_root = |args: &[&str]| {
         let is_root = Command::new("id")
             .arg("-u")
@@ -269,15 +280,7 @@ fn ensure_mosquitto() -> anyhow::Result<()> {
         command
     };
     run(Path::new("."), &mut as_root(&["apt-get", "update"]))?;
-    run(
-        Path::new("."),
-        &mut as_root(&[
-            "apt-get",
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "mosquitto",
-            "mosquitto-clients",
-        ]),
-    )
+    let mut install = vec!["apt-get", "install", "-y", "--no-install-recommends"];
+    install.extend(missing);
+    run(Path::new("."), &mut as_root(&install))
 }

@@ -12,9 +12,13 @@ use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
 pub use types::{
-    Capabilities, Config, DriverConfig, GatewayConfig, LimitsOverride, MqttConfig, PluginLimits,
-    ProcessorConfig, QueueConfig, RuntimeConfig,
+    Capabilities, Config, DriverConfig, GatewayConfig, LimitsOverride, MqttConfig, MqttProtocol,
+    PluginLimits, ProcessorConfig, QueueConfig, RuntimeConfig,
 };
+
+/// The smallest `mqtt.max_packet_size` accepted: room for the topic, the
+/// message envelope and at least one ordinary reading.
+pub const MIN_PACKET_SIZE: u32 = 1024;
 
 impl Config {
     /// Reads, parses and validates a config file.
@@ -93,10 +97,33 @@ impl Config {
                 message: "no [[driver]] configured; expected at least one".to_string(),
             });
         }
+        let keep_alive = &self.mqtt.keep_alive_s;
+        if !(1..=u64::from(u16::MAX)).contains(keep_alive.get_ref()) {
+            return Err(self.invalid(
+                text,
+                keep_alive.span(),
+                format!(
+                    "keep_alive_s = {}: expected 1 to 65535 seconds",
+                    keep_alive.get_ref()
+                ),
+            ));
+        }
+        let max_packet = &self.mqtt.max_packet_size;
+        if *max_packet.get_ref() < MIN_PACKET_SIZE {
+            return Err(self.invalid(
+                text,
+                max_packet.span(),
+                format!(
+                    "max_packet_size = {}: expected at least {MIN_PACKET_SIZE} bytes",
+                    max_packet.get_ref()
+                ),
+            ));
+        }
         for file in [
             Some(&self.mqtt.ca_file),
             self.mqtt.client_cert_file.as_ref(),
             self.mqtt.client_key_file.as_ref(),
+            self.mqtt.password_file.as_ref(),
         ]
         .into_iter()
         .flatten()

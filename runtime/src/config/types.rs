@@ -58,8 +58,34 @@ pub struct MqttConfig {
     pub client_cert_file: Option<Spanned<String>>,
     /// PEM private key of this gateway (PKCS#8, PKCS#1 or SEC1).
     pub client_key_file: Option<Spanned<String>>,
+    /// Optional MQTT user name; the broker may also map the client
+    /// certificate to a user.
+    pub username: Option<String>,
+    /// File holding the MQTT password (first line; read at each connect, so
+    /// it can be rotated). Never inline in the config.
+    pub password_file: Option<Spanned<String>>,
+    /// MQTT protocol version: "3.1.1" (default) or "5".
+    #[serde(default)]
+    pub protocol: MqttProtocol,
+    /// Start each connection with a clean session (default). With `false`
+    /// the broker keeps the session (subscriptions, QoS 1 messages for this
+    /// gateway) across disconnects; for MQTT 5 for `session_expiry_s`.
+    #[serde(default = "default_true")]
+    pub clean_session: bool,
+    /// MQTT 5 only, with `clean_session = false`: how long the broker keeps
+    /// the session after a disconnect.
+    #[serde(default = "default_session_expiry_s")]
+    pub session_expiry_s: u32,
+    /// Largest MQTT packet this gateway sends, in bytes; a queue entry
+    /// larger than this is published in parts. An MQTT 5 broker's own
+    /// limit (from CONNACK) lowers it further; a 3.1.1 broker cannot say,
+    /// so set it to the broker's limit.
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: Spanned<u32>,
+    /// Keep-alive period; a link that stays silent (no PINGRESP) for about
+    /// two periods is treated as dead and reconnected.
     #[serde(default = "default_keep_alive_s")]
-    pub keep_alive_s: u64,
+    pub keep_alive_s: Spanned<u64>,
     /// Queue entries published but not yet acknowledged, at most.
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
@@ -70,6 +96,33 @@ pub struct MqttConfig {
     pub reconnect_max_ms: u64,
 }
 
+/// The MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum MqttProtocol {
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[serde(rename = "5")]
+    V5,
+}
+
+impl MqttProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MqttProtocol::V311 => "3.1.1",
+            MqttProtocol::V5 => "5",
+        }
+    }
+}
+
+fn default_session_expiry_s() -> u32 {
+    7 * 24 * 3600
+}
+
+fn default_max_packet_size() -> Spanned<u32> {
+    Spanned::new(0..0, 128 * 1024)
+}
+
 fn default_mqtt_port() -> u16 {
     8883
 }
@@ -78,8 +131,8 @@ fn default_topic_prefix() -> String {
     "ferrule".to_string()
 }
 
-fn default_keep_alive_s() -> u64 {
-    30
+fn default_keep_alive_s() -> Spanned<u64> {
+    Spanned::new(0..0, 30)
 }
 
 fn default_inflight() -> u16 {

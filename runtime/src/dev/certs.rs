@@ -7,9 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SerialNumber,
 };
 
 /// Why the PKI could not be made.
@@ -30,6 +33,8 @@ pub enum CertError {
 pub struct CertFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The certificate's serial number (for revocation lists).
+    pub serial: u64,
 }
 
 /// A CA that can issue more certificates.
@@ -37,6 +42,8 @@ pub struct DevCa {
     dir: PathBuf,
     params: CertificateParams,
     key: KeyPair,
+    /// Serial number of the next certificate issued.
+    next_serial: AtomicU64,
     /// The CA certificate, PEM.
     pub cert: PathBuf,
 }
@@ -61,13 +68,59 @@ impl DevCa {
             dir: dir.to_path_buf(),
             params,
             key,
+            next_serial: AtomicU64::new(1000),
             cert: path,
         })
+    }
+
+    /// Writes `{dir}/{file_stem}.crl.pem`: a revocation list of this CA
+    /// revoking `serials`, valid for a day.
+    pub fn revocation_list(&self, file_stem: &str, serials: &[u64]) -> Result<PathBuf, CertError> {
+        let now = time_now();
+        let params = CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(*serial),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&Issuer::from_params(&self.params, &self.key))?;
+        let path = self.dir.join(format!("{file_stem}.crl.pem"));
+        write_file(&path, &crl.pem()?)?;
+        Ok(path)
     }
 
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server(&self, file_stem: &str, names: &[&str]) -> Result<CertFiles, CertError> {
         self.issue(file_stem, names, ExtendedKeyUsagePurpose::ServerAuth, None)
+    }
+
+    /// A server certificate for `names` for an existing key (PKCS#8 PEM;
+    /// e.g. an RSA key made elsewhere).
+    pub fn server_for_key(
+        &self,
+        file_stem: &str,
+        names: &[&str],
+        key_pem: &str,
+    ) -> Result<CertFiles, CertError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        self.issue_for(
+            key,
+            file_stem,
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            None,
+            |_| {},
+        )
     }
 
     /// A client certificate with common name `cn`.
@@ -119,7 +172,18 @@ impl DevCa {
         cn: Option<&str>,
         adjust: impl FnOnce(&mut CertificateParams),
     ) -> Result<CertFiles, CertError> {
-        let key = KeyPair::generate()?;
+        self.issue_for(KeyPair::generate()?, file_stem, names, usage, cn, adjust)
+    }
+
+    fn issue_for(
+        &self,
+        key: KeyPair,
+        file_stem: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        cn: Option<&str>,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Result<CertFiles, CertError> {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names)?;
         params
@@ -127,12 +191,15 @@ impl DevCa {
             .push(DnType::CommonName, cn.unwrap_or(file_stem));
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        params.serial_number = Some(SerialNumber::from(serial));
         adjust(&mut params);
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer)?;
         let files = CertFiles {
             cert: self.dir.join(format!("{file_stem}.pem")),
             key: self.dir.join(format!("{file_stem}.key")),
+            serial,
         };
         write_file(&files.cert, &cert.pem())?;
         write_file(&files.key, &key.serialize_pem())?;

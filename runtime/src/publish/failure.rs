@@ -3,7 +3,7 @@
 //! the broker will keep refusing until someone acts) or a network problem
 //! that may heal by itself.
 
-use rumqttc::{ConnectReturnCode, ConnectionError, TlsError};
+use super::link::{LinkError, Refusal};
 use rustls::{AlertDescription, CertificateError};
 
 /// What kind of failure, for logs and (later) telemetry.
@@ -32,10 +32,7 @@ impl FailureKind {
 /// an MQTT state error holding an I/O error holding the rustls error), and an
 /// `io::Error` hides its inner error from `source()`, so each level is
 /// checked both ways.
-fn rustls_error(e: &ConnectionError) -> Option<&rustls::Error> {
-    if let ConnectionError::Tls(TlsError::TLS(t)) = e {
-        return Some(t);
-    }
+fn rustls_error(e: &LinkError) -> Option<&rustls::Error> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = current {
         if let Some(t) = err.downcast_ref::<rustls::Error>() {
@@ -53,23 +50,46 @@ fn rustls_error(e: &ConnectionError) -> Option<&rustls::Error> {
     None
 }
 
+/// The I/O error inside a connection error, if there is one.
+fn io_error(e: &LinkError) -> Option<&std::io::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        current = err.source();
+    }
+    None
+}
+
 /// A one-line explanation of `e` for a connection to `host`, and its kind.
-pub fn explain(e: &ConnectionError, host: &str) -> (FailureKind, String) {
+pub fn explain(e: &LinkError, host: &str) -> (FailureKind, String) {
     use FailureKind::{Authorization, Network, Tls};
-    if let ConnectionError::ConnectionRefused(code) = e {
-        let kind = match code {
-            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
-                Authorization
-            }
-            _ => Network,
-        };
-        return (kind, format!("the broker refused the connection: {code:?}"));
+    match e.refusal() {
+        Some(Refusal::Authorization(code)) => {
+            return (
+                Authorization,
+                format!("the broker refused this gateway's credentials: {code}"),
+            );
+        }
+        Some(Refusal::Other(code)) => {
+            return (
+                Network,
+                format!("the broker refused the connection: {code}"),
+            );
+        }
+        None => {}
+    }
+    if e.went_silent() {
+        return (
+            Network,
+            "the link went silent: no answer to a keep-alive ping (or writes stopped draining); reconnecting".to_string(),
+        );
     }
     let Some(tls) = rustls_error(e) else {
-        let text = match e {
-            ConnectionError::Io(io) => format!("network: {io}"),
-            ConnectionError::Tls(t) => format!("TLS: {t}"),
-            other => other.to_string(),
+        let text = match io_error(e) {
+            Some(io) => format!("network: {io}"),
+            None => e.to_string(),
         };
         return (Network, text);
     };

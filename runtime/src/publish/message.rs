@@ -27,24 +27,217 @@ impl Topics {
     }
 }
 
-/// One data message: one queue entry.
+/// One data message: one queue entry, or one part of an entry too large
+/// for a single MQTT packet.
 #[derive(Debug, Serialize)]
 struct DataMessage<'a> {
     gateway: &'a str,
     driver: &'a str,
     /// The queue sequence number: per gateway, increasing, never reused.
     seq: u64,
+    /// 1-based part number and part count, only when the entry was split;
+    /// consumers drop duplicates by (seq, part).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<u32>,
     captured_ns: u64,
     readings: &'a [Reading],
 }
 
+/// The whole entry as one message.
 pub fn encode_data(gateway: &str, seq: u64, batch: &Batch) -> Result<Vec<u8>, serde_json::Error> {
-    let message = DataMessage {
+    encode(gateway, seq, batch, None, &batch.readings)
+}
+
+fn encode(
+    gateway: &str,
+    seq: u64,
+    batch: &Batch,
+    part: Option<(u32, u32)>,
+    readings: &[Reading],
+) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&DataMessage {
         gateway,
         driver: &batch.driver,
         seq,
+        part: part.map(|(i, _)| i),
+        parts: part.map(|(_, n)| n),
         captured_ns: batch.captured_ns,
-        readings: &batch.readings,
-    };
-    serde_json::to_vec(&message)
+        readings,
+    })
+}
+
+/// A queue entry encoded for a broker that takes payloads of at most a
+/// given size.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    /// One payload, or the parts in order.
+    pub payloads: Vec<Vec<u8>>,
+    /// Readings that do not fit in a payload even alone: (channel, size of
+    /// the reading's JSON). They cannot be delivered to this broker.
+    pub too_large: Vec<(String, usize)>,
+}
+
+/// Encodes an entry in as few payloads of at most `budget` bytes as its
+/// readings allow, keeping their order. A reading that cannot fit even
+/// alone is left out and listed in `too_large`.
+pub fn encode_parts(
+    gateway: &str,
+    seq: u64,
+    batch: &Batch,
+    budget: usize,
+) -> Result<Encoded, serde_json::Error> {
+    let whole = encode_data(gateway, seq, batch)?;
+    if whole.len() <= budget {
+        return Ok(Encoded {
+            payloads: vec![whole],
+            too_large: Vec::new(),
+        });
+    }
+    // The envelope with the widest part numbers, and no readings.
+    let envelope = encode(gateway, seq, batch, Some((u32::MAX, u32::MAX)), &[])?.len();
+    let mut too_large = Vec::new();
+    // Ranges of `batch.readings` per part; readings too large are skipped.
+    let mut groups: Vec<Vec<&Reading>> = Vec::new();
+    let mut current: Vec<&Reading> = Vec::new();
+    let mut used = envelope;
+    for reading in &batch.readings {
+        let size = serde_json::to_vec(reading)?.len();
+        if envelope + size > budget {
+            too_large.push((reading.channel.clone(), size));
+            continue;
+        }
+        // A comma separates it from the previous reading.
+        let added = size + usize::from(!current.is_empty());
+        if used + added > budget {
+            groups.push(std::mem::take(&mut current));
+            used = envelope;
+            current.push(reading);
+            used += size;
+        } else {
+            current.push(reading);
+            used += added;
+        }
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    let count = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+    let mut payloads = Vec::with_capacity(groups.len());
+    for (i, group) in groups.into_iter().enumerate() {
+        let readings: Vec<Reading> = group.into_iter().cloned().collect();
+        let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        payloads.push(encode(
+            gateway,
+            seq,
+            batch,
+            Some((number, count)),
+            &readings,
+        )?);
+    }
+    Ok(Encoded {
+        payloads,
+        too_large,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::{Quality, Value};
+
+    fn batch(sizes: &[usize]) -> Batch {
+        Batch {
+            driver: "d".to_string(),
+            captured_ns: 7,
+            readings: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Reading {
+                    channel: format!("c{i}"),
+                    value: Value::Text("x".repeat(*n)),
+                    ts_ns: 1,
+                    quality: Quality::Good,
+                    unit: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn readings_of(payload: &[u8]) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        v["readings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["channel"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_small_entry_is_one_message_without_part_fields() {
+        let b = batch(&[10, 10]);
+        let e = encode_parts("gw", 3, &b, 4096).unwrap();
+        assert_eq!(e.payloads.len(), 1);
+        assert_eq!(e.payloads[0], encode_data("gw", 3, &b).unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&e.payloads[0]).unwrap();
+        assert!(v.get("part").is_none() && v.get("parts").is_none());
+    }
+
+    #[test]
+    fn a_large_entry_is_split_in_order_within_the_budget() {
+        let b = batch(&[300; 40]);
+        let budget = 2000;
+        let e = encode_parts("gw", 9, &b, budget).unwrap();
+        assert!(e.payloads.len() > 1);
+        assert!(e.too_large.is_empty());
+        let mut channels = Vec::new();
+        for (i, p) in e.payloads.iter().enumerate() {
+            assert!(p.len() <= budget, "part {i} is {} bytes", p.len());
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            assert_eq!(v["seq"], 9);
+            assert_eq!(v["part"], i + 1);
+            assert_eq!(v["parts"], e.payloads.len());
+            channels.extend(readings_of(p));
+        }
+        let expected: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        assert_eq!(channels, expected);
+    }
+
+    #[test]
+    fn a_reading_too_large_for_any_message_is_listed_not_sent() {
+        let b = batch(&[10, 5000, 10]);
+        let e = encode_parts("gw", 1, &b, 1500).unwrap();
+        assert_eq!(e.too_large.len(), 1);
+        assert_eq!(e.too_large[0].0, "c1");
+        let sent: Vec<String> = e.payloads.iter().flat_map(|p| readings_of(p)).collect();
+        assert_eq!(sent, ["c0", "c2"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parts_fit_and_carry_every_reading_once(
+            sizes in proptest::collection::vec(0usize..900, 0..60),
+            budget in 600usize..5000,
+        ) {
+            let b = batch(&sizes);
+            let e = encode_parts("gw", 1, &b, budget).unwrap();
+            let mut sent = Vec::new();
+            for p in &e.payloads {
+                proptest::prop_assert!(p.len() <= budget);
+                sent.extend(readings_of(p));
+            }
+            let dropped: Vec<String> = e.too_large.iter().map(|(c, _)| c.clone()).collect();
+            let mut all: Vec<String> = sent.iter().chain(&dropped).cloned().collect();
+            all.sort();
+            let mut expected: Vec<String> = (0..sizes.len()).map(|i| format!("c{i}")).collect();
+            expected.sort();
+            proptest::prop_assert_eq!(all, expected);
+            // Only readings that cannot fit alone are left out.
+            for (_, size) in &e.too_large {
+                proptest::prop_assert!(*size + 150 > budget);
+            }
+        }
+    }
 }

@@ -2,36 +2,43 @@
 //! and deletes each entry once the broker's PUBACK for it arrives.
 //!
 //! The queue, not rumqttc, is the outbox. rumqttc's `publish()` gives no
-//! packet id; the id appears later as `Event::Outgoing(Publish(pkid))`, in
-//! the order requests were handed over. So every request handed to the
-//! client is pushed on a FIFO, each Outgoing event pops one to learn its
-//! pkid, and a PUBACK settles the entry mapped to that pkid. Each connection
-//! gets a fresh client and event loop (so nothing rumqttc kept from a dead
+//! packet id; the id appears later as an outgoing-publish event, in the
+//! order requests were handed over. So every request handed to the client
+//! is pushed on a FIFO, each such event pops one to learn its pkid, and a
+//! PUBACK settles the message mapped to that pkid. Each connection gets a
+//! fresh client and event loop (so nothing rumqttc kept from a dead
 //! connection is re-sent twice) and starts again from the queue's oldest
-//! entry. Delivery is at-least-once; consumers drop duplicates by `seq`.
+//! entry. Delivery is at-least-once; consumers drop duplicates by `seq`
+//! (and `part`).
 //!
-//! `EventLoop::poll` is never raced in a `select!`: dropping it while it
-//! connects abandons the half-made connection (the broker then fires the
-//! will). A separate task drives the event loop and forwards its events.
+//! An entry whose message would exceed the packet size limit (the
+//! configured `max_packet_size`, lowered by an MQTT 5 broker's own) is sent
+//! in parts, and deleted only when every part is acknowledged. A single
+//! reading too large for any packet cannot be delivered to this broker: it
+//! is left out, logged and counted (`readings_too_large`).
+//!
+//! MQTT 3.1.1 and 5 differ only inside [`link`].
 
 mod failure;
+mod link;
 mod message;
 pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
-};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub use failure::{FailureKind, explain};
-pub use message::{Topics, encode_data};
+pub use link::LinkError;
+pub use message::{Encoded, Topics, encode_data, encode_parts};
 pub use tls::{TlsError, TlsFiles};
 
+use crate::config::MqttProtocol;
 use crate::queue::{Queue, QueueError};
+use link::{Client, ClientError, Credentials, Events, LinkEvent};
 
 /// How the publisher reaches the broker.
 #[derive(Debug, Clone)]
@@ -42,10 +49,71 @@ pub struct PublisherSettings {
     pub client_id: String,
     pub topics: Topics,
     pub tls: TlsFiles,
+    pub protocol: MqttProtocol,
+    pub username: Option<String>,
+    /// Read at each connect; its first line is the password.
+    pub password_file: Option<std::path::PathBuf>,
+    pub clean_session: bool,
+    pub session_expiry_s: u32,
+    /// Largest packet sent, in bytes (an MQTT 5 broker may lower it).
+    pub max_packet_size: u32,
     pub keep_alive: Duration,
     pub max_inflight: u16,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+}
+
+/// The last connection failure, for logs and telemetry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LastFailure {
+    pub kind: &'static str,
+    pub message: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// The publisher's counters, shared with telemetry.
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    /// True between CONNACK and the end of that connection.
+    pub connected: AtomicBool,
+    /// Connections that reached CONNACK.
+    pub connects: AtomicU64,
+    /// Connection attempts that failed and connections that were lost.
+    pub failures: AtomicU64,
+    /// Data messages (entries or parts) acknowledged by the broker.
+    pub messages_acked: AtomicU64,
+    /// Payload bytes of those messages.
+    pub payload_bytes_acked: AtomicU64,
+    /// Entries deleted from the queue after every part was acknowledged.
+    pub entries_delivered: AtomicU64,
+    /// Entries that had to be split into parts.
+    pub entries_split: AtomicU64,
+    /// Readings left out because they exceed the packet size limit alone.
+    pub readings_too_large: AtomicU64,
+    /// Messages an MQTT 5 broker acknowledged with a failure reason (kept
+    /// in the queue and sent again).
+    pub messages_refused: AtomicU64,
+    pub last_failure: Mutex<Option<LastFailure>>,
+}
+
+impl PublisherStats {
+    fn failed(&self, kind: FailureKind, message: &str) {
+        self.connected.store(false, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(LastFailure {
+            kind: kind.as_str(),
+            message: message.to_string(),
+            at_ms,
+        });
+    }
 }
 
 /// Why a connection ended.
@@ -53,56 +121,97 @@ pub struct PublisherSettings {
 enum SessionError {
     #[error("{0}")]
     Tls(#[from] TlsError),
+    #[error("{}: cannot read the MQTT password: {source}", path.display())]
+    Password {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// Logged through [`explain`], which says what failed and its kind.
     #[error("{0}")]
-    Connection(Box<ConnectionError>),
+    Link(Box<LinkError>),
     #[error("{0}")]
     Queue(#[from] QueueError),
     #[error("cannot encode entry {seq}: {message}")]
     Encode { seq: u64, message: String },
-    #[error("client request rejected: {0}")]
-    Client(#[from] rumqttc::ClientError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("the broker refused entry {seq}: {reason}")]
+    Refused {
+        seq: u64,
+        reason: String,
+        authorization: bool,
+    },
     #[error("event loop stopped")]
     Closed,
 }
 
-impl From<ConnectionError> for SessionError {
-    fn from(e: ConnectionError) -> Self {
-        SessionError::Connection(Box::new(e))
+impl SessionError {
+    /// The kind of failure and its one-line explanation.
+    fn explain(&self, host: &str) -> (FailureKind, String) {
+        match self {
+            SessionError::Link(e) => explain(e, host),
+            SessionError::Refused {
+                authorization: true,
+                ..
+            }
+            | SessionError::Password { .. } => (FailureKind::Authorization, self.to_string()),
+            SessionError::Tls(_) => (FailureKind::Tls, self.to_string()),
+            other => (FailureKind::Network, other.to_string()),
+        }
     }
 }
 
-/// A request handed to rumqttc and not yet given a packet id.
+/// A request handed to the client and not yet given a packet id.
 enum Handed {
-    Entry(u64),
+    /// A data message of entry `seq`, with its payload size.
+    Entry {
+        seq: u64,
+        bytes: usize,
+    },
     Status,
 }
 
-/// Runs until `shutdown` turns true, reconnecting with exponential backoff.
-pub async fn run(settings: PublisherSettings, queue: Queue, mut shutdown: watch::Receiver<bool>) {
+/// A message ready to hand to the client.
+struct Outbound {
+    seq: u64,
+    topic: String,
+    payload: Vec<u8>,
+}
+
+/// Runs until `shutdown` turns true, reconnecting with exponential backoff
+/// and jitter.
+pub async fn run(
+    settings: PublisherSettings,
+    queue: Queue,
+    stats: Arc<PublisherStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut delay = settings.reconnect_min;
+    let broker = format!("{}:{}", settings.host, settings.port);
     loop {
         if *shutdown.borrow() {
             return;
         }
         let mut connected = false;
-        match session(&settings, &queue, &mut shutdown, &mut connected).await {
+        let result = session(&settings, &queue, &stats, &mut shutdown, &mut connected).await;
+        stats.connected.store(false, Ordering::Relaxed);
+        let refused = match result {
             Ok(()) => return,
-            Err(SessionError::Connection(e)) => {
-                let (kind, why) = explain(&e, &settings.host);
-                tracing::warn!(
-                    broker = %format!("{}:{}", settings.host, settings.port),
-                    kind = kind.as_str(),
-                    error = %why,
-                    "mqtt connection lost"
-                );
-            }
             Err(e) => {
-                tracing::warn!(broker = %format!("{}:{}", settings.host, settings.port), error = %e, "mqtt connection lost");
+                let (kind, why) = e.explain(&settings.host);
+                stats.failed(kind, &why);
+                let wait_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                if connected {
+                    tracing::warn!(broker = %broker, kind = kind.as_str(), error = %why, "mqtt connection lost");
+                } else {
+                    tracing::warn!(broker = %broker, kind = kind.as_str(), error = %why, retry_in_ms = wait_ms, "mqtt connection failed");
+                }
+                matches!(e, SessionError::Refused { .. })
             }
-        }
-        // A session that got as far as CONNACK starts the backoff afresh.
-        if connected {
+        };
+        // A session that got as far as CONNACK starts the backoff afresh,
+        // unless the broker refused what it was sent (it will again).
+        if connected && !refused {
             delay = settings.reconnect_min;
         }
         let wait = with_jitter(delay);
@@ -123,190 +232,323 @@ fn with_jitter(delay: Duration) -> Duration {
     delay + delay.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
-fn connect(settings: &PublisherSettings) -> Result<(AsyncClient, EventLoop), SessionError> {
+/// Reads the TLS files and the password as they are on disk now, so a
+/// rotated certificate, key, CA bundle or password is used from the next
+/// connection on.
+fn credentials(settings: &PublisherSettings) -> Result<Credentials, SessionError> {
     let tls = tls::client_config(&settings.tls)?;
-    let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
-    options
-        .set_keep_alive(settings.keep_alive)
-        .set_clean_session(true)
-        // The window plus the two status messages.
-        .set_inflight(settings.max_inflight.max(1).saturating_add(2))
-        .set_max_packet_size(1 << 20, 16 << 20)
-        .set_last_will(LastWill::new(
-            settings.topics.status(),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ))
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    // Room for a full window plus the status messages, so try_publish never finds it full.
-    Ok(AsyncClient::new(
-        options,
-        usize::from(settings.max_inflight) + 8,
-    ))
+    let login = match &settings.password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| SessionError::Password {
+                path: path.clone(),
+                source,
+            })?;
+            let password = text.lines().next().unwrap_or_default().to_string();
+            Some((settings.username.clone().unwrap_or_default(), password))
+        }
+        None => settings
+            .username
+            .as_ref()
+            .map(|user| (user.clone(), String::new())),
+    };
+    Ok(Credentials { tls, login })
 }
 
 async fn session(
     settings: &PublisherSettings,
     queue: &Queue,
+    stats: &PublisherStats,
     shutdown: &mut watch::Receiver<bool>,
     connected: &mut bool,
 ) -> Result<(), SessionError> {
     // Removals handed over in the last session are committed before this
     // one reads the queue, so acknowledged entries are not sent again.
     queue.sync().await?;
-    let (client, eventloop) = connect(settings)?;
-    let (mut events, driver) = drive(eventloop);
-    let result = session_loop(settings, queue, shutdown, &client, &mut events, connected).await;
+    let (client, mut events, driver) = link::open(settings, credentials(settings)?);
+    let mut session = Session::new(settings, queue, stats, &client);
+    let result = session.run(shutdown, &mut events, connected).await;
     driver.abort();
     result
 }
 
-/// Polls the event loop on its own task; the channel ends after the first error.
-fn drive(
-    mut eventloop: EventLoop,
-) -> (
-    mpsc::Receiver<Result<Event, ConnectionError>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, rx) = mpsc::channel(64);
-    let task = tokio::spawn(async move {
-        loop {
-            let event = eventloop.poll().await;
-            let failed = event.is_err();
-            if tx.send(event).await.is_err() || failed {
-                return;
-            }
-        }
-    });
-    (rx, task)
+/// The state of one connection.
+struct Session<'a> {
+    settings: &'a PublisherSettings,
+    queue: &'a Queue,
+    stats: &'a PublisherStats,
+    client: &'a Client,
+    /// Requests handed over, waiting for their packet id.
+    handed: VecDeque<Handed>,
+    /// Packet id to (entry, payload bytes).
+    inflight: HashMap<u16, (u64, usize)>,
+    /// Encoded messages not yet handed over.
+    pending: VecDeque<Outbound>,
+    /// Messages of each entry not yet acknowledged.
+    parts_left: HashMap<u64, usize>,
+    /// Acknowledged but not yet deleted; deleted in one transaction per burst.
+    acked: Vec<u64>,
+    next_seq: u64,
+    window: usize,
+    /// Largest packet to send, in bytes.
+    packet_limit: usize,
+    /// When the connection was opened (TCP, TLS and CONNACK follow).
+    opened: std::time::Instant,
 }
 
-async fn session_loop(
-    settings: &PublisherSettings,
-    queue: &Queue,
-    shutdown: &mut watch::Receiver<bool>,
-    client: &AsyncClient,
-    events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
-    connected_once: &mut bool,
-) -> Result<(), SessionError> {
-    let mut committed = queue.committed();
-    let mut handed: VecDeque<Handed> = VecDeque::new();
-    let mut inflight: HashMap<u16, u64> = HashMap::new();
-    let mut next_seq = 0u64;
-    let mut connected = false;
-    let window = usize::from(settings.max_inflight.max(1));
-    // Acknowledged but not yet deleted; deleted in one transaction per burst.
-    let mut acked: Vec<u64> = Vec::new();
-    loop {
-        tokio::select! {
-            event = events.recv() => {
-                let Some(event) = event else {
-                    return Err(SessionError::Closed);
-                };
-                let mut next = Some(event);
-                // Handle everything already waiting before touching the queue.
-                while let Some(event) = next.take() {
-                    match event? {
-                        Event::Incoming(Packet::ConnAck(_)) => {
-                            connected = true;
-                            *connected_once = true;
-                            tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), "mqtt connected");
-                            client.try_publish(settings.topics.status(), QoS::AtLeastOnce, true, "online")?;
-                            handed.push_back(Handed::Status);
-                        }
-                        Event::Outgoing(Outgoing::Publish(pkid)) => {
-                            if let Some(Handed::Entry(seq)) = handed.pop_front() {
-                                inflight.insert(pkid, seq);
+impl<'a> Session<'a> {
+    fn new(
+        settings: &'a PublisherSettings,
+        queue: &'a Queue,
+        stats: &'a PublisherStats,
+        client: &'a Client,
+    ) -> Self {
+        Session {
+            settings,
+            queue,
+            stats,
+            client,
+            handed: VecDeque::new(),
+            inflight: HashMap::new(),
+            pending: VecDeque::new(),
+            parts_left: HashMap::new(),
+            acked: Vec::new(),
+            next_seq: 0,
+            window: usize::from(settings.max_inflight.max(1)),
+            packet_limit: 0,
+            opened: std::time::Instant::now(),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        events: &mut Events,
+        connected_once: &mut bool,
+    ) -> Result<(), SessionError> {
+        let mut committed = self.queue.committed();
+        let mut connected = false;
+        loop {
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else {
+                        return Err(SessionError::Closed);
+                    };
+                    let mut next = Some(event);
+                    // Handle everything already waiting before touching the queue.
+                    while let Some(event) = next.take() {
+                        match event {
+                            Err(e) => {
+                                self.delete_acked();
+                                return Err(SessionError::Link(Box::new(e)));
                             }
-                        }
-                        Event::Incoming(Packet::PubAck(ack)) => {
-                            if let Some(seq) = inflight.remove(&ack.pkid) {
-                                acked.push(seq);
+                            Ok(LinkEvent::Connected { max_packet_size }) => {
+                                connected = true;
+                                *connected_once = true;
+                                self.connected(max_packet_size)?;
                             }
+                            Ok(event) => self.on_event(event)?,
                         }
-                        _ => {}
+                        next = events.try_recv().ok();
                     }
-                    next = events.try_recv().ok();
+                    self.delete_acked();
                 }
-                delete_acked(queue, &mut acked);
+                changed = committed.changed() => {
+                    if changed.is_err() {
+                        return Err(SessionError::Closed);
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.delete_acked();
+                    if connected {
+                        self.say_offline(events).await;
+                    }
+                    return Ok(());
+                }
             }
-            changed = committed.changed() => {
-                if changed.is_err() {
-                    return Err(SessionError::Closed);
+            if connected {
+                self.fill_window()?;
+            }
+        }
+    }
+
+    fn connected(&mut self, broker_max: Option<u32>) -> Result<(), SessionError> {
+        let s = self.settings;
+        let limit = match broker_max {
+            Some(max) => max.min(s.max_packet_size),
+            None => s.max_packet_size,
+        };
+        self.packet_limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.stats.connected.store(true, Ordering::Relaxed);
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            broker = %format!("{}:{}", s.host, s.port),
+            protocol = s.protocol.as_str(),
+            max_packet_size = limit,
+            connect_ms = self.opened.elapsed().as_secs_f64() * 1000.0,
+            "mqtt connected"
+        );
+        self.client
+            .publish(s.topics.status(), true, b"online".to_vec())?;
+        self.handed.push_back(Handed::Status);
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: LinkEvent) -> Result<(), SessionError> {
+        match event {
+            LinkEvent::Sent(pkid) => {
+                if let Some(Handed::Entry { seq, bytes }) = self.handed.pop_front() {
+                    self.inflight.insert(pkid, (seq, bytes));
                 }
             }
-            _ = shutdown.changed() => {
-                delete_acked(queue, &mut acked);
-                if connected {
-                    let _ = client.try_publish(settings.topics.status(), QoS::AtLeastOnce, true, "offline");
-                    let _ = client.try_disconnect();
-                    // Let the event loop send both; bounded so shutdown never hangs.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        while let Some(Ok(event)) = events.recv().await {
-                            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
-                                break;
-                            }
-                        }
-                    }).await;
+            LinkEvent::Acked(pkid) => {
+                if let Some((seq, bytes)) = self.inflight.remove(&pkid) {
+                    self.stats.messages_acked.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .payload_bytes_acked
+                        .fetch_add(bytes as u64, Ordering::Relaxed);
+                    self.part_done(seq);
                 }
+            }
+            LinkEvent::Refused {
+                pkid,
+                reason,
+                authorization,
+            } => {
+                if let Some((seq, _)) = self.inflight.remove(&pkid) {
+                    self.stats.messages_refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(SessionError::Refused {
+                        seq,
+                        reason,
+                        authorization,
+                    });
+                }
+            }
+            LinkEvent::Connected { .. } | LinkEvent::Disconnected | LinkEvent::Other => {}
+        }
+        Ok(())
+    }
+
+    /// One more message of entry `seq` acknowledged.
+    fn part_done(&mut self, seq: u64) {
+        let left = self.parts_left.entry(seq).or_insert(1);
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.parts_left.remove(&seq);
+            self.acked.push(seq);
+        }
+    }
+
+    /// Hands acknowledged entries to the queue's writer, which deletes them
+    /// in its next commit (together with new appends: one fsync).
+    fn delete_acked(&mut self) {
+        if self.acked.is_empty() {
+            return;
+        }
+        let delivered = self.acked.len() as u64;
+        match self.queue.remove_later(std::mem::take(&mut self.acked)) {
+            Ok(()) => {
+                self.stats
+                    .entries_delivered
+                    .fetch_add(delivered, Ordering::Relaxed);
+            }
+            // Only when the queue is closing; the entries stay and are re-sent.
+            Err(e) => tracing::debug!(error = %e, "acknowledged entries not deleted"),
+        }
+    }
+
+    /// Hands messages to the client until `window` are outstanding, reading
+    /// and encoding more entries as needed.
+    fn fill_window(&mut self) -> Result<(), SessionError> {
+        loop {
+            let outstanding = self.handed.len() + self.inflight.len();
+            if outstanding >= self.window {
                 return Ok(());
             }
+            if self.pending.is_empty() && !self.read_more(self.window - outstanding)? {
+                return Ok(());
+            }
+            while self.handed.len() + self.inflight.len() < self.window {
+                let Some(out) = self.pending.pop_front() else {
+                    break;
+                };
+                let bytes = out.payload.len();
+                self.client.publish(out.topic, false, out.payload)?;
+                self.handed.push_back(Handed::Entry {
+                    seq: out.seq,
+                    bytes,
+                });
+            }
         }
-        if connected {
-            fill_window(
-                settings,
-                queue,
-                client,
-                &mut handed,
-                &inflight,
-                &mut next_seq,
-                window,
-            )?;
+    }
+
+    /// Reads up to `n` entries after the last one read and encodes them
+    /// into `pending`; false when there is nothing more to send.
+    fn read_more(&mut self, n: usize) -> Result<bool, SessionError> {
+        let entries = self.queue.read_for_send(self.next_seq, n)?;
+        if entries.is_empty() {
+            return Ok(false);
         }
+        let gateway = &self.settings.gateway;
+        for (seq, batch) in entries {
+            self.next_seq = seq + 1;
+            let topic = self.settings.topics.data(&batch.driver);
+            // The payload may use what the packet limit leaves after the
+            // fixed header (5), topic length (2), packet id (2) and MQTT 5
+            // properties length (1).
+            let budget = self.packet_limit.saturating_sub(10 + topic.len());
+            let encoded =
+                encode_parts(gateway, seq, &batch, budget).map_err(|e| SessionError::Encode {
+                    seq,
+                    message: e.to_string(),
+                })?;
+            for (channel, size) in &encoded.too_large {
+                self.stats
+                    .readings_too_large
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    driver = %batch.driver,
+                    seq,
+                    channel = %channel,
+                    reading_bytes = size,
+                    max_payload_bytes = budget,
+                    "reading larger than the broker's packet size limit; left out (counted as readings_too_large)"
+                );
+            }
+            if encoded.payloads.len() > 1 {
+                self.stats.entries_split.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(seq, parts = encoded.payloads.len(), "entry sent in parts");
+            }
+            if encoded.payloads.is_empty() {
+                // Nothing deliverable is left in it.
+                self.acked.push(seq);
+                continue;
+            }
+            self.parts_left.insert(seq, encoded.payloads.len());
+            for payload in encoded.payloads {
+                self.pending.push_back(Outbound {
+                    seq,
+                    topic: topic.clone(),
+                    payload,
+                });
+            }
+        }
+        Ok(true)
     }
-}
 
-/// Hands acknowledged entries to the queue's writer, which deletes them
-/// in its next commit (together with new appends: one fsync).
-fn delete_acked(queue: &Queue, acked: &mut Vec<u64>) {
-    if acked.is_empty() {
-        return;
+    /// Publishes "offline" and disconnects cleanly; bounded so shutdown
+    /// never hangs.
+    async fn say_offline(&mut self, events: &mut Events) {
+        let _ = self
+            .client
+            .publish(self.settings.topics.status(), true, b"offline".to_vec());
+        let _ = self.client.disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(event)) = events.recv().await {
+                if matches!(event, LinkEvent::Disconnected) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
-    if let Err(e) = queue.remove_later(std::mem::take(acked)) {
-        // Only when the queue is closing; the entries stay and are re-sent.
-        tracing::debug!(error = %e, "acknowledged entries not deleted");
-    }
-}
-
-/// Hands queue entries to the client until `window` are outstanding.
-fn fill_window(
-    settings: &PublisherSettings,
-    queue: &Queue,
-    client: &AsyncClient,
-    handed: &mut VecDeque<Handed>,
-    inflight: &HashMap<u16, u64>,
-    next_seq: &mut u64,
-    window: usize,
-) -> Result<(), SessionError> {
-    let outstanding = handed.len() + inflight.len();
-    if outstanding >= window {
-        return Ok(());
-    }
-    for (seq, batch) in queue.read_for_send(*next_seq, window - outstanding)? {
-        let payload =
-            encode_data(&settings.gateway, seq, &batch).map_err(|e| SessionError::Encode {
-                seq,
-                message: e.to_string(),
-            })?;
-        client.try_publish(
-            settings.topics.data(&batch.driver),
-            QoS::AtLeastOnce,
-            false,
-            payload,
-        )?;
-        handed.push_back(Handed::Entry(seq));
-        *next_seq = seq + 1;
-    }
-    Ok(())
 }

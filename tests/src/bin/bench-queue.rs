@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ferrule::config::MqttProtocol;
 use ferrule::publish::{self, PublisherSettings, TlsFiles, Topics};
 use ferrule::queue::{Queue, QueueOptions};
 use ferrule::reading::{Batch, Quality, Reading, Value, now_ns};
@@ -105,6 +106,12 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
             client_cert: Some(pki.gateway.cert.clone()),
             client_key: Some(pki.gateway.key.clone()),
         },
+        protocol: MqttProtocol::V311,
+        username: None,
+        password_file: None,
+        clean_session: true,
+        session_expiry_s: 0,
+        max_packet_size: 1 << 20,
         keep_alive: Duration::from_secs(30),
         max_inflight: 64,
         reconnect_min: Duration::from_millis(100),
@@ -112,7 +119,12 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let publisher = tokio::spawn(publish::run(settings, queue.clone(), stop_rx));
+    let publisher = tokio::spawn(publish::run(
+        settings,
+        queue.clone(),
+        Default::default(),
+        stop_rx,
+    ));
     loop {
         if queue.stats()?.depth == 0 {
             break;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferrule_tests::{
-    Mosquitto, Pki, Process, Subscriber, free_port, plugin, start_ferrule, tempdir,
+    Mosquitto, Pki, Process, Subscriber, free_port, log_clock, plugin, start_ferrule, tempdir,
 };
 
 use crate::common::gateway_and_mqtt;
@@ -112,25 +112,15 @@ fn assert_healthy(healthy: usize, window: Duration, all: &[serde_json::Value], l
     );
 }
 
-/// Seconds since midnight of a log line's RFC 3339 timestamp.
-fn log_time(line: &str) -> Option<f64> {
-    let clock = line.split('T').nth(1)?.split('Z').next()?;
-    let mut parts = clock.split(':');
-    let h: f64 = parts.next()?.parse().ok()?;
-    let m: f64 = parts.next()?.parse().ok()?;
-    let s: f64 = parts.next()?.parse().ok()?;
-    Some(h * 3600.0 + m * 60.0 + s)
-}
-
 /// (seconds after the first log line, `stopped after N ms`) of every timeout
 /// of `plugin`'s `call`.
 fn stopped_after_ms(log: &str, plugin: &str, call: &str) -> Vec<(f64, u64)> {
-    let start = log.lines().find_map(log_time).unwrap_or(0.0);
+    let start = log.lines().find_map(log_clock).unwrap_or(0.0);
     let needle = format!("plugin {plugin}: {call} did not return within");
     log.lines()
         .filter(|l| l.contains(&needle))
         .filter_map(|l| {
-            let at = (log_time(l)? - start).rem_euclid(86_400.0);
+            let at = (log_clock(l)? - start).rem_euclid(86_400.0);
             let ms = l
                 .split("(stopped after ")
                 .nth(1)?
@@ -200,26 +190,16 @@ async fn loops_and_sleeps_are_stopped_at_their_deadline_while_a_healthy_driver_k
     ] {
         let stops = stopped_after_ms(&log, plugin, call);
         eprintln!("{plugin}: {call} (seconds into the run, stopped after ms): {stops:?}");
-        // During start-up every component is instantiated at once on this
-        // 2-core machine (a debug build) and timers run late; the figures
-        // that matter are the ones once that has settled.
-        let settled: Vec<u64> = stops
-            .iter()
-            .filter(|(at, _)| *at >= 3.0)
-            .map(|(_, ms)| *ms)
-            .collect();
         assert!(
-            settled.len() >= 2,
-            "no repeated timeout of {plugin} {call} after start-up:\n{log}"
+            stops.len() >= 3,
+            "{plugin} {call} timed out and was retried repeatedly:\n{log}"
         );
-        // Latency is a figure, not an assertion (the machine is shared and
-        // noisy): the issue's target is deadline + 100 ms, and on this
-        // 2-core machine in a debug build it is met in steady state but not
-        // reliably (occasional stalls of a few hundred ms; see the issue note).
-        let worst = settled.iter().copied().max().unwrap_or(0);
-        eprintln!(
-            "{plugin} {call}: worst interruption after start-up {worst} ms (deadline 200 ms, target <= 300 ms{})",
-            if worst <= 300 { "" } else { ": MISSED" }
+        // Every interruption, start-up included, within deadline + 100 ms.
+        let worst = stops.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
+        eprintln!("{plugin} {call}: worst interruption {worst} ms (deadline 200 ms)");
+        assert!(
+            worst <= 300,
+            "{plugin} {call} stopped {worst} ms after it began, over deadline + 100 ms:\n{log}"
         );
     }
     assert!(run.ferrule.child.try_wait()?.is_none(), "the host survived");

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferrule::dev::certs::{CertFiles, DevCa};
+use ferrule_tests::net::{OpensslServer, rsa_server_cert};
 use ferrule_tests::{Mosquitto, Pki, free_port, start_ferrule, tempdir};
 
 use crate::common::sim_config;
@@ -22,17 +23,44 @@ async fn refused(
 ) -> anyhow::Result<String> {
     let port = free_port()?;
     let _broker = Mosquitto::start_with(dir, &pki.ca.cert, server, port, "")?;
+    refused_by(dir, pki, port, gateway_ca, client, expected).await
+}
+
+/// Runs ferrule against whatever listens on `port`, trusting `gateway_ca`
+/// and presenting `client`; returns its log once it contains `expected`,
+/// after checking readings are still captured meanwhile.
+async fn refused_by(
+    dir: &Path,
+    pki: &Pki,
+    port: u16,
+    gateway_ca: &Path,
+    client: Option<&CertFiles>,
+    expected: &str,
+) -> anyhow::Result<String> {
     let mut text = sim_config(&dir.join("data"), pki, port, 200, 1, "")?;
     text = text.replace(
         &pki.ca.cert.display().to_string(),
         &gateway_ca.display().to_string(),
     );
-    if client.is_none() {
-        text = text
-            .lines()
-            .filter(|l| !l.starts_with("client_cert_file") && !l.starts_with("client_key_file"))
-            .collect::<Vec<_>>()
-            .join("\n");
+    match client {
+        Some(files) => {
+            text = text
+                .replace(
+                    &pki.gateway.cert.display().to_string(),
+                    &files.cert.display().to_string(),
+                )
+                .replace(
+                    &pki.gateway.key.display().to_string(),
+                    &files.key.display().to_string(),
+                );
+        }
+        None => {
+            text = text
+                .lines()
+                .filter(|l| !l.starts_with("client_cert_file") && !l.starts_with("client_key_file"))
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
     }
     let config = dir.join("gateway.toml");
     std::fs::write(&config, text)?;
@@ -47,7 +75,15 @@ async fn refused(
         stats["depth"].as_u64().unwrap_or(0) >= 2,
         "readings are queued: {stats}"
     );
-    Ok(ferrule.log_text())
+    let log = ferrule.log_text();
+    if let Some(line) = log.lines().find(|l| l.contains(expected)) {
+        eprintln!("refused as expected: {line}");
+    }
+    assert!(
+        !log.contains("mqtt connected"),
+        "never connected to a refused peer:\n{log}"
+    );
+    Ok(log)
 }
 
 #[tokio::test]
@@ -120,5 +156,86 @@ async fn connecting_without_a_client_certificate_is_an_authorization_failure() -
     )
     .await?;
     assert!(log.contains("kind=\"authorization\""), "{log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_is_an_authorization_failure() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    let other = DevCa::new(&dir.path().join("other"), "other-ca")?;
+    let stranger = other.client("stranger", "test-gateway")?;
+    let log = refused(
+        dir.path(),
+        &pki,
+        &pki.server,
+        &pki.ca.cert,
+        Some(&stranger),
+        "the broker refused this gateway's client certificate",
+    )
+    .await?;
+    assert!(log.contains("kind=\"authorization\""), "{log}");
+    Ok(())
+}
+
+/// A server that speaks only TLS 1.1 (proved with openssl's own client)
+/// is refused: this gateway speaks TLS 1.2 and 1.3 only.
+#[tokio::test]
+async fn a_tls_1_1_only_server_is_refused() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    // OpenSSL 3 allows TLS 1.1 only at security level 0.
+    let legacy = ["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"];
+    let server = OpensslServer::start(dir.path(), &pki.server.cert, &pki.server.key, &legacy)?;
+    let ca = pki.ca.cert.to_string_lossy().into_owned();
+    let (ok, text) = server.handshake(&[&legacy[..], &["-CAfile", &ca]].concat())?;
+    assert!(
+        ok && text.contains("TLSv1.1"),
+        "control: openssl's client completes a TLS 1.1 handshake with the server:\n{text}"
+    );
+    let log = refused_by(
+        dir.path(),
+        &pki,
+        server.port,
+        &pki.ca.cert,
+        Some(&pki.gateway),
+        "kind=\"tls\"",
+    )
+    .await?;
+    assert!(
+        log.contains("TLS 1.2 and 1.3 only") || log.contains("TLS 1.2 or 1.3"),
+        "the error names the protocol versions:\n{log}"
+    );
+    Ok(())
+}
+
+/// A TLS 1.2 server offering only a suite without forward secrecy (RSA key
+/// exchange; proved with openssl's own client) is refused.
+#[tokio::test]
+async fn a_server_without_forward_secret_suites_is_refused() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    let rsa = rsa_server_cert(&dir.path().join("certs"), &pki.ca)?;
+    let static_rsa = ["-tls1_2", "-cipher", "AES128-GCM-SHA256"];
+    let server = OpensslServer::start(dir.path(), &rsa.cert, &rsa.key, &static_rsa)?;
+    let ca = pki.ca.cert.to_string_lossy().into_owned();
+    let (ok, text) = server.handshake(&[&static_rsa[..], &["-CAfile", &ca]].concat())?;
+    assert!(
+        ok && text.contains("AES128-GCM-SHA256"),
+        "control: openssl's client completes a handshake with the RSA key exchange suite:\n{text}"
+    );
+    let log = refused_by(
+        dir.path(),
+        &pki,
+        server.port,
+        &pki.ca.cert,
+        Some(&pki.gateway),
+        "kind=\"tls\"",
+    )
+    .await?;
+    assert!(
+        log.contains("no cipher suite in common") && log.contains("forward-secret"),
+        "the error names the missing forward secrecy:\n{log}"
+    );
     Ok(())
 }

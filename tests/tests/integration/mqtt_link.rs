@@ -1,0 +1,317 @@
+//! The MQTT link heals itself: a revoked client certificate is an
+//! authorization failure until a new one is installed on disk (no
+//! restart), a silently dead link is noticed by keep-alive, and entries too
+//! large for the broker's packet limit arrive in parts. No reading is lost
+//! on the way.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferrule::dev::certs::CertFiles;
+use ferrule_tests::net::StallingProxy;
+use ferrule_tests::{
+    Mosquitto, Pki, Process, SeqLog, Subscriber, clock_now, connects, free_port, queue_stats,
+    start_ferrule, tempdir,
+};
+
+use crate::common::sim_config;
+
+/// Puts `from`'s certificate and key where `to` is expected, each by an
+/// atomic rename, as a deployment tool would.
+fn install(from: &CertFiles, to: &CertFiles) -> anyhow::Result<()> {
+    for (src, dst) in [(&from.cert, &to.cert), (&from.key, &to.key)] {
+        let tmp = dst.with_extension("new");
+        std::fs::copy(src, &tmp)?;
+        std::fs::rename(&tmp, dst)?;
+    }
+    Ok(())
+}
+
+/// Lines of `log` containing `needle`.
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+async fn wait_for_count(
+    ferrule: &Process,
+    needle: &str,
+    n: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while count(&ferrule.log_text(), needle) < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "fewer than {n} {needle:?} lines within {limit:?}:\n{}",
+            ferrule.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The last sequence number the queue has handed out.
+fn last_seq(dir: &Path, config: &Path) -> anyhow::Result<u64> {
+    let stats = queue_stats(dir, config)?;
+    Ok(stats["next_seq"].as_u64().unwrap_or(1).saturating_sub(1))
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_with_backoff_until_a_new_one_is_installed()
+-> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    // The gateway starts with a certificate its CA has revoked.
+    let revoked = pki.ca.client("revoked", "test-gateway")?;
+    let crl = pki.ca.revocation_list("test-ca", &[revoked.serial])?;
+    install(&revoked, &pki.gateway)?;
+    let port = free_port()?;
+    let _broker = Mosquitto::start(
+        dir.path(),
+        &pki,
+        port,
+        &format!("crlfile {}\n", crl.display()),
+    )?;
+    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?,
+    )?;
+    let mut ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
+
+    // Refused as an authorization failure, again and again, backing off.
+    wait_for_count(
+        &ferrule,
+        "mqtt connection failed",
+        4,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let log = ferrule.log_text();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("mqtt connection failed"))
+        .collect();
+    for line in &failures {
+        assert!(
+            line.contains("kind=\"authorization\"")
+                && line.contains("refused this gateway's client certificate (CertificateRevoked)"),
+            "a revoked certificate is reported as an authorization failure: {line}"
+        );
+    }
+    let waits: Vec<u64> = failures
+        .iter()
+        .filter_map(|l| {
+            l.split("retry_in_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        waits.windows(2).all(|w| w[1] >= w[0]) && waits.last() > waits.first(),
+        "retries back off: {waits:?}"
+    );
+    assert!(
+        sub.messages.try_recv().is_err(),
+        "nothing delivered with a revoked certificate"
+    );
+    let queued = queue_stats(dir.path(), &config)?;
+    assert!(
+        queued["depth"].as_u64().unwrap_or(0) >= 2,
+        "readings stay queued: {queued}"
+    );
+
+    // A valid certificate and key are installed on disk; no restart.
+    let fresh = pki.ca.client("fresh", "test-gateway")?;
+    install(&fresh, &pki.gateway)?;
+    let last = last_seq(dir.path(), &config)?;
+    ferrule
+        .wait_for_log("mqtt connected", Duration::from_secs(30))
+        .await?;
+    let mut seqs = SeqLog::default();
+    seqs.wait_for_all(&mut sub, 1, last, Duration::from_secs(30))
+        .await?;
+    assert!(
+        ferrule.child.try_wait()?.is_none(),
+        "the same process, not restarted"
+    );
+    eprintln!(
+        "revoked: {} refusals (retry waits {waits:?} ms), then {last} queued readings delivered after rotation",
+        failures.len()
+    );
+    ferrule.kill9();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silently_dead_link_is_detected_by_keep_alive_and_reconnected_without_gap()
+-> anyhow::Result<()> {
+    const KEEP_ALIVE_S: f64 = 2.0;
+    const BACKOFF_CAP_S: f64 = 1.0;
+    let dir = tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    let port = free_port()?;
+    let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
+    let proxy = StallingProxy::start(port).await?;
+    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
+    let config = dir.path().join("gateway.toml");
+    let text = sim_config(&dir.path().join("data"), &pki, proxy.port, 100, 1, "")?
+        .replace("keep_alive_s = 5", "keep_alive_s = 2");
+    assert!(text.contains("keep_alive_s = 2") && text.contains("reconnect_max_ms = 1000"));
+    std::fs::write(&config, text)?;
+    let mut ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
+
+    let mut seqs = SeqLog::default();
+    seqs.wait_for_all(&mut sub, 1, 10, Duration::from_secs(30))
+        .await?;
+    proxy.freeze();
+    let frozen_at = clock_now();
+    wait_for_count(&ferrule, "mqtt connected", 2, Duration::from_secs(30)).await?;
+    let log = ferrule.log_text();
+    let lost = log
+        .lines()
+        .find(|l| l.contains("mqtt connection lost"))
+        .unwrap_or_default()
+        .to_string();
+    let detected_s = ferrule_tests::log_clock(&lost).unwrap_or(f64::NAN) - frozen_at;
+    let reconnected_s = connects(&log)
+        .get(1)
+        .map_or(f64::NAN, |(at, _)| at - frozen_at);
+    eprintln!(
+        "half-open link: detected after {detected_s:.2} s, reconnected after {reconnected_s:.2} s (keep-alive {KEEP_ALIVE_S} s); {lost}"
+    );
+    // Two keep-alive periods, the backoff (with up to 25 % jitter), and 2 s
+    // of slack for a busy machine.
+    let bound = 2.0 * KEEP_ALIVE_S + 1.25 * BACKOFF_CAP_S + 2.0;
+    assert!(
+        reconnected_s <= bound,
+        "reconnected within {bound} s of the link going silent (took {reconnected_s:.2} s):\n{log}"
+    );
+    assert!(
+        lost.contains("pingreq") || lost.contains("keep-alive"),
+        "the keep-alive noticed it: {lost}"
+    );
+    assert!(proxy.connections() >= 2, "a new connection was made");
+
+    // No gap: everything captured before, during and after arrives.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let last = last_seq(dir.path(), &config)?;
+    seqs.wait_for_all(&mut sub, 1, last, Duration::from_secs(30))
+        .await?;
+    eprintln!(
+        "half-open link: seqs 1..={last} all delivered, {} duplicates",
+        seqs.duplicates()
+    );
+    ferrule.kill9();
+    Ok(())
+}
+
+/// One delivered entry: its parts by number, and the channels in each.
+#[derive(Default)]
+struct Entry {
+    parts: BTreeMap<u64, Vec<String>>,
+    count: Option<u64>,
+}
+
+async fn split_at_the_brokers_limit(protocol: &str, configured: Option<u32>) -> anyhow::Result<()> {
+    const LIMIT: usize = 2048;
+    const CHANNELS: usize = 60;
+    let dir = tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    let port = free_port()?;
+    let _broker = Mosquitto::start(
+        dir.path(),
+        &pki,
+        port,
+        &format!("max_packet_size {LIMIT}\n"),
+    )?;
+    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
+    let config = dir.path().join("gateway.toml");
+    let mut mqtt = format!("[mqtt]\nprotocol = \"{protocol}\"\n");
+    if let Some(limit) = configured {
+        mqtt.push_str(&format!("max_packet_size = {limit}\n"));
+    }
+    let text = sim_config(&dir.path().join("data"), &pki, port, 200, CHANNELS, "")?
+        .replace("[mqtt]\n", &mqtt);
+    std::fs::write(&config, text)?;
+    let mut ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
+
+    let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
+    let complete = |entries: &BTreeMap<u64, Entry>, seq: u64| {
+        entries
+            .get(&seq)
+            .is_some_and(|e| e.count.is_some_and(|n| e.parts.len() as u64 == n))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(1..=10).all(|s| complete(&entries, s)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = match sub.next(left, "the parts of entries 1..=10").await {
+            Ok(m) => m,
+            Err(e) => anyhow::bail!("{e}; ferrule log:\n{}", ferrule.log_text()),
+        };
+        assert!(
+            m.payload.len() < LIMIT,
+            "every message fits the broker's limit: {} bytes",
+            m.payload.len()
+        );
+        let v = m.json()?;
+        let seq = v["seq"].as_u64().unwrap_or_default();
+        let part = v["part"].as_u64();
+        let parts = v["parts"].as_u64();
+        assert!(
+            part.is_some() && parts.is_some(),
+            "an entry of {CHANNELS} readings does not fit {LIMIT} bytes, so it is split: {v}"
+        );
+        let channels = v["readings"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x["channel"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let entry = entries.entry(seq).or_default();
+        entry.count = parts;
+        entry.parts.insert(part.unwrap_or_default(), channels);
+    }
+    let expected: Vec<String> = (0..CHANNELS).map(|i| format!("c{i}")).collect();
+    for seq in 1..=10 {
+        let entry = &entries[&seq];
+        let channels: Vec<String> = entry.parts.values().flatten().cloned().collect();
+        assert_eq!(
+            channels, expected,
+            "entry {seq}: every reading once, in order"
+        );
+    }
+    let log = ferrule.log_text();
+    assert!(
+        log.contains(&format!("max_packet_size={LIMIT}")),
+        "the limit in use is logged:\n{log}"
+    );
+    assert!(!log.contains("too_large"), "nothing left out:\n{log}");
+    eprintln!(
+        "MQTT {protocol}: entries of {CHANNELS} readings delivered in {} parts each under a {LIMIT}-byte limit",
+        entries[&1].parts.len()
+    );
+    ferrule.kill9();
+    Ok(())
+}
+
+/// MQTT 5: the broker states its limit in CONNACK; nothing is configured.
+#[tokio::test]
+async fn over_mqtt_5_entries_larger_than_the_brokers_packet_limit_arrive_in_parts()
+-> anyhow::Result<()> {
+    split_at_the_brokers_limit("5", None).await
+}
+
+/// MQTT 3.1.1 cannot learn the limit; it is configured.
+#[tokio::test]
+async fn over_mqtt_3_1_1_entries_larger_than_the_configured_packet_limit_arrive_in_parts()
+-> anyhow::Result<()> {
+    split_at_the_brokers_limit("3.1.1", Some(2048)).await
+}
