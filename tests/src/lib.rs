@@ -327,7 +327,18 @@ pub struct Subscriber {
 impl Subscriber {
     /// Connects with the PKI's subscriber certificate and subscribes to `filter`.
     pub async fn connect(pki: &Pki, port: u16, filter: &str) -> anyhow::Result<Subscriber> {
-        Self::connect_with(pki, port, filter, None).await
+        Self::connect_with(pki, port, filter, None, None).await
+    }
+
+    /// Like [`Subscriber::connect`], logging in as `user` with `password`.
+    pub async fn connect_as(
+        pki: &Pki,
+        port: u16,
+        filter: &str,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Subscriber> {
+        Self::connect_with(pki, port, filter, None, Some((user, password))).await
     }
 
     /// Like [`Subscriber::connect`] with a persistent session under
@@ -339,7 +350,7 @@ impl Subscriber {
         filter: &str,
         client_id: &str,
     ) -> anyhow::Result<Subscriber> {
-        Self::connect_with(pki, port, filter, Some(client_id)).await
+        Self::connect_with(pki, port, filter, Some(client_id), None).await
     }
 
     async fn connect_with(
@@ -347,6 +358,7 @@ impl Subscriber {
         port: u16,
         filter: &str,
         persistent_id: Option<&str>,
+        login: Option<(&str, &str)>,
     ) -> anyhow::Result<Subscriber> {
         let files = TlsFiles {
             ca: pki.ca.cert.clone(),
@@ -362,6 +374,9 @@ impl Subscriber {
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_session(persistent_id.is_none());
         options.set_max_packet_size(16 << 20, 1 << 20);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             tls::client_config(&files)?,
         )));

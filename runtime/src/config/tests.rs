@@ -94,6 +94,67 @@ fn missing_ca_file_is_named() {
     );
 }
 
+#[test]
+fn mqtt_link_defaults_and_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let config = Config::parse(&write_fixture(dir.path()), &path).unwrap();
+    assert_eq!(config.mqtt.protocol, MqttProtocol::V311);
+    assert!(config.mqtt.clean_session);
+    assert_eq!(*config.mqtt.max_packet_size.get_ref(), 128 * 1024);
+    assert_eq!(*config.mqtt.keep_alive_s.get_ref(), 30);
+
+    std::fs::write(dir.path().join("secret"), "pw\n").unwrap();
+    let text = write_fixture(dir.path()).replace(
+        "ca_file = \"ca.pem\"",
+        "ca_file = \"ca.pem\"\nprotocol = \"5\"\nclean_session = false\nusername = \"gw\"\npassword_file = \"secret\"",
+    );
+    let config = Config::parse(&text, &path).unwrap();
+    assert_eq!(config.mqtt.protocol, MqttProtocol::V5);
+    assert!(!config.mqtt.clean_session);
+    assert_eq!(
+        config.resolve(Path::new(
+            config.mqtt.password_file.as_ref().unwrap().get_ref()
+        )),
+        dir.path().join("secret")
+    );
+}
+
+#[test]
+fn mqtt_link_values_out_of_range_are_refused_at_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let with = |line: &str| {
+        let text = write_fixture(dir.path()).replace(
+            "ca_file = \"ca.pem\"",
+            &format!("ca_file = \"ca.pem\"\n{line}"),
+        );
+        Config::parse(&text, &path).unwrap_err().to_string()
+    };
+    let err = with("protocol = \"4\"");
+    assert!(err.contains("gw.toml:7:12: unknown variant `4`"), "{err}");
+    let err = with("keep_alive_s = 0");
+    assert!(
+        err.contains("gw.toml:7:16: keep_alive_s = 0: expected 1 to 65535 seconds"),
+        "{err}"
+    );
+    let err = with("max_packet_size = 100");
+    assert!(
+        err.contains("gw.toml:7:19: max_packet_size = 100: expected at least 1024 bytes"),
+        "{err}"
+    );
+    let err = with("password_file = \"missing\"");
+    assert!(
+        err.contains("gw.toml:7:17: file \"missing\" not found"),
+        "{err}"
+    );
+    let err = with("password = \"inline\"");
+    assert!(
+        err.contains("gw.toml:7:1: unknown field `password`"),
+        "{err}"
+    );
+}
+
 proptest! {
     #[test]
     fn line_col_matches_a_naive_count(text in "[a-z\n]{0,80}", offset in 0usize..100) {

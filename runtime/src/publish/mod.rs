@@ -195,26 +195,23 @@ pub async fn run(
         let mut connected = false;
         let result = session(&settings, &queue, &stats, &mut shutdown, &mut connected).await;
         stats.connected.store(false, Ordering::Relaxed);
-        let refused = match result {
-            Ok(()) => return,
-            Err(e) => {
-                let (kind, why) = e.explain(&settings.host);
-                stats.failed(kind, &why);
-                let wait_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                if connected {
-                    tracing::warn!(broker = %broker, kind = kind.as_str(), error = %why, "mqtt connection lost");
-                } else {
-                    tracing::warn!(broker = %broker, kind = kind.as_str(), error = %why, retry_in_ms = wait_ms, "mqtt connection failed");
-                }
-                matches!(e, SessionError::Refused { .. })
-            }
+        let Err(e) = result else {
+            return;
         };
         // A session that got as far as CONNACK starts the backoff afresh,
         // unless the broker refused what it was sent (it will again).
-        if connected && !refused {
+        if connected && !matches!(e, SessionError::Refused { .. }) {
             delay = settings.reconnect_min;
         }
         let wait = with_jitter(delay);
+        let (kind, why) = e.explain(&settings.host);
+        stats.failed(kind, &why);
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        if connected {
+            tracing::warn!(broker = %broker, kind = kind.as_str(), error = %why, retry_in_ms = wait_ms, "mqtt connection lost");
+        } else {
+            tracing::warn!(broker = %broker, kind = kind.as_str(), error = %why, retry_in_ms = wait_ms, "mqtt connection failed");
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
@@ -346,7 +343,13 @@ impl<'a> Session<'a> {
                                 *connected_once = true;
                                 self.connected(max_packet_size)?;
                             }
-                            Ok(event) => self.on_event(event)?,
+                            Ok(event) => {
+                                if let Err(e) = self.on_event(event) {
+                                    // What was acknowledged before stays delivered.
+                                    self.delete_acked();
+                                    return Err(e);
+                                }
+                            }
                         }
                         next = events.try_recv().ok();
                     }
