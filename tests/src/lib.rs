@@ -253,8 +253,16 @@ impl Mosquitto {
                  certfile {cert}\n\
                  keyfile {key}\n\
                  require_certificate true\n\
-                 tls_version tlsv1.2\n\
+                 {tls_version}\
                  {extra}\n",
+                // TLS 1.2 unless `extra` picks a version: the client
+                // certificate is checked during the handshake, so a refusal
+                // is the handshake's own alert.
+                tls_version = if extra.contains("tls_version") {
+                    ""
+                } else {
+                    "tls_version tlsv1.2\n"
+                },
                 ca = ca.display(),
                 cert = server.cert.display(),
                 key = server.key.display(),

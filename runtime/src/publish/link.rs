@@ -34,8 +34,6 @@ pub(super) enum LinkEvent {
         reason: String,
         authorization: bool,
     },
-    /// The DISCONNECT packet left.
-    Disconnected,
     Other,
 }
 
@@ -205,6 +203,7 @@ pub(super) fn open(
                 options.set_credentials(user, password);
             }
             let (client, mut eventloop) = rumqttc::AsyncClient::new(options, capacity);
+            eventloop.set_network_options(network_options());
             let task = tokio::spawn(async move {
                 loop {
                     let event = eventloop.poll().await;
@@ -239,6 +238,7 @@ pub(super) fn open(
             if let Some((user, password)) = credentials.login {
                 options.set_credentials(user, password);
             }
+            options.set_network_options(network_options());
             let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, capacity);
             let task = tokio::spawn(async move {
                 loop {
@@ -255,10 +255,18 @@ pub(super) fn open(
     }
 }
 
+/// TCP settings: small MQTT packets (acknowledgements, pings, one reading)
+/// go out at once instead of waiting for Nagle's algorithm, which on an
+/// idle link holds a write until the peer's delayed ACK (about 40 ms).
+fn network_options() -> rumqttc::NetworkOptions {
+    let mut options = rumqttc::NetworkOptions::new();
+    options.set_tcp_nodelay(true);
+    options
+}
+
 fn outgoing(o: Outgoing) -> LinkEvent {
     match o {
         Outgoing::Publish(pkid) => LinkEvent::Sent(pkid),
-        Outgoing::Disconnect => LinkEvent::Disconnected,
         _ => LinkEvent::Other,
     }
 }

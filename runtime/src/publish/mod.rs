@@ -79,6 +79,9 @@ pub struct PublisherStats {
     pub connected: AtomicBool,
     /// Connections that reached CONNACK.
     pub connects: AtomicU64,
+    /// How long the last connection took from opening to CONNACK (TCP,
+    /// TLS handshake, MQTT CONNECT), in microseconds.
+    pub last_connect_us: AtomicU64,
     /// Connection attempts that failed and connections that were lost.
     pub failures: AtomicU64,
     /// Data messages (entries or parts) acknowledged by the broker.
@@ -381,13 +384,18 @@ impl<'a> Session<'a> {
             None => s.max_packet_size,
         };
         self.packet_limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let took = self.opened.elapsed();
+        self.stats.last_connect_us.store(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             broker = %format!("{}:{}", s.host, s.port),
             protocol = s.protocol.as_str(),
             max_packet_size = limit,
-            connect_ms = self.opened.elapsed().as_secs_f64() * 1000.0,
+            connect_ms = took.as_secs_f64() * 1000.0,
             "mqtt connected"
         );
         self.client
@@ -426,7 +434,7 @@ impl<'a> Session<'a> {
                     });
                 }
             }
-            LinkEvent::Connected { .. } | LinkEvent::Disconnected | LinkEvent::Other => {}
+            LinkEvent::Connected { .. } | LinkEvent::Other => {}
         }
         Ok(())
     }
@@ -545,12 +553,12 @@ impl<'a> Session<'a> {
             .client
             .publish(self.settings.topics.status(), true, b"offline".to_vec());
         let _ = self.client.disconnect();
+        // Wait until the broker closes the connection after the DISCONNECT:
+        // closing first, with its PUBACKs still unread, would reset the
+        // connection and could discard the DISCONNECT at the broker (which
+        // would then publish the will).
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(event)) = events.recv().await {
-                if matches!(event, LinkEvent::Disconnected) {
-                    break;
-                }
-            }
+            while let Some(Ok(_)) = events.recv().await {}
         })
         .await;
     }
