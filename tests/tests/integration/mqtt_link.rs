@@ -52,6 +52,37 @@ async fn wait_for_count(
     Ok(())
 }
 
+/// Writes `text` as the gateway's config and starts `ferrule run` on it.
+fn run_config(dir: &Path, text: &str) -> anyhow::Result<(std::path::PathBuf, Process)> {
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, text)?;
+    let ferrule = start_ferrule(dir, &["run", &config.to_string_lossy()])?;
+    Ok((config, ferrule))
+}
+
+/// Waits for `n` log lines containing `needle`, checks each also contains
+/// every one of `expected`, and returns them.
+async fn failures(
+    ferrule: &Process,
+    needle: &str,
+    n: usize,
+    expected: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    wait_for_count(ferrule, needle, n, Duration::from_secs(30)).await?;
+    let lines: Vec<String> = ferrule
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect();
+    for line in &lines {
+        for fragment in expected {
+            assert!(line.contains(fragment), "{fragment:?} in: {line}");
+        }
+    }
+    Ok(lines)
+}
+
 /// The last sequence number the queue has handed out.
 fn last_seq(dir: &Path, config: &Path) -> anyhow::Result<u64> {
     let stats = queue_stats(dir, config)?;
@@ -75,33 +106,22 @@ async fn a_revoked_certificate_is_refused_with_backoff_until_a_new_one_is_instal
         &format!("crlfile {}\n", crl.display()),
     )?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?,
+    let (config, mut ferrule) = run_config(
+        dir.path(),
+        &sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?,
     )?;
-    let mut ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
 
     // Refused as an authorization failure, again and again, backing off.
-    wait_for_count(
+    let failures = failures(
         &ferrule,
         "mqtt connection failed",
         4,
-        Duration::from_secs(30),
+        &[
+            "kind=\"authorization\"",
+            "refused this gateway's client certificate (CertificateRevoked)",
+        ],
     )
     .await?;
-    let log = ferrule.log_text();
-    let failures: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("mqtt connection failed"))
-        .collect();
-    for line in &failures {
-        assert!(
-            line.contains("kind=\"authorization\"")
-                && line.contains("refused this gateway's client certificate (CertificateRevoked)"),
-            "a revoked certificate is reported as an authorization failure: {line}"
-        );
-    }
     // The first four waits double (100 ms doubling, jitter up to +25 %);
     // later ones sit at the 1 s cap.
     let waits: Vec<u64> = failures[..4]
@@ -162,12 +182,10 @@ async fn a_silently_dead_link_is_detected_by_keep_alive_and_reconnected_without_
     let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
     let proxy = StallingProxy::start(port).await?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
-    let config = dir.path().join("gateway.toml");
     let text = sim_config(&dir.path().join("data"), &pki, proxy.port, 100, 1, "")?
         .replace("keep_alive_s = 5", "keep_alive_s = 2");
     assert!(text.contains("keep_alive_s = 2") && text.contains("reconnect_max_ms = 1000"));
-    std::fs::write(&config, text)?;
-    let mut ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
+    let (config, mut ferrule) = run_config(dir.path(), &text)?;
 
     let mut seqs = SeqLog::default();
     seqs.wait_for_all(&mut sub, 1, 10, Duration::from_secs(30))
@@ -234,15 +252,13 @@ async fn split_at_the_brokers_limit(protocol: &str, configured: Option<u32>) -> 
         &format!("max_packet_size {LIMIT}\n"),
     )?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
-    let config = dir.path().join("gateway.toml");
     let mut mqtt = format!("[mqtt]\nprotocol = \"{protocol}\"\n");
     if let Some(limit) = configured {
         mqtt.push_str(&format!("max_packet_size = {limit}\n"));
     }
     let text = sim_config(&dir.path().join("data"), &pki, port, 200, CHANNELS, "")?
         .replace("[mqtt]\n", &mqtt);
-    std::fs::write(&config, text)?;
-    let mut ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
+    let (_config, mut ferrule) = run_config(dir.path(), &text)?;
 
     let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
     let complete = |entries: &BTreeMap<u64, Entry>, seq: u64| {
@@ -373,7 +389,6 @@ async fn wrong_password(protocol: &str) -> anyhow::Result<()> {
     .await?;
     let secret = dir.path().join("gateway.secret");
     std::fs::write(&secret, "wrong-secret\n")?;
-    let config = dir.path().join("gateway.toml");
     let text = sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?.replace(
         "[mqtt]\n",
         &format!(
@@ -381,24 +396,17 @@ async fn wrong_password(protocol: &str) -> anyhow::Result<()> {
             secret.display()
         ),
     );
-    std::fs::write(&config, text)?;
-    let mut ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
-
-    wait_for_count(
+    let (config, mut ferrule) = run_config(dir.path(), &text)?;
+    let refusals = failures(
         &ferrule,
         "mqtt connection failed",
         3,
-        Duration::from_secs(30),
+        &[
+            "kind=\"authorization\"",
+            "the broker refused this gateway's credentials",
+        ],
     )
     .await?;
-    let log = ferrule.log_text();
-    for line in log.lines().filter(|l| l.contains("mqtt connection failed")) {
-        assert!(
-            line.contains("kind=\"authorization\"")
-                && line.contains("the broker refused this gateway's credentials"),
-            "a wrong password is an authorization failure: {line}"
-        );
-    }
     let queued = queue_stats(dir.path(), &config)?;
     assert!(
         queued["depth"].as_u64().unwrap_or(0) >= 2,
@@ -421,9 +429,7 @@ async fn wrong_password(protocol: &str) -> anyhow::Result<()> {
     );
     eprintln!(
         "MQTT {protocol}: wrong password refused as authorization, then {last} queued readings delivered: {}",
-        log.lines()
-            .find(|l| l.contains("mqtt connection failed"))
-            .unwrap_or_default()
+        refusals[0]
     );
     ferrule.kill9();
     Ok(())
@@ -462,29 +468,16 @@ async fn over_mqtt_5_publishes_the_broker_refuses_stay_queued_until_it_accepts_t
         &format!("acl_file {}\n", acl.display()),
     )?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
-    let config = dir.path().join("gateway.toml");
     let text = sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?
         .replace("[mqtt]\n", "[mqtt]\nprotocol = \"5\"\n");
-    std::fs::write(&config, text)?;
-    let mut ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
-
-    wait_for_count(
+    let (config, mut ferrule) = run_config(dir.path(), &text)?;
+    let refusals = failures(
         &ferrule,
         "the broker refused entry",
         3,
-        Duration::from_secs(30),
+        &["kind=\"authorization\"", "NotAuthorized"],
     )
     .await?;
-    let log = ferrule.log_text();
-    for line in log
-        .lines()
-        .filter(|l| l.contains("the broker refused entry"))
-    {
-        assert!(
-            line.contains("kind=\"authorization\"") && line.contains("NotAuthorized"),
-            "a refused publish is an authorization failure: {line}"
-        );
-    }
     assert!(
         sub.messages.try_recv().is_err(),
         "nothing delivered while refused"
@@ -509,9 +502,7 @@ async fn over_mqtt_5_publishes_the_broker_refuses_stay_queued_until_it_accepts_t
     eprintln!(
         "MQTT 5: {} refusals, then seqs 1..={last} delivered: {}",
         count(&ferrule.log_text(), "the broker refused entry"),
-        log.lines()
-            .find(|l| l.contains("the broker refused entry"))
-            .unwrap_or_default()
+        refusals[0]
     );
     ferrule.kill9();
     Ok(())

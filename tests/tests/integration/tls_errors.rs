@@ -178,6 +178,35 @@ async fn a_client_certificate_from_another_ca_is_an_authorization_failure() -> a
     Ok(())
 }
 
+/// Starts `openssl s_server` with `cert` and `args`, proves with openssl's
+/// own client (same `args`) that it completes a handshake showing
+/// `control`, then runs ferrule against it; returns ferrule's log once it
+/// has refused the server as a TLS failure.
+async fn refused_by_openssl(
+    dir: &Path,
+    pki: &Pki,
+    cert: &CertFiles,
+    args: &[&str],
+    control: &str,
+) -> anyhow::Result<String> {
+    let server = OpensslServer::start(dir, &cert.cert, &cert.key, args)?;
+    let ca = pki.ca.cert.to_string_lossy().into_owned();
+    let (ok, text) = server.handshake(&[args, &["-CAfile", &ca]].concat())?;
+    assert!(
+        ok && text.contains(control),
+        "control: openssl's client completes a handshake ({control}) with the server:\n{text}"
+    );
+    refused_by(
+        dir,
+        pki,
+        server.port,
+        &pki.ca.cert,
+        Some(&pki.gateway),
+        "kind=\"tls\"",
+    )
+    .await
+}
+
 /// A server that speaks only TLS 1.1 (proved with openssl's own client)
 /// is refused: this gateway speaks TLS 1.2 and 1.3 only.
 #[tokio::test]
@@ -186,22 +215,7 @@ async fn a_tls_1_1_only_server_is_refused() -> anyhow::Result<()> {
     let pki = Pki::new(&dir.path().join("certs"))?;
     // OpenSSL 3 allows TLS 1.1 only at security level 0.
     let legacy = ["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"];
-    let server = OpensslServer::start(dir.path(), &pki.server.cert, &pki.server.key, &legacy)?;
-    let ca = pki.ca.cert.to_string_lossy().into_owned();
-    let (ok, text) = server.handshake(&[&legacy[..], &["-CAfile", &ca]].concat())?;
-    assert!(
-        ok && text.contains("TLSv1.1"),
-        "control: openssl's client completes a TLS 1.1 handshake with the server:\n{text}"
-    );
-    let log = refused_by(
-        dir.path(),
-        &pki,
-        server.port,
-        &pki.ca.cert,
-        Some(&pki.gateway),
-        "kind=\"tls\"",
-    )
-    .await?;
+    let log = refused_by_openssl(dir.path(), &pki, &pki.server, &legacy, "TLSv1.1").await?;
     assert!(
         log.contains("TLS 1.2 and 1.3 only") || log.contains("TLS 1.2 or 1.3"),
         "the error names the protocol versions:\n{log}"
@@ -217,22 +231,7 @@ async fn a_server_without_forward_secret_suites_is_refused() -> anyhow::Result<(
     let pki = Pki::new(&dir.path().join("certs"))?;
     let rsa = rsa_server_cert(&dir.path().join("certs"), &pki.ca)?;
     let static_rsa = ["-tls1_2", "-cipher", "AES128-GCM-SHA256"];
-    let server = OpensslServer::start(dir.path(), &rsa.cert, &rsa.key, &static_rsa)?;
-    let ca = pki.ca.cert.to_string_lossy().into_owned();
-    let (ok, text) = server.handshake(&[&static_rsa[..], &["-CAfile", &ca]].concat())?;
-    assert!(
-        ok && text.contains("AES128-GCM-SHA256"),
-        "control: openssl's client completes a handshake with the RSA key exchange suite:\n{text}"
-    );
-    let log = refused_by(
-        dir.path(),
-        &pki,
-        server.port,
-        &pki.ca.cert,
-        Some(&pki.gateway),
-        "kind=\"tls\"",
-    )
-    .await?;
+    let log = refused_by_openssl(dir.path(), &pki, &rsa, &static_rsa, "AES128-GCM-SHA256").await?;
     assert!(
         log.contains("no cipher suite in common") && log.contains("forward-secret"),
         "the error names the missing forward secrecy:\n{log}"
