@@ -37,6 +37,13 @@ pub enum StartError {
         what: String,
         message: String,
     },
+    #[error("{}: driver {driver}: device {device:?}: {message}", config.display())]
+    Device {
+        config: PathBuf,
+        driver: String,
+        device: String,
+        message: String,
+    },
 }
 
 /// A gateway whose plugins are loaded and initialised, not yet running.
@@ -94,11 +101,25 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
                 name: instance,
             });
         }
+        let mut plugin_config = d.config.clone();
+        if let (Some(device), toml::Value::Table(table)) = (&d.device, &mut plugin_config) {
+            // Resolved here, by the host, so the plugin needs no name lookup
+            // of its own; the sandbox allows the same address.
+            let resolved =
+                resolve_device(device.get_ref()).map_err(|message| StartError::Device {
+                    config: config.source.clone(),
+                    driver: name.clone(),
+                    device: device.get_ref().clone(),
+                    message,
+                })?;
+            table.insert("device".to_string(), toml::Value::String(resolved));
+        }
+        let sandbox = Sandbox::new(&name, limits, &d.capabilities(), &data_root)?;
         let spec = DriverSpec {
             driver: PluginSpec {
                 loaded,
-                sandbox: Sandbox::new(&name, limits, &d.capabilities(), &data_root)?,
-                config_json: to_json(&config, &format!("driver {name}"), &d.config)?,
+                sandbox,
+                config_json: to_json(&config, &format!("driver {name}"), &plugin_config)?,
                 name: name.clone(),
             },
             processors,
@@ -123,6 +144,17 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         drivers,
         _engine: engine,
     })
+}
+
+/// `host:port` resolved to its first address, as `ip:port`.
+fn resolve_device(device: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    device
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .next()
+        .map(|a| a.to_string())
+        .ok_or_else(|| "resolves to no address".to_string())
 }
 
 /// The plugin loaded from `path`, loading it only the first time.

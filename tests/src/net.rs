@@ -193,3 +193,169 @@ async fn pump(
         }
     }
 }
+
+/// pymodbus's Modbus TCP server on a loopback port, with the datastore in
+/// `store` (JSON: `holding`, `input`, `coil`, `discrete` value lists from
+/// address 0). `cargo xtask test` installs pymodbus.
+pub struct ModbusSim {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    store: std::path::PathBuf,
+    pub process: Process,
+}
+
+impl ModbusSim {
+    pub fn start(dir: &Path, store: &serde_json::Value) -> anyhow::Result<Self> {
+        let path = dir.join("modbus-store.json");
+        std::fs::write(&path, serde_json::to_vec(store)?)?;
+        Self::start_on(dir, &path, free_port()?)
+    }
+
+    fn start_on(dir: &Path, store: &Path, port: u16) -> anyhow::Result<Self> {
+        let script = crate::workspace_root().join("tests/peers/modbus_sim.py");
+        let mut command = Command::new("python3");
+        command
+            .arg(&script)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--datastore")
+            .arg(store);
+        let process = crate::spawn_logged(
+            "modbus simulator",
+            command,
+            dir.join(format!("modbus-sim-{port}.log")),
+        )?;
+        let mut sim = ModbusSim {
+            port,
+            dir: dir.to_path_buf(),
+            store: store.to_path_buf(),
+            process,
+        };
+        if let Err(e) = wait_for_port(port, Duration::from_secs(20)) {
+            sim.process.kill9();
+            bail!(
+                "{e}; is pymodbus installed (`cargo xtask test` installs it)? log:\n{}",
+                sim.process.log_text()
+            );
+        }
+        Ok(sim)
+    }
+
+    /// Stops the simulator (its datastore is lost; a restart reloads the file).
+    pub fn stop(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Starts it again on the same port with the original datastore.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let fresh = Self::start_on(&self.dir, &self.store, self.port)?;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// Reads holding registers directly (a hand-made frame, independent of
+    /// ferrule's own Modbus code).
+    pub fn read_holding(&self, address: u16, count: u16) -> anyhow::Result<Vec<u16>> {
+        let frame = self.ask(3, address, count)?;
+        anyhow::ensure!(
+            frame.len() == 9 + usize::from(count) * 2 && frame[7] == 3,
+            "unexpected answer {frame:02x?}"
+        );
+        Ok(frame[9..]
+            .chunks(2)
+            .map(|p| u16::from_be_bytes([p[0], p[1]]))
+            .collect())
+    }
+
+    /// Reads coils directly.
+    pub fn read_coils(&self, address: u16, count: u16) -> anyhow::Result<Vec<bool>> {
+        let frame = self.ask(1, address, count)?;
+        anyhow::ensure!(
+            frame.len() >= 9 && frame[7] == 1,
+            "unexpected answer {frame:02x?}"
+        );
+        Ok((0..usize::from(count))
+            .map(|i| frame[9 + i / 8] >> (i % 8) & 1 == 1)
+            .collect())
+    }
+
+    fn ask(&self, function: u8, address: u16, count: u16) -> anyhow::Result<Vec<u8>> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let [ah, al] = address.to_be_bytes();
+        let [ch, cl] = count.to_be_bytes();
+        s.write_all(&[0x7A, 0x01, 0, 0, 0, 6, 1, function, ah, al, ch, cl])?;
+        let mut header = [0u8; 6];
+        s.read_exact(&mut header)?;
+        let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+        let mut rest = vec![0u8; len];
+        s.read_exact(&mut rest)?;
+        Ok([header.to_vec(), rest].concat())
+    }
+}
+
+/// A loopback proxy in front of a Modbus TCP device that counts the
+/// request frames (MBAP framing) passing from clients to the device.
+pub struct CountingProxy {
+    pub port: u16,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    pub async fn start(target: u16) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut header = [0u8; 6];
+                    loop {
+                        if cr.read_exact(&mut header).await.is_err() {
+                            return;
+                        }
+                        let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+                        let mut body = vec![0u8; len];
+                        if cr.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        if sw.write_all(&header).await.is_err()
+                            || sw.write_all(&body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+            }
+        });
+        Ok(CountingProxy {
+            port,
+            requests,
+            task,
+        })
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -240,7 +240,38 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
     )
 }
 
+/// The pymodbus version the Modbus tests and example run against.
+const PYMODBUS: &str = "pymodbus==3.8.6";
+
+/// Python tools the tests start as peers: pymodbus (a Modbus TCP device).
+fn ensure_python_tools() -> anyhow::Result<()> {
+    let have = Command::new("python3")
+        .args([
+            "-c",
+            "import pymodbus, sys; sys.exit(0 if pymodbus.__version__ == '3.8.6' else 1)",
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {PYMODBUS} (pip)");
+    run(
+        Path::new("."),
+        Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            PYMODBUS,
+        ]),
+    )
+}
+
 fn ensure_peers() -> anyhow::Result<()> {
+    ensure_python_tools()?;
     let have = |bin: &str| {
         ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
             .iter()

@@ -169,6 +169,16 @@ impl Config {
             }
             self.check_plugin_file(text, &driver.plugin)?;
             self.check_addresses(text, &driver.allow_net)?;
+            if let Some(device) = &driver.device {
+                self.check_addresses(text, std::slice::from_ref(device))?;
+                if driver.config.get("device").is_some() {
+                    return Err(self.invalid(
+                        text,
+                        device.span(),
+                        "device: the driver's config also sets `device`; keep it here only (the runtime passes it on)".to_string(),
+                    ));
+                }
+            }
             let mut processor_names = std::collections::HashSet::new();
             for processor in &driver.processors {
                 self.check_name(text, &processor.name, "processor")?;

@@ -261,8 +261,14 @@ impl Capabilities {
 }
 
 impl DriverConfig {
+    /// The granted capabilities: `allow_net` plus the `device` address.
     pub fn capabilities(&self) -> Capabilities {
-        Capabilities::from_keys(&self.allow_net, self.allow_dns, self.data_dir)
+        let mut capabilities =
+            Capabilities::from_keys(&self.allow_net, self.allow_dns, self.data_dir);
+        if let Some(device) = &self.device {
+            capabilities.allow_net.push(device.get_ref().clone());
+        }
+        capabilities
     }
 }
 
@@ -331,6 +337,10 @@ pub struct DriverConfig {
     pub config: toml::Value,
     /// Overrides of the global `[limits]`; processors inherit them.
     pub limits: Option<LimitsOverride>,
+    /// `host:port` of the device this driver talks to: the driver may
+    /// connect to it (no separate `allow_net` entry), and its `init` gets it
+    /// as `device` in its config, resolved to an address.
+    pub device: Option<Spanned<String>>,
     // The capability keys are repeated on both plugin tables rather than
     // flattened from one struct: serde's `flatten` defeats both
     // `deny_unknown_fields` and toml's spans. `capabilities()` gathers them.

@@ -85,6 +85,11 @@ impl DriverSpec {
 }
 
 impl Chain {
+    /// The driver's report on its device.
+    pub async fn status(&mut self) -> Result<crate::plugin::DeviceStatus, PluginError> {
+        self.driver.status().await
+    }
+
     /// Polls once and runs the chain; `Ok(None)` when the poll produced nothing.
     pub async fn poll_once(&mut self, driver: &str) -> Result<Option<Batch>, PluginError> {
         let mut readings = self.driver.poll().await?;
@@ -118,6 +123,8 @@ pub async fn run_driver(
     let name = spec.driver.name.clone();
     let mut chain = chain;
     let mut restart_delay = spec.restart_min;
+    // Whether the last poll succeeded; the device's status is logged when it changes.
+    let mut last_ok: Option<bool> = None;
     let mut ticker = tokio::time::interval(spec.interval);
     // Keep the configured cadence: a late tick does not shift the ones after it.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -147,7 +154,13 @@ pub async fn run_driver(
             }
             continue;
         };
-        match live.poll_once(&name).await {
+        let polled = live.poll_once(&name).await;
+        let ok = polled.is_ok();
+        if last_ok != Some(ok) && !polled.as_ref().is_err_and(PluginError::instance_lost) {
+            last_ok = Some(ok);
+            log_device_status(&name, live).await;
+        }
+        match polled {
             Ok(Some(batch)) => {
                 counters.polls_ok.fetch_add(1, Ordering::Relaxed);
                 counters
@@ -187,6 +200,28 @@ pub async fn run_driver(
                 }
             }
         }
+    }
+}
+
+/// Logs what the driver says about its device (after a poll that went
+/// otherwise than the one before it: connected, lost, back).
+async fn log_device_status(driver: &str, chain: &mut Chain) {
+    match chain.status().await {
+        Ok(s) => {
+            let last_error = s
+                .extra
+                .iter()
+                .find(|(k, _)| k == "last_error")
+                .map_or("", |(_, v)| v.as_str());
+            tracing::info!(
+                driver = %driver,
+                connected = s.connected,
+                signal_quality = ?s.signal_quality,
+                last_error = %last_error,
+                "device status"
+            );
+        }
+        Err(e) => tracing::warn!(driver = %driver, error = %e, "device status unavailable"),
     }
 }
 

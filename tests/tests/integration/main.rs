@@ -5,6 +5,7 @@ mod bad_input;
 mod common;
 mod compile_cache;
 mod end_to_end;
+mod modbus;
 mod mqtt_link;
 mod sandbox;
 mod store_forward;

@@ -1,0 +1,434 @@
+//! The Modbus TCP driver against pymodbus's server: every type and
+//! byte/word order reads back exactly, reads are coalesced as planned, an
+//! outage of the device is survived, and the driver reaches nothing but
+//! its device.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ferrule_tests::net::{CountingProxy, ModbusSim};
+use ferrule_tests::{
+    Mosquitto, Pki, Process, Subscriber, free_port, plugin, queue_stats, start_ferrule, tempdir,
+};
+use serde_json::{Value, json};
+
+use crate::common::gateway_and_mqtt;
+
+/// A value's registers as a device stores them: the value's big-endian
+/// bytes, each register's two bytes swapped for little byte order, the
+/// registers reversed for little word order.
+fn words(bytes: &[u8], byte_little: bool, word_little: bool) -> Vec<u16> {
+    let mut w: Vec<u16> = bytes
+        .chunks(2)
+        .map(|c| {
+            if byte_little {
+                u16::from_le_bytes([c[0], c[1]])
+            } else {
+                u16::from_be_bytes([c[0], c[1]])
+            }
+        })
+        .collect();
+    if word_little {
+        w.reverse();
+    }
+    w
+}
+
+/// The register map of the type test: channel config lines, the holding
+/// registers' contents, and each channel's expected JSON value.
+struct Map {
+    channels: Vec<String>,
+    holding: Vec<u16>,
+    expected: BTreeMap<String, Value>,
+}
+
+fn type_map() -> Map {
+    let mut map = Map {
+        channels: Vec::new(),
+        holding: Vec::new(),
+        expected: BTreeMap::new(),
+    };
+    let values: [(&str, Vec<u8>, Value); 9] = [
+        ("u16", 0xBEEFu16.to_be_bytes().to_vec(), json!(0xBEEF)),
+        ("i16", (-12345i16).to_be_bytes().to_vec(), json!(-12345)),
+        (
+            "u32",
+            3_000_000_000u32.to_be_bytes().to_vec(),
+            json!(3_000_000_000u32),
+        ),
+        (
+            "i32",
+            (-2_000_000_000i32).to_be_bytes().to_vec(),
+            json!(-2_000_000_000),
+        ),
+        (
+            "u64",
+            1_234_567_890_123_456_789u64.to_be_bytes().to_vec(),
+            json!(1_234_567_890_123_456_789u64),
+        ),
+        (
+            "i64",
+            (-1_234_567_890_123_456_789i64).to_be_bytes().to_vec(),
+            json!(-1_234_567_890_123_456_789i64),
+        ),
+        ("f32", 3.5f32.to_be_bytes().to_vec(), json!(3.5)),
+        (
+            "f64",
+            (-1234.5678f64).to_be_bytes().to_vec(),
+            json!(-1234.5678),
+        ),
+        ("string", b"ferrule!".to_vec(), json!("ferrule!")),
+    ];
+    for (kind, bytes, expected) in values {
+        for (bo, wo) in [
+            ("big", "big"),
+            ("big", "little"),
+            ("little", "big"),
+            ("little", "little"),
+        ] {
+            let name = format!("{kind}-{bo}-{wo}");
+            let address = map.holding.len();
+            let length = if kind == "string" {
+                format!(", length = {}", bytes.len() / 2)
+            } else {
+                String::new()
+            };
+            map.channels.push(format!(
+                "{{ name = \"{name}\", table = \"holding\", address = {address}, type = \"{kind}\", byte_order = \"{bo}\", word_order = \"{wo}\"{length} }}"
+            ));
+            map.holding
+                .extend(words(&bytes, bo == "little", wo == "little"));
+            map.expected.insert(name, expected.clone());
+        }
+    }
+    // Scale and offset: 1000 * 0.1 - 40 = 60.
+    let address = map.holding.len();
+    map.holding.push(1000);
+    map.channels.push(format!(
+        "{{ name = \"scaled\", table = \"holding\", address = {address}, scale = 0.1, offset = -40.0, unit = \"degC\" }}"
+    ));
+    map.expected.insert("scaled".into(), json!(60.0));
+    map
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    _broker: Mosquitto,
+    sub: Subscriber,
+    ferrule: Process,
+    config: std::path::PathBuf,
+}
+
+/// Broker, subscriber and `ferrule run` with `drivers` as the `[[driver]]` tables.
+async fn run(dir: tempfile::TempDir, drivers: &str) -> anyhow::Result<Rig> {
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    let port = free_port()?;
+    let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
+    let sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n{drivers}",
+            gateway_and_mqtt(&dir.path().join("data"), &pki, port, "")
+        ),
+    )?;
+    let ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
+    Ok(Rig {
+        dir,
+        _broker: broker,
+        sub,
+        ferrule,
+        config,
+    })
+}
+
+fn modbus_driver(
+    name: &str,
+    device: u16,
+    interval_ms: u64,
+    channels: &[String],
+) -> anyhow::Result<String> {
+    Ok(format!(
+        "[[driver]]\nname = \"{name}\"\nplugin = \"{plugin}\"\ndevice = \"127.0.0.1:{device}\"\ninterval_ms = {interval_ms}\n[driver.config]\ntimeout_ms = 500\nretries = 1\nchannels = [\n  {}\n]\n\n",
+        channels.join(",\n  "),
+        plugin = plugin("modbus_tcp")?.display(),
+    ))
+}
+
+/// The next data message of `driver`.
+async fn next_of(rig: &mut Rig, driver: &str, limit: Duration) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = match rig.sub.next(left, &format!("a message of {driver}")).await {
+            Ok(m) => m,
+            Err(e) => anyhow::bail!("{e}; ferrule log:\n{}", rig.ferrule.log_text()),
+        };
+        let v = m.json()?;
+        if v["driver"] == driver {
+            return Ok(v);
+        }
+    }
+}
+
+// Multi-threaded: the counting proxy runs on this test's runtime and must
+// keep forwarding while the test blocks waiting for ferrule to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_and_byte_order_reads_back_exactly_in_as_few_requests_as_planned()
+-> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let map = type_map();
+    let coils = [1, 0, 1, 1, 0, 0, 1, 0, 1, 1];
+    let discretes = [0, 1, 1, 0, 1, 0, 0, 0, 1, 0];
+    let mut holding = map.holding.clone();
+    holding.resize(1001, 0);
+    holding[1000] = 4242;
+    let sim = ModbusSim::start(
+        dir.path(),
+        &json!({
+            "holding": holding,
+            "input": [7, 0xFFFF, 0x8000],
+            "coil": coils,
+            "discrete": discretes,
+        }),
+    )?;
+    let proxy = CountingProxy::start(sim.port).await?;
+    let mut channels = map.channels.clone();
+    let mut expected = map.expected.clone();
+    // A register far from the others: a request of its own.
+    channels.push("{ name = \"far\", table = \"holding\", address = 1000 }".into());
+    expected.insert("far".into(), json!(4242));
+    channels.push("{ name = \"in-u16\", table = \"input\", address = 0 }".into());
+    expected.insert("in-u16".into(), json!(7));
+    channels.push("{ name = \"in-i32\", table = \"input\", address = 1, type = \"i32\" }".into());
+    expected.insert(
+        "in-i32".into(),
+        json!(i32::from_be_bytes([0xFF, 0xFF, 0x80, 0x00])),
+    );
+    for (i, c) in coils.iter().enumerate() {
+        channels.push(format!(
+            "{{ name = \"coil-{i}\", table = \"coil\", address = {i} }}"
+        ));
+        expected.insert(format!("coil-{i}"), json!(*c == 1));
+    }
+    for (i, d) in discretes.iter().enumerate() {
+        channels.push(format!(
+            "{{ name = \"discrete-{i}\", table = \"discrete\", address = {i} }}"
+        ));
+        expected.insert(format!("discrete-{i}"), json!(*d == 1));
+    }
+    // Holding 0..89 in one request, holding 1000, inputs, coils, discretes.
+    const REQUESTS_PER_POLL: u64 = 5;
+    let mut rig = run(dir, &modbus_driver("plc", proxy.port, 200, &channels)?).await?;
+
+    for _ in 0..3 {
+        let v = next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
+        let readings = v["readings"].as_array().cloned().unwrap_or_default();
+        let got: BTreeMap<String, Value> = readings
+            .iter()
+            .map(|r| {
+                (
+                    r["channel"].as_str().unwrap_or_default().to_string(),
+                    r.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(got.len(), expected.len(), "one reading per channel: {v}");
+        for (name, want) in &expected {
+            let r = &got[name];
+            assert_eq!(r["quality"], "good", "{name}: {r}");
+            assert_eq!(&r["value"], want, "{name}: {r}");
+        }
+        assert_eq!(got["scaled"]["unit"], "degC");
+    }
+    rig.ferrule.terminate(Duration::from_secs(10))?;
+    let polls = queue_stats(rig.dir.path(), &rig.config)?["next_seq"]
+        .as_u64()
+        .unwrap_or(1)
+        - 1;
+    let requests = proxy.requests();
+    eprintln!(
+        "modbus: {} channels ({} holding registers in one block), {polls} polls captured, {requests} requests seen by the proxy ({REQUESTS_PER_POLL} per poll planned)",
+        expected.len(),
+        map.holding.len()
+    );
+    // A poll in flight at shutdown may have read without being captured.
+    assert!(
+        requests == polls * REQUESTS_PER_POLL || requests == (polls + 1) * REQUESTS_PER_POLL,
+        "{requests} requests for {polls} polls, expected {REQUESTS_PER_POLL} per poll; log:\n{}",
+        rig.ferrule.log_text()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_device_outage_is_counted_reported_and_survived_while_other_drivers_run()
+-> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let mut sim = ModbusSim::start(dir.path(), &json!({ "holding": [11, 22] }))?;
+    let channels = [
+        "{ name = \"a\", table = \"holding\", address = 0 }".to_string(),
+        "{ name = \"b\", table = \"holding\", address = 1 }".to_string(),
+    ];
+    let drivers = format!(
+        "{}[[driver]]\nname = \"healthy\"\nplugin = \"{}\"\ninterval_ms = 100\n[driver.config]\nchannels = [{{ name = \"n\", signal = \"counter\" }}]\n",
+        modbus_driver("plc", sim.port, 200, &channels)?,
+        plugin("sim")?.display()
+    );
+    let mut rig = run(dir, &drivers).await?;
+    let v = next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
+    assert_eq!(v["readings"][0]["value"], 11);
+
+    sim.stop();
+    let stopped = Instant::now();
+    // Count the healthy driver's messages while the device is away.
+    let mut healthy = Vec::new();
+    let mut plc_during = 0;
+    while stopped.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(200), rig.sub.messages.recv()).await
+        {
+            let v = m.json()?;
+            if v["driver"] == "healthy" {
+                healthy.push(v["readings"][0]["value"].as_i64().unwrap_or(-1));
+            } else if stopped.elapsed() > Duration::from_secs(2) {
+                plc_during += 1;
+            }
+        }
+    }
+    sim.restart()?;
+    let back = Instant::now();
+    let resumed = loop {
+        let v = next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
+        if v["readings"][0]["quality"] == "good" {
+            break v;
+        }
+    };
+    let log = rig.ferrule.log_text();
+    let failed = log
+        .lines()
+        .filter(|l| l.contains("poll failed") && l.contains("driver=plc"))
+        .count();
+    eprintln!(
+        "device away 10 s: {failed} failed polls logged, healthy driver {} messages, plc resumed {:.1} s after the device returned",
+        healthy.len(),
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(resumed["readings"][1]["value"], 22);
+    assert!(failed >= 20, "failed polls are counted and logged:\n{log}");
+    assert_eq!(plc_during, 0, "nothing captured from a device that is away");
+    let statuses: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("device status") && l.contains("driver=plc"))
+        .collect();
+    assert!(
+        statuses
+            .iter()
+            .any(|l| l.contains("connected=false") && l.contains("cannot connect")),
+        "status said disconnected, with the reason: {statuses:#?}"
+    );
+    assert!(
+        statuses
+            .last()
+            .is_some_and(|l| l.contains("connected=true")),
+        "status says connected again: {statuses:#?}"
+    );
+    // The healthy driver kept its rate (100 ms) and its counter has no gap.
+    assert!(
+        (90..=110).contains(&healthy.len()),
+        "healthy driver: {} messages in 10 s",
+        healthy.len()
+    );
+    assert!(
+        healthy.windows(2).all(|w| w[1] == w[0] + 1),
+        "healthy driver's counter without gap: {healthy:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_driver_reaches_its_device_and_nothing_else() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let device = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let other = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let (device_addr, other_addr) = (device.local_addr()?, other.local_addr()?);
+    let other_hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for (listener, hits) in [(device, None), (other, Some(other_hits.clone()))] {
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                if let Some(h) = &hits {
+                    h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let mut buf = [0u8; 5];
+                if std::io::Read::read_exact(&mut stream, &mut buf).is_ok() {
+                    let _ = std::io::Write::write_all(&mut stream, b"pong");
+                }
+            }
+        });
+    }
+    // The fixture tries both; only `device` grants anything.
+    let drivers = format!(
+        "[[driver]]\nname = \"probe\"\nplugin = \"{}\"\ndevice = \"{device_addr}\"\ninterval_ms = 200\n[driver.config]\nbehavior = \"connect\"\ntargets = [\"{device_addr}\", \"{other_addr}\"]\n",
+        plugin("hostile")?.display()
+    );
+    let mut rig = run(dir, &drivers).await?;
+    let v = next_of(&mut rig, "probe", Duration::from_secs(30)).await?;
+    let value = |addr: &std::net::SocketAddr| {
+        v["readings"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["channel"] == addr.to_string()))
+            .map(|r| r["value"].to_string())
+            .unwrap_or_default()
+    };
+    assert!(value(&device_addr).contains("ok: pong"), "{v}");
+    assert!(value(&other_addr).contains("denied"), "{v}");
+    assert_eq!(
+        other_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no connection reached the other address"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_device_that_never_answers_times_out_inside_the_driver() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    // Accepts connections and reads requests, never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = silent.local_addr()?.port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let channels = ["{ name = \"a\", table = \"holding\", address = 0 }".to_string()];
+    let drivers = modbus_driver("plc", port, 500, &channels)?
+        .replace("timeout_ms = 500", "timeout_ms = 200")
+        .replace(
+            "interval_ms = 500",
+            "interval_ms = 500\nlimits = { timeout_ms = 3000 }",
+        );
+    let rig = run(dir, &drivers).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = rig.ferrule.log_text();
+    let timeouts = log
+        .lines()
+        .filter(|l| l.contains("poll failed") && l.contains("timeout"))
+        .count();
+    eprintln!("silent device: {timeouts} polls failed with a timeout in 3 s");
+    assert!(
+        timeouts >= 3,
+        "timeouts are the driver's own, counted:\n{log}"
+    );
+    assert!(
+        !log.contains("instance lost"),
+        "the driver's timeout fires before the call deadline; nothing restarts:\n{log}"
+    );
+    assert!(
+        log.contains("device status driver=plc connected=false") && log.contains("timeout"),
+        "status says disconnected, timeout:\n{log}"
+    );
+    Ok(())
+}
