@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::command;
 use crate::config::Config;
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
 use crate::plugin::{
@@ -262,14 +263,24 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
         next_seq = stats.next_seq,
         "ferrule running"
     );
+    // Each driver task takes writes from its own inbox; the router hands
+    // them out by driver name.
+    let mut inboxes = HashMap::new();
+    let mut drivers_with_inbox = Vec::with_capacity(drivers.len());
+    for (spec, chain) in drivers {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        inboxes.insert(spec.driver.name.clone(), tx);
+        drivers_with_inbox.push((spec, chain, rx));
+    }
     let publisher = tokio::spawn(publish::run(
         publisher_settings(&config),
         queue.clone(),
         Arc::new(PublisherStats::default()),
+        Some(command::start(inboxes)),
         shutdown.clone(),
     ));
-    let mut tasks = Vec::with_capacity(drivers.len());
-    for (spec, chain) in drivers {
+    let mut tasks = Vec::with_capacity(drivers_with_inbox.len());
+    for (spec, chain, commands) in drivers_with_inbox {
         let chain = match chain {
             Ok(chain) => Some(chain),
             Err(e) => {
@@ -282,6 +293,7 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
             chain,
             queue.clone(),
             Arc::new(DriverCounters::default()),
+            commands,
             shutdown.clone(),
         )));
     }

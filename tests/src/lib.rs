@@ -329,6 +329,8 @@ impl Received {
 /// A TLS MQTT subscriber that forwards what it receives to a channel.
 pub struct Subscriber {
     pub messages: mpsc::UnboundedReceiver<Received>,
+    /// The subscriber's client, to publish with (commands, say).
+    pub client: AsyncClient,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -411,6 +413,7 @@ impl Subscriber {
                 Err(_) => bail!("subscriber: timed out connecting to 127.0.0.1:{port}"),
             }
         }
+        let publisher = client.clone();
         let task = tokio::spawn(async move {
             let _client = client;
             loop {
@@ -432,7 +435,11 @@ impl Subscriber {
                 }
             }
         });
-        Ok(Subscriber { messages, task })
+        Ok(Subscriber {
+            messages,
+            client: publisher,
+            task,
+        })
     }
 
     /// The next message within `limit`, or an error naming what was awaited.

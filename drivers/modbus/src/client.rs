@@ -280,11 +280,11 @@ impl Modbus {
     /// Writes a channel: holding registers (function 6 or 16) or a coil (5).
     pub fn write(&mut self, channel: &str, value: Value) -> Result<(), Error> {
         let Some(c) = self.config.channels.iter().find(|c| c.name == channel) else {
-            return Err(Error::InvalidConfig(format!("no channel {channel:?}")));
+            return Err(Error::Other(format!("no channel {channel:?}")));
         };
         let c = c.clone();
         let unit = self.config.unit_id;
-        let invalid = |e: String| Error::InvalidConfig(format!("channel {channel:?}: {e}"));
+        let invalid = |e: String| Error::Other(format!("channel {channel:?}: {e}"));
         let result = match c.table {
             Table::Input | Table::Discrete => {
                 return Err(Error::Unsupported(format!(

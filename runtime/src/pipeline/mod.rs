@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use crate::command;
 
 use crate::plugin::Sandbox;
 use crate::plugin::{
@@ -85,6 +87,15 @@ impl DriverSpec {
 }
 
 impl Chain {
+    /// Writes a value to one of the driver's channels.
+    pub async fn write(
+        &mut self,
+        channel: &str,
+        value: crate::reading::Value,
+    ) -> Result<(), PluginError> {
+        self.driver.write(channel, value).await
+    }
+
     /// The driver's report on its device.
     pub async fn status(&mut self) -> Result<crate::plugin::DeviceStatus, PluginError> {
         self.driver.status().await
@@ -118,6 +129,7 @@ pub async fn run_driver(
     chain: Option<Chain>,
     queue: Queue,
     counters: Arc<DriverCounters>,
+    mut commands: mpsc::Receiver<command::Write>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = spec.driver.name.clone();
@@ -131,6 +143,25 @@ pub async fn run_driver(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            Some(write) = commands.recv() => {
+                let outcome = match chain.as_mut() {
+                    None => Err("the driver is restarting; try again shortly".to_string()),
+                    Some(live) => match live.write(&write.channel, write.value).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            if e.instance_lost() {
+                                counters.restarts.fetch_add(1, Ordering::Relaxed);
+                                counters.failed(&e);
+                                tracing::error!(driver = %name, error = %e, "plugin instance lost in write; rebuilding");
+                                chain = None;
+                            }
+                            Err(e.to_string())
+                        }
+                    },
+                };
+                let _ = write.reply.send(outcome);
+                continue;
+            }
             _ = shutdown.changed() => return,
         }
         if *shutdown.borrow() {

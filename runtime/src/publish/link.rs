@@ -34,6 +34,11 @@ pub(super) enum LinkEvent {
         reason: String,
         authorization: bool,
     },
+    /// A message on a subscribed topic (a command).
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
     Other,
 }
 
@@ -144,6 +149,18 @@ impl Client {
                     retain,
                     payload,
                 )
+                .map_err(|e| ClientError(e.to_string())),
+        }
+    }
+
+    /// Subscribes to `filter` at QoS 1, without waiting.
+    pub(super) fn subscribe(&self, filter: String) -> Result<(), ClientError> {
+        match self {
+            Client::V311(c) => c
+                .try_subscribe(filter, rumqttc::QoS::AtLeastOnce)
+                .map_err(|e| ClientError(e.to_string())),
+            Client::V5(c) => c
+                .try_subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
                 .map_err(|e| ClientError(e.to_string())),
         }
     }
@@ -278,6 +295,10 @@ fn v311_event(event: rumqttc::Event) -> LinkEvent {
             max_packet_size: None,
         },
         Event::Incoming(Packet::PubAck(ack)) => LinkEvent::Acked(ack.pkid),
+        Event::Incoming(Packet::Publish(p)) => LinkEvent::Message {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+        },
         Event::Outgoing(o) => outgoing(o),
         Event::Incoming(_) => LinkEvent::Other,
     }
@@ -301,6 +322,10 @@ fn v5_event(event: rumqttc::v5::Event) -> LinkEvent {
                     PubAckReason::NotAuthorized | PubAckReason::TopicNameInvalid
                 ),
             },
+        },
+        Event::Incoming(V5Packet::Publish(p)) => LinkEvent::Message {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.to_vec(),
         },
         Event::Outgoing(o) => outgoing(o),
         Event::Incoming(_) => LinkEvent::Other,

@@ -25,6 +25,25 @@ impl Topics {
     pub fn status(&self) -> String {
         format!("{}/status", self.base)
     }
+
+    /// The filter matching every driver's command topic.
+    pub fn commands(&self) -> String {
+        format!("{}/cmd/+/write", self.base)
+    }
+
+    /// The driver a command topic addresses, if `topic` is one.
+    pub fn command_driver<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(self.base.as_str())?
+            .strip_prefix("/cmd/")?
+            .strip_suffix("/write")
+            .filter(|d| !d.is_empty() && !d.contains('/'))
+    }
+
+    /// Where a driver's command results go.
+    pub fn command_result(&self, driver: &str) -> String {
+        format!("{}/cmd/{driver}/result", self.base)
+    }
 }
 
 /// One data message: one queue entry, or one part of an entry too large

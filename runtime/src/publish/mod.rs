@@ -36,6 +36,7 @@ pub use link::LinkError;
 pub use message::{Encoded, Topics, encode_data, encode_parts};
 pub use tls::{TlsError, TlsFiles};
 
+use crate::command::{Answer, Commands, Incoming};
 use crate::config::MqttProtocol;
 use crate::queue::{Queue, QueueError};
 use link::{Client, ClientError, Credentials, Events, LinkEvent};
@@ -167,11 +168,9 @@ impl SessionError {
 /// A request handed to the client and not yet given a packet id.
 enum Handed {
     /// A data message of entry `seq`, with its payload size.
-    Entry {
-        seq: u64,
-        bytes: usize,
-    },
-    Status,
+    Entry { seq: u64, bytes: usize },
+    /// A status message or a command result.
+    Other,
 }
 
 /// A message ready to hand to the client.
@@ -187,6 +186,7 @@ pub async fn run(
     settings: PublisherSettings,
     queue: Queue,
     stats: Arc<PublisherStats>,
+    mut commands: Option<Commands>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = settings.reconnect_min;
@@ -196,7 +196,15 @@ pub async fn run(
             return;
         }
         let mut connected = false;
-        let result = session(&settings, &queue, &stats, &mut shutdown, &mut connected).await;
+        let result = session(
+            &settings,
+            &queue,
+            &stats,
+            commands.as_mut(),
+            &mut shutdown,
+            &mut connected,
+        )
+        .await;
         stats.connected.store(false, Ordering::Relaxed);
         let Err(e) = result else {
             return;
@@ -220,6 +228,14 @@ pub async fn run(
             _ = shutdown.changed() => {}
         }
         delay = (delay * 2).min(settings.reconnect_max);
+    }
+}
+
+/// The next command result, or never when there is no command path.
+async fn next_answer(commands: Option<&mut Commands>) -> Option<Answer> {
+    match commands {
+        Some(c) => c.answers.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -258,6 +274,7 @@ async fn session(
     settings: &PublisherSettings,
     queue: &Queue,
     stats: &PublisherStats,
+    commands: Option<&mut Commands>,
     shutdown: &mut watch::Receiver<bool>,
     connected: &mut bool,
 ) -> Result<(), SessionError> {
@@ -265,7 +282,7 @@ async fn session(
     // one reads the queue, so acknowledged entries are not sent again.
     queue.sync().await?;
     let (client, mut events, driver) = link::open(settings, credentials(settings)?);
-    let mut session = Session::new(settings, queue, stats, &client);
+    let mut session = Session::new(settings, queue, stats, &client, commands);
     let result = session.run(shutdown, &mut events, connected).await;
     driver.abort();
     result
@@ -293,6 +310,9 @@ struct Session<'a> {
     packet_limit: usize,
     /// When the connection was opened (TCP, TLS and CONNACK follow).
     opened: std::time::Instant,
+    commands: Option<&'a mut Commands>,
+    /// Command results waiting to be published.
+    answers: VecDeque<Answer>,
 }
 
 impl<'a> Session<'a> {
@@ -301,6 +321,7 @@ impl<'a> Session<'a> {
         queue: &'a Queue,
         stats: &'a PublisherStats,
         client: &'a Client,
+        commands: Option<&'a mut Commands>,
     ) -> Self {
         Session {
             settings,
@@ -316,6 +337,8 @@ impl<'a> Session<'a> {
             window: usize::from(settings.max_inflight.max(1)),
             packet_limit: 0,
             opened: std::time::Instant::now(),
+            commands,
+            answers: VecDeque::new(),
         }
     }
 
@@ -363,6 +386,9 @@ impl<'a> Session<'a> {
                         return Err(SessionError::Closed);
                     }
                 }
+                Some(answer) = next_answer(self.commands.as_deref_mut()) => {
+                    self.answers.push_back(answer);
+                }
                 _ = shutdown.changed() => {
                     self.delete_acked();
                     if connected {
@@ -372,8 +398,41 @@ impl<'a> Session<'a> {
                 }
             }
             if connected {
+                self.send_answers()?;
                 self.fill_window()?;
             }
+        }
+    }
+
+    /// Publishes waiting command results, a few at a time so the client's
+    /// request channel (sized for the data window) never fills.
+    fn send_answers(&mut self) -> Result<(), SessionError> {
+        while self.handed.len() < 4 {
+            let Some(answer) = self.answers.pop_front() else {
+                break;
+            };
+            let topic = self.settings.topics.command_result(&answer.driver);
+            self.client.publish(topic, false, answer.payload)?;
+            self.handed.push_back(Handed::Other);
+        }
+        Ok(())
+    }
+
+    /// A message on a command topic: to the router.
+    fn on_message(&mut self, topic: &str, payload: Vec<u8>) {
+        let Some(commands) = self.commands.as_deref_mut() else {
+            return;
+        };
+        let Some(driver) = self.settings.topics.command_driver(topic) else {
+            tracing::warn!(topic = %topic, "message on an unexpected topic ignored");
+            return;
+        };
+        let incoming = Incoming {
+            driver: driver.to_string(),
+            payload,
+        };
+        if let Err(e) = commands.inbox.try_send(incoming) {
+            tracing::warn!(topic = %topic, error = %e, "command dropped: too many commands waiting");
         }
     }
 
@@ -400,7 +459,10 @@ impl<'a> Session<'a> {
         );
         self.client
             .publish(s.topics.status(), true, b"online".to_vec())?;
-        self.handed.push_back(Handed::Status);
+        self.handed.push_back(Handed::Other);
+        if self.commands.is_some() {
+            self.client.subscribe(s.topics.commands())?;
+        }
         Ok(())
     }
 
@@ -434,6 +496,7 @@ impl<'a> Session<'a> {
                     });
                 }
             }
+            LinkEvent::Message { topic, payload } => self.on_message(&topic, payload),
             LinkEvent::Connected { .. } | LinkEvent::Other => {}
         }
         Ok(())

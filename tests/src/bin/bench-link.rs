@@ -93,6 +93,7 @@ async fn handshakes(
             settings(pki, port, protocol),
             queue.clone(),
             stats.clone(),
+            None,
             stop_rx,
         ));
         connected_after(&stats, 0).await?;
@@ -114,6 +115,7 @@ async fn reconnects(dir: &Path, pki: &Pki) -> anyhow::Result<Vec<f64>> {
         settings(pki, port, MqttProtocol::V311),
         queue,
         stats.clone(),
+        None,
         stop_rx,
     ));
     connected_after(&stats, 0).await?;

@@ -123,6 +123,7 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
         settings,
         queue.clone(),
         Default::default(),
+        None,
         stop_rx,
     ));
     loop {

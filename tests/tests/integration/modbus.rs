@@ -124,7 +124,7 @@ async fn run(dir: tempfile::TempDir, drivers: &str) -> anyhow::Result<Rig> {
     let pki = Pki::new(&dir.path().join("certs"))?;
     let port = free_port()?;
     let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
-    let sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
+    let sub = Subscriber::connect(&pki, port, "ferrule/gw-test/#").await?;
     let config = dir.path().join("gateway.toml");
     std::fs::write(
         &config,
@@ -165,9 +165,48 @@ async fn next_of(rig: &mut Rig, driver: &str, limit: Duration) -> anyhow::Result
             Ok(m) => m,
             Err(e) => anyhow::bail!("{e}; ferrule log:\n{}", rig.ferrule.log_text()),
         };
+        if !m.topic.contains("/data/") {
+            continue;
+        }
         let v = m.json()?;
         if v["driver"] == driver {
             return Ok(v);
+        }
+    }
+}
+
+/// Publishes a command to `driver` and returns the result that answers it.
+async fn command(rig: &mut Rig, driver: &str, payload: &str) -> anyhow::Result<Value> {
+    rig.sub
+        .client
+        .publish(
+            format!("ferrule/gw-test/cmd/{driver}/write"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload.as_bytes().to_vec(),
+        )
+        .await?;
+    let id = serde_json::from_str::<Value>(payload)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null);
+    let topic = format!("ferrule/gw-test/cmd/{driver}/result");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = match rig
+            .sub
+            .next(left, &format!("the result of {payload}"))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => anyhow::bail!("{e}; ferrule log:\n{}", rig.ferrule.log_text()),
+        };
+        if m.topic == topic {
+            let v = m.json()?;
+            if v["id"] == id {
+                return Ok(v);
+            }
         }
     }
 }
@@ -289,10 +328,13 @@ async fn a_device_outage_is_counted_reported_and_survived_while_other_drivers_ru
         if let Ok(Some(m)) =
             tokio::time::timeout(Duration::from_millis(200), rig.sub.messages.recv()).await
         {
+            if !m.topic.contains("/data/") {
+                continue;
+            }
             let v = m.json()?;
             if v["driver"] == "healthy" {
                 healthy.push(v["readings"][0]["value"].as_i64().unwrap_or(-1));
-            } else if stopped.elapsed() > Duration::from_secs(2) {
+            } else if m.topic.contains("/data/plc") && stopped.elapsed() > Duration::from_secs(2) {
                 plc_during += 1;
             }
         }
@@ -430,5 +472,131 @@ async fn a_device_that_never_answers_times_out_inside_the_driver() -> anyhow::Re
         log.contains("device status driver=plc connected=false") && log.contains("timeout"),
         "status says disconnected, timeout:\n{log}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered()
+-> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let sim = ModbusSim::start(
+        dir.path(),
+        &json!({ "holding": [0, 0, 0, 0], "input": [5], "coil": [0, 0, 0] }),
+    )?;
+    let channels = [
+        "{ name = \"setpoint\", table = \"holding\", address = 0 }".to_string(),
+        "{ name = \"limit\", table = \"holding\", address = 2, type = \"f32\", word_order = \"little\" }".to_string(),
+        "{ name = \"run\", table = \"coil\", address = 1 }".to_string(),
+        "{ name = \"level\", table = \"input\", address = 0 }".to_string(),
+    ];
+    let mut rig = run(dir, &modbus_driver("plc", sim.port, 200, &channels)?).await?;
+    next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
+    // The command subscription is made right after CONNACK; give the broker
+    // a moment to have it in place.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let ok = command(
+        &mut rig,
+        "plc",
+        r#"{"id":"w1","channel":"setpoint","value":1234}"#,
+    )
+    .await?;
+    assert_eq!(ok, json!({"id": "w1", "ok": true}));
+    assert_eq!(sim.read_holding(0, 1)?, [1234]);
+
+    let ok = command(
+        &mut rig,
+        "plc",
+        r#"{"id":2,"channel":"limit","value":21.5}"#,
+    )
+    .await?;
+    assert_eq!(ok, json!({"id": 2, "ok": true}));
+    assert_eq!(
+        sim.read_holding(2, 2)?,
+        words(&21.5f32.to_be_bytes(), false, true),
+        "f32 with little word order"
+    );
+
+    let ok = command(
+        &mut rig,
+        "plc",
+        r#"{"id":"w3","channel":"run","value":true}"#,
+    )
+    .await?;
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(sim.read_coils(0, 3)?, [false, true, false]);
+
+    // The readings show the new values too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = next_of(&mut rig, "plc", Duration::from_secs(10)).await?;
+        if v["readings"][0]["value"] == 1234 && v["readings"][1]["value"] == 21.5 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "readings never showed the writes: {v}"
+        );
+    }
+
+    for (payload, driver, expected) in [
+        (
+            r#"{"id":"b1","channel":"nope","value":1}"#,
+            "plc",
+            "no channel \"nope\"",
+        ),
+        (
+            r#"{"id":"b2","channel":"setpoint","value":"high"}"#,
+            "plc",
+            "expected a number",
+        ),
+        (
+            r#"{"id":"b3","channel":"setpoint","value":70000}"#,
+            "plc",
+            "out of range",
+        ),
+        (
+            r#"{"id":"b4","channel":"level","value":1}"#,
+            "plc",
+            "read-only",
+        ),
+        (
+            r#"{"id":"b5","channel":"run","value":[1]}"#,
+            "plc",
+            "number, boolean or string",
+        ),
+        (r#"{"id":"b6","value":1}"#, "plc", "malformed command"),
+        (
+            r#"{"id":"g1","channel":"x","value":1}"#,
+            "ghost",
+            "no driver \"ghost\"",
+        ),
+    ] {
+        let v = command(&mut rig, driver, payload).await?;
+        assert_eq!(v["ok"], false, "{payload}: {v}");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(expected),
+            "{payload}: {error:?} should say {expected:?}"
+        );
+    }
+    // Not JSON at all: answered, with no id to echo.
+    let v = command(&mut rig, "plc", "{not json").await?;
+    assert_eq!(v["ok"], false);
+    assert!(v["id"].is_null(), "{v}");
+    // The device was not touched by any of them.
+    assert_eq!(sim.read_holding(0, 1)?, [1234]);
+
+    let log = rig.ferrule.log_text();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("command received"))
+            .count()
+            >= 7
+            && log.lines().filter(|l| l.contains("command failed")).count() >= 8
+            && log.lines().filter(|l| l.contains("command done")).count() == 3,
+        "every command and result is logged:\n{log}"
+    );
+    assert!(rig.ferrule.child.try_wait()?.is_none(), "still running");
     Ok(())
 }
