@@ -43,6 +43,13 @@ enum Task {
     },
     /// Long fault runs: kill -9 ferrule 50 times and check nothing is lost.
     Soak,
+    /// Run an example from examples/ against its simulated device. Examples: modbus.
+    Example {
+        name: String,
+        /// Stop after this long (e.g. 20s).
+        #[arg(long, default_value = "20s")]
+        duration: String,
+    },
 }
 
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -66,7 +73,56 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench { part } => bench(&root, part.as_deref()),
         Task::Soak => soak(&root),
+        Task::Example { name, duration } => example(&root, &name, &duration),
     }
+}
+
+/// Where `cargo xtask example modbus` starts its simulated device.
+const MODBUS_EXAMPLE_PORT: u16 = 5020;
+
+fn example(root: &Path, name: &str, duration: &str) -> anyhow::Result<()> {
+    if name != "modbus" {
+        bail!("unknown example {name:?}; examples: modbus");
+    }
+    ensure_wasm_target()?;
+    ensure_python_tools()?;
+    build_plugins(root)?;
+    let mut sim = Command::new("python3")
+        .arg(root.join("tests/peers/modbus_sim.py"))
+        .arg("--port")
+        .arg(MODBUS_EXAMPLE_PORT.to_string())
+        .arg("--datastore")
+        .arg(root.join("examples/modbus/datastore.json"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start the Modbus simulator")?;
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", MODBUS_EXAMPLE_PORT)).is_ok()
+    });
+    let result = if ready {
+        let mut command = cargo();
+        command.args([
+            "run",
+            "--quiet",
+            "-p",
+            "ferrule",
+            "--",
+            "demo",
+            "--plugin-dir",
+        ]);
+        command.arg(root.join("target").join(WASM_TARGET).join("release"));
+        command.args(["--duration", duration, "--drivers"]);
+        command.arg(root.join("examples/modbus/drivers.toml"));
+        run(root, &mut command)
+    } else {
+        Err(anyhow::anyhow!(
+            "the Modbus simulator did not listen on 127.0.0.1:{MODBUS_EXAMPLE_PORT} (port taken?)"
+        ))
+    };
+    let _ = sim.kill();
+    let _ = sim.wait();
+    result
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {

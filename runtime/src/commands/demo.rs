@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub duration: Option<Duration>,
     /// How often the simulated device is polled.
     pub interval_ms: u64,
+    /// `[[driver]]` tables to run instead of the simulated device.
+    pub drivers: Option<PathBuf>,
 }
 
 /// Runs the demo; returns an error if no reading arrived.
@@ -55,17 +57,21 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     println!("broker   : embedded, TLS with client certificates, 127.0.0.1:{port}");
 
     let config_path = work.path().join("ferrule.toml");
-    std::fs::write(
-        &config_path,
-        demo_config(
-            port,
-            options.interval_ms,
-            &options.plugin_dir,
-            &ca.cert,
-            &gateway_id.cert,
-            &gateway_id.key,
-        ),
-    )?;
+    let mut text = demo_config(
+        port,
+        options.interval_ms,
+        &options.plugin_dir,
+        &ca.cert,
+        &gateway_id.cert,
+        &gateway_id.key,
+    );
+    if let Some(file) = &options.drivers {
+        let start = text.find("[[driver]]").unwrap_or(text.len());
+        text.truncate(start);
+        text.push_str(&drivers_from(file)?);
+        println!("drivers  : {}", file.display());
+    }
+    std::fs::write(&config_path, text)?;
     let config = Config::load(&config_path)?;
     println!("config   : {}", config_path.display());
 
@@ -183,6 +189,37 @@ unit = "degF"
         sim = plugins.join("sim.wasm").display(),
         scale = plugins.join("scale.wasm").display(),
     )
+}
+
+/// The `[[driver]]` tables of `file`, with plugin paths made absolute
+/// (relative ones are relative to the file).
+fn drivers_from(file: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: not valid TOML", file.display()))?;
+    let base = file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .canonicalize()
+        .unwrap_or_default();
+    let absolute = |table: &mut toml::Table| {
+        if let Some(toml::Value::String(p)) = table.get_mut("plugin") {
+            *p = base.join(&*p).display().to_string();
+        }
+    };
+    let Some(toml::Value::Array(drivers)) = doc.get_mut("driver") else {
+        bail!("{}: no [[driver]] tables", file.display());
+    };
+    for driver in drivers.iter_mut().filter_map(toml::Value::as_table_mut) {
+        absolute(driver);
+        if let Some(toml::Value::Array(chain)) = driver.get_mut("processor") {
+            for p in chain.iter_mut().filter_map(toml::Value::as_table_mut) {
+                absolute(p);
+            }
+        }
+    }
+    Ok(toml::to_string(&doc)?)
 }
 
 fn free_port() -> anyhow::Result<u16> {

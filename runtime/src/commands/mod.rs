@@ -48,6 +48,11 @@ pub enum Command {
         /// Poll interval of the simulated device, in milliseconds.
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
         interval_ms: u64,
+        /// A TOML file of `[[driver]]` tables to run instead of the simulated
+        /// device (plugin paths relative to the file), e.g.
+        /// examples/modbus/drivers.toml.
+        #[arg(long)]
+        drivers: Option<PathBuf>,
     },
 }
 
@@ -83,11 +88,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             plugin_dir,
             duration,
             interval_ms,
+            drivers,
         } => {
             demo::run(demo::DemoOptions {
                 plugin_dir,
                 duration,
                 interval_ms,
+                drivers,
             })
             .await
         }

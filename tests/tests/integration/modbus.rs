@@ -600,3 +600,46 @@ async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered
     assert!(rig.ferrule.child.try_wait()?.is_none(), "still running");
     Ok(())
 }
+
+/// `examples/modbus` (what `cargo xtask example modbus` runs), on a free
+/// port: its register map reads its simulated device as documented.
+#[tokio::test]
+async fn the_modbus_example_reads_its_simulated_line() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let example = ferrule_tests::workspace_root().join("examples/modbus");
+    let store: Value = serde_json::from_slice(&std::fs::read(example.join("datastore.json"))?)?;
+    let sim = ModbusSim::start(dir.path(), &store)?;
+    let drivers = std::fs::read_to_string(example.join("drivers.toml"))?
+        .replace("127.0.0.1:5020", &format!("127.0.0.1:{}", sim.port))
+        .replace(
+            "../../target/wasm32-wasip2/release/modbus_tcp.wasm",
+            &plugin("modbus_tcp")?.display().to_string(),
+        );
+    let mut rig = run(dir, &drivers).await?;
+    let v = next_of(&mut rig, "line-plc", Duration::from_secs(30)).await?;
+    let got: BTreeMap<String, Value> = v["readings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            (
+                r["channel"].as_str().unwrap_or_default().to_string(),
+                r["value"].clone(),
+            )
+        })
+        .collect();
+    let expected = json!({
+        "tank_temperature": 63.5, "pressure": 4.2, "speed_setpoint": -120, "energy": 1234567,
+        "firmware": "v2.4.1", "level": 73.5, "pump_running": true, "valve_open": false,
+        "high_level_alarm": false,
+    });
+    for (name, want) in expected.as_object().into_iter().flatten() {
+        let got = &got[name];
+        match (got.as_f64(), want.as_f64()) {
+            (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{name}: {got} != {want}"),
+            _ => assert_eq!(got, want, "{name}"),
+        }
+    }
+    Ok(())
+}
