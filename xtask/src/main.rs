@@ -36,7 +36,7 @@ enum Task {
     Test,
     /// Build the WebAssembly plugins and the plugin-author template.
     Plugins,
-    /// Benchmarks that print figures (release build). Parts: queue, plugin, link.
+    /// Benchmarks that print figures (release build). Parts: queue, plugin, link, modbus.
     Bench {
         /// Which part to run; all when absent.
         part: Option<String>,
@@ -236,9 +236,9 @@ fn bench(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
     ensure_peers()?;
     build_plugins(root)?;
     let parts: Vec<&str> = match part {
-        None => vec!["queue", "plugin", "link"],
-        Some(p @ ("queue" | "plugin" | "link")) => vec![p],
-        Some(other) => bail!("unknown benchmark {other:?}; parts: queue, plugin, link"),
+        None => vec!["queue", "plugin", "link", "modbus"],
+        Some(p @ ("queue" | "plugin" | "link" | "modbus")) => vec![p],
+        Some(other) => bail!("unknown benchmark {other:?}; parts: queue, plugin, link, modbus"),
     };
     for part in parts {
         let bin = format!("bench-{part}");

@@ -14,10 +14,61 @@ use super::bindings::host::{Host, Level};
 use super::output::{self, PluginLog};
 use super::sandbox::Sandbox;
 
+/// The store's resource limits, also counting the linear memory in use.
+pub struct Limits {
+    inner: StoreLimits,
+    /// Bytes of all the instance's linear memories together.
+    pub memory_bytes: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if ok {
+            self.memory_bytes = self.memory_bytes.saturating_sub(current).saturating_add(desired);
+        }
+        Ok(ok)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 pub struct HostState {
     /// The configured instance name, used to tag everything it logs.
     pub instance: String,
-    pub limits: StoreLimits,
+    pub limits: Limits,
     pub log: PluginLog,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -57,13 +108,16 @@ impl HostState {
         }
         Ok(HostState {
             instance: instance.to_string(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
-                .instances(16)
-                .tables(32)
-                .memories(8)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limits {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(memory_bytes)
+                    .instances(16)
+                    .tables(32)
+                    .memories(8)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_bytes: 0,
+            },
             log,
             wasi: wasi.build(),
             table: ResourceTable::new(),

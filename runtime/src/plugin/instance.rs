@@ -218,6 +218,11 @@ impl DriverInstance {
         Ok(readings.into_iter().map(|r| from_wit(r, now)).collect())
     }
 
+    /// Bytes of linear memory the instance holds now.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limits.memory_bytes
+    }
+
     pub async fn write(&mut self, channel: &str, value: Value) -> Result<(), PluginError> {
         let name = self.arm();
         let iface = self.plugin.ferrule_plugin_driver();
