@@ -30,7 +30,10 @@ impl wasmtime::ResourceLimiter for Limits {
     ) -> wasmtime::Result<bool> {
         let ok = self.inner.memory_growing(current, desired, maximum)?;
         if ok {
-            self.memory_bytes = self.memory_bytes.saturating_sub(current).saturating_add(desired);
+            self.memory_bytes = self
+                .memory_bytes
+                .saturating_sub(current)
+                .saturating_add(desired);
         }
         Ok(ok)
     }

@@ -104,7 +104,9 @@ async fn main() -> anyhow::Result<()> {
 
     let ferrule_polls = polls as f64 / elapsed;
     println!("Modbus TCP benchmark (release build; pymodbus 3.8.6 server on loopback)\n");
-    println!("map: {REGISTERS} holding registers as u16 channels = 4 coalesced reads of 125 registers per poll\n");
+    println!(
+        "map: {REGISTERS} holding registers as u16 channels = 4 coalesced reads of 125 registers per poll\n"
+    );
     println!("| client | polls/s | readings/s | ratio |");
     println!("| --- | ---: | ---: | ---: |");
     println!(

@@ -643,3 +643,83 @@ async fn the_modbus_example_reads_its_simulated_line() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_exception_makes_only_its_channels_bad() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let sim = ModbusSim::start(dir.path(), &json!({ "holding": [1, 2] }))?;
+    let channels = [
+        "{ name = \"a\", table = \"holding\", address = 0 }".to_string(),
+        "{ name = \"b\", table = \"holding\", address = 1 }".to_string(),
+        // Beyond the simulator's 2,000 registers: an IllegalDataAddress exception.
+        "{ name = \"beyond\", table = \"holding\", address = 5000 }".to_string(),
+    ];
+    let mut rig = run(dir, &modbus_driver("plc", sim.port, 200, &channels)?).await?;
+    let v = next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
+    let r = &v["readings"];
+    assert_eq!(
+        (r[0]["value"].clone(), r[0]["quality"].clone()),
+        (json!(1), json!("good")),
+        "{v}"
+    );
+    assert_eq!(
+        (r[1]["value"].clone(), r[1]["quality"].clone()),
+        (json!(2), json!("good")),
+        "{v}"
+    );
+    assert_eq!(r[2]["quality"], "bad", "{v}");
+    assert!(
+        r[2]["value"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("IllegalDataAddress"),
+        "{v}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_device_answering_out_of_step_is_reconnected_and_counted() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    // Answers every read with the wrong transaction id (as a device that
+    // sends a late answer to an earlier request would).
+    let liar = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = liar.local_addr()?.port();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = connections.clone();
+    std::thread::spawn(move || {
+        for mut s in liar.incoming().flatten() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut req = [0u8; 12];
+                while std::io::Read::read_exact(&mut s, &mut req).is_ok() {
+                    let tr = u16::from_be_bytes([req[0], req[1]]).wrapping_add(1);
+                    let [th, tl] = tr.to_be_bytes();
+                    let answer = [th, tl, 0, 0, 0, 5, 1, 3, 2, 0, 7];
+                    if std::io::Write::write_all(&mut s, &answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let channels = ["{ name = \"a\", table = \"holding\", address = 0 }".to_string()];
+    let rig = run(dir, &modbus_driver("plc", port, 200, &channels)?).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = rig.ferrule.log_text();
+    let failed = log
+        .lines()
+        .filter(|l| l.contains("poll failed") && l.contains("transaction id"))
+        .count();
+    let n = connections.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "out-of-step device: {failed} polls failed naming the transaction id, {n} connections"
+    );
+    assert!(failed >= 3, "{log}");
+    assert!(
+        n >= 2 * failed,
+        "each failure reconnects (with one retry): {n} connections"
+    );
+    assert!(!log.contains("instance lost"), "{log}");
+    Ok(())
+}
