@@ -311,8 +311,6 @@ struct Session<'a> {
     /// When the connection was opened (TCP, TLS and CONNACK follow).
     opened: std::time::Instant,
     commands: Option<&'a mut Commands>,
-    /// Command results waiting to be published.
-    answers: VecDeque<Answer>,
 }
 
 impl<'a> Session<'a> {
@@ -338,7 +336,6 @@ impl<'a> Session<'a> {
             packet_limit: 0,
             opened: std::time::Instant::now(),
             commands,
-            answers: VecDeque::new(),
         }
     }
 
@@ -386,8 +383,12 @@ impl<'a> Session<'a> {
                         return Err(SessionError::Closed);
                     }
                 }
-                Some(answer) = next_answer(self.commands.as_deref_mut()) => {
-                    self.answers.push_back(answer);
+                // Taken only when it can be sent at once: results not yet
+                // taken wait in the channel, across reconnects.
+                Some(answer) = next_answer(self.commands.as_deref_mut()), if connected && self.handed.len() < 4 => {
+                    let topic = self.settings.topics.command_result(&answer.driver);
+                    self.client.publish(topic, false, answer.payload)?;
+                    self.handed.push_back(Handed::Other);
                 }
                 _ = shutdown.changed() => {
                     self.delete_acked();
@@ -398,24 +399,9 @@ impl<'a> Session<'a> {
                 }
             }
             if connected {
-                self.send_answers()?;
                 self.fill_window()?;
             }
         }
-    }
-
-    /// Publishes waiting command results, a few at a time so the client's
-    /// request channel (sized for the data window) never fills.
-    fn send_answers(&mut self) -> Result<(), SessionError> {
-        while self.handed.len() < 4 {
-            let Some(answer) = self.answers.pop_front() else {
-                break;
-            };
-            let topic = self.settings.topics.command_result(&answer.driver);
-            self.client.publish(topic, false, answer.payload)?;
-            self.handed.push_back(Handed::Other);
-        }
-        Ok(())
     }
 
     /// A message on a command topic: to the router.
