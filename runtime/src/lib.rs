@@ -15,3 +15,4 @@ pub mod plugin;
 pub mod publish;
 pub mod queue;
 pub mod reading;
+pub mod telemetry;

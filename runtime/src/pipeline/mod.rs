@@ -56,6 +56,8 @@ pub struct DriverCounters {
     pub restarts: AtomicU64,
     /// The most recent failure, for logs and telemetry.
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// What the driver last reported about its device.
+    pub device: std::sync::Mutex<Option<crate::plugin::DeviceStatus>>,
 }
 
 impl DriverCounters {
@@ -189,7 +191,7 @@ pub async fn run_driver(
         let ok = polled.is_ok();
         if last_ok != Some(ok) && !polled.as_ref().is_err_and(PluginError::instance_lost) {
             last_ok = Some(ok);
-            log_device_status(&name, live).await;
+            log_device_status(&name, live, &counters).await;
         }
         match polled {
             Ok(Some(batch)) => {
@@ -236,9 +238,13 @@ pub async fn run_driver(
 
 /// Logs what the driver says about its device (after a poll that went
 /// otherwise than the one before it: connected, lost, back).
-async fn log_device_status(driver: &str, chain: &mut Chain) {
+async fn log_device_status(driver: &str, chain: &mut Chain, counters: &DriverCounters) {
     match chain.status().await {
         Ok(s) => {
+            *counters
+                .device
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s.clone());
             let last_error = s
                 .extra
                 .iter()

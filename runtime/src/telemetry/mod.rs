@@ -1,0 +1,399 @@
+//! Self-telemetry: what the gateway reports about itself and the devices it
+//! talks to, as one [`Snapshot`] (schema in docs/telemetry.md).
+//!
+//! [`Collector`] builds snapshots from the runtime's own counters (drivers,
+//! publisher, queue) and the operating system's figures (through sysinfo:
+//! process CPU and memory, load, memory, free disk for the data directory,
+//! CPU temperature where the OS exposes one).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::DriverCounters;
+use crate::publish::PublisherStats;
+use crate::queue::QueueStats;
+
+/// The schema version of [`Snapshot`]; grows when fields change meaning.
+pub const SCHEMA: u32 = 1;
+
+/// One telemetry sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub schema: u32,
+    pub gateway: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    pub software: Software,
+    pub uptime_s: u64,
+    pub process: ProcessFigures,
+    pub system: SystemFigures,
+    pub drivers: Vec<DriverFigures>,
+    pub publisher: PublisherFigures,
+    pub queue: QueueFigures,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Software {
+    pub name: String,
+    pub version: String,
+    /// `{arch}-{os}`.
+    pub target: String,
+    /// `release` or `debug`.
+    pub profile: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessFigures {
+    /// CPU used by the gateway process since the previous sample, in
+    /// percent of one core (0 in the first sample).
+    pub cpu_percent: f32,
+    pub rss_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemFigures {
+    pub load_1: f64,
+    pub load_5: f64,
+    pub load_15: f64,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    /// Free space on the file system holding the data directory.
+    pub data_dir_free_bytes: Option<u64>,
+    /// The hottest CPU sensor, where the OS exposes one.
+    pub cpu_temperature_c: Option<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriverFigures {
+    pub name: String,
+    pub polls_ok: u64,
+    pub polls_failed: u64,
+    pub readings: u64,
+    pub batches_queued: u64,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    /// What the driver last said about its device.
+    pub device: Option<DeviceFigures>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceFigures {
+    pub connected: bool,
+    pub firmware: Option<String>,
+    pub battery_percent: Option<u8>,
+    /// Link or communication quality, 0 to 100.
+    pub signal_quality: Option<u8>,
+    pub extra: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureFigures {
+    pub kind: String,
+    pub message: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublisherFigures {
+    pub connected: bool,
+    pub connects: u64,
+    pub failures: u64,
+    pub last_failure: Option<FailureFigures>,
+    pub messages_acked: u64,
+    pub payload_bytes_acked: u64,
+    pub entries_delivered: u64,
+    pub entries_split: u64,
+    pub readings_too_large: u64,
+    pub messages_refused: u64,
+    pub last_connect_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueFigures {
+    pub depth: u64,
+    pub bytes: u64,
+    /// Age of the oldest entry still queued.
+    pub oldest_age_s: Option<f64>,
+    /// Entries dropped by `max_bytes` under `drop-oldest`.
+    pub dropped_cap: u64,
+    /// Entries dropped by `max_age_s`.
+    pub dropped_age: u64,
+}
+
+/// Where a snapshot's figures come from.
+pub struct Sources<'a> {
+    pub drivers: &'a [(String, Arc<DriverCounters>)],
+    pub publisher: &'a PublisherStats,
+    pub queue: Option<QueueStats>,
+}
+
+/// Builds snapshots; keeps the OS handles between samples (CPU use is
+/// measured from one sample to the next).
+pub struct Collector {
+    gateway: String,
+    data_dir: PathBuf,
+    started: Instant,
+    system: sysinfo::System,
+    pid: Option<sysinfo::Pid>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Collector {
+    pub fn new(gateway: &str, data_dir: &Path) -> Collector {
+        Collector {
+            gateway: gateway.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            started: Instant::now(),
+            system: sysinfo::System::new(),
+            pid: sysinfo::get_current_pid().ok(),
+        }
+    }
+
+    /// A snapshot of everything now.
+    pub fn collect(&mut self, sources: &Sources<'_>) -> Snapshot {
+        let now = now_ms();
+        Snapshot {
+            schema: SCHEMA,
+            gateway: self.gateway.clone(),
+            ts_ms: now,
+            software: Software {
+                name: env!("CARGO_PKG_NAME").to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                target: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+                profile: if cfg!(debug_assertions) {
+                    "debug"
+                } else {
+                    "release"
+                }
+                .to_string(),
+            },
+            uptime_s: self.started.elapsed().as_secs(),
+            process: self.process(),
+            system: self.system_figures(),
+            drivers: sources.drivers.iter().map(driver_figures).collect(),
+            publisher: publisher_figures(sources.publisher),
+            queue: queue_figures(sources.queue.as_ref(), now),
+        }
+    }
+
+    fn process(&mut self) -> ProcessFigures {
+        let Some(pid) = self.pid else {
+            return ProcessFigures {
+                cpu_percent: 0.0,
+                rss_bytes: 0,
+            };
+        };
+        self.system.refresh_processes_specifics(
+            sysinfo::ProcessesToUpdate::Some(&[pid]),
+            true,
+            sysinfo::ProcessRefreshKind::nothing()
+                .with_cpu()
+                .with_memory(),
+        );
+        match self.system.process(pid) {
+            Some(p) => ProcessFigures {
+                cpu_percent: p.cpu_usage(),
+                rss_bytes: p.memory(),
+            },
+            None => ProcessFigures {
+                cpu_percent: 0.0,
+                rss_bytes: 0,
+            },
+        }
+    }
+
+    fn system_figures(&mut self) -> SystemFigures {
+        self.system
+            .refresh_memory_specifics(sysinfo::MemoryRefreshKind::nothing().with_ram());
+        let load = sysinfo::System::load_average();
+        SystemFigures {
+            load_1: load.one,
+            load_5: load.five,
+            load_15: load.fifteen,
+            memory_total_bytes: self.system.total_memory(),
+            memory_available_bytes: self.system.available_memory(),
+            data_dir_free_bytes: free_space(&self.data_dir),
+            cpu_temperature_c: cpu_temperature(),
+        }
+    }
+}
+
+/// Free bytes on the mounted file system that holds `dir` (the mount point
+/// that is the longest prefix of its path).
+fn free_space(dir: &Path) -> Option<u64> {
+    let dir = dir.canonicalize().ok()?;
+    let disks = sysinfo::Disks::new_with_refreshed_list();
+    disks
+        .list()
+        .iter()
+        .filter(|d| dir.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map(sysinfo::Disk::available_space)
+}
+
+/// The hottest sensor that looks like a CPU's, if the OS exposes any.
+fn cpu_temperature() -> Option<f32> {
+    let components = sysinfo::Components::new_with_refreshed_list();
+    components
+        .list()
+        .iter()
+        .filter(|c| {
+            let label = c.label().to_ascii_lowercase();
+            ["cpu", "core", "package", "k10temp", "coretemp", "soc"]
+                .iter()
+                .any(|k| label.contains(k))
+        })
+        .filter_map(sysinfo::Component::temperature)
+        .filter(|t| t.is_finite())
+        .reduce(f32::max)
+}
+
+fn driver_figures((name, c): &(String, Arc<DriverCounters>)) -> DriverFigures {
+    fn lock<T: Clone>(m: &std::sync::Mutex<T>) -> T {
+        m.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+    let device: Option<crate::plugin::DeviceStatus> = lock(&c.device);
+    DriverFigures {
+        name: name.clone(),
+        polls_ok: c.polls_ok.load(Ordering::Relaxed),
+        polls_failed: c.polls_failed.load(Ordering::Relaxed),
+        readings: c.readings.load(Ordering::Relaxed),
+        batches_queued: c.batches_queued.load(Ordering::Relaxed),
+        restarts: c.restarts.load(Ordering::Relaxed),
+        last_error: lock(&c.last_error),
+        device: device.map(|d| DeviceFigures {
+            connected: d.connected,
+            firmware: d.firmware,
+            battery_percent: d.battery_percent,
+            signal_quality: d.signal_quality,
+            extra: d.extra.into_iter().collect(),
+        }),
+    }
+}
+
+fn publisher_figures(s: &PublisherStats) -> PublisherFigures {
+    let last_failure = s
+        .last_failure
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .map(|f| FailureFigures {
+            kind: f.kind.to_string(),
+            message: f.message,
+            at_ms: f.at_ms,
+        });
+    PublisherFigures {
+        connected: s.connected.load(Ordering::Relaxed),
+        connects: s.connects.load(Ordering::Relaxed),
+        failures: s.failures.load(Ordering::Relaxed),
+        last_failure,
+        messages_acked: s.messages_acked.load(Ordering::Relaxed),
+        payload_bytes_acked: s.payload_bytes_acked.load(Ordering::Relaxed),
+        entries_delivered: s.entries_delivered.load(Ordering::Relaxed),
+        entries_split: s.entries_split.load(Ordering::Relaxed),
+        readings_too_large: s.readings_too_large.load(Ordering::Relaxed),
+        messages_refused: s.messages_refused.load(Ordering::Relaxed),
+        last_connect_ms: s.last_connect_us.load(Ordering::Relaxed) as f64 / 1000.0,
+    }
+}
+
+fn queue_figures(stats: Option<&QueueStats>, now_ms: u64) -> QueueFigures {
+    let Some(q) = stats else {
+        return QueueFigures {
+            depth: 0,
+            bytes: 0,
+            oldest_age_s: None,
+            dropped_cap: 0,
+            dropped_age: 0,
+        };
+    };
+    QueueFigures {
+        depth: q.depth,
+        bytes: q.bytes,
+        oldest_age_s: q
+            .oldest_captured_ns
+            .map(|ns| (now_ms as f64 / 1e3 - ns as f64 / 1e9).max(0.0)),
+        dropped_cap: q.dropped_cap,
+        dropped_age: q.dropped_age,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_carries_the_counters_and_the_systems_figures() {
+        let sim = Arc::new(DriverCounters::default());
+        sim.polls_ok.store(7, Ordering::Relaxed);
+        sim.readings.store(28, Ordering::Relaxed);
+        let plc = Arc::new(DriverCounters::default());
+        plc.polls_failed.store(3, Ordering::Relaxed);
+        *plc.last_error.lock().unwrap() = Some("timeout".into());
+        *plc.device.lock().unwrap() = Some(crate::plugin::DeviceStatus {
+            connected: false,
+            firmware: Some("1.2".into()),
+            battery_percent: None,
+            signal_quality: Some(40),
+            extra: vec![("requests_ok".into(), "6".into())],
+        });
+        let publisher = PublisherStats::default();
+        publisher.messages_acked.store(5, Ordering::Relaxed);
+        publisher.last_connect_us.store(2_500, Ordering::Relaxed);
+        let drivers = vec![("sim".to_string(), sim), ("plc".to_string(), plc)];
+        let dir = tempfile::tempdir().unwrap();
+        let mut collector = Collector::new("gw-1", dir.path());
+        let queue = QueueStats {
+            depth: 4,
+            bytes: 400,
+            next_seq: 9,
+            oldest_seq: Some(5),
+            oldest_captured_ns: Some(1),
+            dropped_cap: 1,
+            dropped_age: 2,
+        };
+        let s = collector.collect(&Sources {
+            drivers: &drivers,
+            publisher: &publisher,
+            queue: Some(queue),
+        });
+        assert_eq!(s.schema, SCHEMA);
+        assert_eq!(s.gateway, "gw-1");
+        assert_eq!(s.software.name, "ferrule");
+        assert_eq!((s.drivers[0].polls_ok, s.drivers[0].readings), (7, 28));
+        assert_eq!(s.drivers[1].polls_failed, 3);
+        assert_eq!(s.drivers[1].last_error.as_deref(), Some("timeout"));
+        let device = s.drivers[1].device.as_ref().unwrap();
+        assert_eq!(device.signal_quality, Some(40));
+        assert_eq!(device.extra["requests_ok"], "6");
+        assert_eq!(s.publisher.messages_acked, 5);
+        assert_eq!(s.publisher.last_connect_ms, 2.5);
+        assert_eq!(
+            (s.queue.depth, s.queue.dropped_cap, s.queue.dropped_age),
+            (4, 1, 2)
+        );
+        assert!(s.queue.oldest_age_s.unwrap() > 1e9, "captured at the epoch");
+        assert!(s.process.rss_bytes > 0, "this process's memory");
+        assert!(s.system.memory_total_bytes > 0);
+        assert!(
+            s.system.data_dir_free_bytes.unwrap() > 0,
+            "free space of the temp dir"
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        let back: Snapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+    }
+}
