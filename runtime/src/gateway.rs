@@ -16,7 +16,8 @@ use crate::plugin::{
     EngineSettings, LoadedDriver, LoadedProcessor, PluginEngine, PluginError, Sandbox,
 };
 use crate::publish::{self, PublisherSettings, PublisherStats, TlsFiles, Topics};
-use crate::queue::{Queue, QueueError, QueueOptions};
+use crate::queue::{FullPolicy, Queue, QueueError, QueueOptions};
+use crate::telemetry;
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -267,20 +268,55 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
     // them out by driver name.
     let mut inboxes = HashMap::new();
     let mut drivers_with_inbox = Vec::with_capacity(drivers.len());
+    let mut counters = Vec::with_capacity(drivers.len());
     for (spec, chain) in drivers {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         inboxes.insert(spec.driver.name.clone(), tx);
-        drivers_with_inbox.push((spec, chain, rx));
+        let c = Arc::new(DriverCounters::default());
+        counters.push((spec.driver.name.clone(), c.clone()));
+        drivers_with_inbox.push((spec, chain, rx, c));
     }
+    let publisher_stats = Arc::new(PublisherStats::default());
+    let telemetry_queue = match config.telemetry.interval_s {
+        0 => None,
+        _ => Some(Queue::open(
+            &config
+                .resolve(&config.gateway.data_dir)
+                .join("telemetry.redb"),
+            QueueOptions {
+                max_bytes: Some(config.telemetry.max_queue_bytes),
+                when_full: FullPolicy::DropOldest,
+                max_age: None,
+                max_group: None,
+            },
+        )?),
+    };
     let publisher = tokio::spawn(publish::run(
         publisher_settings(&config),
         queue.clone(),
-        Arc::new(PublisherStats::default()),
+        publisher_stats.clone(),
+        telemetry_queue.clone(),
         Some(command::start(inboxes)),
         shutdown.clone(),
     ));
+    let telemetry = telemetry_queue.map(|lane| {
+        tokio::spawn(telemetry::run(
+            telemetry::Reporter {
+                collector: telemetry::Collector::new(
+                    config.gateway.id.get_ref(),
+                    &config.resolve(&config.gateway.data_dir),
+                ),
+                interval: Duration::from_secs(config.telemetry.interval_s),
+                drivers: counters,
+                publisher: publisher_stats,
+                data: queue.clone(),
+                lane,
+            },
+            shutdown.clone(),
+        ))
+    });
     let mut tasks = Vec::with_capacity(drivers_with_inbox.len());
-    for (spec, chain, commands) in drivers_with_inbox {
+    for (spec, chain, commands, counters) in drivers_with_inbox {
         let chain = match chain {
             Ok(chain) => Some(chain),
             Err(e) => {
@@ -292,10 +328,13 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
             spec,
             chain,
             queue.clone(),
-            Arc::new(DriverCounters::default()),
+            counters,
             commands,
             shutdown.clone(),
         )));
+    }
+    if let Some(t) = telemetry {
+        let _ = t.await;
     }
     for task in tasks {
         let _ = task.await;

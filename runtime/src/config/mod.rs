@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub use error::ConfigError;
 pub use types::{
     Capabilities, Config, DriverConfig, GatewayConfig, LimitsOverride, MqttConfig, MqttProtocol,
-    PluginLimits, ProcessorConfig, QueueConfig, RuntimeConfig,
+    PluginLimits, ProcessorConfig, QueueConfig, RuntimeConfig, TelemetryConfig,
 };
 
 /// The smallest `mqtt.max_packet_size` accepted: room for the topic, the

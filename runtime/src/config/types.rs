@@ -16,6 +16,8 @@ pub struct Config {
     pub limits: PluginLimits,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     #[serde(rename = "driver", default)]
     pub drivers: Vec<DriverConfig>,
     /// The file this config was read from.
@@ -276,6 +278,36 @@ impl ProcessorConfig {
     pub fn capabilities(&self) -> Capabilities {
         Capabilities::from_keys(&self.allow_net, self.allow_dns, self.data_dir)
     }
+}
+
+/// The gateway's reports on itself (schema in docs/telemetry.md).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Publish a snapshot this often (0 turns telemetry off).
+    #[serde(default = "default_telemetry_interval_s")]
+    pub interval_s: u64,
+    /// Cap of the telemetry queue (`{data_dir}/telemetry.redb`); the oldest
+    /// snapshots go first (counted) when a long outage fills it.
+    #[serde(default = "default_telemetry_queue_bytes")]
+    pub max_queue_bytes: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            interval_s: default_telemetry_interval_s(),
+            max_queue_bytes: default_telemetry_queue_bytes(),
+        }
+    }
+}
+
+fn default_telemetry_interval_s() -> u64 {
+    60
+}
+
+fn default_telemetry_queue_bytes() -> u64 {
+    16 << 20
 }
 
 /// Runtime-wide settings.

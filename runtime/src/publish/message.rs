@@ -26,6 +26,11 @@ impl Topics {
         format!("{}/status", self.base)
     }
 
+    /// Telemetry snapshots.
+    pub fn telemetry(&self) -> String {
+        format!("{}/telemetry", self.base)
+    }
+
     /// The filter matching every driver's command topic.
     pub fn commands(&self) -> String {
         format!("{}/cmd/+/write", self.base)

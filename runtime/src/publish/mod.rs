@@ -168,9 +168,37 @@ impl SessionError {
 /// A request handed to the client and not yet given a packet id.
 enum Handed {
     /// A data message of entry `seq`, with its payload size.
-    Entry { seq: u64, bytes: usize },
+    Entry { lane: usize, seq: u64, bytes: usize },
     /// A status message or a command result.
     Other,
+}
+
+/// A queue the session sends from. The telemetry lane, when there is one,
+/// is served first, so a backlog of data never holds telemetry back.
+struct Lane<'a> {
+    queue: &'a Queue,
+    telemetry: bool,
+    /// The next sequence to read.
+    next_seq: u64,
+    /// Encoded messages not yet handed over.
+    pending: VecDeque<Outbound>,
+    /// Messages of each entry not yet acknowledged.
+    parts_left: HashMap<u64, usize>,
+    /// Acknowledged but not yet deleted; deleted in one transaction per burst.
+    acked: Vec<u64>,
+}
+
+impl<'a> Lane<'a> {
+    fn new(queue: &'a Queue, telemetry: bool) -> Self {
+        Lane {
+            queue,
+            telemetry,
+            next_seq: 0,
+            pending: VecDeque::new(),
+            parts_left: HashMap::new(),
+            acked: Vec::new(),
+        }
+    }
 }
 
 /// A message ready to hand to the client.
@@ -186,6 +214,7 @@ pub async fn run(
     settings: PublisherSettings,
     queue: Queue,
     stats: Arc<PublisherStats>,
+    telemetry: Option<Queue>,
     mut commands: Option<Commands>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -199,6 +228,7 @@ pub async fn run(
         let result = session(
             &settings,
             &queue,
+            telemetry.as_ref(),
             &stats,
             commands.as_mut(),
             &mut shutdown,
@@ -229,6 +259,25 @@ pub async fn run(
         }
         delay = (delay * 2).min(settings.reconnect_max);
     }
+}
+
+/// Resolves when any of the lanes' queues has committed something new.
+async fn any_changed(
+    committed: &mut [watch::Receiver<u64>],
+) -> Result<(), watch::error::RecvError> {
+    let mut changes: Vec<_> = committed
+        .iter_mut()
+        .map(|c| Box::pin(c.changed()))
+        .collect();
+    std::future::poll_fn(move |cx| {
+        for change in changes.iter_mut() {
+            if let std::task::Poll::Ready(out) = change.as_mut().poll(cx) {
+                return std::task::Poll::Ready(out);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// The next command result, or never when there is no command path.
@@ -273,6 +322,7 @@ fn credentials(settings: &PublisherSettings) -> Result<Credentials, SessionError
 async fn session(
     settings: &PublisherSettings,
     queue: &Queue,
+    telemetry: Option<&Queue>,
     stats: &PublisherStats,
     commands: Option<&mut Commands>,
     shutdown: &mut watch::Receiver<bool>,
@@ -281,8 +331,16 @@ async fn session(
     // Removals handed over in the last session are committed before this
     // one reads the queue, so acknowledged entries are not sent again.
     queue.sync().await?;
+    if let Some(t) = telemetry {
+        t.sync().await?;
+    }
     let (client, mut events, driver) = link::open(settings, credentials(settings)?);
-    let mut session = Session::new(settings, queue, stats, &client, commands);
+    let mut lanes = Vec::with_capacity(2);
+    if let Some(t) = telemetry {
+        lanes.push(Lane::new(t, true));
+    }
+    lanes.push(Lane::new(queue, false));
+    let mut session = Session::new(settings, lanes, stats, &client, commands);
     let result = session.run(shutdown, &mut events, connected).await;
     driver.abort();
     result
@@ -291,20 +349,14 @@ async fn session(
 /// The state of one connection.
 struct Session<'a> {
     settings: &'a PublisherSettings,
-    queue: &'a Queue,
+    /// In the order they are served: telemetry (if any), then data.
+    lanes: Vec<Lane<'a>>,
     stats: &'a PublisherStats,
     client: &'a Client,
     /// Requests handed over, waiting for their packet id.
     handed: VecDeque<Handed>,
-    /// Packet id to (entry, payload bytes).
-    inflight: HashMap<u16, (u64, usize)>,
-    /// Encoded messages not yet handed over.
-    pending: VecDeque<Outbound>,
-    /// Messages of each entry not yet acknowledged.
-    parts_left: HashMap<u64, usize>,
-    /// Acknowledged but not yet deleted; deleted in one transaction per burst.
-    acked: Vec<u64>,
-    next_seq: u64,
+    /// Packet id to (lane, entry, payload bytes).
+    inflight: HashMap<u16, (usize, u64, usize)>,
     window: usize,
     /// Largest packet to send, in bytes.
     packet_limit: usize,
@@ -316,22 +368,18 @@ struct Session<'a> {
 impl<'a> Session<'a> {
     fn new(
         settings: &'a PublisherSettings,
-        queue: &'a Queue,
+        lanes: Vec<Lane<'a>>,
         stats: &'a PublisherStats,
         client: &'a Client,
         commands: Option<&'a mut Commands>,
     ) -> Self {
         Session {
             settings,
-            queue,
+            lanes,
             stats,
             client,
             handed: VecDeque::new(),
             inflight: HashMap::new(),
-            pending: VecDeque::new(),
-            parts_left: HashMap::new(),
-            acked: Vec::new(),
-            next_seq: 0,
             window: usize::from(settings.max_inflight.max(1)),
             packet_limit: 0,
             opened: std::time::Instant::now(),
@@ -345,7 +393,8 @@ impl<'a> Session<'a> {
         events: &mut Events,
         connected_once: &mut bool,
     ) -> Result<(), SessionError> {
-        let mut committed = self.queue.committed();
+        let mut committed: Vec<watch::Receiver<u64>> =
+            self.lanes.iter().map(|l| l.queue.committed()).collect();
         let mut connected = false;
         loop {
             tokio::select! {
@@ -378,7 +427,7 @@ impl<'a> Session<'a> {
                     }
                     self.delete_acked();
                 }
-                changed = committed.changed() => {
+                changed = any_changed(&mut committed) => {
                     if changed.is_err() {
                         return Err(SessionError::Closed);
                     }
@@ -455,17 +504,17 @@ impl<'a> Session<'a> {
     fn on_event(&mut self, event: LinkEvent) -> Result<(), SessionError> {
         match event {
             LinkEvent::Sent(pkid) => {
-                if let Some(Handed::Entry { seq, bytes }) = self.handed.pop_front() {
-                    self.inflight.insert(pkid, (seq, bytes));
+                if let Some(Handed::Entry { lane, seq, bytes }) = self.handed.pop_front() {
+                    self.inflight.insert(pkid, (lane, seq, bytes));
                 }
             }
             LinkEvent::Acked(pkid) => {
-                if let Some((seq, bytes)) = self.inflight.remove(&pkid) {
+                if let Some((lane, seq, bytes)) = self.inflight.remove(&pkid) {
                     self.stats.messages_acked.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .payload_bytes_acked
                         .fetch_add(bytes as u64, Ordering::Relaxed);
-                    self.part_done(seq);
+                    self.part_done(lane, seq);
                 }
             }
             LinkEvent::Refused {
@@ -473,7 +522,7 @@ impl<'a> Session<'a> {
                 reason,
                 authorization,
             } => {
-                if let Some((seq, _)) = self.inflight.remove(&pkid) {
+                if let Some((_, seq, _)) = self.inflight.remove(&pkid) {
                     self.stats.messages_refused.fetch_add(1, Ordering::Relaxed);
                     return Err(SessionError::Refused {
                         seq,
@@ -489,103 +538,93 @@ impl<'a> Session<'a> {
     }
 
     /// One more message of entry `seq` acknowledged.
-    fn part_done(&mut self, seq: u64) {
-        let left = self.parts_left.entry(seq).or_insert(1);
+    fn part_done(&mut self, lane: usize, seq: u64) {
+        let Some(lane) = self.lanes.get_mut(lane) else {
+            return;
+        };
+        let left = lane.parts_left.entry(seq).or_insert(1);
         *left = left.saturating_sub(1);
         if *left == 0 {
-            self.parts_left.remove(&seq);
-            self.acked.push(seq);
+            lane.parts_left.remove(&seq);
+            lane.acked.push(seq);
         }
     }
 
     /// Hands acknowledged entries to the queue's writer, which deletes them
     /// in its next commit (together with new appends: one fsync).
     fn delete_acked(&mut self) {
-        if self.acked.is_empty() {
-            return;
-        }
-        let delivered = self.acked.len() as u64;
-        match self.queue.remove_later(std::mem::take(&mut self.acked)) {
-            Ok(()) => {
-                self.stats
-                    .entries_delivered
-                    .fetch_add(delivered, Ordering::Relaxed);
+        for lane in &mut self.lanes {
+            if lane.acked.is_empty() {
+                continue;
             }
-            // Only when the queue is closing; the entries stay and are re-sent.
-            Err(e) => tracing::debug!(error = %e, "acknowledged entries not deleted"),
+            let delivered = lane.acked.len() as u64;
+            match lane.queue.remove_later(std::mem::take(&mut lane.acked)) {
+                Ok(()) if !lane.telemetry => {
+                    self.stats
+                        .entries_delivered
+                        .fetch_add(delivered, Ordering::Relaxed);
+                }
+                Ok(()) => {}
+                // Only when the queue is closing; the entries stay and are re-sent.
+                Err(e) => tracing::debug!(error = %e, "acknowledged entries not deleted"),
+            }
         }
     }
 
-    /// Hands messages to the client until `window` are outstanding, reading
-    /// and encoding more entries as needed.
+    /// Hands messages to the client until `window` are outstanding, lane by
+    /// lane (telemetry first), reading and encoding more entries as needed.
     fn fill_window(&mut self) -> Result<(), SessionError> {
-        loop {
-            let outstanding = self.handed.len() + self.inflight.len();
-            if outstanding >= self.window {
-                return Ok(());
-            }
-            if self.pending.is_empty() && !self.read_more(self.window - outstanding)? {
-                return Ok(());
-            }
-            while self.handed.len() + self.inflight.len() < self.window {
-                let Some(out) = self.pending.pop_front() else {
+        for i in 0..self.lanes.len() {
+            loop {
+                let outstanding = self.handed.len() + self.inflight.len();
+                if outstanding >= self.window {
+                    return Ok(());
+                }
+                if self.lanes[i].pending.is_empty()
+                    && !self.read_more(i, self.window - outstanding)?
+                {
+                    break;
+                }
+                let Some(out) = self.lanes[i].pending.pop_front() else {
                     break;
                 };
                 let bytes = out.payload.len();
                 self.client.publish(out.topic, false, out.payload)?;
                 self.handed.push_back(Handed::Entry {
+                    lane: i,
                     seq: out.seq,
                     bytes,
                 });
             }
         }
+        Ok(())
     }
 
-    /// Reads up to `n` entries after the last one read and encodes them
-    /// into `pending`; false when there is nothing more to send.
-    fn read_more(&mut self, n: usize) -> Result<bool, SessionError> {
-        let entries = self.queue.read_for_send(self.next_seq, n)?;
+    /// Reads up to `n` entries of lane `i` after the last one read and
+    /// encodes them into its `pending`; false when there is nothing more.
+    fn read_more(&mut self, i: usize, n: usize) -> Result<bool, SessionError> {
+        let lane = &self.lanes[i];
+        let entries = lane.queue.read_for_send(lane.next_seq, n)?;
         if entries.is_empty() {
             return Ok(false);
         }
-        let gateway = &self.settings.gateway;
+        let telemetry = lane.telemetry;
         for (seq, batch) in entries {
-            self.next_seq = seq + 1;
-            let topic = self.settings.topics.data(&batch.driver);
-            // The payload may use what the packet limit leaves after the
-            // fixed header (5), topic length (2), packet id (2) and MQTT 5
-            // properties length (1).
-            let budget = self.packet_limit.saturating_sub(10 + topic.len());
-            let encoded =
-                encode_parts(gateway, seq, &batch, budget).map_err(|e| SessionError::Encode {
-                    seq,
-                    message: e.to_string(),
-                })?;
-            for (channel, size) in &encoded.too_large {
-                self.stats
-                    .readings_too_large
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    driver = %batch.driver,
-                    seq,
-                    channel = %channel,
-                    reading_bytes = size,
-                    max_payload_bytes = budget,
-                    "reading larger than the broker's packet size limit; left out (counted as readings_too_large)"
-                );
-            }
-            if encoded.payloads.len() > 1 {
-                self.stats.entries_split.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(seq, parts = encoded.payloads.len(), "entry sent in parts");
-            }
-            if encoded.payloads.is_empty() {
+            self.lanes[i].next_seq = seq + 1;
+            let (topic, encoded) = if telemetry {
+                self.encode_telemetry(seq, &batch)
+            } else {
+                self.encode_data(seq, &batch)?
+            };
+            let lane = &mut self.lanes[i];
+            if encoded.is_empty() {
                 // Nothing deliverable is left in it.
-                self.acked.push(seq);
+                lane.acked.push(seq);
                 continue;
             }
-            self.parts_left.insert(seq, encoded.payloads.len());
-            for payload in encoded.payloads {
-                self.pending.push_back(Outbound {
+            lane.parts_left.insert(seq, encoded.len());
+            for payload in encoded {
+                lane.pending.push_back(Outbound {
                     seq,
                     topic: topic.clone(),
                     payload,
@@ -593,6 +632,69 @@ impl<'a> Session<'a> {
             }
         }
         Ok(true)
+    }
+
+    /// The payload may use what the packet limit leaves after the fixed
+    /// header (5), topic length (2), packet id (2) and MQTT 5 properties
+    /// length (1).
+    fn budget(&self, topic: &str) -> usize {
+        self.packet_limit.saturating_sub(10 + topic.len())
+    }
+
+    /// A data entry's topic and payloads (parts, if too large for one).
+    fn encode_data(
+        &self,
+        seq: u64,
+        batch: &crate::reading::Batch,
+    ) -> Result<(String, Vec<Vec<u8>>), SessionError> {
+        let topic = self.settings.topics.data(&batch.driver);
+        let budget = self.budget(&topic);
+        let encoded = encode_parts(&self.settings.gateway, seq, batch, budget).map_err(|e| {
+            SessionError::Encode {
+                seq,
+                message: e.to_string(),
+            }
+        })?;
+        for (channel, size) in &encoded.too_large {
+            self.stats
+                .readings_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                driver = %batch.driver,
+                seq,
+                channel = %channel,
+                reading_bytes = size,
+                max_payload_bytes = budget,
+                "reading larger than the broker's packet size limit; left out (counted as readings_too_large)"
+            );
+        }
+        if encoded.payloads.len() > 1 {
+            self.stats.entries_split.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(seq, parts = encoded.payloads.len(), "entry sent in parts");
+        }
+        Ok((topic, encoded.payloads))
+    }
+
+    /// A telemetry entry's topic and payload: the snapshot's JSON as stored.
+    fn encode_telemetry(&self, seq: u64, batch: &crate::reading::Batch) -> (String, Vec<Vec<u8>>) {
+        let topic = self.settings.topics.telemetry();
+        let payload = match batch.readings.first().map(|r| &r.value) {
+            Some(crate::reading::Value::Text(json)) => json.clone().into_bytes(),
+            _ => {
+                tracing::error!(seq, "telemetry entry without a snapshot; skipped");
+                return (topic, Vec::new());
+            }
+        };
+        if payload.len() > self.budget(&topic) {
+            tracing::error!(
+                seq,
+                bytes = payload.len(),
+                max_payload_bytes = self.budget(&topic),
+                "telemetry snapshot larger than the broker's packet size limit; not sent"
+            );
+            return (topic, Vec::new());
+        }
+        (topic, vec![payload])
     }
 
     /// Publishes "offline" and disconnects cleanly; bounded so shutdown

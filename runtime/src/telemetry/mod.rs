@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::pipeline::DriverCounters;
 use crate::publish::PublisherStats;
-use crate::queue::QueueStats;
+use crate::queue::{Queue, QueueStats};
+use crate::reading::{Batch, Quality, Reading, Value, now_ns};
 
 /// The schema version of [`Snapshot`]; grows when fields change meaning.
 pub const SCHEMA: u32 = 1;
@@ -328,6 +329,76 @@ fn queue_figures(stats: Option<&QueueStats>, now_ms: u64) -> QueueFigures {
             .map(|ns| (now_ms as f64 / 1e3 - ns as f64 / 1e9).max(0.0)),
         dropped_cap: q.dropped_cap,
         dropped_age: q.dropped_age,
+    }
+}
+
+/// What the telemetry task needs: where the figures come from and the
+/// queue lane snapshots go to.
+pub struct Reporter {
+    pub collector: Collector,
+    pub interval: std::time::Duration,
+    pub drivers: Vec<(String, Arc<DriverCounters>)>,
+    pub publisher: Arc<PublisherStats>,
+    /// The data queue (its depth, age and drops are reported).
+    pub data: Queue,
+    /// The telemetry queue the publisher sends from.
+    pub lane: Queue,
+}
+
+impl Reporter {
+    fn snapshot(&mut self) -> Snapshot {
+        let queue = self.data.stats().ok();
+        self.collector.collect(&Sources {
+            drivers: &self.drivers,
+            publisher: &self.publisher,
+            queue,
+        })
+    }
+
+    /// Captures a snapshot into the telemetry lane: durable, sent in order,
+    /// backfilled after an outage like data.
+    async fn capture(&mut self) {
+        let snapshot = self.snapshot();
+        let json = match serde_json::to_string(&snapshot) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!(error = %e, "telemetry snapshot not encoded");
+                return;
+            }
+        };
+        let now = now_ns();
+        let batch = Batch {
+            driver: "telemetry".to_string(),
+            captured_ns: now,
+            readings: vec![Reading {
+                channel: "snapshot".to_string(),
+                value: Value::Text(json),
+                ts_ns: now,
+                quality: Quality::Good,
+                unit: None,
+            }],
+        };
+        if let Err(e) = self.lane.append(batch).await {
+            tracing::warn!(error = %e, "telemetry snapshot not captured");
+        }
+    }
+}
+
+/// Captures a snapshot every `interval` until shutdown, and a last one then
+/// (sent at the next start if the link is already closing).
+pub async fn run(mut reporter: Reporter, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(reporter.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the first snapshot comes one interval in.
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => reporter.capture().await,
+            _ = shutdown.changed() => {
+                reporter.capture().await;
+                return;
+            }
+        }
     }
 }
 

@@ -94,6 +94,7 @@ async fn handshakes(
             queue.clone(),
             stats.clone(),
             None,
+            None,
             stop_rx,
         ));
         connected_after(&stats, 0).await?;
@@ -115,6 +116,7 @@ async fn reconnects(dir: &Path, pki: &Pki) -> anyhow::Result<Vec<f64>> {
         settings(pki, port, MqttProtocol::V311),
         queue,
         stats.clone(),
+        None,
         None,
         stop_rx,
     ));

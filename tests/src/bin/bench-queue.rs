@@ -124,6 +124,7 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
         queue.clone(),
         Default::default(),
         None,
+        None,
         stop_rx,
     ));
     loop {

@@ -9,4 +9,5 @@ mod modbus;
 mod mqtt_link;
 mod sandbox;
 mod store_forward;
+mod telemetry;
 mod tls_errors;
