@@ -73,6 +73,13 @@ pub struct LastFailure {
     pub at_ms: u64,
 }
 
+/// Messages acknowledged by the broker and their payload bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    pub messages: u64,
+    pub payload_bytes: u64,
+}
+
 /// The publisher's counters, shared with telemetry.
 #[derive(Debug, Default)]
 pub struct PublisherStats {
@@ -85,10 +92,10 @@ pub struct PublisherStats {
     pub last_connect_us: AtomicU64,
     /// Connection attempts that failed and connections that were lost.
     pub failures: AtomicU64,
-    /// Data messages (entries or parts) acknowledged by the broker.
-    pub messages_acked: AtomicU64,
-    /// Payload bytes of those messages.
-    pub payload_bytes_acked: AtomicU64,
+    /// Messages (data entries or parts, and telemetry snapshots) the broker
+    /// acknowledged, with their payload bytes; one lock so the two always
+    /// agree.
+    pub acked: Mutex<Acked>,
     /// Entries deleted from the queue after every part was acknowledged.
     pub entries_delivered: AtomicU64,
     /// Entries that had to be split into parts.
@@ -510,10 +517,15 @@ impl<'a> Session<'a> {
             }
             LinkEvent::Acked(pkid) => {
                 if let Some((lane, seq, bytes)) = self.inflight.remove(&pkid) {
-                    self.stats.messages_acked.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .payload_bytes_acked
-                        .fetch_add(bytes as u64, Ordering::Relaxed);
+                    {
+                        let mut acked = self
+                            .stats
+                            .acked
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        acked.messages += 1;
+                        acked.payload_bytes += bytes as u64;
+                    }
                     self.part_done(lane, seq);
                 }
             }

@@ -296,13 +296,17 @@ fn publisher_figures(s: &PublisherStats) -> PublisherFigures {
             message: f.message,
             at_ms: f.at_ms,
         });
+    let acked = *s
+        .acked
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     PublisherFigures {
         connected: s.connected.load(Ordering::Relaxed),
         connects: s.connects.load(Ordering::Relaxed),
         failures: s.failures.load(Ordering::Relaxed),
         last_failure,
-        messages_acked: s.messages_acked.load(Ordering::Relaxed),
-        payload_bytes_acked: s.payload_bytes_acked.load(Ordering::Relaxed),
+        messages_acked: acked.messages,
+        payload_bytes_acked: acked.payload_bytes,
         entries_delivered: s.entries_delivered.load(Ordering::Relaxed),
         entries_split: s.entries_split.load(Ordering::Relaxed),
         readings_too_large: s.readings_too_large.load(Ordering::Relaxed),
@@ -422,7 +426,7 @@ mod tests {
             extra: vec![("requests_ok".into(), "6".into())],
         });
         let publisher = PublisherStats::default();
-        publisher.messages_acked.store(5, Ordering::Relaxed);
+        publisher.acked.lock().unwrap().messages = 5;
         publisher.last_connect_us.store(2_500, Ordering::Relaxed);
         let drivers = vec![("sim".to_string(), sim), ("plc".to_string(), plc)];
         let dir = tempfile::tempdir().unwrap();

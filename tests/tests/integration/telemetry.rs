@@ -97,3 +97,105 @@ async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order() -> any
     drop(broker);
     Ok(())
 }
+
+#[tokio::test]
+async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -> anyhow::Result<()>
+{
+    let dir = tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    let port = free_port()?;
+    let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
+    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/#").await?;
+    let config = dir.path().join("gateway.toml");
+    let text = format!(
+        "{}\n[[driver]]\nname = \"flaky\"\nplugin = \"{}\"\ninterval_ms = 100\n[driver.config]\nbehavior = \"fail-every\"\ncount = 3\n\n[telemetry]\ninterval_s = 1\n",
+        sim_config(&dir.path().join("data"), &pki, port, 100, 2, "")?,
+        ferrule_tests::plugin("hostile")?.display()
+    );
+    std::fs::write(&config, text)?;
+    let ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
+
+    // Every counted message (data and telemetry) in arrival order, which is
+    // the order ferrule published them in (one connection, QoS 1).
+    let mut counted: Vec<(String, usize)> = Vec::new();
+    let mut snapshots: Vec<(usize, serde_json::Value)> = Vec::new();
+    let mut flaky_polls: Vec<i64> = Vec::new();
+    while snapshots.len() < 4 {
+        let m = match sub.next(Duration::from_secs(30), "telemetry").await {
+            Ok(m) => m,
+            Err(e) => anyhow::bail!("{e}; log:\n{}", ferrule.log_text()),
+        };
+        if m.topic.ends_with("/telemetry") {
+            snapshots.push((counted.len(), m.json()?));
+        } else if m.topic.contains("/data/flaky") {
+            flaky_polls.push(m.json()?["readings"][0]["value"].as_i64().unwrap_or(-1));
+        } else if !m.topic.contains("/data/") {
+            continue;
+        }
+        counted.push((m.topic.clone(), m.payload.len()));
+    }
+    for (position, s) in &snapshots {
+        let driver = |name: &str| {
+            s["drivers"]
+                .as_array()
+                .and_then(|d| d.iter().find(|d| d["name"] == name))
+                .cloned()
+                .unwrap_or_default()
+        };
+        // flaky: poll n fails exactly when n is a multiple of 3.
+        let f = driver("flaky");
+        let (ok, failed) = (
+            f["polls_ok"].as_u64().unwrap_or(0),
+            f["polls_failed"].as_u64().unwrap_or(0),
+        );
+        let n = ok + failed;
+        assert!(n >= 3, "{s}");
+        assert_eq!(failed, n / 3, "failed polls of {n}: {s}");
+        assert_eq!(
+            f["readings"].as_u64(),
+            Some(ok),
+            "one reading per good poll: {s}"
+        );
+        let last_failed = 3 * (n / 3);
+        assert!(
+            f["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("fails on purpose (poll {last_failed})")),
+            "last error is poll {last_failed}'s: {s}"
+        );
+        let sim = driver("sim-1");
+        assert_eq!(sim["polls_failed"], 0);
+        assert_eq!(
+            sim["readings"].as_u64(),
+            sim["polls_ok"].as_u64().map(|p| 2 * p),
+            "two channels per poll: {s}"
+        );
+        // Bytes: what the broker acknowledged is a prefix of what arrived.
+        let acked = s["publisher"]["messages_acked"].as_u64().unwrap_or(0) as usize;
+        let bytes = s["publisher"]["payload_bytes_acked"].as_u64().unwrap_or(0) as usize;
+        assert!(
+            acked <= *position,
+            "acked {acked} of {position} messages before the snapshot"
+        );
+        let arrived: usize = counted[..acked].iter().map(|(_, b)| b).sum();
+        assert_eq!(
+            bytes, arrived,
+            "payload bytes counted = bytes the subscriber received for the first {acked} messages"
+        );
+    }
+    // What the data stream shows agrees: every poll that is not a multiple
+    // of 3 delivered, none that is.
+    let max = flaky_polls.iter().copied().max().unwrap_or(0);
+    let expected: Vec<i64> = (1..=max).filter(|p| p % 3 != 0).collect();
+    assert_eq!(flaky_polls, expected);
+    let (_, last) = &snapshots[snapshots.len() - 1];
+    eprintln!(
+        "telemetry counters: flaky {} ok / {} failed, {} messages = {} payload bytes acknowledged and received",
+        last["drivers"][1]["polls_ok"],
+        last["drivers"][1]["polls_failed"],
+        last["publisher"]["messages_acked"],
+        last["publisher"]["payload_bytes_acked"]
+    );
+    Ok(())
+}
