@@ -208,6 +208,13 @@ pub fn queue_path(config: &Config) -> PathBuf {
     }
 }
 
+/// The local telemetry history file a config points at.
+pub fn history_path(config: &Config) -> PathBuf {
+    config
+        .resolve(&config.gateway.data_dir)
+        .join("telemetry-history.redb")
+}
+
 /// The queue's limits and policies from config.
 pub fn queue_options(config: &Config) -> QueueOptions {
     QueueOptions {
@@ -311,6 +318,17 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
                 publisher: publisher_stats,
                 data: queue.clone(),
                 lane,
+                history: match telemetry::history::History::open(
+                    &history_path(&config),
+                    Duration::from_secs(config.telemetry.raw_retention_s),
+                    Duration::from_secs(config.telemetry.trend_retention_s),
+                ) {
+                    Ok(h) => Some(Arc::new(h)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "telemetry history not kept");
+                        None
+                    }
+                },
             },
             shutdown.clone(),
         ))

@@ -1,6 +1,7 @@
 //! The `ferrule` command line.
 
 pub mod demo;
+mod inspect;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +29,20 @@ pub enum Command {
     },
     /// Check a config and every plugin it names, without connecting anywhere.
     Check { config: PathBuf },
+    /// What an operator on site needs: broker connection, queue, each
+    /// driver's health (from the queue and the telemetry history; works while
+    /// ferrule runs).
+    Status {
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The gateway's own figures: the latest telemetry sample and the hourly trend.
+    Telemetry {
+        #[command(subcommand)]
+        command: TelemetryCommand,
+    },
     /// Inspect or export the store-and-forward queue (works while ferrule runs).
     Queue {
         #[command(subcommand)]
@@ -53,6 +68,20 @@ pub enum Command {
         /// examples/modbus/drivers.toml.
         #[arg(long)]
         drivers: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TelemetryCommand {
+    /// The latest sample's figures and the hourly trend (min, average, max).
+    Show {
+        config: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Hours of trend to show.
+        #[arg(long, default_value_t = 24)]
+        hours: usize,
     },
 }
 
@@ -84,6 +113,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => run_gateway(&config).await,
         Command::Check { config } => check(&config).await,
         Command::Queue { command } => queue(command),
+        Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
+        Command::Telemetry {
+            command:
+                TelemetryCommand::Show {
+                    config,
+                    json,
+                    hours,
+                },
+        } => inspect::telemetry_show(&Config::load(&config)?, json, hours),
         Command::Demo {
             plugin_dir,
             duration,

@@ -291,6 +291,12 @@ pub struct TelemetryConfig {
     /// snapshots go first (counted) when a long outage fills it.
     #[serde(default = "default_telemetry_queue_bytes")]
     pub max_queue_bytes: u64,
+    /// How long every snapshot is kept locally.
+    #[serde(default = "default_raw_retention_s")]
+    pub raw_retention_s: u64,
+    /// How long hourly roll-ups (min, average, max per figure) are kept.
+    #[serde(default = "default_trend_retention_s")]
+    pub trend_retention_s: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -298,6 +304,8 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             interval_s: default_telemetry_interval_s(),
             max_queue_bytes: default_telemetry_queue_bytes(),
+            raw_retention_s: default_raw_retention_s(),
+            trend_retention_s: default_trend_retention_s(),
         }
     }
 }
@@ -308,6 +316,14 @@ fn default_telemetry_interval_s() -> u64 {
 
 fn default_telemetry_queue_bytes() -> u64 {
     16 << 20
+}
+
+fn default_raw_retention_s() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_trend_retention_s() -> u64 {
+    2 * 365 * 24 * 3600
 }
 
 /// Runtime-wide settings.

@@ -6,6 +6,8 @@
 //! process CPU and memory, load, memory, free disk for the data directory,
 //! CPU temperature where the OS exposes one).
 
+pub mod history;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -347,6 +349,8 @@ pub struct Reporter {
     pub data: Queue,
     /// The telemetry queue the publisher sends from.
     pub lane: Queue,
+    /// Where snapshots and their hourly roll-ups are kept locally.
+    pub history: Option<Arc<history::History>>,
 }
 
 impl Reporter {
@@ -370,6 +374,15 @@ impl Reporter {
                 return;
             }
         };
+        if let Some(h) = self.history.clone() {
+            let sample = snapshot.clone();
+            let stored = tokio::task::spawn_blocking(move || h.record(&sample)).await;
+            match stored {
+                Ok(Err(e)) => tracing::warn!(error = %e, "telemetry sample not kept"),
+                Err(e) => tracing::warn!(error = %e, "telemetry sample not kept"),
+                Ok(Ok(())) => {}
+            }
+        }
         let now = now_ns();
         let batch = Batch {
             driver: "telemetry".to_string(),

@@ -199,3 +199,127 @@ async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_local_history_rotates_raw_samples_and_keeps_correct_roll_ups() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    let port = free_port()?;
+    let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
+    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/telemetry").await?;
+    let config = dir.path().join("gateway.toml");
+    let text = format!(
+        "{}\n[telemetry]\ninterval_s = 1\nraw_retention_s = 3\n",
+        sim_config(&dir.path().join("data"), &pki, port, 100, 2, "")?
+    );
+    std::fs::write(&config, text)?;
+    let mut ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
+    let mut published: Vec<serde_json::Value> = Vec::new();
+    while published.len() < 8 {
+        published.push(
+            sub.next(Duration::from_secs(30), "telemetry")
+                .await?
+                .json()?,
+        );
+    }
+    // While it runs: the operator's status and the telemetry table.
+    let config_arg = config.to_string_lossy().into_owned();
+    let (ok, out, err) = ferrule_tests::run_ferrule(dir.path(), &["status", &config_arg])?;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("broker       connected") && out.contains("sim-1"),
+        "{out}"
+    );
+    let (ok, out, err) =
+        ferrule_tests::run_ferrule(dir.path(), &["telemetry", "show", &config_arg])?;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("drivers.sim-1.polls_ok") && out.contains("hourly trend"),
+        "{out}"
+    );
+    eprintln!("ferrule telemetry show:\n{out}");
+
+    ferrule.terminate(Duration::from_secs(10))?;
+    let (ok, out, err) =
+        ferrule_tests::run_ferrule(dir.path(), &["telemetry", "show", &config_arg, "--json"])?;
+    assert!(ok, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out)?;
+    // Raw samples older than 3 s are gone (1 s apart: 4 at most, with the
+    // one taken at shutdown).
+    let kept = shown["raw_samples"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=5).contains(&kept),
+        "about 3 s of 1 s samples kept: {kept}"
+    );
+    let last = shown["latest"]["ts_ms"].as_u64().unwrap_or(0);
+    let (ok, out, err) =
+        ferrule_tests::run_ferrule(dir.path(), &["status", &config_arg, "--json"])?;
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        status["telemetry"]["ts_ms"].as_u64(),
+        Some(last),
+        "status reads the same history"
+    );
+    // Every sample ever recorded: those published plus those kept raw
+    // (the last ones may not have been sent before shutdown).
+    let mut recorded: std::collections::BTreeMap<u64, u64> = published
+        .iter()
+        .map(|s| {
+            (
+                s["ts_ms"].as_u64().unwrap_or(0),
+                s["drivers"][0]["polls_ok"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    recorded.insert(
+        last,
+        shown["latest"]["drivers"][0]["polls_ok"]
+            .as_u64()
+            .unwrap_or(0),
+    );
+    assert!(
+        recorded.keys().any(|ts| *ts + 3000 < last),
+        "some samples are older than the raw retention and were rotated away"
+    );
+    let rollups = shown["hourly"]["drivers.sim-1.polls_ok"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let samples: u64 = rollups.iter().filter_map(|r| r["samples"].as_u64()).sum();
+    let min = rollups
+        .iter()
+        .filter_map(|r| r["min"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    let max = rollups
+        .iter()
+        .filter_map(|r| r["max"].as_f64())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "history: {} samples recorded, roll-up samples {samples}, min {min}, max {max}",
+        recorded.len()
+    );
+    // Samples between the last published one and the final one may exist
+    // only in the roll-ups; every recorded one is in them.
+    assert!(
+        samples >= recorded.len() as u64,
+        "{samples} < {}",
+        recorded.len()
+    );
+    assert!(
+        samples <= recorded.len() as u64 + 3,
+        "{samples} samples for {} recorded",
+        recorded.len()
+    );
+    assert_eq!(
+        min,
+        *recorded.values().min().unwrap_or(&0) as f64,
+        "roll-up min"
+    );
+    assert_eq!(
+        max,
+        *recorded.values().max().unwrap_or(&0) as f64,
+        "roll-up max"
+    );
+    Ok(())
+}
