@@ -279,7 +279,7 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
     for (spec, chain) in drivers {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         inboxes.insert(spec.driver.name.clone(), tx);
-        let c = Arc::new(DriverCounters::default());
+        let c = Arc::new(DriverCounters::for_spec(&spec));
         counters.push((spec.driver.name.clone(), c.clone()));
         drivers_with_inbox.push((spec, chain, rx, c));
     }

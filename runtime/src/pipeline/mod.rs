@@ -58,9 +58,39 @@ pub struct DriverCounters {
     pub last_error: std::sync::Mutex<Option<String>>,
     /// What the driver last reported about its device.
     pub device: std::sync::Mutex<Option<crate::plugin::DeviceStatus>>,
+    /// One per processor of the chain, in order.
+    pub processors: Vec<ProcessorCounters>,
+}
+
+/// Counters of one processor in a driver's chain.
+#[derive(Debug, Default)]
+pub struct ProcessorCounters {
+    /// The processor's instance name, `{driver}/{processor}`.
+    pub name: String,
+    /// Batches handed to it.
+    pub batches_in: AtomicU64,
+    /// Batches it returned with readings in them.
+    pub batches_out: AtomicU64,
+    /// Calls that failed (returned an error, trapped, timed out, oversized).
+    pub errors: AtomicU64,
 }
 
 impl DriverCounters {
+    /// Counters for a driver and each processor of its chain.
+    pub fn for_spec(spec: &DriverSpec) -> DriverCounters {
+        DriverCounters {
+            processors: spec
+                .processors
+                .iter()
+                .map(|p| ProcessorCounters {
+                    name: p.name.clone(),
+                    ..ProcessorCounters::default()
+                })
+                .collect(),
+            ..DriverCounters::default()
+        }
+    }
+
     fn failed(&self, error: &PluginError) {
         *self
             .last_error
@@ -104,13 +134,32 @@ impl Chain {
     }
 
     /// Polls once and runs the chain; `Ok(None)` when the poll produced nothing.
-    pub async fn poll_once(&mut self, driver: &str) -> Result<Option<Batch>, PluginError> {
+    pub async fn poll_once(
+        &mut self,
+        driver: &str,
+        counters: &DriverCounters,
+    ) -> Result<Option<Batch>, PluginError> {
         let mut readings = self.driver.poll().await?;
-        for processor in &mut self.processors {
+        for (i, processor) in self.processors.iter_mut().enumerate() {
             if readings.is_empty() {
                 break;
             }
-            readings = processor.process(readings).await?;
+            let c = counters.processors.get(i);
+            if let Some(c) = c {
+                c.batches_in.fetch_add(1, Ordering::Relaxed);
+            }
+            readings = match processor.process(readings).await {
+                Ok(out) => out,
+                Err(e) => {
+                    if let Some(c) = c {
+                        c.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            };
+            if let (Some(c), false) = (c, readings.is_empty()) {
+                c.batches_out.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if readings.is_empty() {
             return Ok(None);
@@ -187,7 +236,7 @@ pub async fn run_driver(
             }
             continue;
         };
-        let polled = live.poll_once(&name).await;
+        let polled = live.poll_once(&name, &counters).await;
         let ok = polled.is_ok();
         if last_ok != Some(ok) && !polled.as_ref().is_err_and(PluginError::instance_lost) {
             last_ok = Some(ok);

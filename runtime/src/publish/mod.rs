@@ -78,6 +78,23 @@ pub struct LastFailure {
 pub struct Acked {
     pub messages: u64,
     pub payload_bytes: u64,
+    /// The same messages as whole MQTT PUBLISH packets (fixed header,
+    /// topic, packet id, MQTT 5 properties, payload), before TLS.
+    pub mqtt_bytes: u64,
+}
+
+/// The size of a QoS 1 PUBLISH packet carrying `payload` bytes on `topic`.
+fn publish_packet_len(protocol: MqttProtocol, topic: &str, payload: usize) -> u64 {
+    let properties = usize::from(protocol == MqttProtocol::V5);
+    let remaining = 2 + topic.len() + 2 + properties + payload;
+    // Remaining length is a varint of 7 bits per byte.
+    let mut varint = 1;
+    let mut rest = remaining >> 7;
+    while rest > 0 {
+        varint += 1;
+        rest >>= 7;
+    }
+    (1 + varint + remaining) as u64
 }
 
 /// The publisher's counters, shared with telemetry.
@@ -175,7 +192,12 @@ impl SessionError {
 /// A request handed to the client and not yet given a packet id.
 enum Handed {
     /// A data message of entry `seq`, with its payload size.
-    Entry { lane: usize, seq: u64, bytes: usize },
+    Entry {
+        lane: usize,
+        seq: u64,
+        bytes: usize,
+        packet: u64,
+    },
     /// A status message or a command result.
     Other,
 }
@@ -362,8 +384,8 @@ struct Session<'a> {
     client: &'a Client,
     /// Requests handed over, waiting for their packet id.
     handed: VecDeque<Handed>,
-    /// Packet id to (lane, entry, payload bytes).
-    inflight: HashMap<u16, (usize, u64, usize)>,
+    /// Packet id to (lane, entry, payload bytes, packet bytes).
+    inflight: HashMap<u16, (usize, u64, usize, u64)>,
     window: usize,
     /// Largest packet to send, in bytes.
     packet_limit: usize,
@@ -511,12 +533,18 @@ impl<'a> Session<'a> {
     fn on_event(&mut self, event: LinkEvent) -> Result<(), SessionError> {
         match event {
             LinkEvent::Sent(pkid) => {
-                if let Some(Handed::Entry { lane, seq, bytes }) = self.handed.pop_front() {
-                    self.inflight.insert(pkid, (lane, seq, bytes));
+                if let Some(Handed::Entry {
+                    lane,
+                    seq,
+                    bytes,
+                    packet,
+                }) = self.handed.pop_front()
+                {
+                    self.inflight.insert(pkid, (lane, seq, bytes, packet));
                 }
             }
             LinkEvent::Acked(pkid) => {
-                if let Some((lane, seq, bytes)) = self.inflight.remove(&pkid) {
+                if let Some((lane, seq, bytes, packet)) = self.inflight.remove(&pkid) {
                     {
                         let mut acked = self
                             .stats
@@ -525,6 +553,7 @@ impl<'a> Session<'a> {
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
                         acked.messages += 1;
                         acked.payload_bytes += bytes as u64;
+                        acked.mqtt_bytes += packet;
                     }
                     self.part_done(lane, seq);
                 }
@@ -534,7 +563,7 @@ impl<'a> Session<'a> {
                 reason,
                 authorization,
             } => {
-                if let Some((_, seq, _)) = self.inflight.remove(&pkid) {
+                if let Some((_, seq, _, _)) = self.inflight.remove(&pkid) {
                     self.stats.messages_refused.fetch_add(1, Ordering::Relaxed);
                     return Err(SessionError::Refused {
                         seq,
@@ -601,11 +630,13 @@ impl<'a> Session<'a> {
                     break;
                 };
                 let bytes = out.payload.len();
+                let packet = publish_packet_len(self.settings.protocol, &out.topic, bytes);
                 self.client.publish(out.topic, false, out.payload)?;
                 self.handed.push_back(Handed::Entry {
                     lane: i,
                     seq: out.seq,
                     bytes,
+                    packet,
                 });
             }
         }

@@ -82,6 +82,18 @@ pub struct DriverFigures {
     pub last_error: Option<String>,
     /// What the driver last said about its device.
     pub device: Option<DeviceFigures>,
+    /// The driver's processor chain, in order.
+    #[serde(default)]
+    pub processors: Vec<ProcessorFigures>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessorFigures {
+    /// `{driver}/{processor}`.
+    pub name: String,
+    pub batches_in: u64,
+    pub batches_out: u64,
+    pub errors: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +121,9 @@ pub struct PublisherFigures {
     pub last_failure: Option<FailureFigures>,
     pub messages_acked: u64,
     pub payload_bytes_acked: u64,
+    /// The same messages as MQTT packets (before TLS).
+    #[serde(default)]
+    pub mqtt_bytes_acked: u64,
     pub entries_delivered: u64,
     pub entries_split: u64,
     pub readings_too_large: u64,
@@ -277,6 +292,16 @@ fn driver_figures((name, c): &(String, Arc<DriverCounters>)) -> DriverFigures {
         batches_queued: c.batches_queued.load(Ordering::Relaxed),
         restarts: c.restarts.load(Ordering::Relaxed),
         last_error: lock(&c.last_error),
+        processors: c
+            .processors
+            .iter()
+            .map(|p| ProcessorFigures {
+                name: p.name.clone(),
+                batches_in: p.batches_in.load(Ordering::Relaxed),
+                batches_out: p.batches_out.load(Ordering::Relaxed),
+                errors: p.errors.load(Ordering::Relaxed),
+            })
+            .collect(),
         device: device.map(|d| DeviceFigures {
             connected: d.connected,
             firmware: d.firmware,
@@ -309,6 +334,7 @@ fn publisher_figures(s: &PublisherStats) -> PublisherFigures {
         last_failure,
         messages_acked: acked.messages,
         payload_bytes_acked: acked.payload_bytes,
+        mqtt_bytes_acked: acked.mqtt_bytes,
         entries_delivered: s.entries_delivered.load(Ordering::Relaxed),
         entries_split: s.entries_split.load(Ordering::Relaxed),
         readings_too_large: s.readings_too_large.load(Ordering::Relaxed),

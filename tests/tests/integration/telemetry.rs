@@ -108,9 +108,10 @@ async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/#").await?;
     let config = dir.path().join("gateway.toml");
     let text = format!(
-        "{}\n[[driver]]\nname = \"flaky\"\nplugin = \"{}\"\ninterval_ms = 100\n[driver.config]\nbehavior = \"fail-every\"\ncount = 3\n\n[telemetry]\ninterval_s = 1\n",
+        "{}\n[[driver]]\nname = \"flaky\"\nplugin = \"{}\"\ninterval_ms = 100\n[driver.config]\nbehavior = \"fail-every\"\ncount = 3\n[[driver.processor]]\nname = \"scale\"\nplugin = \"{}\"\n[driver.processor.config]\nchannels = {{}}\n\n[telemetry]\ninterval_s = 1\n",
         sim_config(&dir.path().join("data"), &pki, port, 100, 2, "")?,
-        ferrule_tests::plugin("hostile")?.display()
+        ferrule_tests::plugin("hostile")?.display(),
+        ferrule_tests::plugin("scale")?.display()
     );
     std::fs::write(&config, text)?;
     let ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
@@ -164,6 +165,12 @@ async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -
                 .contains(&format!("fails on purpose (poll {last_failed})")),
             "last error is poll {last_failed}'s: {s}"
         );
+        // Its processor saw every good poll's batch and passed each on.
+        let p = &f["processors"][0];
+        assert_eq!(p["name"], "flaky/scale", "{s}");
+        assert_eq!(p["batches_in"].as_u64(), Some(ok), "{s}");
+        assert_eq!(p["batches_out"].as_u64(), Some(ok), "{s}");
+        assert_eq!(p["errors"], 0, "{s}");
         let sim = driver("sim-1");
         assert_eq!(sim["polls_failed"], 0);
         assert_eq!(
@@ -182,6 +189,26 @@ async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -
         assert_eq!(
             bytes, arrived,
             "payload bytes counted = bytes the subscriber received for the first {acked} messages"
+        );
+        // As MQTT 3.1.1 PUBLISH packets: fixed header byte, remaining
+        // length (varint), topic (2 + length), packet id (2), payload.
+        let packets: usize = counted[..acked]
+            .iter()
+            .map(|(topic, payload)| {
+                let remaining = 2 + topic.len() + 2 + payload;
+                let varint = match remaining {
+                    0..=127 => 1,
+                    128..=16_383 => 2,
+                    16_384..=2_097_151 => 3,
+                    _ => 4,
+                };
+                1 + varint + remaining
+            })
+            .sum();
+        assert_eq!(
+            s["publisher"]["mqtt_bytes_acked"].as_u64(),
+            Some(packets as u64),
+            "MQTT bytes = payload + documented framing"
         );
     }
     // What the data stream shows agrees: every poll that is not a multiple
