@@ -38,7 +38,7 @@ const TRENDS: [&str; 6] = [
     "publisher.connected",
 ];
 
-pub fn telemetry_show(config: &Config, json: bool, hours: usize) -> anyhow::Result<()> {
+pub fn telemetry_show(config: &Config, json: bool, hours: usize, raw: bool) -> anyhow::Result<()> {
     let stored = stored(config)?;
     let latest = stored.raw.last();
     if json {
@@ -47,14 +47,15 @@ pub fn telemetry_show(config: &Config, json: bool, hours: usize) -> anyhow::Resu
             .iter()
             .map(|(k, v)| (k, &v[v.len().saturating_sub(hours)..]))
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "latest": latest,
-                "raw_samples": stored.raw.len(),
-                "hourly": trend,
-            }))?
-        );
+        let mut out = serde_json::json!({
+            "latest": latest,
+            "raw_samples": stored.raw.len(),
+            "hourly": trend,
+        });
+        if raw {
+            out["raw"] = serde_json::to_value(&stored.raw)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let Some(latest) = latest else {

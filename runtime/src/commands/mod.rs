@@ -82,6 +82,9 @@ pub enum TelemetryCommand {
         /// Hours of trend to show.
         #[arg(long, default_value_t = 24)]
         hours: usize,
+        /// With --json: every raw sample kept, too.
+        #[arg(long, requires = "json")]
+        raw: bool,
     },
 }
 
@@ -120,8 +123,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     config,
                     json,
                     hours,
+                    raw,
                 },
-        } => inspect::telemetry_show(&Config::load(&config)?, json, hours),
+        } => inspect::telemetry_show(&Config::load(&config)?, json, hours, raw),
         Command::Demo {
             plugin_dir,
             duration,

@@ -188,6 +188,7 @@ pub async fn run_driver(
     let mut restart_delay = spec.restart_min;
     // Whether the last poll succeeded; the device's status is logged when it changes.
     let mut last_ok: Option<bool> = None;
+    let mut last_status = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(spec.interval);
     // Keep the configured cadence: a late tick does not shift the ones after it.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -238,9 +239,15 @@ pub async fn run_driver(
         };
         let polled = live.poll_once(&name, &counters).await;
         let ok = polled.is_ok();
-        if last_ok != Some(ok) && !polled.as_ref().is_err_and(PluginError::instance_lost) {
-            last_ok = Some(ok);
-            log_device_status(&name, live, &counters).await;
+        if !polled.as_ref().is_err_and(PluginError::instance_lost) {
+            if last_ok != Some(ok) {
+                last_ok = Some(ok);
+                last_status = tokio::time::Instant::now();
+                log_device_status(&name, live, &counters).await;
+            } else if last_status.elapsed() >= STATUS_EVERY {
+                last_status = tokio::time::Instant::now();
+                refresh_device_status(&name, live, &counters).await;
+            }
         }
         match polled {
             Ok(Some(batch)) => {
@@ -282,6 +289,23 @@ pub async fn run_driver(
                 }
             }
         }
+    }
+}
+
+/// How often a driver's `status()` is asked for telemetry, besides when
+/// its polls start or stop failing.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Stores what the driver says about its device, for telemetry.
+async fn refresh_device_status(driver: &str, chain: &mut Chain, counters: &DriverCounters) {
+    match chain.status().await {
+        Ok(s) => {
+            *counters
+                .device
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s);
+        }
+        Err(e) => tracing::debug!(driver = %driver, error = %e, "device status unavailable"),
     }
 }
 

@@ -44,6 +44,9 @@ pub struct Snapshot {
 pub struct Software {
     pub name: String,
     pub version: String,
+    /// The commit it was built from.
+    #[serde(default)]
+    pub build: String,
     /// `{arch}-{os}`.
     pub target: String,
     /// `release` or `debug`.
@@ -188,6 +191,7 @@ impl Collector {
             software: Software {
                 name: env!("CARGO_PKG_NAME").to_string(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                build: env!("FERRULE_BUILD").to_string(),
                 target: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
                 profile: if cfg!(debug_assertions) {
                     "debug"

@@ -7,24 +7,27 @@ use ferrule_tests::{Mosquitto, Pki, Subscriber, free_port, start_ferrule, tempdi
 
 use crate::common::sim_config;
 
+/// Telemetry and data are both backed up during an outage; the telemetry
+/// lane goes first after it, so a data backlog never holds it back.
 #[tokio::test]
-async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order() -> anyhow::Result<()> {
+async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order_ahead_of_the_data_backlog()
+-> anyhow::Result<()> {
     let dir = tempdir()?;
     let pki = Pki::new(&dir.path().join("certs"))?;
     let port = free_port()?;
     let store = ferrule_tests::broker_writable_dir(dir.path(), "mosquitto-db")?;
     let extra = format!(
-        "persistence true\npersistence_location {}/\n",
+        "persistence true\npersistence_location {}/\nmax_queued_messages 0\n",
         store.display()
     );
     let mut broker = Mosquitto::start(dir.path(), &pki, port, &extra)?;
     let mut sub =
-        Subscriber::connect_persistent(&pki, port, "ferrule/gw-test/telemetry", "telemetry-sub")
-            .await?;
+        Subscriber::connect_persistent(&pki, port, "ferrule/gw-test/#", "telemetry-sub").await?;
     let config = dir.path().join("gateway.toml");
+    // A busy driver: a batch every 5 ms, so the outage leaves a backlog.
     let text = format!(
         "{}\n[telemetry]\ninterval_s = 1\n",
-        sim_config(&dir.path().join("data"), &pki, port, 100, 2, "")?
+        sim_config(&dir.path().join("data"), &pki, port, 5, 20, "")?
     );
     std::fs::write(&config, text)?;
     let ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
@@ -32,7 +35,9 @@ async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order() -> any
     let mut snapshots: Vec<serde_json::Value> = Vec::new();
     while snapshots.len() < 2 {
         let m = sub.next(Duration::from_secs(30), "telemetry").await?;
-        snapshots.push(m.json()?);
+        if m.topic.ends_with("/telemetry") {
+            snapshots.push(m.json()?);
+        }
     }
     let first = &snapshots[0];
     assert_eq!(first["schema"], 1);
@@ -45,13 +50,20 @@ async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order() -> any
     assert_eq!(first["publisher"]["connected"], true);
 
     broker.process.terminate(Duration::from_secs(10))?;
+    // Data captured from here on cannot have reached the old broker.
+    let down_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
     let outage = Duration::from_secs(5);
     tokio::time::sleep(outage).await;
     broker = Mosquitto::start(dir.path(), &pki, port, &extra)?;
     let back_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
-    // Everything up to a snapshot taken after the broker returned.
+    // What arrives after the restart, in order: 't' telemetry, 'd' data
+    // captured during the outage (the broker may still hold older data
+    // for this subscriber from before it went down).
+    let mut order = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while snapshots
         .last()
@@ -67,32 +79,55 @@ async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order() -> any
         let m = sub
             .next(Duration::from_secs(30), "backfilled telemetry")
             .await?;
-        snapshots.push(m.json()?);
+        if m.topic.ends_with("/telemetry") {
+            snapshots.push(m.json()?);
+            order.push('t');
+        } else if m.topic.contains("/data/")
+            && m.json()?["captured_ns"].as_u64().unwrap_or(0) > down_ns
+        {
+            order.push('d');
+        }
     }
-    let times: Vec<u64> = snapshots
+    // Delivery is at least once: a snapshot the broker had taken before it
+    // went down, unacknowledged, comes again. Consumers drop it by ts_ms.
+    let mut times: Vec<u64> = snapshots
         .iter()
         .filter_map(|s| s["ts_ms"].as_u64())
         .collect();
+    let received = times.len();
+    times.dedup();
+    snapshots.dedup_by_key(|s| s["ts_ms"].as_u64());
     let gaps: Vec<u64> = times
         .windows(2)
         .map(|w| w[1].saturating_sub(w[0]))
         .collect();
+    let during = snapshots
+        .iter()
+        .filter(|s| s["publisher"]["connected"] == false)
+        .count();
+    let backlog = snapshots
+        .iter()
+        .filter_map(|s| s["queue"]["depth"].as_u64())
+        .max()
+        .unwrap_or(0);
     eprintln!(
-        "telemetry: {} snapshots across a {outage:?} outage, gaps between them (ms): {gaps:?}",
-        times.len()
+        "telemetry: {} snapshots ({received} received) across a {outage:?} outage ({during} taken during it, data backlog up to {backlog} entries), gaps (ms): {gaps:?}; after the restart: {}...",
+        times.len(),
+        &order[..order.len().min(40)]
     );
     assert!(times.windows(2).all(|w| w[1] > w[0]), "in order: {times:?}");
     assert!(
         gaps.iter().all(|g| *g < 2_000),
         "no snapshot missing (one a second): {gaps:?}"
     );
-    let during = snapshots
-        .iter()
-        .filter(|s| s["publisher"]["connected"] == false)
-        .count();
     assert!(
         during >= 3,
         "snapshots taken during the outage were backfilled: {during}"
+    );
+    assert!(backlog >= 100, "the outage left a data backlog: {backlog}");
+    assert!(
+        order.starts_with(&"t".repeat(during)),
+        "the outage's snapshots came before the data backlog: {order}"
     );
     drop(broker);
     Ok(())
@@ -267,18 +302,22 @@ async fn the_local_history_rotates_raw_samples_and_keeps_correct_roll_ups() -> a
     eprintln!("ferrule telemetry show:\n{out}");
 
     ferrule.terminate(Duration::from_secs(10))?;
-    let (ok, out, err) =
-        ferrule_tests::run_ferrule(dir.path(), &["telemetry", "show", &config_arg, "--json"])?;
+    let (ok, out, err) = ferrule_tests::run_ferrule(
+        dir.path(),
+        &["telemetry", "show", &config_arg, "--json", "--raw"],
+    )?;
     assert!(ok, "{err}");
     let shown: serde_json::Value = serde_json::from_str(&out)?;
-    // Raw samples older than 3 s are gone (1 s apart: 4 at most, with the
-    // one taken at shutdown).
-    let kept = shown["raw_samples"].as_u64().unwrap_or(0);
+    let raw = shown["raw"].as_array().cloned().unwrap_or_default();
+    let ts = |s: &serde_json::Value| s["ts_ms"].as_u64().unwrap_or(0);
+    let polls = |s: &serde_json::Value| s["drivers"][0]["polls_ok"].as_u64().unwrap_or(0);
+    let last = raw.last().map(ts).unwrap_or(0);
+    // Raw: only the last 3 s are kept (1 s apart, the shutdown one included).
     assert!(
-        (1..=5).contains(&kept),
-        "about 3 s of 1 s samples kept: {kept}"
+        (1..=5).contains(&raw.len()) && raw.iter().all(|s| ts(s) + 3000 >= last),
+        "raw samples within 3 s of the last: {:?}",
+        raw.iter().map(ts).collect::<Vec<_>>()
     );
-    let last = shown["latest"]["ts_ms"].as_u64().unwrap_or(0);
     let (ok, out, err) =
         ferrule_tests::run_ferrule(dir.path(), &["status", &config_arg, "--json"])?;
     assert!(ok, "{err}");
@@ -288,25 +327,15 @@ async fn the_local_history_rotates_raw_samples_and_keeps_correct_roll_ups() -> a
         Some(last),
         "status reads the same history"
     );
-    // Every sample ever recorded: those published plus those kept raw
-    // (the last ones may not have been sent before shutdown).
-    let mut recorded: std::collections::BTreeMap<u64, u64> = published
+    // Every sample ever recorded: those published plus those still raw (the
+    // last ones may not have been sent before shutdown).
+    let recorded: std::collections::BTreeMap<u64, u64> = published
         .iter()
-        .map(|s| {
-            (
-                s["ts_ms"].as_u64().unwrap_or(0),
-                s["drivers"][0]["polls_ok"].as_u64().unwrap_or(0),
-            )
-        })
+        .chain(raw.iter())
+        .map(|s| (ts(s), polls(s)))
         .collect();
-    recorded.insert(
-        last,
-        shown["latest"]["drivers"][0]["polls_ok"]
-            .as_u64()
-            .unwrap_or(0),
-    );
     assert!(
-        recorded.keys().any(|ts| *ts + 3000 < last),
+        recorded.keys().any(|t| *t + 3000 < last),
         "some samples are older than the raw retention and were rotated away"
     );
     let rollups = shown["hourly"]["drivers.sim-1.polls_ok"]
@@ -322,31 +351,30 @@ async fn the_local_history_rotates_raw_samples_and_keeps_correct_roll_ups() -> a
         .iter()
         .filter_map(|r| r["max"].as_f64())
         .fold(0.0, f64::max);
+    let sum: f64 = rollups
+        .iter()
+        .filter_map(|r| Some(r["avg"].as_f64()? * r["samples"].as_u64()? as f64))
+        .sum();
+    let values: Vec<f64> = recorded.values().map(|v| *v as f64).collect();
     eprintln!(
-        "history: {} samples recorded, roll-up samples {samples}, min {min}, max {max}",
-        recorded.len()
+        "history: {} samples recorded ({} still raw), roll-ups: {samples} samples, min {min}, max {max}, sum {sum}",
+        recorded.len(),
+        raw.len()
     );
-    // Samples between the last published one and the final one may exist
-    // only in the roll-ups; every recorded one is in them.
-    assert!(
-        samples >= recorded.len() as u64,
-        "{samples} < {}",
-        recorded.len()
-    );
-    assert!(
-        samples <= recorded.len() as u64 + 3,
-        "{samples} samples for {} recorded",
-        recorded.len()
+    assert_eq!(
+        samples,
+        recorded.len() as u64,
+        "every sample is in the roll-ups once"
     );
     assert_eq!(
         min,
-        *recorded.values().min().unwrap_or(&0) as f64,
-        "roll-up min"
+        values.iter().copied().fold(f64::INFINITY, f64::min),
+        "min"
     );
-    assert_eq!(
-        max,
-        *recorded.values().max().unwrap_or(&0) as f64,
-        "roll-up max"
+    assert_eq!(max, values.iter().copied().fold(0.0, f64::max), "max");
+    assert!(
+        (sum - values.iter().sum::<f64>()).abs() < 1e-6,
+        "average x samples = sum"
     );
     Ok(())
 }
