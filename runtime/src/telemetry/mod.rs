@@ -72,6 +72,13 @@ pub struct SystemFigures {
     pub data_dir_free_bytes: Option<u64>,
     /// The hottest CPU sensor, where the OS exposes one.
     pub cpu_temperature_c: Option<f32>,
+    /// Bytes received and sent by the machine's network interfaces
+    /// (loopback excluded) since they came up: the real bandwidth used,
+    /// TLS and TCP included, by the gateway and anything else on it.
+    #[serde(default)]
+    pub network_rx_bytes: u64,
+    #[serde(default)]
+    pub network_tx_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +246,7 @@ impl Collector {
         self.system
             .refresh_memory_specifics(sysinfo::MemoryRefreshKind::nothing().with_ram());
         let load = sysinfo::System::load_average();
+        let (rx, tx) = network_totals();
         SystemFigures {
             load_1: load.one,
             load_5: load.five,
@@ -247,6 +255,8 @@ impl Collector {
             memory_available_bytes: self.system.available_memory(),
             data_dir_free_bytes: free_space(&self.data_dir),
             cpu_temperature_c: cpu_temperature(),
+            network_rx_bytes: rx,
+            network_tx_bytes: tx,
         }
     }
 }
@@ -262,6 +272,21 @@ fn free_space(dir: &Path) -> Option<u64> {
         .filter(|d| dir.starts_with(d.mount_point()))
         .max_by_key(|d| d.mount_point().as_os_str().len())
         .map(sysinfo::Disk::available_space)
+}
+
+/// Total bytes (received, sent) of the non-loopback interfaces.
+fn network_totals() -> (u64, u64) {
+    let networks = sysinfo::Networks::new_with_refreshed_list();
+    networks
+        .list()
+        .iter()
+        .filter(|(name, _)| !name.starts_with("lo"))
+        .fold((0, 0), |(rx, tx), (_, n)| {
+            (
+                rx.saturating_add(n.total_received()),
+                tx.saturating_add(n.total_transmitted()),
+            )
+        })
 }
 
 /// The hottest sensor that looks like a CPU's, if the OS exposes any.
