@@ -60,6 +60,8 @@ pub struct DriverCounters {
     pub device: std::sync::Mutex<Option<crate::plugin::DeviceStatus>>,
     /// One per processor of the chain, in order.
     pub processors: Vec<ProcessorCounters>,
+    /// WASM linear memory held by the driver and its processors.
+    pub memory_bytes: AtomicU64,
 }
 
 /// Counters of one processor in a driver's chain.
@@ -126,6 +128,16 @@ impl Chain {
         value: crate::reading::Value,
     ) -> Result<(), PluginError> {
         self.driver.write(channel, value).await
+    }
+
+    /// Linear memory held by the chain's instances.
+    pub fn memory_bytes(&self) -> u64 {
+        let processors: usize = self
+            .processors
+            .iter()
+            .map(ProcessorInstance::memory_bytes)
+            .sum();
+        (self.driver.memory_bytes() + processors) as u64
     }
 
     /// The driver's report on its device.
@@ -238,6 +250,9 @@ pub async fn run_driver(
             continue;
         };
         let polled = live.poll_once(&name, &counters).await;
+        counters
+            .memory_bytes
+            .store(live.memory_bytes(), Ordering::Relaxed);
         let ok = polled.is_ok();
         if !polled.as_ref().is_err_and(PluginError::instance_lost) {
             if last_ok != Some(ok) {

@@ -286,6 +286,11 @@ impl LoadedProcessor {
 }
 
 impl ProcessorInstance {
+    /// Bytes of linear memory the instance holds now.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limits.memory_bytes
+    }
+
     fn arm(&mut self) -> String {
         self.store.set_epoch_deadline(1);
         self.store.data().instance.clone()

@@ -89,6 +89,9 @@ pub struct DriverFigures {
     pub readings: u64,
     pub batches_queued: u64,
     pub restarts: u64,
+    /// WASM linear memory held by the driver and its processors.
+    #[serde(default)]
+    pub memory_bytes: u64,
     pub last_error: Option<String>,
     /// What the driver last said about its device.
     pub device: Option<DeviceFigures>,
@@ -320,6 +323,7 @@ fn driver_figures((name, c): &(String, Arc<DriverCounters>)) -> DriverFigures {
         readings: c.readings.load(Ordering::Relaxed),
         batches_queued: c.batches_queued.load(Ordering::Relaxed),
         restarts: c.restarts.load(Ordering::Relaxed),
+        memory_bytes: c.memory_bytes.load(Ordering::Relaxed),
         last_error: lock(&c.last_error),
         processors: c
             .processors

@@ -207,6 +207,10 @@ async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -
         assert_eq!(p["batches_out"].as_u64(), Some(ok), "{s}");
         assert_eq!(p["errors"], 0, "{s}");
         let sim = driver("sim-1");
+        assert!(
+            sim["memory_bytes"].as_u64().unwrap_or(0) >= 64 * 1024,
+            "the plugin's linear memory (a page at least): {s}"
+        );
         assert_eq!(sim["polls_failed"], 0);
         assert_eq!(
             sim["readings"].as_u64(),
