@@ -333,6 +333,10 @@ async fn subscribe(
                     println!("status   : {}", String::from_utf8_lossy(&p.payload));
                     continue;
                 }
+                if p.topic.ends_with("/telemetry") {
+                    println!("{}", describe_telemetry(&p.payload));
+                    continue;
+                }
                 let readings = serde_json::from_slice::<serde_json::Value>(&p.payload)
                     .ok()
                     .and_then(|v| v["readings"].as_array().map(|r| r.len() as u64))
@@ -363,6 +367,21 @@ async fn subscribe(
 }
 
 /// One line per message: sequence, driver and each reading.
+/// One line of a telemetry snapshot's headline figures.
+fn describe_telemetry(payload: &[u8]) -> String {
+    let Ok(t) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return format!("telemetry: {}", String::from_utf8_lossy(payload));
+    };
+    format!(
+        "telemetry: up {} s, cpu {:.1} %, rss {:.1} MiB, queue {} entries, {} messages acknowledged",
+        t["uptime_s"],
+        t["process"]["cpu_percent"].as_f64().unwrap_or(0.0),
+        t["process"]["rss_bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0,
+        t["queue"]["depth"],
+        t["publisher"]["messages_acked"]
+    )
+}
+
 fn describe(topic: &str, payload: &[u8]) -> String {
     let Ok(message) = serde_json::from_slice::<serde_json::Value>(payload) else {
         return format!("{topic}: {}", String::from_utf8_lossy(payload));

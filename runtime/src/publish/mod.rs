@@ -191,7 +191,8 @@ impl SessionError {
 
 /// A request handed to the client and not yet given a packet id.
 enum Handed {
-    /// A data message of entry `seq`, with its payload size.
+    /// A message (or part) of entry `seq` of lane `lane`, with its payload
+    /// size and its size as an MQTT packet.
     Entry {
         lane: usize,
         seq: u64,
