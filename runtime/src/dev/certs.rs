@@ -133,25 +133,51 @@ impl DevCa {
         )
     }
 
-    /// A certificate valid for `names` from now for `validity`.
+    /// A client certificate with common name `cn`, valid from now for `validity`.
+    pub fn client_valid_for(
+        &self,
+        file_stem: &str,
+        cn: &str,
+        validity: Duration,
+    ) -> Result<CertFiles, CertError> {
+        self.valid_for(
+            file_stem,
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            Some(cn),
+            validity,
+        )
+    }
+
+    /// A server certificate valid for `names` from now for `validity`.
     pub fn issue_valid_for(
         &self,
         file_stem: &str,
         names: &[&str],
         validity: Duration,
     ) -> Result<CertFiles, CertError> {
-        let now = time_now();
-        self.issue_with(
+        self.valid_for(
             file_stem,
             names,
             ExtendedKeyUsagePurpose::ServerAuth,
             None,
-            |p| {
-                p.not_before = now - time::Duration::minutes(5);
-                p.not_after =
-                    now + time::Duration::try_from(validity).unwrap_or(time::Duration::ZERO);
-            },
+            validity,
         )
+    }
+
+    fn valid_for(
+        &self,
+        file_stem: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        cn: Option<&str>,
+        validity: Duration,
+    ) -> Result<CertFiles, CertError> {
+        let now = time_now();
+        self.issue_with(file_stem, names, usage, cn, |p| {
+            p.not_before = now - time::Duration::minutes(5);
+            p.not_after = now + time::Duration::try_from(validity).unwrap_or(time::Duration::ZERO);
+        })
     }
 
     fn issue(

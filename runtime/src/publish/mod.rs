@@ -107,6 +107,9 @@ pub struct PublisherStats {
     /// How long the last connection took from opening to CONNACK (TCP,
     /// TLS handshake, MQTT CONNECT), in microseconds.
     pub last_connect_us: AtomicU64,
+    /// When this gateway's client certificate expires (seconds since the
+    /// Unix epoch; 0 when there is none), as read at the last connect.
+    pub client_cert_not_after: AtomicU64,
     /// Connection attempts that failed and connections that were lost.
     pub failures: AtomicU64,
     /// Messages (data entries or parts, and telemetry snapshots) the broker
@@ -318,6 +321,9 @@ async fn next_answer(commands: Option<&mut Commands>) -> Option<Answer> {
     }
 }
 
+/// How long before its client certificate expires the gateway warns.
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
 /// Up to +25 % of `delay`, so a fleet that lost the same broker doesn't return in lockstep.
 fn with_jitter(delay: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -515,6 +521,7 @@ impl<'a> Session<'a> {
         );
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        self.check_certificate_expiry();
         tracing::info!(
             broker = %format!("{}:{}", s.host, s.port),
             protocol = s.protocol.as_str(),
@@ -529,6 +536,33 @@ impl<'a> Session<'a> {
             self.client.subscribe(s.topics.commands())?;
         }
         Ok(())
+    }
+
+    /// Records when the client certificate expires, and warns once it has
+    /// less than `EXPIRY_WARNING` left (renew it: files are re-read at
+    /// each connect).
+    fn check_certificate_expiry(&self) {
+        let Some(path) = &self.settings.tls.client_cert else {
+            return;
+        };
+        let Some(not_after) = tls::not_after(path) else {
+            return;
+        };
+        self.stats
+            .client_cert_not_after
+            .store(u64::try_from(not_after).unwrap_or(0), Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let left = not_after - now;
+        if left < EXPIRY_WARNING.as_secs() as i64 {
+            tracing::warn!(
+                certificate = %path.display(),
+                days_left = left / 86_400,
+                "this gateway's client certificate expires soon; install a renewed one (it is read at every connect)"
+            );
+        }
     }
 
     fn on_event(&mut self, event: LinkEvent) -> Result<(), SessionError> {

@@ -79,3 +79,36 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     };
     Ok(Arc::new(config))
 }
+
+/// When the first certificate in the PEM file at `path` stops being valid,
+/// in seconds since the Unix epoch (`None` if it cannot be read).
+pub fn not_after(path: &Path) -> Option<i64> {
+    let cert = read_certs(path).ok()?.into_iter().next()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificates_expiry_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::dev::certs::DevCa::new(dir.path(), "ca").unwrap();
+        let cert = ca
+            .issue_valid_for(
+                "short",
+                &["127.0.0.1"],
+                std::time::Duration::from_secs(3 * 86_400),
+            )
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let expiry = not_after(&cert.cert).unwrap();
+        assert!((expiry - now - 3 * 86_400).abs() < 120, "{expiry} vs {now}");
+        assert!(not_after(&dir.path().join("missing.pem")).is_none());
+    }
+}

@@ -246,7 +246,7 @@ mod tests {
             "publisher": {"connected": true, "connects": 1, "failures": 0, "last_failure": null,
                           "messages_acked": 0, "payload_bytes_acked": 0, "entries_delivered": 0,
                           "entries_split": 0, "readings_too_large": 0, "messages_refused": 0,
-                          "last_connect_ms": 1.0},
+                          "last_connect_ms": 1.0, "client_cert_days_left": null},
             "queue": {"depth": depth, "bytes": 0, "oldest_age_s": null, "dropped_cap": 0, "dropped_age": 0}
         });
         serde_json::from_value(json).unwrap()

@@ -142,6 +142,10 @@ pub struct PublisherFigures {
     pub readings_too_large: u64,
     pub messages_refused: u64,
     pub last_connect_ms: f64,
+    /// Days until this gateway's client certificate expires (negative once
+    /// it has), when it has one.
+    #[serde(default)]
+    pub client_cert_days_left: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,6 +377,10 @@ fn publisher_figures(s: &PublisherStats) -> PublisherFigures {
         readings_too_large: s.readings_too_large.load(Ordering::Relaxed),
         messages_refused: s.messages_refused.load(Ordering::Relaxed),
         last_connect_ms: s.last_connect_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        client_cert_days_left: match s.client_cert_not_after.load(Ordering::Relaxed) {
+            0 => None,
+            not_after => Some((not_after as f64 - now_ms() as f64 / 1000.0) / 86_400.0),
+        },
     }
 }
 

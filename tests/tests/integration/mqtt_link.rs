@@ -507,3 +507,46 @@ async fn over_mqtt_5_publishes_the_broker_refuses_stay_queued_until_it_accepts_t
     ferrule.kill9();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_certificate_close_to_expiry_is_warned_about_and_reported() -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let pki = Pki::new(&dir.path().join("certs"))?;
+    let short =
+        pki.ca
+            .client_valid_for("short", "test-gateway", Duration::from_secs(10 * 86_400))?;
+    install(&short, &pki.gateway)?;
+    let port = free_port()?;
+    let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
+    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/telemetry").await?;
+    let text = format!(
+        "{}\n[telemetry]\ninterval_s = 1\n",
+        sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?
+    );
+    let (_config, ferrule) = run_config(dir.path(), &text)?;
+    ferrule
+        .wait_for_log("client certificate expires soon", Duration::from_secs(30))
+        .await?;
+    let log = ferrule.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("expires soon"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("days_left=9") || line.contains("days_left=10"),
+        "{line}"
+    );
+    let snapshot = sub
+        .next(Duration::from_secs(30), "telemetry")
+        .await?
+        .json()?;
+    let days = snapshot["publisher"]["client_cert_days_left"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        (9.9..=10.01).contains(&days),
+        "{days} days left: {snapshot}"
+    );
+    eprintln!("{line}\ntelemetry: client_cert_days_left = {days:.3}");
+    Ok(())
+}
