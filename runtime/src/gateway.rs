@@ -284,9 +284,11 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
         drivers_with_inbox.push((spec, chain, rx, c));
     }
     let publisher_stats = Arc::new(PublisherStats::default());
+    // Telemetry is worth having, not worth stopping data capture for: if
+    // its queue cannot be opened the gateway runs without it.
     let telemetry_queue = match config.telemetry.interval_s {
         0 => None,
-        _ => Some(Queue::open(
+        _ => match Queue::open(
             &config
                 .resolve(&config.gateway.data_dir)
                 .join("telemetry.redb"),
@@ -296,7 +298,13 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
                 max_age: None,
                 max_group: None,
             },
-        )?),
+        ) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                tracing::error!(error = %e, "telemetry queue unavailable; running without telemetry");
+                None
+            }
+        },
     };
     let publisher = tokio::spawn(publish::run(
         publisher_settings(&config),
