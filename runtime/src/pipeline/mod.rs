@@ -62,6 +62,17 @@ pub struct DriverCounters {
     pub processors: Vec<ProcessorCounters>,
     /// WASM linear memory held by the driver and its processors.
     pub memory_bytes: AtomicU64,
+    /// Held while a poll's figures are applied and while telemetry reads
+    /// them, so a snapshot always sees whole polls.
+    whole: std::sync::Mutex<()>,
+}
+
+/// What one poll did to each processor of the chain.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessorDelta {
+    pub batches_in: u64,
+    pub batches_out: u64,
+    pub errors: u64,
 }
 
 /// Counters of one processor in a driver's chain.
@@ -78,6 +89,13 @@ pub struct ProcessorCounters {
 }
 
 impl DriverCounters {
+    /// Keeps polls from being counted while held (see `whole`).
+    pub fn consistent(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.whole
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Counters for a driver and each processor of its chain.
     pub fn for_spec(spec: &DriverSpec) -> DriverCounters {
         DriverCounters {
@@ -146,31 +164,29 @@ impl Chain {
     }
 
     /// Polls once and runs the chain; `Ok(None)` when the poll produced nothing.
+    /// `deltas` (one per processor) records what the chain did.
     pub async fn poll_once(
         &mut self,
         driver: &str,
-        counters: &DriverCounters,
+        deltas: &mut [ProcessorDelta],
     ) -> Result<Option<Batch>, PluginError> {
         let mut readings = self.driver.poll().await?;
         for (i, processor) in self.processors.iter_mut().enumerate() {
             if readings.is_empty() {
                 break;
             }
-            let c = counters.processors.get(i);
-            if let Some(c) = c {
-                c.batches_in.fetch_add(1, Ordering::Relaxed);
-            }
+            let mut unused = ProcessorDelta::default();
+            let d = deltas.get_mut(i).unwrap_or(&mut unused);
+            d.batches_in += 1;
             readings = match processor.process(readings).await {
                 Ok(out) => out,
                 Err(e) => {
-                    if let Some(c) = c {
-                        c.errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    d.errors += 1;
                     return Err(e);
                 }
             };
-            if let (Some(c), false) = (c, readings.is_empty()) {
-                c.batches_out.fetch_add(1, Ordering::Relaxed);
+            if !readings.is_empty() {
+                d.batches_out += 1;
             }
         }
         if readings.is_empty() {
@@ -249,7 +265,32 @@ pub async fn run_driver(
             }
             continue;
         };
-        let polled = live.poll_once(&name, &counters).await;
+        let mut deltas = vec![ProcessorDelta::default(); counters.processors.len()];
+        let polled = live.poll_once(&name, &mut deltas).await;
+        {
+            // The whole poll at once, as telemetry will see it.
+            let _whole = counters.consistent();
+            for (c, d) in counters.processors.iter().zip(&deltas) {
+                c.batches_in.fetch_add(d.batches_in, Ordering::Relaxed);
+                c.batches_out.fetch_add(d.batches_out, Ordering::Relaxed);
+                c.errors.fetch_add(d.errors, Ordering::Relaxed);
+            }
+            match &polled {
+                Ok(Some(batch)) => {
+                    counters.polls_ok.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .readings
+                        .fetch_add(batch.readings.len() as u64, Ordering::Relaxed);
+                }
+                Ok(None) => {
+                    counters.polls_ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    counters.polls_failed.fetch_add(1, Ordering::Relaxed);
+                    counters.failed(e);
+                }
+            }
+        }
         counters
             .memory_bytes
             .store(live.memory_bytes(), Ordering::Relaxed);
@@ -266,10 +307,6 @@ pub async fn run_driver(
         }
         match polled {
             Ok(Some(batch)) => {
-                counters.polls_ok.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .readings
-                    .fetch_add(batch.readings.len() as u64, Ordering::Relaxed);
                 // Under `when_full = block` the append waits for space; shutdown
                 // must still be able to stop the driver.
                 let appended = tokio::select! {
@@ -285,12 +322,8 @@ pub async fn run_driver(
                 }
                 restart_delay = spec.restart_min;
             }
-            Ok(None) => {
-                counters.polls_ok.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(None) => {}
             Err(e) => {
-                counters.polls_failed.fetch_add(1, Ordering::Relaxed);
-                counters.failed(&e);
                 if e.instance_lost() {
                     counters.restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(driver = %name, error = %e, restart_in_ms = restart_delay.as_millis() as u64, restarts = counters.restarts.load(Ordering::Relaxed), "plugin instance lost; rebuilding");

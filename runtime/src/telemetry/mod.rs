@@ -319,6 +319,8 @@ fn driver_figures((name, c): &(String, Arc<DriverCounters>)) -> DriverFigures {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+    // Whole polls only: no poll is being counted while these are read.
+    let _whole = c.consistent();
     let device: Option<crate::plugin::DeviceStatus> = lock(&c.device);
     DriverFigures {
         name: name.clone(),
