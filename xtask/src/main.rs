@@ -101,17 +101,7 @@ fn example(root: &Path, name: &str, duration: &str) -> anyhow::Result<()> {
         std::net::TcpStream::connect(("127.0.0.1", MODBUS_EXAMPLE_PORT)).is_ok()
     });
     let result = if ready {
-        let mut command = cargo();
-        command.args([
-            "run",
-            "--quiet",
-            "-p",
-            "ferrule",
-            "--",
-            "demo",
-            "--plugin-dir",
-        ]);
-        command.arg(root.join("target").join(WASM_TARGET).join("release"));
+        let mut command = demo_command(root);
         command.args(["--duration", duration, "--drivers"]);
         command.arg(root.join("examples/modbus/drivers.toml"));
         run(root, &mut command)
@@ -151,9 +141,8 @@ fn run(dir: &Path, command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(root: &Path, duration: Option<&str>, interval_ms: Option<u64>) -> anyhow::Result<()> {
-    ensure_wasm_target()?;
-    build_plugins(root)?;
+/// `ferrule demo` (debug build) with the plugins just built.
+fn demo_command(root: &Path) -> Command {
     let mut command = cargo();
     command.args([
         "run",
@@ -165,6 +154,13 @@ fn demo(root: &Path, duration: Option<&str>, interval_ms: Option<u64>) -> anyhow
         "--plugin-dir",
     ]);
     command.arg(root.join("target").join(WASM_TARGET).join("release"));
+    command
+}
+
+fn demo(root: &Path, duration: Option<&str>, interval_ms: Option<u64>) -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    build_plugins(root)?;
+    let mut command = demo_command(root);
     if let Some(d) = duration {
         command.args(["--duration", d]);
     }

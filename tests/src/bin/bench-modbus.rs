@@ -16,17 +16,6 @@ use ferrule_tests::plugin;
 const REGISTERS: u16 = 500;
 const RUN: Duration = Duration::from_secs(10);
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Polls/s of a native client sending the same coalesced reads (4 x 125
 /// registers) with hand-made frames, for `RUN`.
 fn baseline(port: u16) -> anyhow::Result<f64> {
@@ -77,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| serde_json::json!({ "name": format!("r{a}"), "table": "holding", "address": a }))
         .collect();
     let config = serde_json::json!({ "device": device, "timeout_ms": 2000, "channels": channels });
-    let rss_before = rss_kib();
+    let rss_before = ferrule_tests::rss_kib(std::process::id());
     let mut driver = loaded
         .start("bench", &sandbox, &serde_json::to_string(&config)?)
         .await?;
@@ -97,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let memory = driver.memory_bytes();
-    let rss_after = rss_kib();
+    let rss_after = ferrule_tests::rss_kib(std::process::id());
     let status = driver.status().await?;
     drop(driver);
     let native = baseline(sim.port)?;

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferrule_tests::{
-    Mosquitto, Pki, Process, Subscriber, free_port, log_clock, plugin, start_ferrule, tempdir,
+    Mosquitto, Pki, Process, Subscriber, free_port, log_clock, plugin, rss_kib, start_ferrule,
+    tempdir,
 };
 
 use crate::common::gateway_and_mqtt;
@@ -131,17 +132,6 @@ fn stopped_after_ms(log: &str, plugin: &str, call: &str) -> Vec<(f64, u64)> {
             Some((at, ms))
         })
         .collect()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Kept apart from the crashers below so the interruption figures measure
