@@ -113,6 +113,30 @@ fn assert_healthy(healthy: usize, window: Duration, all: &[serde_json::Value], l
     );
 }
 
+/// Runs `drivers` beside the healthy one for 10 s (restarts backing off
+/// from 300 ms to 2 s); checks the healthy driver kept its rate with no gap
+/// and nothing else produced data; returns the run, its log and the window.
+async fn hostiles_beside_the_healthy_driver(
+    drivers: &str,
+) -> anyhow::Result<(Run, String, Duration)> {
+    let mut run = start(
+        drivers,
+        "restart_min_ms = 300\nrestart_max_ms = 2000",
+        |_| {},
+    )
+    .await?;
+    let window = Duration::from_secs(10);
+    let (healthy, all) = observe(&mut run, window).await?;
+    let log = run.ferrule.log_text();
+    assert_healthy(healthy, window, &all, &log);
+    let others: Vec<&serde_json::Value> = all.iter().filter(|v| v["driver"] != "healthy").collect();
+    assert!(
+        others.is_empty(),
+        "only the healthy driver produced data: {others:?}"
+    );
+    Ok((run, log, window))
+}
+
 /// (seconds after the first log line, `stopped after N ms`) of every timeout
 /// of `plugin`'s `call`.
 fn stopped_after_ms(log: &str, plugin: &str, call: &str) -> Vec<(f64, u64)> {
@@ -157,21 +181,7 @@ async fn loops_and_sleeps_are_stopped_at_their_deadline_while_a_healthy_driver_k
         )?,
     ]
     .concat();
-    let mut run = start(
-        &drivers,
-        "restart_min_ms = 300\nrestart_max_ms = 2000",
-        |_| {},
-    )
-    .await?;
-    let window = Duration::from_secs(10);
-    let (healthy, all) = observe(&mut run, window).await?;
-    let log = run.ferrule.log_text();
-    assert_healthy(healthy, window, &all, &log);
-    let others: Vec<&serde_json::Value> = all.iter().filter(|v| v["driver"] != "healthy").collect();
-    assert!(
-        others.is_empty(),
-        "only the healthy driver produced data: {others:?}"
-    );
+    let (mut run, log, _window) = hostiles_beside_the_healthy_driver(&drivers).await?;
 
     for (plugin, call) in [
         ("loop-poll", "poll"),
@@ -206,21 +216,7 @@ async fn crashes_and_oversized_output_are_stopped_while_a_healthy_driver_keeps_i
         hostile("millions", "behavior = \"readings\"\ncount = 3000000", "")?,
     ]
     .concat();
-    let mut run = start(
-        &drivers,
-        "restart_min_ms = 300\nrestart_max_ms = 2000",
-        |_| {},
-    )
-    .await?;
-    let window = Duration::from_secs(10);
-    let (healthy, all) = observe(&mut run, window).await?;
-    let log = run.ferrule.log_text();
-    assert_healthy(healthy, window, &all, &log);
-    let others: Vec<&serde_json::Value> = all.iter().filter(|v| v["driver"] != "healthy").collect();
-    assert!(
-        others.is_empty(),
-        "only the healthy driver produced data: {others:?}"
-    );
+    let (mut run, log, window) = hostiles_beside_the_healthy_driver(&drivers).await?;
 
     assert!(log.contains("plugin recursion: poll trapped"), "{log}");
     assert!(log.contains("plugin panic: poll trapped"), "{log}");
