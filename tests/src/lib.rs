@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod bench;
 pub mod net;
 
 use anyhow::{Context, bail};
@@ -38,13 +39,7 @@ pub fn ferrule_bin() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("FERRULE_BIN") {
         return Ok(PathBuf::from(path));
     }
-    // The test executable lives in target/<profile>/deps/.
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("cannot locate the target directory from the test executable")?;
-    let bin = profile_dir.join("ferrule");
+    let bin = profile_bin("ferrule")?;
     if !bin.is_file() {
         bail!(
             "{} not found; build it first (`cargo xtask test` does, or `cargo build -p ferrule`)",
@@ -52,6 +47,20 @@ pub fn ferrule_bin() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// A binary of the workspace built in the same profile as the running
+/// executable: a test (in `target/<profile>/deps/`) or a benchmark binary
+/// (in `target/<profile>/`).
+pub fn profile_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .context("cannot locate the target directory from the running executable")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("no profile directory above deps/")?;
+    }
+    Ok(dir.join(name))
 }
 
 /// A plugin component built by `cargo xtask plugins`.
@@ -186,7 +195,7 @@ impl Drop for Process {
     }
 }
 
-fn spawn_logged(name: &'static str, command: Command, log: PathBuf) -> anyhow::Result<Process> {
+pub fn spawn_logged(name: &'static str, command: Command, log: PathBuf) -> anyhow::Result<Process> {
     spawn_logged_with(name, command, log, Stdio::null())
 }
 
@@ -282,6 +291,32 @@ impl Mosquitto {
         }
         Ok(broker)
     }
+}
+
+/// The `[gateway]` and `[mqtt]` tables every test gateway shares: id
+/// `gw-test`, mutual TLS with the test PKI, quick reconnects.
+pub fn gateway_and_mqtt(data_dir: &Path, pki: &Pki, port: u16, mqtt_extra: &str) -> String {
+    format!(
+        r#"[gateway]
+id = "gw-test"
+data_dir = "{data}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+ca_file = "{ca}"
+client_cert_file = "{cert}"
+client_key_file = "{key}"
+keep_alive_s = 5
+reconnect_min_ms = 100
+reconnect_max_ms = 1000
+{mqtt_extra}
+"#,
+        data = data_dir.display(),
+        ca = pki.ca.cert.display(),
+        cert = pki.gateway.cert.display(),
+        key = pki.gateway.key.display(),
+    )
 }
 
 /// The `ferrule` binary running a config.

@@ -1,0 +1,617 @@
+//! What the benchmarks share: a report of figures (printed as a table and
+//! written as JSON for `cargo xtask bench` to collect), CPU and memory of a
+//! process read from `/proc`, pinning processes to cores, and the short
+//! "smoke" mode the tests use to keep every benchmark working.
+//!
+//! Benchmarks print figures; they never assert timings.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// Set by the smoke test: every benchmark runs for about a second.
+pub const SMOKE_ENV: &str = "FERRULE_BENCH_SMOKE";
+/// Directory where each part writes `{part}.json` (set by `cargo xtask bench`).
+pub const OUT_ENV: &str = "FERRULE_BENCH_OUT";
+
+/// True when running as the smoke test's one-second version.
+pub fn smoke() -> bool {
+    std::env::var_os(SMOKE_ENV).is_some_and(|v| v != "0")
+}
+
+/// `full` normally, about a second in smoke mode.
+pub fn run_for(full: Duration) -> Duration {
+    if smoke() {
+        full.min(Duration::from_secs(1))
+    } else {
+        full
+    }
+}
+
+/// `full` normally, `small` in smoke mode (counts: backlog sizes, calls).
+pub fn scaled<T>(full: T, small: T) -> T {
+    if smoke() { small } else { full }
+}
+
+/// A bound a figure (or its ratio to the baseline) should meet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    /// `"ratio"` or `"value"`: what the bound applies to.
+    pub on: String,
+    /// `"<="` or `">="`.
+    pub op: String,
+    pub limit: f64,
+}
+
+impl Target {
+    fn holds(&self, figure: &Figure) -> Option<bool> {
+        let x = if self.on == "ratio" {
+            figure.ratio?
+        } else {
+            figure.value
+        };
+        Some(if self.op == "<=" {
+            x <= self.limit
+        } else {
+            x >= self.limit
+        })
+    }
+
+    /// As written in the table: "ratio ≥ 0.8", "≤ 40 MiB".
+    pub fn text(&self, unit: &str) -> String {
+        let op = if self.op == "<=" { "≤" } else { "≥" };
+        if self.on == "ratio" {
+            format!("ratio {op} {}", self.limit)
+        } else {
+            format!("{op} {} {unit}", self.limit)
+        }
+    }
+}
+
+/// One measured figure, with the baseline measured in the same run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Figure {
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    /// `value / baseline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub met: Option<bool>,
+}
+
+impl Figure {
+    /// The ratio to the baseline must be at least `limit`.
+    pub fn ratio_at_least(&mut self, limit: f64) -> &mut Self {
+        self.set_target("ratio", ">=", limit)
+    }
+
+    /// The ratio to the baseline must be at most `limit`.
+    pub fn ratio_at_most(&mut self, limit: f64) -> &mut Self {
+        self.set_target("ratio", "<=", limit)
+    }
+
+    /// The value itself must be at most `limit` (in its unit).
+    pub fn at_most(&mut self, limit: f64) -> &mut Self {
+        self.set_target("value", "<=", limit)
+    }
+
+    /// The value itself must be at least `limit` (in its unit).
+    pub fn at_least(&mut self, limit: f64) -> &mut Self {
+        self.set_target("value", ">=", limit)
+    }
+
+    fn set_target(&mut self, on: &str, op: &str, limit: f64) -> &mut Self {
+        let target = Target {
+            on: on.into(),
+            op: op.into(),
+            limit,
+        };
+        self.met = target.holds(self);
+        self.target = Some(target);
+        self
+    }
+}
+
+/// One benchmark part's results, as written to `{part}.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartResult {
+    pub part: String,
+    pub title: String,
+    /// How it was measured, one line each (shown under the table).
+    pub method: Vec<String>,
+    pub figures: Vec<Figure>,
+    /// Observations made while measuring (shown after the table).
+    #[serde(default)]
+    pub notes: Vec<String>,
+    pub seconds: f64,
+    pub smoke: bool,
+}
+
+/// Collects figures; [`Report::finish`] prints them and writes the JSON.
+pub struct Report {
+    result: PartResult,
+    started: std::time::Instant,
+}
+
+impl Report {
+    pub fn new(part: &str, title: &str) -> Report {
+        println!("== {part}: {title}{}", if smoke() { " (smoke)" } else { "" });
+        Report {
+            result: PartResult {
+                part: part.into(),
+                title: title.into(),
+                method: Vec::new(),
+                figures: Vec::new(),
+                notes: Vec::new(),
+                seconds: 0.0,
+                smoke: smoke(),
+            },
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// A line on how the part measures (setup, durations, pinning).
+    pub fn method(&mut self, line: impl Into<String>) {
+        self.result.method.push(line.into());
+    }
+
+    /// Something seen while measuring; printed at once and kept.
+    pub fn note(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        println!("   note: {line}");
+        self.result.notes.push(line);
+    }
+
+    /// A figure without a baseline.
+    pub fn figure(&mut self, name: &str, value: f64, unit: &str) -> &mut Figure {
+        self.push(Figure {
+            name: name.into(),
+            value,
+            unit: unit.into(),
+            baseline_name: None,
+            baseline: None,
+            ratio: None,
+            target: None,
+            met: None,
+        })
+    }
+
+    /// A figure and the baseline it is compared with; the ratio is
+    /// `value / baseline`.
+    pub fn compare(
+        &mut self,
+        name: &str,
+        value: f64,
+        unit: &str,
+        baseline_name: &str,
+        baseline: f64,
+    ) -> &mut Figure {
+        let ratio = (baseline != 0.0).then(|| value / baseline);
+        self.push(Figure {
+            name: name.into(),
+            value,
+            unit: unit.into(),
+            baseline_name: Some(baseline_name.into()),
+            baseline: Some(baseline),
+            ratio,
+            target: None,
+            met: None,
+        })
+    }
+
+    fn push(&mut self, figure: Figure) -> &mut Figure {
+        self.result.figures.push(figure);
+        self.result.figures.last_mut().expect("just pushed")
+    }
+
+    /// The figures so far (smoke tests check them).
+    pub fn figures(&self) -> &[Figure] {
+        &self.result.figures
+    }
+
+    /// Prints the table and writes `{part}.json` where `cargo xtask bench`
+    /// asked for it.
+    pub fn finish(mut self) -> anyhow::Result<PartResult> {
+        self.result.seconds = self.started.elapsed().as_secs_f64();
+        println!("{}", table(&self.result.figures));
+        if let Some(dir) = std::env::var_os(OUT_ENV) {
+            let dir = PathBuf::from(dir);
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join(format!("{}.json", self.result.part));
+            std::fs::write(&path, serde_json::to_vec_pretty(&self.result)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(self.result)
+    }
+}
+
+/// A figure's value as printed: three significant digits at most after
+/// the point, thousands kept whole.
+pub fn number(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let abs = x.abs();
+    if abs >= 1000.0 {
+        let whole = format!("{:.0}", x);
+        group_thousands(&whole)
+    } else if abs >= 100.0 {
+        format!("{x:.1}")
+    } else if abs >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn group_thousands(digits: &str) -> String {
+    let (sign, digits) = digits
+        .strip_prefix('-')
+        .map_or(("", digits), |rest| ("-", rest));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+/// The figures as a Markdown table (also how BENCHMARKS.md shows them).
+pub fn table(figures: &[Figure]) -> String {
+    let mut out = String::from(
+        "| figure | value | unit | baseline | ratio | target | met |\n| --- | ---: | --- | --- | ---: | --- | --- |\n",
+    );
+    for f in figures {
+        let baseline = match (&f.baseline_name, f.baseline) {
+            (Some(name), Some(v)) => format!("{name}: {}", number(v)),
+            _ => String::new(),
+        };
+        let ratio = f.ratio.map(|r| format!("{r:.2}")).unwrap_or_default();
+        let target = f
+            .target
+            .as_ref()
+            .map(|t| t.text(&f.unit))
+            .unwrap_or_default();
+        let met = match f.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {baseline} | {ratio} | {target} | {met} |\n",
+            f.name,
+            number(f.value),
+            f.unit
+        ));
+    }
+    out
+}
+
+/// CPU time (user + system, the process and its waited-for children) and
+/// memory of a running process, from `/proc`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcSample {
+    pub cpu_s: f64,
+    pub rss_kib: u64,
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Reads `/proc/{pid}/stat` and `/proc/{pid}/status`.
+pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("unreadable /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14..=17 of the whole line,
+    // 11..=14 here (the line's fields 1 and 2 were before the parenthesis).
+    let ticks: f64 = fields
+        .get(11..15)
+        .context("short /proc stat")?
+        .iter()
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .sum();
+    Ok(ProcSample {
+        cpu_s: ticks / clock_ticks(),
+        rss_kib: crate::rss_kib(pid),
+    })
+}
+
+/// Peak resident memory (`VmHWM`) of a running process, KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU and memory of a process over a window: sampled once a second.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// CPU seconds used during the window.
+    pub cpu_s: f64,
+    /// Length of the window, seconds.
+    pub wall_s: f64,
+    /// Mean of the RSS samples, KiB.
+    pub rss_mean_kib: f64,
+    /// Highest RSS sample, KiB.
+    pub rss_max_kib: u64,
+}
+
+impl Usage {
+    /// CPU use as a share of one core, percent.
+    pub fn cpu_percent(&self) -> f64 {
+        100.0 * self.cpu_s / self.wall_s
+    }
+}
+
+/// Samples `pids` (summed: a gateway may be several processes) once a
+/// second for `window`.
+pub async fn measure(pids: &[u32], window: Duration) -> anyhow::Result<Usage> {
+    let read = |pids: &[u32]| -> anyhow::Result<ProcSample> {
+        let mut total = ProcSample {
+            cpu_s: 0.0,
+            rss_kib: 0,
+        };
+        for &pid in pids {
+            let s = sample(pid)?;
+            total.cpu_s += s.cpu_s;
+            total.rss_kib += s.rss_kib;
+        }
+        Ok(total)
+    };
+    let started = std::time::Instant::now();
+    let first = read(pids)?;
+    let mut rss = vec![first.rss_kib];
+    let step = Duration::from_millis(if smoke() { 250 } else { 1000 });
+    while started.elapsed() + step <= window {
+        tokio::time::sleep(step).await;
+        rss.push(read(pids)?.rss_kib);
+    }
+    let remaining = window.saturating_sub(started.elapsed());
+    tokio::time::sleep(remaining).await;
+    let last = read(pids)?;
+    rss.push(last.rss_kib);
+    Ok(Usage {
+        cpu_s: last.cpu_s - first.cpu_s,
+        wall_s: started.elapsed().as_secs_f64(),
+        rss_mean_kib: rss.iter().sum::<u64>() as f64 / rss.len() as f64,
+        rss_max_kib: rss.iter().copied().max().unwrap_or(0),
+    })
+}
+
+/// The cores the benchmarks pin to: the gateway under test on the first,
+/// the broker, simulators and the measuring process on the second. `None`
+/// on a machine with one core or without `taskset`.
+pub fn cores() -> Option<(usize, usize)> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let taskset = Path::new("/usr/bin/taskset").is_file() || Path::new("/bin/taskset").is_file();
+    (n >= 2 && taskset).then_some((0, 1))
+}
+
+/// Pins every thread of `pid` to `core` (threads it starts later inherit
+/// it). Does nothing when [`cores`] is `None`.
+pub fn pin(pid: u32, core: usize) -> anyhow::Result<()> {
+    if cores().is_none() {
+        return Ok(());
+    }
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("cannot run taskset")?;
+    anyhow::ensure!(status.success(), "taskset could not pin process {pid}");
+    Ok(())
+}
+
+/// Pins the measuring process itself to the second core (with the broker),
+/// and says how cores are used, for the report.
+pub fn pin_self(report: &mut Report) -> anyhow::Result<()> {
+    match cores() {
+        Some((gateway, rest)) => {
+            pin(std::process::id(), rest)?;
+            report.method(format!(
+                "cores: gateway under test pinned to core {gateway}; broker, simulators and the measuring process to core {rest} (taskset -a -p -c)"
+            ));
+        }
+        None => report.method("cores: not pinned (one core, or no taskset)"),
+    }
+    Ok(())
+}
+
+/// Pins a process under test to the first core.
+pub fn pin_gateway(pid: u32) -> anyhow::Result<()> {
+    match cores() {
+        Some((gateway, _)) => pin(pid, gateway),
+        None => Ok(()),
+    }
+}
+
+/// Pins a peer (broker, simulator) to the second core.
+pub fn pin_peer(pid: u32) -> anyhow::Result<()> {
+    match cores() {
+        Some((_, rest)) => pin(pid, rest),
+        None => Ok(()),
+    }
+}
+
+/// Mosquitto options for benchmarks: no per-client queue limit (a subscriber
+/// that falls behind for a moment must not lose counted messages), a wide
+/// in-flight window, and TCP_NODELAY on the broker's side.
+pub const BENCH_BROKER: &str = "max_queued_messages 0\nmax_inflight_messages 1000\nset_tcp_nodelay true\n";
+
+/// Percentile `p` (0..=100) of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Counts ferrule data messages and their readings in a payload without a
+/// full parse (the measuring process shares a core with the broker).
+pub fn readings_in(payload: &[u8]) -> usize {
+    count(payload, b"\"channel\":")
+}
+
+/// Occurrences of `needle` in `haystack`.
+pub fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+/// A `[[driver]]` of the `sim` plugin with `channels` sine channels polled
+/// every `interval_ms`, followed by `stages` `scale` processors that each
+/// rescale every channel.
+pub fn sim_driver(
+    name: &str,
+    channels: usize,
+    interval_ms: u64,
+    stages: usize,
+) -> anyhow::Result<String> {
+    let list: Vec<String> = (0..channels)
+        .map(|i| {
+            format!(
+                "{{ name = \"c{i}\", signal = \"sine\", amplitude = 5.0, offset = 20.0, period_s = 10.0, unit = \"degC\" }}"
+            )
+        })
+        .collect();
+    let mut text = format!(
+        "[[driver]]\nname = \"{name}\"\nplugin = \"{sim}\"\ninterval_ms = {interval_ms}\n\n[driver.config]\nchannels = [\n  {list}\n]\n",
+        sim = crate::plugin("sim")?.display(),
+        list = list.join(",\n  "),
+    );
+    let scale = crate::plugin("scale")?;
+    for stage in 0..stages {
+        text.push_str(&format!(
+            "\n[[driver.processor]]\nname = \"scale-{stage}\"\nplugin = \"{}\"\n\n[driver.processor.config.channels]\n",
+            scale.display()
+        ));
+        for i in 0..channels {
+            text.push_str(&format!("c{i} = {{ gain = 1.8, offset = 32.0 }}\n"));
+        }
+    }
+    Ok(text)
+}
+
+/// Starts the release (or test-profile) `ferrule` binary on `config`,
+/// logging at `info` (benchmarks must not pay for debug logging).
+pub fn start_ferrule(dir: &Path, config: &Path, log_name: &str) -> anyhow::Result<crate::Process> {
+    let mut command = Command::new(crate::ferrule_bin()?);
+    command
+        .arg("run")
+        .arg(config)
+        .current_dir(dir)
+        .env("FERRULE_LOG", "info");
+    crate::spawn_logged("ferrule", command, dir.join(log_name))
+}
+
+/// Messages and readings a subscriber has received so far, counted by a
+/// task of its own.
+#[derive(Default)]
+pub struct Tally {
+    pub messages: std::sync::atomic::AtomicU64,
+    pub readings: std::sync::atomic::AtomicU64,
+    /// The first payloads seen (for replay by the baseline client).
+    pub kept: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl Tally {
+    /// Counts what `subscriber` receives on topics for which `wanted` holds,
+    /// with `readings` telling how many readings a payload carries; keeps
+    /// the first `keep` payloads.
+    pub fn start(
+        subscriber: &mut crate::Subscriber,
+        wanted: impl Fn(&str) -> bool + Send + 'static,
+        readings: impl Fn(&[u8]) -> usize + Send + 'static,
+        keep: usize,
+    ) -> std::sync::Arc<Tally> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (_, empty) = tokio::sync::mpsc::unbounded_channel();
+        let mut messages = std::mem::replace(&mut subscriber.messages, empty);
+        let tally = std::sync::Arc::new(Tally::default());
+        let counts = tally.clone();
+        tokio::spawn(async move {
+            while let Some(m) = messages.recv().await {
+                if !wanted(&m.topic) {
+                    continue;
+                }
+                counts.messages.fetch_add(1, Relaxed);
+                counts
+                    .readings
+                    .fetch_add(readings(&m.payload) as u64, Relaxed);
+                let mut kept = counts.kept.lock().expect("tally lock");
+                if kept.len() < keep {
+                    kept.push(m.payload);
+                }
+            }
+        });
+        tally
+    }
+
+    /// (messages, readings) so far.
+    pub fn now(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.messages.load(Relaxed), self.readings.load(Relaxed))
+    }
+}
+
+/// The `bare-publisher` baseline client (built beside the benchmarks),
+/// connecting like the gateway does, publishing on `topic` for `run`; add
+/// `--payloads FILE` or `--rate N --readings K`.
+pub fn bare_publisher(
+    pki: &crate::Pki,
+    port: u16,
+    topic: &str,
+    inflight: u16,
+    run: Duration,
+) -> anyhow::Result<Command> {
+    let mut command = Command::new(crate::profile_bin("bare-publisher")?);
+    command
+        .args(["--port", &port.to_string()])
+        .arg("--ca")
+        .arg(&pki.ca.cert)
+        .arg("--cert")
+        .arg(&pki.gateway.cert)
+        .arg("--key")
+        .arg(&pki.gateway.key)
+        .args(["--topic", topic, "--inflight", &inflight.to_string()])
+        .args(["--seconds", &format!("{:.3}", run.as_secs_f64())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    Ok(command)
+}

@@ -1,0 +1,143 @@
+//! `cargo xtask bench e2e`: the whole path at full speed. The `ferrule`
+//! binary runs sim drivers (100 readings a poll, polled every millisecond),
+//! each through a `scale` processor, into the queue (every batch committed
+//! with an fsync before it is published) and on to mosquitto over mutual TLS
+//! with QoS 1. A subscriber counts what arrives. Baseline, same run, same
+//! broker: `bare-publisher`, a rumqttc client with the same TLS settings,
+//! publishing the payloads ferrule sent as fast as mosquitto acknowledges.
+//! Prints figures; asserts nothing.
+
+use std::time::Duration;
+
+use ferrule_tests::bench::{self, Report, Tally};
+use ferrule_tests::{Mosquitto, Pki, Subscriber, free_port, gateway_and_mqtt};
+
+const DRIVERS: usize = 8;
+const CHANNELS: usize = 100;
+const INFLIGHT: u16 = 64;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut report = Report::new(
+        "e2e",
+        "end-to-end throughput: sim driver → scale processor → queue (fsync) → mosquitto over TLS, QoS 1",
+    );
+    bench::pin_self(&mut report)?;
+    let warmup = bench::run_for(Duration::from_secs(3));
+    let window = bench::run_for(Duration::from_secs(10));
+    report.method(format!(
+        "ferrule: {DRIVERS} sim drivers x {CHANNELS} channels polled every 1 ms, each through one scale processor (every channel), queue with an fsync per commit (group commit), max_inflight {INFLIGHT}; counted at a TLS subscriber for {:.0} s after {:.0} s of warm-up",
+        window.as_secs_f64(),
+        warmup.as_secs_f64()
+    ));
+    report.method(format!(
+        "baseline: bare-publisher (rumqttc, same TLS settings and TCP_NODELAY, in-flight {INFLIGHT}) replaying payloads ferrule sent, as fast as acknowledged, same window"
+    ));
+
+    let dir = ferrule_tests::tempdir()?;
+    let pki = Pki::new(dir.path())?;
+    let port = free_port()?;
+    let broker = Mosquitto::start(dir.path(), &pki, port, bench::BENCH_BROKER)?;
+    bench::pin_peer(broker.process.child.id())?;
+
+    // ferrule
+    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
+    let tally = Tally::start(&mut sub, |_| true, bench::readings_in, 1000);
+    let mut config = gateway_and_mqtt(
+        &dir.path().join("data"),
+        &pki,
+        port,
+        &format!("max_inflight = {INFLIGHT}\n"),
+    );
+    for d in 0..DRIVERS {
+        config.push('\n');
+        config.push_str(&bench::sim_driver(&format!("sim-{d}"), CHANNELS, 1, 1)?);
+    }
+    let config_path = dir.path().join("e2e.toml");
+    std::fs::write(&config_path, config)?;
+    let mut ferrule = bench::start_ferrule(dir.path(), &config_path, "ferrule.log")?;
+    let pid = ferrule.child.id();
+    bench::pin_gateway(pid)?;
+    tokio::time::sleep(warmup).await;
+    let (m0, r0) = tally.now();
+    let usage = bench::measure(&[pid], window).await?;
+    let (m1, r1) = tally.now();
+    ferrule.terminate(Duration::from_secs(20))?;
+    let ferrule_msgs = (m1 - m0) as f64 / usage.wall_s;
+    let ferrule_readings = (r1 - r0) as f64 / usage.wall_s;
+    let ferrule_cpu_us = usage.cpu_s * 1e6 / (m1 - m0).max(1) as f64;
+
+    // Baseline: the same payloads from a bare client.
+    let payloads = dir.path().join("payloads.txt");
+    let kept = tally.kept.lock().expect("tally lock").clone();
+    anyhow::ensure!(
+        !kept.is_empty(),
+        "ferrule delivered nothing; log:\n{}",
+        ferrule.log_text()
+    );
+    std::fs::write(&payloads, kept.join(&b'\n'))?;
+    let mut bare_sub = Subscriber::connect(&pki, port, "bench/bare").await?;
+    let bare_tally = Tally::start(&mut bare_sub, |_| true, bench::readings_in, 0);
+    let bare = bench::bare_publisher(
+        &pki,
+        port,
+        "bench/bare",
+        INFLIGHT,
+        warmup + window + Duration::from_secs(1),
+    )?
+    .arg("--payloads")
+    .arg(&payloads)
+    .spawn()?;
+    let bare_pid = bare.id();
+    bench::pin_gateway(bare_pid)?;
+    tokio::time::sleep(warmup).await;
+    let (b0, br0) = bare_tally.now();
+    let bare_usage = bench::measure(&[bare_pid], window).await?;
+    let (b1, br1) = bare_tally.now();
+    let output = tokio::task::spawn_blocking(move || bare.wait_with_output()).await??;
+    anyhow::ensure!(
+        output.status.success(),
+        "bare-publisher failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bare_msgs = (b1 - b0) as f64 / bare_usage.wall_s;
+    let bare_readings = (br1 - br0) as f64 / bare_usage.wall_s;
+    let bare_cpu_us = bare_usage.cpu_s * 1e6 / (b1 - b0).max(1) as f64;
+
+    report
+        .compare(
+            "messages delivered per second",
+            ferrule_msgs,
+            "msg/s",
+            "bare rumqttc",
+            bare_msgs,
+        )
+        .ratio_at_least(0.8);
+    report.compare(
+        "readings delivered per second",
+        ferrule_readings,
+        "readings/s",
+        "bare rumqttc",
+        bare_readings,
+    );
+    report.compare(
+        "CPU time per message (the sender's process)",
+        ferrule_cpu_us,
+        "µs",
+        "bare rumqttc",
+        bare_cpu_us,
+    );
+    report.figure(
+        "ferrule CPU use",
+        usage.cpu_percent(),
+        "% of one core",
+    );
+    report.figure(
+        "ferrule RSS (mean over the window)",
+        usage.rss_mean_kib / 1024.0,
+        "MiB",
+    );
+    report.finish()?;
+    drop(broker);
+    Ok(())
+}
