@@ -2,6 +2,10 @@
 with a datastore loaded from a JSON file, on a loopback port.
 
     python3 modbus_sim.py --port 5020 --datastore store.json
+    python3 modbus_sim.py --port 5020 --port 5021 ... --datastore store.json
+
+Each --port is a device of its own (its own copy of the datastore), all
+served by one process on one asyncio loop.
 
 The JSON file holds lists of values starting at address 0:
     {"holding": [1, 2, ...], "input": [...], "coil": [0, 1, ...], "discrete": [...]}
@@ -18,7 +22,7 @@ from pymodbus.datastore import (
     ModbusServerContext,
     ModbusSlaveContext,
 )
-from pymodbus.server import StartAsyncTcpServer
+from pymodbus.server import ModbusTcpServer
 
 
 def block(values, size):
@@ -28,24 +32,32 @@ def block(values, size):
     return ModbusSequentialDataBlock(1, values)
 
 
+def context(store, size):
+    device = ModbusSlaveContext(
+        hr=block(store.get("holding", []), size),
+        ir=block(store.get("input", []), size),
+        co=block(store.get("coil", []), size),
+        di=block(store.get("discrete", []), size),
+    )
+    return ModbusServerContext(slaves=device, single=True)
+
+
 async def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, action="append", required=True)
     parser.add_argument("--datastore", required=True)
     parser.add_argument("--size", type=int, default=2000)
     args = parser.parse_args()
     with open(args.datastore, encoding="utf-8") as f:
         store = json.load(f)
-    device = ModbusSlaveContext(
-        hr=block(store.get("holding", []), args.size),
-        ir=block(store.get("input", []), args.size),
-        co=block(store.get("coil", []), args.size),
-        di=block(store.get("discrete", []), args.size),
-    )
-    context = ModbusServerContext(slaves=device, single=True)
     logging.basicConfig(level=logging.WARNING)
-    print(f"modbus simulator listening on 127.0.0.1:{args.port}", flush=True)
-    await StartAsyncTcpServer(context=context, address=("127.0.0.1", args.port))
+    servers = [
+        ModbusTcpServer(context(store, args.size), address=("127.0.0.1", port))
+        for port in args.port
+    ]
+    for port in args.port:
+        print(f"modbus simulator listening on 127.0.0.1:{port}", flush=True)
+    await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
 if __name__ == "__main__":

@@ -198,7 +198,10 @@ async fn pump(
 /// `store` (JSON: `holding`, `input`, `coil`, `discrete` value lists from
 /// address 0). `cargo xtask test` installs pymodbus.
 pub struct ModbusSim {
+    /// The first device's port.
     pub port: u16,
+    /// Every device's port (one unless started with [`ModbusSim::start_devices`]).
+    pub ports: Vec<u16>,
     dir: std::path::PathBuf,
     store: std::path::PathBuf,
     pub process: Process,
@@ -206,37 +209,56 @@ pub struct ModbusSim {
 
 impl ModbusSim {
     pub fn start(dir: &Path, store: &serde_json::Value) -> anyhow::Result<Self> {
-        let path = dir.join("modbus-store.json");
-        std::fs::write(&path, serde_json::to_vec(store)?)?;
-        Self::start_on(dir, &path, free_port()?)
+        Self::start_devices(dir, store, 1)
     }
 
-    fn start_on(dir: &Path, store: &Path, port: u16) -> anyhow::Result<Self> {
+    /// `devices` simulated devices, each on its own port with its own copy
+    /// of `store`, served by one process.
+    pub fn start_devices(
+        dir: &Path,
+        store: &serde_json::Value,
+        devices: usize,
+    ) -> anyhow::Result<Self> {
+        let path = dir.join("modbus-store.json");
+        std::fs::write(&path, serde_json::to_vec(store)?)?;
+        let mut ports = Vec::with_capacity(devices);
+        while ports.len() < devices {
+            let port = free_port()?;
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        Self::start_on(dir, &path, &ports)
+    }
+
+    fn start_on(dir: &Path, store: &Path, ports: &[u16]) -> anyhow::Result<Self> {
         let script = crate::workspace_root().join("tests/peers/modbus_sim.py");
         let mut command = Command::new("python3");
-        command
-            .arg(&script)
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--datastore")
-            .arg(store);
+        command.arg(&script);
+        for port in ports {
+            command.arg("--port").arg(port.to_string());
+        }
+        command.arg("--datastore").arg(store);
         let process = crate::spawn_logged(
             "modbus simulator",
             command,
-            dir.join(format!("modbus-sim-{port}.log")),
+            dir.join(format!("modbus-sim-{}.log", ports[0])),
         )?;
         let mut sim = ModbusSim {
-            port,
+            port: ports[0],
+            ports: ports.to_vec(),
             dir: dir.to_path_buf(),
             store: store.to_path_buf(),
             process,
         };
-        if let Err(e) = wait_for_port(port, Duration::from_secs(20)) {
-            sim.process.kill9();
-            bail!(
-                "{e}; is pymodbus installed (`cargo xtask test` installs it)? log:\n{}",
-                sim.process.log_text()
-            );
+        for &port in ports {
+            if let Err(e) = wait_for_port(port, Duration::from_secs(20)) {
+                sim.process.kill9();
+                bail!(
+                    "{e}; is pymodbus installed (`cargo xtask test` installs it)? log:\n{}",
+                    sim.process.log_text()
+                );
+            }
         }
         Ok(sim)
     }
@@ -249,7 +271,7 @@ impl ModbusSim {
     /// Starts it again on the same port with the original datastore.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        let fresh = Self::start_on(&self.dir, &self.store, self.port)?;
+        let fresh = Self::start_on(&self.dir, &self.store, &self.ports)?;
         *self = fresh;
         Ok(())
     }

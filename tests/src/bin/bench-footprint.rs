@@ -1,0 +1,103 @@
+//! `cargo xtask bench footprint`: resident memory and CPU of an idle
+//! gateway with 1, 10 and 50 drivers (each a sim driver of 10 channels
+//! polled every second through a `scale` processor, connected to mosquitto
+//! over mutual TLS). Baseline, same run: `bare-publisher`, a bare rumqttc
+//! TLS client sending one 10-reading message a second. Prints figures;
+//! asserts nothing.
+
+use std::time::Duration;
+
+use ferrule_tests::bench::{self, Report, Usage};
+use ferrule_tests::{Mosquitto, Pki, free_port, gateway_and_mqtt};
+
+const CHANNELS: usize = 10;
+const INTERVAL_MS: u64 = 1000;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut report = Report::new(
+        "footprint",
+        "idle footprint: RSS and CPU with 1, 10 and 50 drivers",
+    );
+    bench::pin_self(&mut report)?;
+    let warmup = bench::run_for(Duration::from_secs(5));
+    let window = bench::run_for(Duration::from_secs(10));
+    report.method(format!(
+        "ferrule (release) with N sim drivers of {CHANNELS} channels every {INTERVAL_MS} ms, each with a scale processor (2N plugin instances), telemetry every 60 s, connected to mosquitto over mutual TLS; RSS sampled every second and CPU time over {:.0} s after {:.0} s of start-up",
+        window.as_secs_f64(),
+        warmup.as_secs_f64()
+    ));
+    report.method(
+        "baseline: bare-publisher (rumqttc + rustls, no plugins, no queue) sending one 10-reading message a second, same window",
+    );
+    let dir = ferrule_tests::tempdir()?;
+    let pki = Pki::new(dir.path())?;
+    let port = free_port()?;
+    let broker = Mosquitto::start(dir.path(), &pki, port, bench::BENCH_BROKER)?;
+    bench::pin_peer(broker.process.child.id())?;
+
+    let bare = bench::bare_publisher(&pki, port, "bench/bare", 64, warmup + window + Duration::from_secs(1))?
+        .args(["--rate", "1", "--readings", "10"])
+        .spawn()?;
+    bench::pin_gateway(bare.id())?;
+    tokio::time::sleep(warmup).await;
+    let base = bench::measure(&[bare.id()], window).await?;
+    let output = tokio::task::spawn_blocking(move || bare.wait_with_output()).await??;
+    anyhow::ensure!(
+        output.status.success(),
+        "bare-publisher failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut results: Vec<(usize, Usage)> = Vec::new();
+    for drivers in [1usize, 10, 50] {
+        let data = dir.path().join(format!("data-{drivers}"));
+        let mut config = gateway_and_mqtt(&data, &pki, port, "");
+        for d in 0..drivers {
+            config.push('\n');
+            config.push_str(&bench::sim_driver(&format!("sim-{d}"), CHANNELS, INTERVAL_MS, 1)?);
+        }
+        let path = dir.path().join(format!("footprint-{drivers}.toml"));
+        std::fs::write(&path, config)?;
+        let mut ferrule = bench::start_ferrule(dir.path(), &path, &format!("ferrule-{drivers}.log"))?;
+        let pid = ferrule.child.id();
+        bench::pin_gateway(pid)?;
+        tokio::time::sleep(warmup).await;
+        let usage = bench::measure(&[pid], window).await?;
+        ferrule.terminate(Duration::from_secs(10))?;
+        results.push((drivers, usage));
+    }
+
+    let base_mib = base.rss_mean_kib / 1024.0;
+    for (drivers, usage) in &results {
+        let figure = report.compare(
+            &format!("RSS with {drivers} driver(s)"),
+            usage.rss_mean_kib / 1024.0,
+            "MiB",
+            "bare rumqttc client",
+            base_mib,
+        );
+        if *drivers == 10 {
+            figure.at_most(40.0);
+        }
+    }
+    for (drivers, usage) in &results {
+        report.compare(
+            &format!("CPU with {drivers} driver(s)"),
+            usage.cpu_percent(),
+            "% of one core",
+            "bare rumqttc client",
+            base.cpu_percent(),
+        );
+    }
+    if let (Some((_, one)), Some((_, fifty))) = (results.first(), results.last()) {
+        report.figure(
+            "RSS added per driver (1 → 50)",
+            (fifty.rss_mean_kib - one.rss_mean_kib) / 49.0,
+            "KiB",
+        );
+    }
+    report.finish()?;
+    drop(broker);
+    Ok(())
+}
