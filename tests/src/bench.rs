@@ -146,7 +146,10 @@ pub struct Report {
 
 impl Report {
     pub fn new(part: &str, title: &str) -> Report {
-        println!("== {part}: {title}{}", if smoke() { " (smoke)" } else { "" });
+        println!(
+            "== {part}: {title}{}",
+            if smoke() { " (smoke)" } else { "" }
+        );
         Report {
             result: PartResult {
                 part: part.into(),
@@ -211,8 +214,9 @@ impl Report {
     }
 
     fn push(&mut self, figure: Figure) -> &mut Figure {
+        let at = self.result.figures.len();
         self.result.figures.push(figure);
-        self.result.figures.last_mut().expect("just pushed")
+        &mut self.result.figures[at]
     }
 
     /// The figures so far (smoke tests check them).
@@ -469,7 +473,8 @@ pub fn pin_peer(pid: u32) -> anyhow::Result<()> {
 /// Mosquitto options for benchmarks: no per-client queue limit (a subscriber
 /// that falls behind for a moment must not lose counted messages), a wide
 /// in-flight window, and TCP_NODELAY on the broker's side.
-pub const BENCH_BROKER: &str = "max_queued_messages 0\nmax_inflight_messages 1000\nset_tcp_nodelay true\n";
+pub const BENCH_BROKER: &str =
+    "max_queued_messages 0\nmax_inflight_messages 1000\nset_tcp_nodelay true\n";
 
 /// Percentile `p` (0..=100) of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -547,7 +552,7 @@ pub struct Tally {
     pub messages: std::sync::atomic::AtomicU64,
     pub readings: std::sync::atomic::AtomicU64,
     /// The first payloads seen (for replay by the baseline client).
-    pub kept: std::sync::Mutex<Vec<Vec<u8>>>,
+    kept: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl Tally {
@@ -574,13 +579,18 @@ impl Tally {
                 counts
                     .readings
                     .fetch_add(readings(&m.payload) as u64, Relaxed);
-                let mut kept = counts.kept.lock().expect("tally lock");
+                let mut kept = counts.kept.lock().unwrap_or_else(|e| e.into_inner());
                 if kept.len() < keep {
                     kept.push(m.payload);
                 }
             }
         });
         tally
+    }
+
+    /// The payloads kept so far.
+    pub fn kept(&self) -> Vec<Vec<u8>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// (messages, readings) so far.
@@ -614,4 +624,40 @@ pub fn bare_publisher(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     Ok(command)
+}
+
+/// A fresh directory for one benchmark's files on the project's disk
+/// (`target/bench-tmp`), not the system temp directory, which may be a
+/// tmpfs where fsync costs nothing. Readable by a broker that drops
+/// privileges.
+pub fn workdir(part: &str) -> anyhow::Result<tempfile::TempDir> {
+    let base = crate::target_dir().join("bench-tmp");
+    std::fs::create_dir_all(&base)?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{part}-"))
+        .tempdir_in(&base)?;
+    crate::broker_writable_dir(dir.path(), ".")?;
+    Ok(dir)
+}
+
+/// Waits (up to 90 s) until `arrived` holds: the first message of a gateway
+/// that is still starting. Fails naming it, with the end of its log.
+pub async fn first_arrival(
+    name: &str,
+    arrived: impl Fn() -> bool,
+    gateway: &crate::Process,
+) -> anyhow::Result<()> {
+    let limit = std::time::Instant::now() + Duration::from_secs(90);
+    while !arrived() {
+        if std::time::Instant::now() > limit {
+            let log = gateway.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            anyhow::bail!(
+                "{name} published nothing within 90 s; the end of its log:\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }

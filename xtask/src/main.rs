@@ -14,6 +14,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {
@@ -36,7 +38,9 @@ enum Task {
     Test,
     /// Build the WebAssembly plugins and the plugin-author template.
     Plugins,
-    /// Benchmarks that print figures (release build). Parts: queue, plugin, link, modbus.
+    /// Benchmarks that print figures and write benchmarks/results.json and
+    /// BENCHMARKS.md (release build). Parts: e2e, latency, stages, backlog,
+    /// footprint, gateways, queue, plugin, link, modbus.
     Bench {
         /// Which part to run; all when absent.
         part: Option<String>,
@@ -231,19 +235,7 @@ fn bench(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
     ensure_wasm_target()?;
     ensure_peers()?;
     build_plugins(root)?;
-    let parts: Vec<&str> = match part {
-        None => vec!["queue", "plugin", "link", "modbus"],
-        Some(p @ ("queue" | "plugin" | "link" | "modbus")) => vec![p],
-        Some(other) => bail!("unknown benchmark {other:?}; parts: queue, plugin, link, modbus"),
-    };
-    for part in parts {
-        let bin = format!("bench-{part}");
-        run(
-            root,
-            cargo().args(["run", "--release", "-p", "ferrule-tests", "--bin", &bin]),
-        )?;
-    }
-    Ok(())
+    bench::run_parts(root, part)
 }
 
 fn soak(root: &Path) -> anyhow::Result<()> {

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ferrule::publish::{TlsFiles, tls};
 use ferrule::reading::{Batch, Quality, Reading, Value, now_ns};
-use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 
 struct Args {
     port: u16,
@@ -42,7 +44,9 @@ fn args() -> anyhow::Result<Args> {
             .strip_prefix("--")
             .with_context(|| format!("unexpected argument {key:?}"))?
             .to_string();
-        let value = it.next().with_context(|| format!("--{key} needs a value"))?;
+        let value = it
+            .next()
+            .with_context(|| format!("--{key} needs a value"))?;
         map.insert(key, value);
     }
     let get = |k: &str| map.get(k).with_context(|| format!("--{k} is required"));

@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     report.method(format!(
         "drain: mosquitto up (TLS, QoS 1, max_inflight 64), ferrule restarted on the same queue with a live load of {LIVE_DRIVERS} drivers x {CHANNELS} readings every 100 ms; backlog readings/s from the first to the last backlog message at a subscriber"
     ));
-    let dir = ferrule_tests::tempdir()?;
+    let dir = bench::workdir("backlog")?;
     let pki = Pki::new(dir.path())?;
     let port = free_port()?;
 
@@ -135,7 +135,13 @@ async fn main() -> anyhow::Result<()> {
 
     report.figure("backlog queued", backlog as f64, "readings");
     report.figure("capture rate, no broker", capture, "readings/s");
-    report.compare("backlog drain rate", drain, "readings/s", "capture rate", capture);
+    report.compare(
+        "backlog drain rate",
+        drain,
+        "readings/s",
+        "capture rate",
+        capture,
+    );
     report.figure("backlog drained in", drain_s, "s");
     report.figure(
         "from restart to the first backlog message",

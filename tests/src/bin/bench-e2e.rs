@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         "baseline: bare-publisher (rumqttc, same TLS settings and TCP_NODELAY, in-flight {INFLIGHT}) replaying payloads ferrule sent, as fast as acknowledged, same window"
     ));
 
-    let dir = ferrule_tests::tempdir()?;
+    let dir = bench::workdir("e2e")?;
     let pki = Pki::new(dir.path())?;
     let port = free_port()?;
     let broker = Mosquitto::start(dir.path(), &pki, port, bench::BENCH_BROKER)?;
@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let mut ferrule = bench::start_ferrule(dir.path(), &config_path, "ferrule.log")?;
     let pid = ferrule.child.id();
     bench::pin_gateway(pid)?;
+    bench::first_arrival("ferrule", || tally.now().0 > 0, &ferrule).await?;
     tokio::time::sleep(warmup).await;
     let (m0, r0) = tally.now();
     let usage = bench::measure(&[pid], window).await?;
@@ -69,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Baseline: the same payloads from a bare client.
     let payloads = dir.path().join("payloads.txt");
-    let kept = tally.kept.lock().expect("tally lock").clone();
+    let kept = tally.kept();
     anyhow::ensure!(
         !kept.is_empty(),
         "ferrule delivered nothing; log:\n{}",
@@ -127,11 +128,7 @@ async fn main() -> anyhow::Result<()> {
         "bare rumqttc",
         bare_cpu_us,
     );
-    report.figure(
-        "ferrule CPU use",
-        usage.cpu_percent(),
-        "% of one core",
-    );
+    report.figure("ferrule CPU use", usage.cpu_percent(), "% of one core");
     report.figure(
         "ferrule RSS (mean over the window)",
         usage.rss_mean_kib / 1024.0,

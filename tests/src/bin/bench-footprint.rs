@@ -30,15 +30,21 @@ async fn main() -> anyhow::Result<()> {
     report.method(
         "baseline: bare-publisher (rumqttc + rustls, no plugins, no queue) sending one 10-reading message a second, same window",
     );
-    let dir = ferrule_tests::tempdir()?;
+    let dir = bench::workdir("footprint")?;
     let pki = Pki::new(dir.path())?;
     let port = free_port()?;
     let broker = Mosquitto::start(dir.path(), &pki, port, bench::BENCH_BROKER)?;
     bench::pin_peer(broker.process.child.id())?;
 
-    let bare = bench::bare_publisher(&pki, port, "bench/bare", 64, warmup + window + Duration::from_secs(1))?
-        .args(["--rate", "1", "--readings", "10"])
-        .spawn()?;
+    let bare = bench::bare_publisher(
+        &pki,
+        port,
+        "bench/bare",
+        64,
+        warmup + window + Duration::from_secs(1),
+    )?
+    .args(["--rate", "1", "--readings", "10"])
+    .spawn()?;
     bench::pin_gateway(bare.id())?;
     tokio::time::sleep(warmup).await;
     let base = bench::measure(&[bare.id()], window).await?;
@@ -55,11 +61,17 @@ async fn main() -> anyhow::Result<()> {
         let mut config = gateway_and_mqtt(&data, &pki, port, "");
         for d in 0..drivers {
             config.push('\n');
-            config.push_str(&bench::sim_driver(&format!("sim-{d}"), CHANNELS, INTERVAL_MS, 1)?);
+            config.push_str(&bench::sim_driver(
+                &format!("sim-{d}"),
+                CHANNELS,
+                INTERVAL_MS,
+                1,
+            )?);
         }
         let path = dir.path().join(format!("footprint-{drivers}.toml"));
         std::fs::write(&path, config)?;
-        let mut ferrule = bench::start_ferrule(dir.path(), &path, &format!("ferrule-{drivers}.log"))?;
+        let mut ferrule =
+            bench::start_ferrule(dir.path(), &path, &format!("ferrule-{drivers}.log"))?;
         let pid = ferrule.child.id();
         bench::pin_gateway(pid)?;
         tokio::time::sleep(warmup).await;

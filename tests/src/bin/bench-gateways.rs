@@ -16,7 +16,7 @@
 //! reported, not faked. Prints figures; asserts nothing.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use ferrule_tests::bench::{self, Report, Tally, Usage};
@@ -54,15 +54,7 @@ async fn observe(
     window: Duration,
 ) -> anyhow::Result<Outcome> {
     let pid = process.child.id();
-    let limit = Instant::now() + Duration::from_secs(90);
-    while tally.now().1 == 0 {
-        anyhow::ensure!(
-            Instant::now() < limit,
-            "{name} published no reading within 90 s; its log:\n{}",
-            tail(&process.log_text(), 40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    bench::first_arrival(name, || tally.now().1 > 0, process).await?;
     tokio::time::sleep(warmup).await;
     let (_, r0) = tally.now();
     let usage = bench::measure(&[pid], window).await?;
@@ -71,11 +63,6 @@ async fn observe(
         usage,
         delivered_per_s: (r1 - r0) as f64 / usage.wall_s,
     })
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// ferrule: returns the outcome and (captured, delivered, still queued).
@@ -91,7 +78,9 @@ async fn run_ferrule(
     let tally = Tally::start(&mut sub, |_| true, bench::readings_in, 0);
     let mut config = gateway_and_mqtt(&dir.join("ferrule-data"), pki, port, "");
     let channels: Vec<String> = (0..REGISTERS)
-        .map(|i| format!("{{ name = \"r{i}\", table = \"holding\", address = {i}, type = \"u16\" }}"))
+        .map(|i| {
+            format!("{{ name = \"r{i}\", table = \"holding\", address = {i}, type = \"u16\" }}")
+        })
         .collect();
     for (d, device_port) in sim.ports.iter().enumerate() {
         config.push_str(&format!(
@@ -148,14 +137,16 @@ fn node_red_flow(pki: &Pki, port: u16, sim: &ModbusSim) -> serde_json::Value {
             "tcpHost": "127.0.0.1", "tcpPort": device_port.to_string(), "tcpType": "DEFAULT",
             "unit_id": "1", "commandDelay": "1", "clientTimeout": "1000",
             "reconnectOnTimeout": true, "reconnectTimeout": "2000", "parallelUnitIdsAllowed": true}));
-        flow.push(json!({"id": format!("read{d}"), "type": "modbus-read", "z": "tab",
+        flow.push(
+            json!({"id": format!("read{d}"), "type": "modbus-read", "z": "tab",
             "name": format!("read{d}"), "topic": format!("dev{d}"),
             "showStatusActivities": false, "logIOActivities": false, "showErrors": true,
             "unitid": "", "dataType": "HoldingRegister", "adr": "0",
             "quantity": REGISTERS.to_string(), "rate": INTERVAL_MS.to_string(), "rateUnit": "ms",
             "delayOnStart": false, "startDelayTime": "", "server": format!("client{d}"),
             "useIOFile": false, "ioFile": "", "useIOForPayload": false, "emptyMsgOnFail": false,
-            "x": 100, "y": 100 + 40 * d, "wires": [["shape"], []]}));
+            "x": 100, "y": 100 + 40 * d, "wires": [["shape"], []]}),
+        );
     }
     serde_json::Value::Array(flow)
 }
@@ -176,7 +167,10 @@ async fn run_node_red(
         home.display()
     );
     let flow = dir.join("nodered-flows.json");
-    std::fs::write(&flow, serde_json::to_vec_pretty(&node_red_flow(pki, port, sim))?)?;
+    std::fs::write(
+        &flow,
+        serde_json::to_vec_pretty(&node_red_flow(pki, port, sim))?,
+    )?;
     let settings = dir.join("nodered-settings.js");
     std::fs::write(
         &settings,
@@ -229,7 +223,12 @@ fn values_in_thingsboard(payload: &[u8]) -> usize {
 /// ThingsBoard gateway's config directory: the gateway (broker, TLS with
 /// the gateway's client certificate, no remote configuration, no
 /// statistics), its Modbus connector and quiet logging.
-fn thingsboard_config(dir: &Path, pki: &Pki, port: u16, sim: &ModbusSim) -> anyhow::Result<PathBuf> {
+fn thingsboard_config(
+    dir: &Path,
+    pki: &Pki,
+    port: u16,
+    sim: &ModbusSim,
+) -> anyhow::Result<PathBuf> {
     let config = dir.join("tb-config");
     std::fs::create_dir_all(&config)?;
     let gateway = json!({
@@ -284,7 +283,10 @@ fn thingsboard_config(dir: &Path, pki: &Pki, port: u16, sim: &ModbusSim) -> anyh
         "loggers": {"pymodbus": {"level": "ERROR"}, "pymodbus.logging": {"level": "ERROR"}},
         "root": {"level": "INFO", "handlers": ["console"]}
     });
-    std::fs::write(config.join("tb_gateway.json"), serde_json::to_vec_pretty(&gateway)?)?;
+    std::fs::write(
+        config.join("tb_gateway.json"),
+        serde_json::to_vec_pretty(&gateway)?,
+    )?;
     std::fs::write(
         config.join("modbus.json"),
         serde_json::to_vec_pretty(&json!({"master": {"slaves": slaves}}))?,
@@ -372,7 +374,7 @@ async fn main() -> anyhow::Result<()> {
     report.method("ThingsBoard IoT Gateway 3.8.5 (its own venv, pymodbus 3.9.2 as its connector requires): Modbus connector, 100 time series tags per device (one read per tag), memory storage, report strategy ON_RECEIVED, publishing v1/gateway/telemetry; the measuring process answers its getSessionLimits RPC as a ThingsBoard platform without rate limits would; its update check (an HTTPS call to the internet at start) is replaced by a no-op");
     report.method("CPU = user + system time of the gateway's process over the window; RSS = mean of samples taken every second");
 
-    let dir = ferrule_tests::tempdir()?;
+    let dir = bench::workdir("gateways")?;
     let pki = Pki::new(dir.path())?;
     let port = free_port()?;
     let broker = Mosquitto::start(dir.path(), &pki, port, bench::BENCH_BROKER)?;
@@ -410,11 +412,22 @@ async fn main() -> anyhow::Result<()> {
             "{queued} captured readings were still queued at the stop (kept on disk, sent at the next start)"
         ));
     }
-    for (name, outcome) in [("Node-RED", &node_red), ("ThingsBoard gateway", &thingsboard)] {
+    for (name, outcome) in [
+        ("Node-RED", &node_red),
+        ("ThingsBoard gateway", &thingsboard),
+    ] {
         match outcome {
             Ok(theirs) => {
-                report.figure(&format!("{name} CPU"), theirs.usage.cpu_percent(), "% of one core");
-                report.figure(&format!("{name} RSS"), theirs.usage.rss_mean_kib / 1024.0, "MiB");
+                report.figure(
+                    &format!("{name} CPU"),
+                    theirs.usage.cpu_percent(),
+                    "% of one core",
+                );
+                report.figure(
+                    &format!("{name} RSS"),
+                    theirs.usage.rss_mean_kib / 1024.0,
+                    "MiB",
+                );
                 report.compare(
                     &format!("{name} readings delivered per second"),
                     theirs.delivered_per_s,
@@ -441,7 +454,9 @@ async fn main() -> anyhow::Result<()> {
                     )
                     .ratio_at_most(1.0 / 3.0);
                 // CPU per delivered reading: fair when a peer delivers less.
-                let per = |o: &Outcome| o.usage.cpu_s * 1e6 / (o.delivered_per_s * o.usage.wall_s).max(1.0);
+                let per = |o: &Outcome| {
+                    o.usage.cpu_s * 1e6 / (o.delivered_per_s * o.usage.wall_s).max(1.0)
+                };
                 report.compare(
                     &format!("CPU per delivered reading: ferrule vs {name}"),
                     per(&ours),

@@ -22,10 +22,16 @@ async fn collect(
     warmup: Duration,
     window: Duration,
 ) -> anyhow::Result<Vec<f64>> {
+    // The window starts with the first message (start-up is not latency).
+    let first = tokio::time::timeout(Duration::from_secs(90), sub.messages.recv())
+        .await
+        .map_err(|_| anyhow::anyhow!("no message within 90 s"))?;
+    anyhow::ensure!(first.is_some(), "subscriber closed");
     let start = Instant::now();
     let mut latencies = Vec::new();
     while start.elapsed() < warmup + window {
-        let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), sub.messages.recv()).await
+        let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(200), sub.messages.recv()).await
         else {
             continue;
         };
@@ -62,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         "baseline: bare-publisher (rumqttc, same TLS settings) sending 100 messages/s of 10 readings stamped when sent, same broker and subscriber",
     );
 
-    let dir = ferrule_tests::tempdir()?;
+    let dir = bench::workdir("latency")?;
     let pki = Pki::new(dir.path())?;
     let port = free_port()?;
     let broker = Mosquitto::start(dir.path(), &pki, port, bench::BENCH_BROKER)?;

@@ -12,10 +12,16 @@ use std::time::{Duration, Instant};
 use ferrule::config::MqttProtocol;
 use ferrule::publish::{self, PublisherSettings, PublisherStats, TlsFiles, Topics};
 use ferrule::queue::{Queue, QueueOptions};
+use ferrule_tests::bench::{self, Report};
 use ferrule_tests::{Mosquitto, Pki, free_port};
 
-const HANDSHAKES: usize = 20;
-const RESTARTS: usize = 5;
+fn handshakes_per_case() -> usize {
+    bench::scaled(20, 2)
+}
+
+fn restarts() -> usize {
+    bench::scaled(5, 1)
+}
 const OUTAGE: Duration = Duration::from_secs(2);
 
 fn settings(pki: &Pki, port: u16, protocol: MqttProtocol) -> PublisherSettings {
@@ -85,8 +91,8 @@ async fn handshakes(
         &dir.join(format!("handshake-{port}.redb")),
         QueueOptions::default(),
     )?;
-    let mut times = Vec::with_capacity(HANDSHAKES);
-    for _ in 0..HANDSHAKES {
+    let mut times = Vec::with_capacity(handshakes_per_case());
+    for _ in 0..handshakes_per_case() {
         let stats = Arc::new(PublisherStats::default());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let publisher = tokio::spawn(publish::run(
@@ -121,8 +127,8 @@ async fn reconnects(dir: &Path, pki: &Pki) -> anyhow::Result<Vec<f64>> {
         stop_rx,
     ));
     connected_after(&stats, 0).await?;
-    let mut times = Vec::with_capacity(RESTARTS);
-    for _ in 0..RESTARTS {
+    let mut times = Vec::with_capacity(restarts());
+    for _ in 0..restarts() {
         let seen = stats.connects.load(Ordering::Relaxed);
         broker.process.terminate(Duration::from_secs(10))?;
         tokio::time::sleep(OUTAGE).await;
@@ -139,16 +145,20 @@ async fn reconnects(dir: &Path, pki: &Pki) -> anyhow::Result<Vec<f64>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let dir = ferrule_tests::tempdir()?;
+    let mut report = Report::new(
+        "link",
+        "MQTT link: handshake and reconnect (mutual TLS, ECDSA P-256)",
+    );
+    report.method(format!(
+        "handshake: TCP connect + TLS handshake + MQTT CONNECT..CONNACK by the real publisher, fresh session each, median of {} runs per case, mosquitto on loopback",
+        handshakes_per_case()
+    ));
+    report.method(format!(
+        "reconnect: {} broker restarts, broker away {OUTAGE:?}, default backoff 500 ms doubling to 30 s with up to 25 % jitter; time from the broker listening again to CONNACK",
+        restarts()
+    ));
+    let dir = bench::workdir("link")?;
     let pki = Pki::new(&dir.path().join("certs"))?;
-    println!(
-        "MQTT link benchmark (release build; mosquitto on loopback, mutual TLS, ECDSA P-256 certificates)\n"
-    );
-    println!(
-        "handshake: TCP connect + TLS handshake + MQTT CONNECT..CONNACK, fresh session each, {HANDSHAKES} runs"
-    );
-    println!("| TLS | MQTT | broker TCP_NODELAY | median ms | p90 ms |");
-    println!("| --- | --- | --- | ---: | ---: |");
     let cases = [
         ("tlsv1.2", MqttProtocol::V311, true),
         ("tlsv1.2", MqttProtocol::V5, true),
@@ -157,27 +167,36 @@ async fn main() -> anyhow::Result<()> {
         // mosquitto's default: Nagle's algorithm on the broker's side.
         ("tlsv1.3", MqttProtocol::V311, false),
     ];
+    let mut nodelay_13 = f64::NAN;
     for (tls, protocol, nodelay) in cases {
         let mut times = handshakes(dir.path(), &pki, tls, protocol, nodelay).await?;
-        let (median, p90) = median_p90(&mut times);
-        println!(
-            "| {} | {} | {} | {median:.2} | {p90:.2} |",
+        let (median, _) = median_p90(&mut times);
+        let name = format!(
+            "handshake TLS {} / MQTT {}{}",
             tls.trim_start_matches("tlsv"),
             protocol.as_str(),
             if nodelay {
-                "on"
+                ""
             } else {
-                "off (mosquitto default)"
+                ", broker without TCP_NODELAY (mosquitto default)"
             }
         );
+        if nodelay {
+            if tls == "tlsv1.3" && protocol == MqttProtocol::V311 {
+                nodelay_13 = median;
+            }
+            report.figure(&name, median, "ms");
+        } else {
+            report.compare(&name, median, "ms", "same with TCP_NODELAY", nodelay_13);
+        }
     }
     let mut times = reconnects(dir.path(), &pki).await?;
     let (median, p90) = median_p90(&mut times);
-    println!(
-        "\nreconnect after a broker restart ({RESTARTS} restarts, broker away {OUTAGE:?}, default backoff 500 ms doubling to 30 s with up to 25 % jitter):"
+    report.figure("reconnect after a broker restart, median", median, "ms");
+    report.figure("reconnect after a broker restart, p90", p90, "ms");
+    report.note(
+        "the reconnect time is mostly the backoff wait still running when the broker returned",
     );
-    println!(
-        "broker listening again -> CONNACK: median {median:.0} ms, p90 {p90:.0} ms (mostly the backoff wait still running when the broker returned)"
-    );
+    report.finish()?;
     Ok(())
 }

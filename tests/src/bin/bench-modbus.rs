@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 
 use ferrule::config::{Capabilities, PluginLimits};
 use ferrule::plugin::{EngineSettings, PluginEngine, Sandbox};
+use ferrule_tests::bench::{self, Report};
 use ferrule_tests::net::ModbusSim;
 use ferrule_tests::plugin;
 
 const REGISTERS: u16 = 500;
-const RUN: Duration = Duration::from_secs(10);
+fn run() -> Duration {
+    bench::run_for(Duration::from_secs(10))
+}
 
 /// Polls/s of a native client sending the same coalesced reads (4 x 125
 /// registers) with hand-made frames, for `RUN`.
@@ -25,7 +28,7 @@ fn baseline(port: u16) -> anyhow::Result<f64> {
     let mut buf = vec![0u8; 260];
     let started = Instant::now();
     let mut polls = 0u64;
-    while started.elapsed() < RUN {
+    while started.elapsed() < run() {
         for start in (0..REGISTERS).step_by(125) {
             tr = tr.wrapping_add(1);
             let [th, tl] = tr.to_be_bytes();
@@ -42,7 +45,7 @@ fn baseline(port: u16) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let dir = ferrule_tests::tempdir()?;
+    let dir = bench::workdir("modbus")?;
     let values: Vec<u16> = (0..REGISTERS).map(|i| i * 3).collect();
     let sim = ModbusSim::start(dir.path(), &serde_json::json!({ "holding": values }))?;
     let device = format!("127.0.0.1:{}", sim.port);
@@ -75,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let (mut polls, mut readings, mut bad) = (0u64, 0u64, 0u64);
-    while started.elapsed() < RUN {
+    while started.elapsed() < run() {
         let batch = driver.poll().await?;
         readings += batch.len() as u64;
         bad += batch
@@ -92,31 +95,34 @@ async fn main() -> anyhow::Result<()> {
     let native = baseline(sim.port)?;
 
     let ferrule_polls = polls as f64 / elapsed;
-    println!("Modbus TCP benchmark (release build; pymodbus 3.8.6 server on loopback)\n");
-    println!(
-        "map: {REGISTERS} holding registers as u16 channels = 4 coalesced reads of 125 registers per poll\n"
+    let mut report = Report::new("modbus", "Modbus TCP driver plugin vs a native client");
+    report.method(format!(
+        "pymodbus 3.8.6 server on loopback, {REGISTERS} holding registers as u16 channels = 4 coalesced reads of 125 registers per poll, polled back to back for {:.0} s; baseline: a native loop sending the same 4 requests with hand-made frames (the simulator's own pace)",
+        run().as_secs_f64()
+    ));
+    report.compare(
+        "modbus-tcp plugin, polls per second",
+        ferrule_polls,
+        "polls/s",
+        "native loop",
+        native,
     );
-    println!("| client | polls/s | readings/s | ratio |");
-    println!("| --- | ---: | ---: | ---: |");
-    println!(
-        "| native loop, hand-made frames (baseline: the simulator's own pace) | {native:.1} | {:.0} | 1.00 |",
-        native * f64::from(REGISTERS)
-    );
-    println!(
-        "| modbus-tcp plugin in the sandbox | {ferrule_polls:.1} | {:.0} | {:.2} |",
+    report.figure(
+        "modbus-tcp plugin, readings per second",
         readings as f64 / elapsed,
-        ferrule_polls / native
+        "readings/s",
     );
-    println!("\nbad readings: {bad} of {readings}");
-    println!(
-        "driver memory: {} KiB of WASM linear memory; host RSS {} KiB before the instance, {} KiB after {polls} polls",
-        memory / 1024,
-        rss_before,
-        rss_after
+    report.figure("bad readings", bad as f64, "readings");
+    report.figure("driver's WASM linear memory", memory as f64 / 1024.0, "KiB");
+    report.figure(
+        "host RSS growth over the run",
+        rss_after.saturating_sub(rss_before) as f64,
+        "KiB",
     );
-    println!(
-        "driver status: connected={} signal_quality={:?} {:?}",
-        status.connected, status.signal_quality, status.extra
-    );
+    report.note(format!(
+        "driver status after {polls} polls: connected={} signal_quality={:?}",
+        status.connected, status.signal_quality
+    ));
+    report.finish()?;
     Ok(())
 }

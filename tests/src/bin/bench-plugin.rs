@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ferrule::config::{Capabilities, Config, PluginLimits};
 use ferrule::gateway;
 use ferrule::plugin::{EngineSettings, PluginEngine, Sandbox};
+use ferrule_tests::bench::{self, Report};
 use ferrule_tests::plugin;
 
 #[allow(dead_code)]
@@ -30,14 +31,12 @@ fn per_call(total: Duration, calls: u32) -> f64 {
     total.as_nanos() as f64 / f64::from(calls)
 }
 
-async fn poll_costs(engine: &PluginEngine) -> anyhow::Result<()> {
+async fn poll_costs(engine: &PluginEngine, report: &mut Report) -> anyhow::Result<()> {
     let loaded = engine.load_driver(&plugin("sim")?)?;
     let sandbox = Sandbox::default();
-    println!("| readings per poll | wasm ns/poll | native ns/poll | wasm / native |");
-    println!("| ---: | ---: | ---: | ---: |");
     for n in [1usize, 10, 100] {
         let config = sim_config(n);
-        let calls: u32 = if n == 100 { 20_000 } else { 50_000 };
+        let calls: u32 = bench::scaled(if n == 100 { 20_000 } else { 50_000 }, 200);
         let mut wasm = loaded.start("bench", &sandbox, &config).await?;
         for _ in 0..1_000 {
             wasm.poll().await?;
@@ -58,15 +57,21 @@ async fn poll_costs(engine: &PluginEngine) -> anyhow::Result<()> {
             std::hint::black_box(native.poll().map_err(|e| anyhow::anyhow!("{e}"))?);
         }
         let native_ns = per_call(t.elapsed(), calls);
-        println!(
-            "| {n} | {wasm_ns:.0} | {native_ns:.0} | {:.2}x |",
-            wasm_ns / native_ns
+        let figure = report.compare(
+            &format!("poll of {n} reading(s), wasm"),
+            wasm_ns,
+            "ns",
+            "same logic native",
+            native_ns,
         );
+        if n == 100 {
+            figure.ratio_at_most(3.0);
+        }
     }
     Ok(())
 }
 
-async fn start_cost(engine: &PluginEngine) -> anyhow::Result<()> {
+async fn start_cost(engine: &PluginEngine, report: &mut Report) -> anyhow::Result<()> {
     let loaded = engine.load_driver(&plugin("sim")?)?;
     let sandbox = Sandbox::new(
         "bench",
@@ -78,18 +83,20 @@ async fn start_cost(engine: &PluginEngine) -> anyhow::Result<()> {
     for _ in 0..100 {
         drop(loaded.start("bench", &sandbox, &config).await?);
     }
-    let runs = 2_000u32;
+    let runs: u32 = bench::scaled(2_000, 50);
     let t = Instant::now();
     for _ in 0..runs {
         drop(std::hint::black_box(
             loaded.start("bench", &sandbox, &config).await?,
         ));
     }
-    println!();
-    println!(
-        "instance start (pooling allocator; instantiate + init, new Store each): {:.1} µs",
-        per_call(t.elapsed(), runs) / 1000.0
-    );
+    report
+        .figure(
+            "instance start (pooling; instantiate + init, new Store)",
+            per_call(t.elapsed(), runs) / 1000.0,
+            "µs",
+        )
+        .at_most(50.0);
     Ok(())
 }
 
@@ -112,7 +119,7 @@ fn twenty_plugins(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
-async fn startup(dir: &std::path::Path) -> anyhow::Result<()> {
+async fn startup(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
     let config = twenty_plugins(dir)?;
     let cache = dir.join("data/cache");
     let mut cold = Vec::new();
@@ -130,14 +137,20 @@ async fn startup(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     cold.sort();
     warm.sort();
-    println!();
-    println!(
-        "start-up of a 20-plugin config (10 sim drivers + 10 scale processors; load, compile or read cache, instantiate, init), median of 3:"
+    report.figure(
+        "start-up of a 20-plugin config, cold compile cache (median of 3)",
+        cold[1].as_secs_f64() * 1000.0,
+        "ms",
     );
-    println!("| compile cache | ms |");
-    println!("| --- | ---: |");
-    println!("| cold (empty) | {:.0} |", cold[1].as_secs_f64() * 1000.0);
-    println!("| warm | {:.0} |", warm[1].as_secs_f64() * 1000.0);
+    report
+        .compare(
+            "start-up of a 20-plugin config, warm compile cache (median of 3)",
+            warm[1].as_secs_f64() * 1000.0,
+            "ms",
+            "cold cache",
+            cold[1].as_secs_f64() * 1000.0,
+        )
+        .at_most(300.0);
     Ok(())
 }
 
@@ -163,14 +176,14 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!("plugin benchmark (release build)");
-    println!();
-    poll_costs(&engine).await?;
-    start_cost(&engine).await?;
-    startup(dir.path()).await?;
-    println!();
-    println!(
-        "targets: wasm/native <= 3x at 100 readings, instance start <= 50 µs, warm start-up of 20 plugins <= 300 ms"
+    let mut report = Report::new(
+        "plugin",
+        "WASM driver poll vs native, instance start, start-up",
     );
+    report.method("in-process: sim driver poll (1, 10, 100 sine channels) in the sandbox vs the same Rust logic compiled natively, after 1,000 warm-up polls; instance start with the pooling allocator; start-up of 10 sim drivers + 10 scale processors (load, compile or read the cache, instantiate, init)");
+    poll_costs(&engine, &mut report).await?;
+    start_cost(&engine, &mut report).await?;
+    startup(dir.path(), &mut report).await?;
+    report.finish()?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use ferrule::config::MqttProtocol;
 use ferrule::publish::{self, PublisherSettings, TlsFiles, Topics};
 use ferrule::queue::{Queue, QueueOptions};
 use ferrule::reading::{Batch, Quality, Reading, Value, now_ns};
+use ferrule_tests::bench::{self, Report};
 use ferrule_tests::{Mosquitto, Pki, free_port};
 
 const READINGS_PER_BATCH: usize = 100;
@@ -146,45 +147,40 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let drain_batches: u64 = std::env::var("BENCH_DRAIN_BATCHES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5_000);
-    // On the project's disk (not a tmpfs), so fsync costs what it costs.
-    let base = ferrule_tests::target_dir().join("bench-tmp");
-    std::fs::create_dir_all(&base)?;
-    let dir = tempfile::Builder::new()
-        .prefix("queue-")
-        .tempdir_in(&base)?;
-    ferrule_tests::broker_writable_dir(dir.path(), ".")?;
-
-    println!(
-        "queue benchmark: {PRODUCERS} producers, {READINGS_PER_BATCH} readings per batch, Durability::Immediate, {seconds} s per capture run"
+    let seconds: u64 = bench::scaled(5, 1);
+    let drain_batches: u64 = bench::scaled(5_000, 200);
+    let mut report = Report::new(
+        "queue",
+        "queue capture (group commit) and drain to mosquitto",
     );
-    let (group_r, group_b) = capture(dir.path(), "group", None, seconds).await?;
-    let (single_r, single_b) = capture(dir.path(), "single", Some(1), seconds).await?;
-    let (drain_r, drain_b) = drain(dir.path(), drain_batches).await?;
-    println!();
-    println!("| figure | readings/s | batches/s |");
-    println!("| --- | ---: | ---: |");
-    println!("| capture, group commit | {group_r:.0} | {group_b:.0} |");
-    println!("| capture, one commit per batch (baseline) | {single_r:.0} | {single_b:.0} |");
-    println!(
-        "| drain to mosquitto, TLS, QoS 1 ({drain_batches} batches queued) | {drain_r:.0} | {drain_b:.0} |"
-    );
-    println!();
-    println!(
-        "group commit / one commit per batch: {:.1}x",
-        group_r / single_r.max(1.0)
-    );
-    println!(
-        "drain / group-commit capture: {:.2}x",
-        drain_r / group_r.max(1.0)
-    );
-    println!("targets: capture >= 100000 readings/s, drain >= 50000 readings/s");
+    report.method(format!(
+        "in-process: {PRODUCERS} tasks appending batches of {READINGS_PER_BATCH} readings for {seconds} s, every commit fsynced (Durability::Immediate), on the project's disk; group commit vs one commit per batch"
+    ));
+    report.method(format!(
+        "drain: {drain_batches} queued batches published by the real publisher to mosquitto over mutual TLS, QoS 1, 64 in flight, until the queue is empty"
+    ));
+    let dir = bench::workdir("queue")?;
+    let (group_r, _) = capture(dir.path(), "group", None, seconds).await?;
+    let (single_r, _) = capture(dir.path(), "single", Some(1), seconds).await?;
+    let (drain_r, _) = drain(dir.path(), drain_batches).await?;
+    report
+        .compare(
+            "capture, group commit",
+            group_r,
+            "readings/s",
+            "one commit per batch",
+            single_r,
+        )
+        .at_least(100_000.0);
+    report
+        .compare(
+            "drain to mosquitto",
+            drain_r,
+            "readings/s",
+            "group-commit capture",
+            group_r,
+        )
+        .at_least(50_000.0);
+    report.finish()?;
     Ok(())
 }

@@ -14,7 +14,11 @@ const CHANNELS: usize = 100;
 
 fn driver_config() -> String {
     let channels: Vec<String> = (0..CHANNELS)
-        .map(|i| format!(r#"{{"name":"c{i}","signal":"sine","amplitude":5.0,"offset":20.0,"unit":"degC"}}"#))
+        .map(|i| {
+            format!(
+                r#"{{"name":"c{i}","signal":"sine","amplitude":5.0,"offset":20.0,"unit":"degC"}}"#
+            )
+        })
         .collect();
     format!(r#"{{"channels":[{}]}}"#, channels.join(","))
 }

@@ -75,4 +75,3 @@ channels = [{channels}]
         channels = channels.join(", "),
     ))
 }
-
