@@ -92,6 +92,27 @@ fn encode(
     })
 }
 
+/// The whole entry as one message, built from the batch's JSON object as the
+/// queue stores it (`{"driver":..,"captured_ns":..,"readings":[..]}`) by
+/// adding the gateway and the sequence number in front: the same message
+/// as [`encode_data`] (fields in another order) without decoding the
+/// readings. `batch_json` must be a JSON object with at least one field.
+pub fn splice_data(
+    gateway: &str,
+    seq: u64,
+    batch_json: &[u8],
+) -> Result<Vec<u8>, serde_json::Error> {
+    let rest = batch_json.get(1..).unwrap_or_default();
+    let mut out = Vec::with_capacity(batch_json.len() + gateway.len() + 48);
+    out.extend_from_slice(b"{\"gateway\":");
+    serde_json::to_writer(&mut out, gateway)?;
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.push(b',');
+    out.extend_from_slice(rest);
+    Ok(out)
+}
+
 /// A queue entry encoded for a broker that takes payloads of at most a
 /// given size.
 #[derive(Debug, Default)]
@@ -263,5 +284,36 @@ mod tests {
                 proptest::prop_assert!(*size + 150 > budget);
             }
         }
+    }
+
+    #[test]
+    fn a_spliced_message_equals_the_encoded_one() {
+        let batch = Batch {
+            driver: "line \"7\" plc".into(),
+            captured_ns: 42,
+            readings: vec![
+                Reading {
+                    channel: "t\u{e9}mp\n".into(),
+                    value: Value::Float(21.5),
+                    ts_ns: 41,
+                    quality: Quality::Good,
+                    unit: Some("degC".into()),
+                },
+                Reading {
+                    channel: "raw".into(),
+                    value: Value::Bytes(vec![0, 255]),
+                    ts_ns: 41,
+                    quality: Quality::Bad,
+                    unit: None,
+                },
+            ],
+        };
+        let stored = serde_json::to_vec(&batch).unwrap();
+        let spliced = splice_data("gw \"a\"", u64::MAX, &stored).unwrap();
+        let encoded = encode_data("gw \"a\"", u64::MAX, &batch).unwrap();
+        assert_eq!(spliced.len(), encoded.len());
+        let a: serde_json::Value = serde_json::from_slice(&spliced).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&encoded).unwrap();
+        assert_eq!(a, b);
     }
 }

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 pub use failure::{FailureKind, explain};
 pub use link::LinkError;
-pub use message::{Encoded, Topics, encode_data, encode_parts};
+pub use message::{Encoded, Topics, encode_data, encode_parts, splice_data};
 pub use tls::{TlsError, TlsFiles};
 
 use crate::command::{Answer, Commands, Incoming};
@@ -687,12 +687,12 @@ impl<'a> Session<'a> {
             return Ok(false);
         }
         let telemetry = lane.telemetry;
-        for (seq, batch) in entries {
+        for (seq, entry) in entries {
             self.lanes[i].next_seq = seq + 1;
             let (topic, encoded) = if telemetry {
-                self.encode_telemetry(seq, &batch)
+                self.encode_telemetry(seq, &entry.batch()?)
             } else {
-                self.encode_data(seq, &batch)?
+                self.encode_data(seq, &entry)?
             };
             let lane = &mut self.lanes[i];
             if encoded.is_empty() {
@@ -719,20 +719,27 @@ impl<'a> Session<'a> {
         self.packet_limit.saturating_sub(10 + topic.len())
     }
 
-    /// A data entry's topic and payloads (parts, if too large for one).
+    /// A data entry's topic and payloads (parts, if too large for one). An
+    /// entry that fits one packet is sent as stored, with the gateway and
+    /// sequence added; only one that must be split is decoded.
     fn encode_data(
         &self,
         seq: u64,
-        batch: &crate::reading::Batch,
+        entry: &crate::queue::StoredEntry,
     ) -> Result<(String, Vec<Vec<u8>>), SessionError> {
-        let topic = self.settings.topics.data(&batch.driver);
+        let topic = self.settings.topics.data(&entry.driver()?);
         let budget = self.budget(&topic);
-        let encoded = encode_parts(&self.settings.gateway, seq, batch, budget).map_err(|e| {
-            SessionError::Encode {
-                seq,
-                message: e.to_string(),
-            }
-        })?;
+        let encode_error = |e: serde_json::Error| SessionError::Encode {
+            seq,
+            message: e.to_string(),
+        };
+        let whole = splice_data(&self.settings.gateway, seq, entry.json()).map_err(encode_error)?;
+        if whole.len() <= budget {
+            return Ok((topic, vec![whole]));
+        }
+        let batch = entry.batch()?;
+        let encoded =
+            encode_parts(&self.settings.gateway, seq, &batch, budget).map_err(encode_error)?;
         for (channel, size) in &encoded.too_large {
             self.stats
                 .readings_too_large

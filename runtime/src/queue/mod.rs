@@ -90,6 +90,53 @@ pub struct QueueOptions {
     pub max_group: Option<usize>,
 }
 
+/// An entry as stored, for the publisher: the batch's JSON, decoded only
+/// as far as needed. A data message is this JSON with the gateway and the
+/// sequence number added, so an entry that fits one packet is sent without
+/// being decoded and encoded again.
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    seq: u64,
+    json: Vec<u8>,
+}
+
+/// The one field the publisher needs before sending an entry whole; the
+/// rest is checked to be well-formed JSON and skipped.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    driver: std::borrow::Cow<'a, str>,
+}
+
+impl StoredEntry {
+    /// The batch's JSON object as stored.
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// The whole batch.
+    pub fn batch(&self) -> Result<Batch, QueueError> {
+        serde_json::from_slice(&self.json).map_err(|e| self.corrupt(e))
+    }
+
+    /// The driver that captured it; fails unless the entry is one
+    /// well-formed JSON object.
+    pub fn driver(&self) -> Result<String, QueueError> {
+        if self.json.first() != Some(&b'{') {
+            return Err(self.corrupt("not a JSON object"));
+        }
+        let head: Head<'_> = serde_json::from_slice(&self.json).map_err(|e| self.corrupt(e))?;
+        Ok(head.driver.into_owned())
+    }
+
+    fn corrupt(&self, e: impl std::fmt::Display) -> QueueError {
+        QueueError::Corrupt {
+            seq: self.seq,
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -263,6 +310,16 @@ impl Queue {
 
     /// Up to `max` entries with sequence `>= from`, in order.
     pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Batch)>, QueueError> {
+        self.read_entries(from, max, store::decode_entry)
+    }
+
+    /// Up to `max` stored entries from `from` on, each mapped by `entry`.
+    fn read_entries<T>(
+        &self,
+        from: u64,
+        max: usize,
+        entry: impl Fn(u64, &[u8]) -> Result<T, QueueError>,
+    ) -> Result<Vec<(u64, T)>, QueueError> {
         self.inner.shared.with_db(|db| {
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(ENTRIES).map_err(storage)?;
@@ -270,7 +327,7 @@ impl Queue {
             for item in table.range(from..).map_err(storage)?.take(max) {
                 let (key, value) = item.map_err(storage)?;
                 let seq = key.value();
-                out.push((seq, store::decode_entry(seq, value.value())?));
+                out.push((seq, entry(seq, value.value())?));
             }
             Ok(out)
         })
@@ -310,10 +367,19 @@ impl Queue {
     /// in the same step: the size cap then drops only never-sent entries, so
     /// a dropped entry is one that surely never arrived and `dropped_cap`
     /// counts real losses exactly.
-    pub fn read_for_send(&self, from: u64, max: usize) -> Result<Vec<(u64, Batch)>, QueueError> {
+    pub fn read_for_send(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, StoredEntry)>, QueueError> {
         let shared = &self.inner.shared;
         let _guard = lock(&shared.handover);
-        let entries = self.read_from(from, max)?;
+        let entries = self.read_entries(from, max, |seq, bytes| {
+            Ok(StoredEntry {
+                seq,
+                json: store::entry_json(seq, bytes)?.to_vec(),
+            })
+        })?;
         if let Some((last, _)) = entries.last() {
             shared
                 .sent_below

@@ -37,11 +37,19 @@ pub(super) fn encode_entry(batch: &Batch) -> Result<Vec<u8>, QueueError> {
 }
 
 pub(super) fn decode_entry(seq: u64, bytes: &[u8]) -> Result<Batch, QueueError> {
-    let corrupt = |message: String| QueueError::Corrupt { seq, message };
-    let json = bytes
-        .get(HEADER..)
-        .ok_or_else(|| corrupt(format!("entry of {} bytes has no header", bytes.len())))?;
-    serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
+    let json = entry_json(seq, bytes)?;
+    serde_json::from_slice(json).map_err(|e| QueueError::Corrupt {
+        seq,
+        message: e.to_string(),
+    })
+}
+
+/// The batch's JSON in a stored entry (after the header).
+pub(super) fn entry_json(seq: u64, bytes: &[u8]) -> Result<&[u8], QueueError> {
+    bytes.get(HEADER..).ok_or_else(|| QueueError::Corrupt {
+        seq,
+        message: format!("entry of {} bytes has no header", bytes.len()),
+    })
 }
 
 /// The captured time stored in an entry's header.

@@ -1,7 +1,9 @@
 //! The queue's single writer. Each cycle takes every request waiting
 //! (appends and removals), applies retention, removals and as many appends
 //! as the size policy allows in one transaction, commits it with
-//! `Durability::Immediate`, and only then answers. A failed commit keeps
+//! `Durability::Immediate`, and only then answers. Deletions of delivered
+//! entries alone do not start a commit at once: they wait up to
+//! `REMOVE_LINGER` to share the next append's fsync. A failed commit keeps
 //! everything pending and is retried after reopening the file.
 
 use std::collections::VecDeque;
@@ -40,6 +42,14 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long a writer blocked at the cap waits for removals before looking again.
 const BLOCK_WAIT: Duration = Duration::from_millis(200);
+/// Deletions of delivered entries wait this long for an append to share its
+/// commit (and fsync) before being committed on their own. A deletion lost
+/// to a crash only means the entry is sent again, which QoS 1 allows; a
+/// removal someone waits for, a writer blocked at the cap, or shutdown
+/// commits at once.
+const REMOVE_LINGER: Duration = Duration::from_millis(500);
+/// Pending deletions that are committed without waiting.
+const REMOVE_BATCH: usize = 4096;
 /// A repeated warning (I/O error, cap drops) is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -59,6 +69,7 @@ pub(super) fn spawn(
         last_warning: None,
         appends: VecDeque::new(),
         removes: Vec::new(),
+        removes_since: None,
         remove_waiters: Vec::new(),
         blocked_since: None,
         bytes_hint,
@@ -79,6 +90,8 @@ struct Writer {
     last_warning: Option<Instant>,
     appends: VecDeque<Append>,
     removes: Vec<u64>,
+    /// When the oldest pending deletion arrived.
+    removes_since: Option<Instant>,
     remove_waiters: Vec<oneshot::Sender<Result<(), QueueError>>>,
     /// Set while appends wait at the cap under [`FullPolicy::Block`].
     blocked_since: Option<Instant>,
@@ -105,7 +118,7 @@ impl Writer {
         let mut open = true;
         let mut retry_delay = RETRY_MIN;
         loop {
-            let progress_possible = !self.removes.is_empty()
+            let progress_possible = self.removes_due(open)
                 || !self.remove_waiters.is_empty()
                 || (!self.appends.is_empty() && self.blocked_since.is_none());
             if !progress_possible {
@@ -113,11 +126,14 @@ impl Writer {
                     self.fail_pending(&QueueError::Closed);
                     return;
                 }
-                let wait = if self.blocked_since.is_some() {
+                let mut wait = if self.blocked_since.is_some() {
                     BLOCK_WAIT
                 } else {
                     TICK
                 };
+                if let Some(since) = self.removes_since {
+                    wait = wait.min(REMOVE_LINGER.saturating_sub(since.elapsed()));
+                }
                 match rx.recv_timeout(wait) {
                     Ok(request) => self.take(request),
                     Err(RecvTimeoutError::Timeout) => {}
@@ -136,7 +152,7 @@ impl Writer {
             }
             let retention_due = self.last_retention.elapsed() >= TICK;
             if !retention_due
-                && self.removes.is_empty()
+                && !self.removes_due(open)
                 && self.remove_waiters.is_empty()
                 && self.appends.is_empty()
             {
@@ -163,10 +179,25 @@ impl Writer {
         }
     }
 
+    /// Whether pending deletions should be committed without waiting for
+    /// an append to share the commit.
+    fn removes_due(&self, open: bool) -> bool {
+        !self.removes.is_empty()
+            && (!open
+                || self.blocked_since.is_some()
+                || self.removes.len() >= REMOVE_BATCH
+                || self
+                    .removes_since
+                    .is_some_and(|since| since.elapsed() >= REMOVE_LINGER))
+    }
+
     fn take(&mut self, request: Request) {
         match request {
             Request::Append(append) => self.appends.push_back(append),
             Request::Remove { seqs, done } => {
+                if self.removes.is_empty() && !seqs.is_empty() {
+                    self.removes_since = Some(Instant::now());
+                }
                 self.removes.extend(seqs);
                 if let Some(done) = done {
                     self.remove_waiters.push(done);
@@ -212,6 +243,7 @@ impl Writer {
         }
         drop(health);
         self.removes.clear();
+        self.removes_since = None;
         for done in self.remove_waiters.drain(..) {
             let _ = done.send(Ok(()));
         }
