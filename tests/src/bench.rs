@@ -628,10 +628,13 @@ pub fn bare_publisher(
 
 /// A fresh directory for one benchmark's files on the project's disk
 /// (`target/bench-tmp`), not the system temp directory, which may be a
-/// tmpfs where fsync costs nothing. Readable by a broker that drops
-/// privileges.
+/// tmpfs where fsync costs nothing; `FERRULE_BENCH_TMP` picks another place
+/// (the disk a gateway would use, or a tmpfs to see what fsync costs).
+/// Readable by a broker that drops privileges.
 pub fn workdir(part: &str) -> anyhow::Result<tempfile::TempDir> {
-    let base = crate::target_dir().join("bench-tmp");
+    let base = std::env::var_os("FERRULE_BENCH_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::target_dir().join("bench-tmp"));
     std::fs::create_dir_all(&base)?;
     let dir = tempfile::Builder::new()
         .prefix(&format!("{part}-"))
