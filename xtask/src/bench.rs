@@ -97,6 +97,7 @@ pub fn run_parts(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
     }
     let results = merge(root, &out, &parts)?;
     std::fs::write(root.join("BENCHMARKS.md"), render(root, &results)?)?;
+    update_readme(root, &results)?;
     println!();
     println!("{}", summary(&results, &parts));
     eprintln!(
@@ -472,4 +473,34 @@ fn render(root: &Path, results: &Value) -> anyhow::Result<String> {
         doc.push('\n');
     }
     Ok(doc)
+}
+
+/// The README's headline table lives between these markers.
+const README_START: &str = "<!-- bench:start -->";
+const README_END: &str = "<!-- bench:end -->";
+
+/// Rewrites the README's headline table from the latest results, so the
+/// README never shows figures that BENCHMARKS.md does not.
+fn update_readme(root: &Path, results: &Value) -> anyhow::Result<()> {
+    let path = root.join("README.md");
+    let text = std::fs::read_to_string(&path)?;
+    let (Some(start), Some(end)) = (text.find(README_START), text.find(README_END)) else {
+        return Ok(());
+    };
+    if end < start {
+        return Ok(());
+    }
+    let m = &results["machine"];
+    let table = format!(
+        "{README_START}\n{}\nLast run {} on {} ({} cores).\n",
+        targets_table(results),
+        results["date"].as_str().unwrap_or("?"),
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+    );
+    let updated = format!("{}{table}{}", &text[..start], &text[end..]);
+    if updated != text {
+        std::fs::write(&path, updated)?;
+    }
+    Ok(())
 }
