@@ -253,6 +253,20 @@ fn publisher_settings(config: &Config) -> PublisherSettings {
     }
 }
 
+/// Hands the heap memory freed during start-up back to the system. Compiling
+/// plugins (Cranelift, on a cold compile cache) allocates and frees several
+/// MiB; glibc keeps freed memory in its arenas, where it would stay
+/// resident for the gateway's whole life (measured: 38 MiB RSS before, 31
+/// MiB after, on the side-by-side benchmark's 10-driver Modbus job).
+fn release_startup_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only walks glibc's own arenas and releases
+    // free pages; it has no preconditions and touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Runs a prepared gateway until `shutdown` turns true; then stops polling,
 /// lets the publisher say offline, and returns.
 pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<(), StartError> {
@@ -263,6 +277,7 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
     } = prepared;
     let queue = Queue::open(&queue_path(&config), queue_options(&config))?;
     let stats = queue.stats()?;
+    release_startup_memory();
     tracing::info!(
         gateway = %config.gateway.id.get_ref(),
         drivers = drivers.len(),
