@@ -64,9 +64,9 @@ impl Target {
     pub fn text(&self, unit: &str) -> String {
         let op = if self.op == "<=" { "≤" } else { "≥" };
         if self.on == "ratio" {
-            format!("ratio {op} {}", self.limit)
+            format!("ratio {op} {}", number(self.limit))
         } else {
-            format!("{op} {} {unit}", self.limit)
+            format!("{op} {} {unit}", number(self.limit))
         }
     }
 }
@@ -240,38 +240,9 @@ impl Report {
     }
 }
 
-/// A figure's value as printed: three significant digits at most after
-/// the point, thousands kept whole.
-pub fn number(x: f64) -> String {
-    if !x.is_finite() {
-        return "-".into();
-    }
-    let abs = x.abs();
-    if abs >= 1000.0 {
-        let whole = format!("{:.0}", x);
-        group_thousands(&whole)
-    } else if abs >= 100.0 {
-        format!("{x:.1}")
-    } else if abs >= 1.0 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.3}")
-    }
-}
-
-fn group_thousands(digits: &str) -> String {
-    let (sign, digits) = digits
-        .strip_prefix('-')
-        .map_or(("", digits), |rest| ("-", rest));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    format!("{sign}{out}")
-}
+#[path = "../../xtask/src/number.rs"]
+mod format;
+pub use format::number;
 
 /// The figures as a Markdown table (also how BENCHMARKS.md shows them).
 pub fn table(figures: &[Figure]) -> String {

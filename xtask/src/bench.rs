@@ -11,6 +11,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use crate::number::number;
+
 /// Every part, in the order a full run takes them.
 pub const PARTS: [(&str, &str); 10] = [
     ("e2e", "end-to-end throughput vs a bare rumqttc client"),
@@ -273,30 +275,6 @@ fn merge(root: &Path, out: &Path, ran: &[&str]) -> anyhow::Result<Value> {
     std::fs::create_dir_all(root.join("benchmarks"))?;
     std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
     Ok(results)
-}
-
-fn number(x: f64) -> String {
-    if !x.is_finite() {
-        return "-".into();
-    }
-    let abs = x.abs();
-    if abs >= 1000.0 {
-        let digits = format!("{:.0}", abs);
-        let mut grouped = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                grouped.push(',');
-            }
-            grouped.push(c);
-        }
-        format!("{}{grouped}", if x < 0.0 { "-" } else { "" })
-    } else if abs >= 100.0 {
-        format!("{x:.1}")
-    } else if abs >= 1.0 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.3}")
-    }
 }
 
 fn target_text(figure: &Value) -> String {

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod number;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
