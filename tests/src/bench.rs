@@ -470,6 +470,19 @@ pub fn count(haystack: &[u8], needle: &[u8]) -> usize {
         .count()
 }
 
+/// The `sim` driver's config (JSON, as `init` receives it) with `channels`
+/// sine channels in degC, for in-process benchmarks.
+pub fn sim_config_json(channels: usize) -> String {
+    let list: Vec<String> = (0..channels)
+        .map(|i| {
+            format!(
+                r#"{{"name":"c{i}","signal":"sine","amplitude":5.0,"offset":20.0,"unit":"degC"}}"#
+            )
+        })
+        .collect();
+    format!(r#"{{"channels":[{}]}}"#, list.join(","))
+}
+
 /// A `[[driver]]` of the `sim` plugin with `channels` sine channels polled
 /// every `interval_ms`, followed by `stages` `scale` processors that each
 /// rescale every channel.

@@ -16,17 +16,6 @@ use ferrule_tests::plugin;
 #[path = "../../../plugins/sim/src/signals.rs"]
 mod signals;
 
-fn sim_config(readings: usize) -> String {
-    let channels: Vec<String> = (0..readings)
-        .map(|i| {
-            format!(
-                r#"{{"name":"c{i}","signal":"sine","amplitude":5.0,"offset":20.0,"unit":"degC"}}"#
-            )
-        })
-        .collect();
-    format!(r#"{{"channels":[{}]}}"#, channels.join(","))
-}
-
 fn per_call(total: Duration, calls: u32) -> f64 {
     total.as_nanos() as f64 / f64::from(calls)
 }
@@ -35,7 +24,7 @@ async fn poll_costs(engine: &PluginEngine, report: &mut Report) -> anyhow::Resul
     let loaded = engine.load_driver(&plugin("sim")?)?;
     let sandbox = Sandbox::default();
     for n in [1usize, 10, 100] {
-        let config = sim_config(n);
+        let config = bench::sim_config_json(n);
         let calls: u32 = bench::scaled(if n == 100 { 20_000 } else { 50_000 }, 200);
         let mut wasm = loaded.start("bench", &sandbox, &config).await?;
         for _ in 0..1_000 {
@@ -79,7 +68,7 @@ async fn start_cost(engine: &PluginEngine, report: &mut Report) -> anyhow::Resul
         &Capabilities::default(),
         &std::env::temp_dir(),
     )?;
-    let config = sim_config(1);
+    let config = bench::sim_config_json(1);
     for _ in 0..100 {
         drop(loaded.start("bench", &sandbox, &config).await?);
     }
@@ -169,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
         let calls: u32 = calls.parse()?;
         let loaded = engine.load_driver(&plugin("sim")?)?;
         let mut wasm = loaded
-            .start("bench", &Sandbox::default(), &sim_config(100))
+            .start("bench", &Sandbox::default(), &bench::sim_config_json(100))
             .await?;
         for _ in 0..calls {
             std::hint::black_box(wasm.poll().await?);

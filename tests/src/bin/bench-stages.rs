@@ -12,17 +12,6 @@ use ferrule_tests::plugin;
 
 const CHANNELS: usize = 100;
 
-fn driver_config() -> String {
-    let channels: Vec<String> = (0..CHANNELS)
-        .map(|i| {
-            format!(
-                r#"{{"name":"c{i}","signal":"sine","amplitude":5.0,"offset":20.0,"unit":"degC"}}"#
-            )
-        })
-        .collect();
-    format!(r#"{{"channels":[{}]}}"#, channels.join(","))
-}
-
 fn scale_config() -> String {
     let rules: Vec<String> = (0..CHANNELS)
         .map(|i| format!(r#""c{i}":{{"gain":1.8,"offset":32.0}}"#))
@@ -48,7 +37,9 @@ async fn main() -> anyhow::Result<()> {
     let driver = engine.load_driver(&plugin("sim")?)?;
     let scale = engine.load_processor(&plugin("scale")?)?;
     let sandbox = Sandbox::default();
-    let mut poll = driver.start("bench", &sandbox, &driver_config()).await?;
+    let mut poll = driver
+        .start("bench", &sandbox, &bench::sim_config_json(CHANNELS))
+        .await?;
     let mut per_batch = Vec::new();
     for stages in [0usize, 1, 2, 4] {
         let mut chain = Vec::new();
