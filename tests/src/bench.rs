@@ -648,3 +648,16 @@ pub async fn first_arrival(
     }
     Ok(())
 }
+
+/// A benchmark's working directory, test PKI and mosquitto on a loopback
+/// port (mutual TLS, [`BENCH_BROKER`] options), pinned to the peers' core.
+pub fn broker(
+    part: &str,
+) -> anyhow::Result<(tempfile::TempDir, crate::Pki, u16, crate::Mosquitto)> {
+    let dir = workdir(part)?;
+    let pki = crate::Pki::new(dir.path())?;
+    let port = crate::free_port()?;
+    let broker = crate::Mosquitto::start(dir.path(), &pki, port, BENCH_BROKER)?;
+    pin_peer(broker.process.child.id())?;
+    Ok((dir, pki, port, broker))
+}

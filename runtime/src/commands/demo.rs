@@ -366,7 +366,6 @@ async fn subscribe(
     }
 }
 
-/// One line per message: sequence, driver and each reading.
 /// One line of a telemetry snapshot's headline figures.
 fn describe_telemetry(payload: &[u8]) -> String {
     let Ok(t) = serde_json::from_slice::<serde_json::Value>(payload) else {
@@ -382,6 +381,7 @@ fn describe_telemetry(payload: &[u8]) -> String {
     )
 }
 
+/// One line per message: sequence, driver and each reading.
 fn describe(topic: &str, payload: &[u8]) -> String {
     let Ok(message) = serde_json::from_slice::<serde_json::Value>(payload) else {
         return format!("{topic}: {}", String::from_utf8_lossy(payload));

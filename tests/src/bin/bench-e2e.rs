@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use ferrule_tests::bench::{self, Report, Tally};
-use ferrule_tests::{Mosquitto, Pki, Subscriber, free_port, gateway_and_mqtt};
+use ferrule_tests::{Subscriber, gateway_and_mqtt};
 
 const DRIVERS: usize = 8;
 const CHANNELS: usize = 100;
@@ -34,11 +34,7 @@ async fn main() -> anyhow::Result<()> {
         "baseline: bare-publisher (rumqttc, same TLS settings and TCP_NODELAY, in-flight {INFLIGHT}) replaying payloads ferrule sent, as fast as acknowledged, same window"
     ));
 
-    let dir = bench::workdir("e2e")?;
-    let pki = Pki::new(dir.path())?;
-    let port = free_port()?;
-    let broker = Mosquitto::start(dir.path(), &pki, port, bench::BENCH_BROKER)?;
-    bench::pin_peer(broker.process.child.id())?;
+    let (dir, pki, port, broker) = bench::broker("e2e")?;
 
     // ferrule
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;

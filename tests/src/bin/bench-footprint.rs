@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use ferrule_tests::bench::{self, Report, Usage};
-use ferrule_tests::{Mosquitto, Pki, free_port, gateway_and_mqtt};
+use ferrule_tests::gateway_and_mqtt;
 
 const CHANNELS: usize = 10;
 const INTERVAL_MS: u64 = 1000;
@@ -30,11 +30,7 @@ async fn main() -> anyhow::Result<()> {
     report.method(
         "baseline: bare-publisher (rumqttc + rustls, no plugins, no queue) sending one 10-reading message a second, same window",
     );
-    let dir = bench::workdir("footprint")?;
-    let pki = Pki::new(dir.path())?;
-    let port = free_port()?;
-    let broker = Mosquitto::start(dir.path(), &pki, port, bench::BENCH_BROKER)?;
-    bench::pin_peer(broker.process.child.id())?;
+    let (dir, pki, port, broker) = bench::broker("footprint")?;
 
     let bare = bench::bare_publisher(
         &pki,

@@ -21,9 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ferrule_tests::bench::{self, Report, Tally, Usage};
 use ferrule_tests::net::ModbusSim;
-use ferrule_tests::{
-    Mosquitto, Pki, Process, Subscriber, free_port, gateway_and_mqtt, plugin, queue_stats,
-};
+use ferrule_tests::{Pki, Process, Subscriber, free_port, gateway_and_mqtt, plugin, queue_stats};
 use serde_json::json;
 
 const DEVICES: usize = 10;
@@ -374,11 +372,7 @@ async fn main() -> anyhow::Result<()> {
     report.method("ThingsBoard IoT Gateway 3.8.5 (its own venv, pymodbus 3.9.2 as its connector requires): Modbus connector, 100 time series tags per device (one read per tag), memory storage, report strategy ON_RECEIVED, publishing v1/gateway/telemetry; the measuring process answers its getSessionLimits RPC as a ThingsBoard platform without rate limits would; its update check (an HTTPS call to the internet at start) is replaced by a no-op");
     report.method("CPU = user + system time of the gateway's process over the window; RSS = mean of samples taken every second");
 
-    let dir = bench::workdir("gateways")?;
-    let pki = Pki::new(dir.path())?;
-    let port = free_port()?;
-    let broker = Mosquitto::start(dir.path(), &pki, port, bench::BENCH_BROKER)?;
-    bench::pin_peer(broker.process.child.id())?;
+    let (dir, pki, port, broker) = bench::broker("gateways")?;
     let values: Vec<u16> = (0..REGISTERS as u16).map(|i| i * 7).collect();
     let sim = ModbusSim::start_devices(dir.path(), &json!({ "holding": values }), DEVICES)
         .context("cannot start the Modbus devices")?;

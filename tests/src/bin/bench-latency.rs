@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ferrule::reading::now_ns;
 use ferrule_tests::bench::{self, Report};
-use ferrule_tests::{Mosquitto, Pki, Subscriber, free_port, gateway_and_mqtt};
+use ferrule_tests::{Subscriber, gateway_and_mqtt};
 
 const CHANNELS: usize = 10;
 const INTERVAL_MS: u64 = 10;
@@ -68,11 +68,7 @@ async fn main() -> anyhow::Result<()> {
         "baseline: bare-publisher (rumqttc, same TLS settings) sending 100 messages/s of 10 readings stamped when sent, same broker and subscriber",
     );
 
-    let dir = bench::workdir("latency")?;
-    let pki = Pki::new(dir.path())?;
-    let port = free_port()?;
-    let broker = Mosquitto::start(dir.path(), &pki, port, bench::BENCH_BROKER)?;
-    bench::pin_peer(broker.process.child.id())?;
+    let (dir, pki, port, broker) = bench::broker("latency")?;
 
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
     let config = format!(
