@@ -46,6 +46,75 @@ pub enum StartError {
         device: String,
         message: String,
     },
+    #[error(
+        "{}: plugins may hold {plugins} open files and sockets (max_open_files of each plugin with data_dir or allow_net) and the gateway keeps {HOST_DESCRIPTORS} for itself, but this process may open only {limit}; lower max_open_files or raise the limit (systemd: LimitNOFILE=)",
+        config.display()
+    )]
+    Descriptors {
+        config: PathBuf,
+        plugins: u64,
+        limit: u64,
+    },
+}
+
+/// Descriptors kept for the gateway itself (queue files, the broker link,
+/// certificate reads, telemetry), whatever its plugins hold.
+pub const HOST_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit on open files to the hard one and checks that
+/// every plugin's `max_open_files` fits under it with
+/// [`HOST_DESCRIPTORS`] to spare, so no plugin can keep the gateway from
+/// reconnecting or opening its queue.
+fn reserve_descriptors(config: &Config, specs: &[&DriverSpec]) -> Result<(), StartError> {
+    let plugins: u64 = specs
+        .iter()
+        .flat_map(|s| {
+            std::iter::once(&s.driver.sandbox).chain(s.processors.iter().map(|p| &p.sandbox))
+        })
+        .filter(|sandbox| sandbox.holds_descriptors())
+        .map(|sandbox| sandbox.limits.max_open_files as u64)
+        .sum();
+    let Some(limit) = raise_open_files_limit() else {
+        return Ok(());
+    };
+    if plugins.saturating_add(HOST_DESCRIPTORS) > limit {
+        return Err(StartError::Descriptors {
+            config: config.source.clone(),
+            plugins,
+            limit,
+        });
+    }
+    tracing::debug!(limit, plugins, "open file limit");
+    Ok(())
+}
+
+/// Sets the soft `RLIMIT_NOFILE` to the hard limit; the limit now in force.
+fn raise_open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return None;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit = raised;
+                }
+            }
+        }
+        Some(limit.rlim_cur)
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// A gateway whose plugins are loaded and initialised, not yet running.
@@ -208,6 +277,18 @@ pub fn queue_path(config: &Config) -> PathBuf {
     }
 }
 
+/// The telemetry snapshot's size budget: the configured one, lowered so a
+/// snapshot always fits one MQTT packet with room for the topic and the
+/// framing the publisher adds.
+fn snapshot_budget(config: &Config) -> usize {
+    let packet = u64::from(*config.mqtt.max_packet_size.get_ref());
+    let budget = config
+        .telemetry
+        .max_snapshot_bytes
+        .min(packet.saturating_sub(1024).max(1024));
+    usize::try_from(budget).unwrap_or(usize::MAX)
+}
+
 /// The local telemetry history file a config points at.
 pub fn history_path(config: &Config) -> PathBuf {
     config
@@ -275,6 +356,10 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
         drivers,
         _engine,
     } = prepared;
+    reserve_descriptors(
+        &config,
+        &drivers.iter().map(|(spec, _)| spec).collect::<Vec<_>>(),
+    )?;
     let queue = Queue::open(&queue_path(&config), queue_options(&config))?;
     let stats = queue.stats()?;
     release_startup_memory();
@@ -341,10 +426,13 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
                 publisher: publisher_stats,
                 data: queue.clone(),
                 lane,
+                max_snapshot_bytes: snapshot_budget(&config),
+                trimmed: 0,
                 history: match telemetry::history::History::open(
                     &history_path(&config),
                     Duration::from_secs(config.telemetry.raw_retention_s),
                     Duration::from_secs(config.telemetry.trend_retention_s),
+                    config.telemetry.max_history_bytes,
                 ) {
                     Ok(h) => Some(Arc::new(h)),
                     Err(e) => {

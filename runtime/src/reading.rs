@@ -2,11 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One measured value. In JSON: `"type": "float", "value": 21.5`; bytes are base64.
+/// One measured value. In JSON: `"type": "float", "value": 21.5`; bytes are
+/// base64. A float that is not a finite number is written as a string,
+/// `"NaN"`, `"inf"` or `"-inf"`, with the type kept (JSON has no such
+/// numbers; see `float_repr`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "value", rename_all = "lowercase")]
 pub enum Value {
-    Float(f64),
+    Float(#[serde(with = "float_repr")] f64),
     Int(i64),
     Bool(bool),
     Text(String),
@@ -52,6 +55,75 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Floats in JSON: finite values as numbers (exactly, `-0.0` included),
+/// non-finite ones as the strings `"NaN"`, `"inf"` and `"-inf"`. Every NaN
+/// is written as `"NaN"` (its sign and payload bits are not kept). Reading
+/// also takes `null` as NaN: versions before 0.2 wrote every non-finite
+/// float as `null`, and their queues must still be read and exported.
+mod float_repr {
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub const NAN: &str = "NaN";
+    pub const INF: &str = "inf";
+    pub const NEG_INF: &str = "-inf";
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str(NAN)
+        } else if *v > 0.0 {
+            s.serialize_str(INF)
+        } else {
+            s.serialize_str(NEG_INF)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        d.deserialize_any(FloatVisitor)
+    }
+
+    struct FloatVisitor;
+
+    impl Visitor<'_> for FloatVisitor {
+        type Value = f64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a number, or \"NaN\", \"inf\" or \"-inf\"")
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            match v {
+                NAN => Ok(f64::NAN),
+                INF => Ok(f64::INFINITY),
+                NEG_INF => Ok(f64::NEG_INFINITY),
+                other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+            }
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<f64, E> {
+            Ok(f64::NAN)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<f64, E> {
+            Ok(f64::NAN)
+        }
+    }
+}
+
 mod base64_bytes {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
@@ -75,12 +147,11 @@ mod tests {
 
     fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
-            any::<f64>()
-                .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
-                .prop_map(Value::Float),
+            proptest::num::f64::ANY.prop_map(Value::Float),
             any::<i64>().prop_map(Value::Int),
             any::<bool>().prop_map(Value::Bool),
             ".{0,20}".prop_map(Value::Text),
+            "[\\x00-\\x1f\\x7f\"\\\\]{0,8}".prop_map(Value::Text),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
         ]
     }
@@ -108,8 +179,87 @@ mod tests {
             let batch = Batch { driver, captured_ns, readings };
             let json = serde_json::to_vec(&batch).unwrap();
             let back: Batch = serde_json::from_slice(&json).unwrap();
-            prop_assert_eq!(back, batch);
+            prop_assert!(same_batch(&back, &batch), "{:?} != {:?}", back, batch);
         }
+
+        /// Every f64 — finite, subnormal, signed zero, infinite, any NaN —
+        /// comes back as itself (NaN as a NaN).
+        #[test]
+        fn every_float_round_trips_through_json(bits in any::<u64>(), pick in 0..4u8) {
+            let v = match pick {
+                0 => f64::from_bits(bits),
+                1 => f64::from_bits(bits | 0x7ff0_0000_0000_0000), // NaN or infinite
+                2 => [f64::INFINITY, f64::NEG_INFINITY, -0.0, f64::MIN_POSITIVE][(bits % 4) as usize],
+                _ => f64::from_bits(bits & 0x800f_ffff_ffff_ffff), // subnormal or zero
+            };
+            let r = Reading { channel: "f".into(), value: Value::Float(v), ts_ns: 1, quality: Quality::Good, unit: None };
+            let json = serde_json::to_string(&r).unwrap();
+            let back: Reading = serde_json::from_str(&json).unwrap();
+            let Value::Float(b) = back.value else { panic!("type lost: {json}") };
+            prop_assert!(same_float(b, v), "{} -> {} -> {}", v, json, b);
+        }
+    }
+
+    /// Equality that holds a NaN equal to a NaN and tells 0.0 from -0.0.
+    fn same_float(a: f64, b: f64) -> bool {
+        (a.is_nan() && b.is_nan()) || a.to_bits() == b.to_bits()
+    }
+
+    fn same_batch(a: &Batch, b: &Batch) -> bool {
+        a.driver == b.driver
+            && a.captured_ns == b.captured_ns
+            && a.readings.len() == b.readings.len()
+            && a.readings.iter().zip(&b.readings).all(|(x, y)| {
+                let values = match (&x.value, &y.value) {
+                    (Value::Float(p), Value::Float(q)) => same_float(*p, *q),
+                    (p, q) => p == q,
+                };
+                values
+                    && x.channel == y.channel
+                    && x.ts_ns == y.ts_ns
+                    && x.quality == y.quality
+                    && x.unit == y.unit
+            })
+    }
+
+    #[test]
+    fn non_finite_floats_are_strings_with_their_type_and_old_nulls_read_as_nan() {
+        for (v, text) in [
+            (f64::NAN, r#""NaN""#),
+            (f64::INFINITY, r#""inf""#),
+            (f64::NEG_INFINITY, r#""-inf""#),
+        ] {
+            let r = Reading {
+                channel: "t".into(),
+                value: Value::Float(v),
+                ts_ns: 7,
+                quality: Quality::Good,
+                unit: None,
+            };
+            let json = serde_json::to_string(&r).unwrap();
+            assert!(
+                json.contains(&format!(r#""type":"float","value":{text}"#)),
+                "{json}"
+            );
+        }
+        // What versions before 0.2 wrote for any non-finite float.
+        let old: Reading = serde_json::from_str(
+            r#"{"channel":"t","type":"float","value":null,"ts_ns":7,"quality":"good"}"#,
+        )
+        .unwrap();
+        assert!(matches!(old.value, Value::Float(v) if v.is_nan()));
+        // An integer-looking float written by another tool is still a float.
+        let int: Reading = serde_json::from_str(
+            r#"{"channel":"t","type":"float","value":3,"ts_ns":7,"quality":"good"}"#,
+        )
+        .unwrap();
+        assert_eq!(int.value, Value::Float(3.0));
+        assert!(
+            serde_json::from_str::<Reading>(
+                r#"{"channel":"t","type":"float","value":"nan?","ts_ns":7,"quality":"good"}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

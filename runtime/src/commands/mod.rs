@@ -251,9 +251,23 @@ fn queue(command: QueueCommand) -> anyhow::Result<()> {
                 ExportFormat::Jsonl => {
                     let stdout = std::io::stdout();
                     let mut out = std::io::BufWriter::new(stdout.lock());
-                    let count = ferrule::queue::export_jsonl(&path, &mut out)?;
+                    let summary = ferrule::queue::export_jsonl(&path, &mut out)?;
                     std::io::Write::flush(&mut out)?;
-                    eprintln!("exported {count} batches from {}", path.display());
+                    for (seq, reason) in &summary.unreadable {
+                        eprintln!("entry {seq} unreadable, not exported: {reason}");
+                    }
+                    eprintln!(
+                        "exported {} batches from {}",
+                        summary.exported,
+                        path.display()
+                    );
+                    if !summary.unreadable.is_empty() {
+                        anyhow::bail!(
+                            "{} entries of {} could not be read (listed above); every other entry was exported",
+                            summary.unreadable.len(),
+                            path.display()
+                        );
+                    }
                 }
             }
             Ok(())

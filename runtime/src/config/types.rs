@@ -183,6 +183,31 @@ pub struct PluginLimits {
     /// twice that pass, the rest are dropped and counted.
     #[serde(default = "default_log_lines_per_s")]
     pub log_lines_per_s: u32,
+    /// Most bytes the host copies out of the plugin in one call: a result
+    /// (every reading's record, its strings and bytes), a device status, or
+    /// the arguments of one call the plugin makes to the host (a log line,
+    /// a file write). Checked against the lengths in the plugin's memory
+    /// before anything is copied.
+    #[serde(default = "default_max_result_bytes")]
+    pub max_result_bytes: usize,
+    /// Most `extra` pairs in one device status.
+    #[serde(default = "default_max_status_entries")]
+    pub max_status_entries: usize,
+    /// Longest firmware string, `extra` key or `extra` value of a device status.
+    #[serde(default = "default_max_status_value_bytes")]
+    pub max_status_value_bytes: usize,
+    /// Longest log line kept; longer lines are cut.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: usize,
+    /// Longest error message kept from a plugin; longer ones are cut.
+    #[serde(default = "default_max_error_bytes")]
+    pub max_error_bytes: usize,
+    /// Files, directories and sockets one instance may hold open at once.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// Bytes the plugin's `data_dir` may hold (files and directories).
+    #[serde(default = "default_data_dir_quota_mb")]
+    pub data_dir_quota_mb: u64,
 }
 
 impl Default for PluginLimits {
@@ -193,6 +218,13 @@ impl Default for PluginLimits {
             max_readings: default_max_readings(),
             max_value_bytes: default_max_value_bytes(),
             log_lines_per_s: default_log_lines_per_s(),
+            max_result_bytes: default_max_result_bytes(),
+            max_status_entries: default_max_status_entries(),
+            max_status_value_bytes: default_max_status_value_bytes(),
+            max_log_bytes: default_max_log_bytes(),
+            max_error_bytes: default_max_error_bytes(),
+            max_open_files: default_max_open_files(),
+            data_dir_quota_mb: default_data_dir_quota_mb(),
         }
     }
 }
@@ -206,6 +238,13 @@ pub struct LimitsOverride {
     pub max_readings: Option<usize>,
     pub max_value_bytes: Option<usize>,
     pub log_lines_per_s: Option<u32>,
+    pub max_result_bytes: Option<usize>,
+    pub max_status_entries: Option<usize>,
+    pub max_status_value_bytes: Option<usize>,
+    pub max_log_bytes: Option<usize>,
+    pub max_error_bytes: Option<usize>,
+    pub max_open_files: Option<usize>,
+    pub data_dir_quota_mb: Option<u64>,
 }
 
 impl PluginLimits {
@@ -220,6 +259,15 @@ impl PluginLimits {
             max_readings: o.max_readings.unwrap_or(self.max_readings),
             max_value_bytes: o.max_value_bytes.unwrap_or(self.max_value_bytes),
             log_lines_per_s: o.log_lines_per_s.unwrap_or(self.log_lines_per_s),
+            max_result_bytes: o.max_result_bytes.unwrap_or(self.max_result_bytes),
+            max_status_entries: o.max_status_entries.unwrap_or(self.max_status_entries),
+            max_status_value_bytes: o
+                .max_status_value_bytes
+                .unwrap_or(self.max_status_value_bytes),
+            max_log_bytes: o.max_log_bytes.unwrap_or(self.max_log_bytes),
+            max_error_bytes: o.max_error_bytes.unwrap_or(self.max_error_bytes),
+            max_open_files: o.max_open_files.unwrap_or(self.max_open_files),
+            data_dir_quota_mb: o.data_dir_quota_mb.unwrap_or(self.data_dir_quota_mb),
         }
     }
 }
@@ -242,6 +290,34 @@ fn default_max_value_bytes() -> usize {
 
 fn default_log_lines_per_s() -> u32 {
     20
+}
+
+fn default_max_result_bytes() -> usize {
+    2 << 20
+}
+
+fn default_max_status_entries() -> usize {
+    64
+}
+
+fn default_max_status_value_bytes() -> usize {
+    1024
+}
+
+fn default_max_log_bytes() -> usize {
+    4096
+}
+
+fn default_max_error_bytes() -> usize {
+    1024
+}
+
+fn default_max_open_files() -> usize {
+    32
+}
+
+fn default_data_dir_quota_mb() -> u64 {
+    64
 }
 
 /// What a plugin may reach beyond its own memory; everything else is denied.
@@ -297,6 +373,15 @@ pub struct TelemetryConfig {
     /// How long hourly roll-ups (min, average, max per figure) are kept.
     #[serde(default = "default_trend_retention_s")]
     pub trend_retention_s: u64,
+    /// Largest encoded snapshot; bigger parts (a driver's device status)
+    /// are trimmed, with markers, so the rest is still published. Lowered
+    /// to fit `mqtt.max_packet_size`.
+    #[serde(default = "default_max_snapshot_bytes")]
+    pub max_snapshot_bytes: u64,
+    /// Cap of what `{data_dir}/telemetry-history.redb` holds, besides the
+    /// retentions; the oldest samples go first, counted.
+    #[serde(default = "default_max_history_bytes")]
+    pub max_history_bytes: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -306,6 +391,8 @@ impl Default for TelemetryConfig {
             max_queue_bytes: default_telemetry_queue_bytes(),
             raw_retention_s: default_raw_retention_s(),
             trend_retention_s: default_trend_retention_s(),
+            max_snapshot_bytes: default_max_snapshot_bytes(),
+            max_history_bytes: default_max_history_bytes(),
         }
     }
 }
@@ -324,6 +411,14 @@ fn default_raw_retention_s() -> u64 {
 
 fn default_trend_retention_s() -> u64 {
     2 * 365 * 24 * 3600
+}
+
+fn default_max_snapshot_bytes() -> u64 {
+    64 << 10
+}
+
+fn default_max_history_bytes() -> u64 {
+    32 << 20
 }
 
 /// Runtime-wide settings.

@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::command;
 
-use crate::plugin::Sandbox;
 use crate::plugin::{
-    DriverInstance, LoadedDriver, LoadedProcessor, PluginError, ProcessorInstance,
+    BudgetCounters, DriverInstance, LoadedDriver, LoadedProcessor, OutputChecked, PluginError,
+    ProcessorInstance, Sandbox,
 };
 use crate::queue::Queue;
 use crate::reading::{Batch, now_ns};
@@ -62,6 +62,16 @@ pub struct DriverCounters {
     pub processors: Vec<ProcessorCounters>,
     /// WASM linear memory held by the driver and its processors.
     pub memory_bytes: AtomicU64,
+    /// Calls whose output went past a limit (refused; the instance rebuilt).
+    pub outputs_refused: AtomicU64,
+    /// Readings left out for a bad channel name or a same-instant duplicate.
+    pub readings_rejected: AtomicU64,
+    /// Readings kept with quality `bad` for a timestamp outside 2000–2200.
+    pub timestamps_flagged: AtomicU64,
+    /// Device status fields reported as absent for a value outside 0–100.
+    pub status_fields_rejected: AtomicU64,
+    /// Descriptor and data dir budgets of the driver and its processors.
+    pub budgets: Vec<Arc<BudgetCounters>>,
     /// Held while a poll's figures are applied and while telemetry reads
     /// them, so a snapshot always sees whole polls.
     whole: std::sync::Mutex<()>,
@@ -107,15 +117,31 @@ impl DriverCounters {
                     ..ProcessorCounters::default()
                 })
                 .collect(),
+            budgets: std::iter::once(&spec.driver.sandbox)
+                .chain(spec.processors.iter().map(|p| &p.sandbox))
+                .map(|s| s.budget_counters.clone())
+                .collect(),
             ..DriverCounters::default()
         }
     }
 
     fn failed(&self, error: &PluginError) {
+        if matches!(error, PluginError::Oversized { .. }) {
+            self.outputs_refused.fetch_add(1, Ordering::Relaxed);
+        }
         *self
             .last_error
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.to_string());
+    }
+
+    fn checked(&self, c: OutputChecked) {
+        self.readings_rejected
+            .fetch_add(c.readings_rejected, Ordering::Relaxed);
+        self.timestamps_flagged
+            .fetch_add(c.timestamps_flagged, Ordering::Relaxed);
+        self.status_fields_rejected
+            .fetch_add(c.status_fields_rejected, Ordering::Relaxed);
     }
 }
 
@@ -161,6 +187,15 @@ impl Chain {
     /// The driver's report on its device.
     pub async fn status(&mut self) -> Result<crate::plugin::DeviceStatus, PluginError> {
         self.driver.status().await
+    }
+
+    /// What the output checks did in the chain since the last call of this.
+    pub fn take_checked(&mut self) -> OutputChecked {
+        let mut all = self.driver.take_checked();
+        for p in &mut self.processors {
+            all.add(p.take_checked());
+        }
+        all
     }
 
     /// Polls once and runs the chain; `Ok(None)` when the poll produced nothing.
@@ -275,6 +310,7 @@ pub async fn run_driver(
                 c.batches_out.fetch_add(d.batches_out, Ordering::Relaxed);
                 c.errors.fetch_add(d.errors, Ordering::Relaxed);
             }
+            counters.checked(live.take_checked());
             match &polled {
                 Ok(Some(batch)) => {
                     counters.polls_ok.fetch_add(1, Ordering::Relaxed);
@@ -295,30 +331,27 @@ pub async fn run_driver(
             .memory_bytes
             .store(live.memory_bytes(), Ordering::Relaxed);
         let ok = polled.is_ok();
+        let mut polled = polled;
         if !polled.as_ref().is_err_and(PluginError::instance_lost) {
-            if last_ok != Some(ok) {
+            let changed = last_ok != Some(ok);
+            if changed || last_status.elapsed() >= STATUS_EVERY {
                 last_ok = Some(ok);
                 last_status = tokio::time::Instant::now();
-                log_device_status(&name, live, &counters).await;
-            } else if last_status.elapsed() >= STATUS_EVERY {
-                last_status = tokio::time::Instant::now();
-                refresh_device_status(&name, live, &counters).await;
+                if let Err(e) = device_status(&name, live, &counters, changed).await {
+                    // A status beyond its limits costs the instance like any
+                    // other output; the poll's batch is still captured first.
+                    counters.failed(&e);
+                    if let Ok(Some(batch)) = polled {
+                        append_batch(&name, &queue, &counters, batch, &mut shutdown).await;
+                    }
+                    polled = Err(e);
+                }
             }
         }
         match polled {
             Ok(Some(batch)) => {
-                // Under `when_full = block` the append waits for space; shutdown
-                // must still be able to stop the driver.
-                let appended = tokio::select! {
-                    result = queue.append(batch) => result,
-                    _ = shutdown.changed() => return,
-                };
-                match appended {
-                    Ok(seq) => {
-                        counters.batches_queued.fetch_add(1, Ordering::Relaxed);
-                        tracing::trace!(driver = %name, seq, "batch captured");
-                    }
-                    Err(e) => tracing::error!(driver = %name, error = %e, "batch not captured"),
+                if !append_batch(&name, &queue, &counters, batch, &mut shutdown).await {
+                    return;
                 }
                 restart_delay = spec.restart_min;
             }
@@ -344,42 +377,72 @@ pub async fn run_driver(
 /// its polls start or stop failing.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
-/// Stores what the driver says about its device, for telemetry.
-async fn refresh_device_status(driver: &str, chain: &mut Chain, counters: &DriverCounters) {
-    match chain.status().await {
+/// Appends a batch to the queue; false when shutdown came first. Under
+/// `when_full = block` the append waits for space, and shutdown must still
+/// be able to stop the driver.
+async fn append_batch(
+    driver: &str,
+    queue: &Queue,
+    counters: &DriverCounters,
+    batch: Batch,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let appended = tokio::select! {
+        result = queue.append(batch) => result,
+        _ = shutdown.changed() => return false,
+    };
+    match appended {
+        Ok(seq) => {
+            counters.batches_queued.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(driver = %driver, seq, "batch captured");
+        }
+        Err(e) => tracing::error!(driver = %driver, error = %e, "batch not captured"),
+    }
+    true
+}
+
+/// Asks the driver about its device and stores the answer for telemetry;
+/// logs it when `changed` (its polls started or stopped failing). An error
+/// that costs the instance is returned; any other is logged.
+async fn device_status(
+    driver: &str,
+    chain: &mut Chain,
+    counters: &DriverCounters,
+    changed: bool,
+) -> Result<(), PluginError> {
+    let status = chain.status().await;
+    counters.checked(chain.take_checked());
+    match status {
         Ok(s) => {
+            if changed {
+                let last_error = s
+                    .extra
+                    .iter()
+                    .find(|(k, _)| k == "last_error")
+                    .map_or("", |(_, v)| v.as_str());
+                tracing::info!(
+                    driver = %driver,
+                    connected = s.connected,
+                    signal_quality = ?s.signal_quality,
+                    last_error = %last_error,
+                    "device status"
+                );
+            }
             *counters
                 .device
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s);
+            Ok(())
         }
-        Err(e) => tracing::debug!(driver = %driver, error = %e, "device status unavailable"),
-    }
-}
-
-/// Logs what the driver says about its device (after a poll that went
-/// otherwise than the one before it: connected, lost, back).
-async fn log_device_status(driver: &str, chain: &mut Chain, counters: &DriverCounters) {
-    match chain.status().await {
-        Ok(s) => {
-            *counters
-                .device
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s.clone());
-            let last_error = s
-                .extra
-                .iter()
-                .find(|(k, _)| k == "last_error")
-                .map_or("", |(_, v)| v.as_str());
-            tracing::info!(
-                driver = %driver,
-                connected = s.connected,
-                signal_quality = ?s.signal_quality,
-                last_error = %last_error,
-                "device status"
-            );
+        Err(e) if e.instance_lost() => Err(e),
+        Err(e) if changed => {
+            tracing::warn!(driver = %driver, error = %e, "device status unavailable");
+            Ok(())
         }
-        Err(e) => tracing::warn!(driver = %driver, error = %e, "device status unavailable"),
+        Err(e) => {
+            tracing::debug!(driver = %driver, error = %e, "device status unavailable");
+            Ok(())
+        }
     }
 }
 

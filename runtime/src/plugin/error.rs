@@ -56,8 +56,13 @@ pub enum PluginError {
 }
 
 impl PluginError {
-    /// True when the instance can no longer be trusted and must be rebuilt.
+    /// True when the instance can no longer be trusted and must be rebuilt:
+    /// it trapped, ran past its deadline, or returned more than its limits
+    /// allow (a result refused mid-copy also leaves the instance unusable).
     pub fn instance_lost(&self) -> bool {
-        matches!(self, PluginError::Trap { .. } | PluginError::Timeout { .. })
+        matches!(
+            self,
+            PluginError::Trap { .. } | PluginError::Timeout { .. } | PluginError::Oversized { .. }
+        )
     }
 }

@@ -11,6 +11,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginError;
 use super::bindings::host::{Host, Level};
+use super::budget::Budget;
 use super::output::{self, PluginLog};
 use super::sandbox::Sandbox;
 
@@ -75,6 +76,7 @@ pub struct HostState {
     pub log: PluginLog,
     wasi: WasiCtx,
     table: ResourceTable,
+    budget: Budget,
 }
 
 impl HostState {
@@ -85,7 +87,7 @@ impl HostState {
         let limits = &sandbox.limits;
         let memory_bytes =
             usize::try_from(limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        let log = PluginLog::new(instance, limits.log_lines_per_s);
+        let log = PluginLog::new(instance, limits.log_lines_per_s, limits.max_log_bytes);
         let mut wasi = WasiCtx::builder();
         wasi.stdout(log.stream("stdout", output::Level::Info))
             .stderr(log.stream("stderr", output::Level::Warn))
@@ -124,7 +126,20 @@ impl HostState {
             log,
             wasi: wasi.build(),
             table: ResourceTable::new(),
+            budget: Budget::new(
+                sandbox.limits.max_open_files,
+                sandbox.quota.clone(),
+                sandbox.budget_counters.clone(),
+            ),
         })
+    }
+
+    pub(super) fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    pub(super) fn budget_and_table(&mut self) -> (&mut Budget, &mut ResourceTable) {
+        (&mut self.budget, &mut self.table)
     }
 }
 

@@ -12,6 +12,7 @@ use super::bindings::types as wt;
 use super::host::HostState;
 use super::load::{LoadedDriver, LoadedProcessor};
 use super::sandbox::Sandbox;
+use super::validate::{self, Checked};
 use crate::config::PluginLimits;
 use crate::reading::{Quality, Reading, Value, now_ns};
 
@@ -29,12 +30,14 @@ pub struct DriverInstance {
     store: Store<HostState>,
     plugin: DriverPlugin,
     limits: PluginLimits,
+    checked: Checked,
 }
 
 pub struct ProcessorInstance {
     store: Store<HostState>,
     plugin: ProcessorPlugin,
     limits: PluginLimits,
+    checked: Checked,
 }
 
 fn new_store(
@@ -44,6 +47,10 @@ fn new_store(
 ) -> Result<Store<HostState>, PluginError> {
     let mut store = Store::new(engine, HostState::new(instance, sandbox)?);
     store.limiter(|state| &mut state.limits);
+    // Bounds every copy out of the plugin (a call's result, the arguments
+    // of each call it makes to the host) by the lengths in its memory,
+    // before anything is copied.
+    store.set_hostcall_fuel(sandbox.limits.max_result_bytes);
     // Guest code yields to the async runtime at every epoch tick, so a
     // plugin that spins cannot hold a worker thread (and starve the other
     // plugins and the publisher) until its deadline; the deadline itself is
@@ -51,49 +58,6 @@ fn new_store(
     store.epoch_deadline_async_yield_and_update(1);
     store.set_epoch_deadline(1);
     Ok(store)
-}
-
-/// Refuses output beyond the instance's limits, naming what was too big.
-fn check_output(
-    instance: &str,
-    call: &'static str,
-    limits: &PluginLimits,
-    readings: &[wt::Reading],
-) -> Result<(), PluginError> {
-    let refuse = |message: String| PluginError::Oversized {
-        instance: instance.to_string(),
-        call,
-        message,
-    };
-    if readings.len() > limits.max_readings {
-        return Err(refuse(format!(
-            "{} readings, more than max_readings = {}",
-            readings.len(),
-            limits.max_readings
-        )));
-    }
-    let max = limits.max_value_bytes;
-    for r in readings {
-        let value_len = match &r.value {
-            wt::Value::Text(t) => t.len(),
-            wt::Value::Bytes(b) => b.len(),
-            _ => 0,
-        };
-        let unit_len = r.unit.as_ref().map_or(0, String::len);
-        for (what, len) in [
-            ("channel name", r.channel.len()),
-            ("value", value_len),
-            ("unit", unit_len),
-        ] {
-            if len > max {
-                let channel: String = r.channel.chars().take(40).collect();
-                return Err(refuse(format!(
-                    "{what} of {len} bytes in channel {channel:?}, more than max_value_bytes = {max}"
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Runs one call into a plugin under its deadline. Guest code yields every
@@ -118,7 +82,14 @@ async fn guarded<T>(
         }),
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => {
-            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            let message = format!("{e:#}").replace('\n', " | ");
+            if message.contains(FUEL_EXHAUSTED) {
+                Err(PluginError::Oversized {
+                    instance: store_instance.to_string(),
+                    call,
+                    message: "more bytes than max_result_bytes in one result or one call to the host (refused before copying)".to_string(),
+                })
+            } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
                 Err(PluginError::Timeout {
                     instance: store_instance.to_string(),
                     call,
@@ -129,14 +100,24 @@ async fn guarded<T>(
                 Err(PluginError::Trap {
                     instance: store_instance.to_string(),
                     call,
-                    message: format!("{e:#}").replace('\n', " | "),
+                    message,
                 })
             }
         }
     }
 }
 
-fn returned(instance: &str, call: &'static str, error: wt::Error) -> PluginError {
+/// What wasmtime says when a copy out of the guest would pass the store's
+/// hostcall fuel (`max_result_bytes`); its error type is private.
+const FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
+/// A plugin's returned error, its message cut to `max_error_bytes`.
+fn returned(
+    instance: &str,
+    call: &'static str,
+    limits: &PluginLimits,
+    error: wt::Error,
+) -> PluginError {
     let error = match error {
         wt::Error::InvalidConfig(m) => format!("invalid config: {m}"),
         wt::Error::Unavailable(m) => format!("device unavailable: {m}"),
@@ -148,7 +129,7 @@ fn returned(instance: &str, call: &'static str, error: wt::Error) -> PluginError
     PluginError::Returned {
         instance: instance.to_string(),
         call,
-        error,
+        error: validate::cut(error, limits.max_error_bytes),
     }
 }
 
@@ -176,6 +157,7 @@ impl LoadedDriver {
             store,
             plugin,
             limits: sandbox.limits,
+            checked: Checked::default(),
         };
         driver.init(config_json).await?;
         Ok(driver)
@@ -198,7 +180,7 @@ impl DriverInstance {
             iface.call_init(&mut self.store, config_json),
         )
         .await?
-        .map_err(|e| returned(&name, "init", e))
+        .map_err(|e| returned(&name, "init", &self.limits, e))
     }
 
     /// Polls the device; readings without a timestamp get the current time.
@@ -212,10 +194,18 @@ impl DriverInstance {
             iface.call_poll(&mut self.store),
         )
         .await?
-        .map_err(|e| returned(&name, "poll", e))?;
-        check_output(&name, "poll", &self.limits, &readings)?;
+        .map_err(|e| returned(&name, "poll", &self.limits, e))?;
+        validate::check_sizes(&name, "poll", &self.limits, &readings)?;
         let now = now_ns();
-        Ok(readings.into_iter().map(|r| from_wit(r, now)).collect())
+        let stamped = readings.into_iter().map(|r| from_wit(r, now)).collect();
+        let (readings, checked) = validate::accept_readings(&name, "poll", stamped);
+        self.checked.add(checked);
+        Ok(readings)
+    }
+
+    /// What the output checks did since the last call of this.
+    pub fn take_checked(&mut self) -> Checked {
+        std::mem::take(&mut self.checked)
     }
 
     /// Bytes of linear memory the instance holds now.
@@ -233,7 +223,7 @@ impl DriverInstance {
             iface.call_write(&mut self.store, channel, &to_wit_value(value)),
         )
         .await?
-        .map_err(|e| returned(&name, "write", e))
+        .map_err(|e| returned(&name, "write", &self.limits, e))
     }
 
     pub async fn status(&mut self) -> Result<DeviceStatus, PluginError> {
@@ -246,13 +236,9 @@ impl DriverInstance {
             iface.call_status(&mut self.store),
         )
         .await?;
-        Ok(DeviceStatus {
-            connected: s.connected,
-            firmware: s.firmware,
-            battery_percent: s.battery_percent,
-            signal_quality: s.signal_quality,
-            extra: s.extra,
-        })
+        let (status, checked) = validate::accept_status(&name, &self.limits, s)?;
+        self.checked.add(checked);
+        Ok(status)
     }
 }
 
@@ -279,6 +265,7 @@ impl LoadedProcessor {
             store,
             plugin,
             limits: sandbox.limits,
+            checked: Checked::default(),
         };
         processor.init(config_json).await?;
         Ok(processor)
@@ -306,7 +293,7 @@ impl ProcessorInstance {
             iface.call_init(&mut self.store, config_json),
         )
         .await?
-        .map_err(|e| returned(&name, "init", e))
+        .map_err(|e| returned(&name, "init", &self.limits, e))
     }
 
     pub async fn process(&mut self, batch: Vec<Reading>) -> Result<Vec<Reading>, PluginError> {
@@ -320,10 +307,18 @@ impl ProcessorInstance {
             iface.call_process(&mut self.store, &input),
         )
         .await?
-        .map_err(|e| returned(&name, "process", e))?;
-        check_output(&name, "process", &self.limits, &output)?;
+        .map_err(|e| returned(&name, "process", &self.limits, e))?;
+        validate::check_sizes(&name, "process", &self.limits, &output)?;
         let now = now_ns();
-        Ok(output.into_iter().map(|r| from_wit(r, now)).collect())
+        let stamped = output.into_iter().map(|r| from_wit(r, now)).collect();
+        let (readings, checked) = validate::accept_readings(&name, "process", stamped);
+        self.checked.add(checked);
+        Ok(readings)
+    }
+
+    /// What the output checks did since the last call of this.
+    pub fn take_checked(&mut self) -> Checked {
+        std::mem::take(&mut self.checked)
     }
 }
 

@@ -12,6 +12,7 @@
 //! network.
 
 mod bindings;
+mod budget;
 mod cache;
 mod error;
 mod host;
@@ -19,6 +20,7 @@ mod instance;
 mod load;
 mod output;
 mod sandbox;
+mod validate;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,11 +31,13 @@ use wasmtime::{
     Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
 };
 
+pub use budget::BudgetCounters;
 pub use cache::Source as CompiledFrom;
 pub use error::PluginError;
 pub use instance::{DeviceStatus, DriverInstance, ProcessorInstance};
 pub use load::{LoadedDriver, LoadedProcessor, PluginKind};
 pub use sandbox::Sandbox;
+pub use validate::{Checked as OutputChecked, MAX_TIMESTAMP_NS, MIN_TIMESTAMP_NS, cut as cut_text};
 
 use host::HostState;
 
@@ -122,6 +126,7 @@ impl PluginEngine {
             |state| state,
         )
         .map_err(|e| PluginError::Engine(e.to_string()))?;
+        budget::add_to_linker(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();

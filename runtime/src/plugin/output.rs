@@ -10,9 +10,6 @@ use std::time::Instant;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-/// Longest line kept; the rest is cut so one line cannot flood the log.
-pub const MAX_LINE: usize = 4096;
-
 /// A token bucket: `rate` lines per second, bursts of twice that.
 #[derive(Debug)]
 pub struct LogLimiter {
@@ -55,6 +52,9 @@ impl LogLimiter {
 pub struct PluginLog {
     instance: Arc<str>,
     limiter: Arc<Mutex<LogLimiter>>,
+    /// Longest line kept (`max_log_bytes`); the rest is cut so one line
+    /// cannot flood the log.
+    max_line: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -67,10 +67,11 @@ pub enum Level {
 }
 
 impl PluginLog {
-    pub fn new(instance: &str, lines_per_s: u32) -> PluginLog {
+    pub fn new(instance: &str, lines_per_s: u32, max_line: usize) -> PluginLog {
         PluginLog {
             instance: Arc::from(instance),
             limiter: Arc::new(Mutex::new(LogLimiter::new(lines_per_s))),
+            max_line: max_line.max(1),
         }
     }
 
@@ -88,7 +89,7 @@ impl PluginLog {
         if dropped > 0 {
             tracing::warn!(plugin, dropped, "plugin log rate limit: lines dropped");
         }
-        let text = truncate(text);
+        let text = truncate(text, self.max_line);
         match level {
             Level::Trace => tracing::trace!(plugin, source, "{text}"),
             Level::Debug => tracing::debug!(plugin, source, "{text}"),
@@ -108,11 +109,11 @@ impl PluginLog {
     }
 }
 
-fn truncate(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.len() <= MAX_LINE {
+fn truncate(text: &str, max_line: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max_line {
         return text.into();
     }
-    let mut cut = MAX_LINE;
+    let mut cut = max_line;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
@@ -142,7 +143,7 @@ impl StdoutStream for OutputLines {
     }
 }
 
-/// Splits written bytes into lines; a line longer than [`MAX_LINE`] is
+/// Splits written bytes into lines; a line longer than `max_log_bytes` is
 /// logged in pieces rather than buffered without bound.
 struct LineWriter {
     out: OutputLines,
@@ -168,8 +169,9 @@ impl AsyncWrite for LineWriter {
         while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
             self.emit(end + 1);
         }
-        if self.pending.len() > MAX_LINE {
-            self.emit(MAX_LINE);
+        let max_line = self.out.log.max_line;
+        if self.pending.len() > max_line {
+            self.emit(max_line);
         }
         Poll::Ready(Ok(buf.len()))
     }

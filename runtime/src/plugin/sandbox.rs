@@ -4,7 +4,10 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use super::PluginError;
+use super::budget::{BudgetCounters, DiskQuota};
 use crate::config::{Capabilities, PluginLimits};
 
 /// Limits and capabilities of one instance. Anything not granted here is denied.
@@ -16,6 +19,17 @@ pub struct Sandbox {
     pub allow_dns: bool,
     /// The host directory preopened as `/data`.
     pub data_dir: Option<PathBuf>,
+    /// The quota on `data_dir`, shared by the plugin's successive instances.
+    pub quota: Option<Arc<DiskQuota>>,
+    /// Descriptors and data dir figures, for telemetry.
+    pub budget_counters: Arc<BudgetCounters>,
+}
+
+impl Sandbox {
+    /// Whether the plugin can hold host descriptors at all (files or sockets).
+    pub fn holds_descriptors(&self) -> bool {
+        self.data_dir.is_some() || !self.allow_net.is_empty()
+    }
 }
 
 impl Sandbox {
@@ -47,11 +61,21 @@ impl Sandbox {
         } else {
             None
         };
+        let budget_counters = Arc::new(BudgetCounters::default());
+        let quota = data_dir.as_ref().map(|dir| {
+            Arc::new(DiskQuota::new(
+                dir,
+                limits.data_dir_quota_mb.saturating_mul(1 << 20),
+                budget_counters.clone(),
+            ))
+        });
         Ok(Sandbox {
             limits,
             allow_net,
             allow_dns: capabilities.allow_dns,
             data_dir,
+            quota,
+            budget_counters,
         })
     }
 }

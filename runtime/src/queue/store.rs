@@ -58,10 +58,16 @@ pub(super) fn captured_ns(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(header))
 }
 
+/// redb's page cache for a queue file. Its default (1 GiB) would let the
+/// cache grow with a backlog; entries are written once and read back once,
+/// so a small cache costs little and keeps the gateway's memory bounded.
+const CACHE_BYTES: usize = 8 << 20;
+
 fn builder() -> Builder {
     let mut builder = Builder::new();
     // One writer (the runtime); `ferrule queue stats` may read alongside.
     builder.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    builder.set_cache_size(CACHE_BYTES);
     builder
 }
 
@@ -290,22 +296,40 @@ pub(super) fn stats_in(txn: &redb::ReadTransaction) -> Result<QueueStats, QueueE
     })
 }
 
+/// What an export wrote, and the entries it could not read.
+#[derive(Debug, Default)]
+pub struct ExportSummary {
+    /// Batches written.
+    pub exported: u64,
+    /// Entries that are stored but cannot be decoded (bit rot, a foreign
+    /// writer): their sequence number and why. The export goes on past them.
+    pub unreadable: Vec<(u64, String)>,
+}
+
 /// Writes every queued batch as one JSON line
-/// (`{"seq", "driver", "captured_ns", "readings"}`), oldest first; returns
-/// how many were written.
-pub fn export_jsonl(path: &Path, out: &mut dyn Write) -> Result<u64, QueueError> {
+/// (`{"seq", "driver", "captured_ns", "readings"}`), oldest first. An entry
+/// that cannot be decoded is skipped and listed in the summary, so one bad
+/// entry never stops a customer's export; only a queue file that cannot be
+/// read at all, or output that cannot be written, is an error.
+pub fn export_jsonl(path: &Path, out: &mut dyn Write) -> Result<ExportSummary, QueueError> {
     let txn = read_only(path)?;
     let entries = txn.open_table(ENTRIES).map_err(storage)?;
-    let mut count = 0;
+    let mut summary = ExportSummary::default();
     for item in entries.iter().map_err(storage)? {
         let (key, value) = item.map_err(storage)?;
         let seq = key.value();
-        let batch = decode_entry(seq, value.value())?;
+        let batch = match decode_entry(seq, value.value()) {
+            Ok(batch) => batch,
+            Err(e) => {
+                summary.unreadable.push((seq, e.to_string()));
+                continue;
+            }
+        };
         serde_json::to_writer(&mut *out, &ExportLine { seq, batch: &batch }).map_err(storage)?;
         out.write_all(b"\n").map_err(storage)?;
-        count += 1;
+        summary.exported += 1;
     }
-    Ok(count)
+    Ok(summary)
 }
 
 #[derive(serde::Serialize)]

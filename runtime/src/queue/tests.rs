@@ -267,7 +267,8 @@ async fn stats_and_export_read_a_live_queue() {
         (4, Some(2), 6)
     );
     let mut out = Vec::new();
-    assert_eq!(export_jsonl(&path, &mut out).unwrap(), 4);
+    let summary = export_jsonl(&path, &mut out).unwrap();
+    assert_eq!((summary.exported, summary.unreadable.len()), (4, 0));
     let lines: Vec<serde_json::Value> = String::from_utf8(out)
         .unwrap()
         .lines()
@@ -276,4 +277,78 @@ async fn stats_and_export_read_a_live_queue() {
     assert_eq!(lines[0]["seq"], 2);
     assert_eq!(lines[0]["driver"], "d");
     assert_eq!(lines[3]["readings"][0]["value"], 4);
+}
+
+#[tokio::test]
+async fn export_writes_every_value_the_gateway_stores_and_goes_on_past_an_unreadable_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let values = [
+        Value::Float(f64::NAN),
+        Value::Float(f64::INFINITY),
+        Value::Float(f64::NEG_INFINITY),
+        Value::Float(-0.0),
+        Value::Text(String::new()),
+        Value::Text("tab\tnul\u{0}bell\u{7}\"q\"\\".into()),
+        Value::Bytes(vec![]),
+        Value::Bytes(vec![0, 255]),
+    ];
+    {
+        let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+        for v in &values {
+            let mut b = batch("d", 0);
+            b.readings[0].value = v.clone();
+            queue.append(b).await.unwrap();
+        }
+    }
+    // Beside them: an entry as a version before 0.2 wrote a NaN (null), and
+    // one that rotted on disk.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut entries = txn.open_table(store::ENTRIES).unwrap();
+            let mut old = 1u64.to_le_bytes().to_vec();
+            old.extend_from_slice(br#"{"driver":"d","captured_ns":1,"readings":[{"channel":"c","type":"float","value":null,"ts_ns":1,"quality":"good"}]}"#);
+            entries.insert(100, old.as_slice()).unwrap();
+            let mut rotten = 1u64.to_le_bytes().to_vec();
+            rotten.extend_from_slice(b"{\"driver\":\"d\",\"capt\xffred");
+            entries.insert(101, rotten.as_slice()).unwrap();
+            let mut after = 1u64.to_le_bytes().to_vec();
+            after.extend_from_slice(br#"{"driver":"d","captured_ns":1,"readings":[]}"#);
+            entries.insert(102, after.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let mut out = Vec::new();
+    let summary = export_jsonl(&path, &mut out).unwrap();
+    assert_eq!(summary.exported, values.len() as u64 + 2);
+    assert_eq!(summary.unreadable.len(), 1);
+    assert_eq!(summary.unreadable[0].0, 101);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| l["readings"][0]["value"].clone())
+        .collect();
+    assert_eq!(first[0], "NaN");
+    assert_eq!(first[1], "inf");
+    assert_eq!(first[2], "-inf");
+    assert_eq!(lines[0]["readings"][0]["type"], "float");
+    assert_eq!(first[8], "NaN", "an old null reads as NaN");
+    assert_eq!(lines[9]["seq"], 102, "the entry after the rotten one");
+    // And each exported line reads back as the value stored.
+    for (line, v) in lines.iter().zip(&values) {
+        let back: crate::reading::Reading =
+            serde_json::from_value(line["readings"][0].clone()).unwrap();
+        match (&back.value, v) {
+            (Value::Float(a), Value::Float(b)) => {
+                assert!((a.is_nan() && b.is_nan()) || a.to_bits() == b.to_bits())
+            }
+            (a, b) => assert_eq!(a, b),
+        }
+    }
 }

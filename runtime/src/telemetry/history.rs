@@ -3,6 +3,22 @@
 //! `trend_retention`, both in `{data_dir}/telemetry-history.redb`, rotated
 //! at each sample. `ferrule telemetry show` and `ferrule status` read it
 //! alongside the running gateway.
+//!
+//! # Bounds
+//!
+//! - **Bytes.** Besides the two retentions, what the history holds (raw
+//!   snapshots' JSON plus the roll-up rows' keys and values) is capped at
+//!   `max_bytes`. At each sample, over the cap, the oldest raw snapshots go
+//!   first (the newest one stays), then the oldest hours of roll-ups; each
+//!   drop is counted (`dropped.raw`, `dropped.hourly` in the `meta` table,
+//!   updated in the same transaction) and shown in telemetry.
+//! - **File size.** redb reuses the pages freed by those deletions, so the
+//!   file levels off near the cap; a file found larger than twice the cap
+//!   (plus a margin) — for instance one grown by an older version — is
+//!   compacted at open and when a sample finds it so.
+//!
+//! Tests: `tests::*` below (retention, roll-ups, the cap and its counters,
+//! compaction of an oversized file, a file written before the cap).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +26,7 @@ use std::time::Duration;
 
 use redb::{
     Builder, ConcurrencyMode, Database, Durability, ReadableDatabase, ReadableTable,
-    TableDefinition,
+    ReadableTableMetadata, TableDefinition,
 };
 
 use super::Snapshot;
@@ -19,6 +35,28 @@ use super::Snapshot;
 const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
 /// Roll-ups by (hour start in ms, figure): (min, max, sum, count).
 const HOURLY: TableDefinition<(u64, &str), (f64, f64, f64, u64)> = TableDefinition::new("hourly");
+/// Running totals kept with the data they describe.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Bytes of the raw snapshots' JSON.
+const RAW_BYTES: &str = "raw.bytes";
+/// Bytes of the roll-up rows (key and value).
+const HOURLY_BYTES: &str = "hourly.bytes";
+const DROPPED_RAW: &str = "dropped.raw";
+const DROPPED_HOURLY: &str = "dropped.hourly";
+
+/// Bytes one roll-up row counts for: the hour, the figure's name and the
+/// four numbers.
+fn hourly_row_bytes(figure: &str) -> u64 {
+    8 + figure.len() as u64 + 32
+}
+
+/// Slack allowed over twice the cap before the file is compacted.
+const COMPACT_MARGIN: u64 = 4 << 20;
+
+/// The redb page cache of the history file: it is written once a minute
+/// and read by hand, so a small cache keeps the gateway's memory flat.
+const CACHE_BYTES: usize = 2 << 20;
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -89,16 +127,33 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, f
     }
 }
 
+/// How much the history holds and has dropped to stay under its cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryFigures {
+    /// Bytes held (raw snapshots plus roll-up rows), at most the cap.
+    pub bytes: u64,
+    /// Size of the file on disk.
+    pub file_bytes: u64,
+    /// Raw snapshots deleted early to stay under the cap, ever.
+    pub dropped_raw: u64,
+    /// Roll-up rows deleted early to stay under the cap, ever.
+    pub dropped_hourly: u64,
+}
+
 pub struct History {
-    db: Database,
-    path: String,
+    db: std::sync::Mutex<Database>,
+    path: std::path::PathBuf,
+    name: String,
     raw_retention: Duration,
     trend_retention: Duration,
+    max_bytes: u64,
+    figures: std::sync::Mutex<HistoryFigures>,
 }
 
 fn builder() -> Builder {
     let mut builder = Builder::new();
     builder.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    builder.set_cache_size(CACHE_BYTES);
     builder
 }
 
@@ -107,62 +162,228 @@ impl History {
         path: &Path,
         raw_retention: Duration,
         trend_retention: Duration,
+        max_bytes: u64,
     ) -> Result<History, HistoryError> {
         let name = path.display().to_string();
         let db = builder().create(path).map_err(|e| HistoryError {
             path: name.clone(),
             message: e.to_string(),
         })?;
-        Ok(History {
-            db,
-            path: name,
+        let history = History {
+            db: std::sync::Mutex::new(db),
+            path: path.to_path_buf(),
+            name,
             raw_retention,
             trend_retention,
-        })
+            max_bytes: max_bytes.max(1),
+            figures: std::sync::Mutex::new(HistoryFigures::default()),
+        };
+        history.count_if_uncounted()?;
+        history.compact_if_oversized();
+        Ok(history)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> HistoryError {
         HistoryError {
-            path: self.path.clone(),
+            path: self.name.clone(),
             message: e.to_string(),
         }
     }
 
+    fn db(&self) -> std::sync::MutexGuard<'_, Database> {
+        self.db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What the history holds now and has dropped, as of the last sample.
+    pub fn figures(&self) -> HistoryFigures {
+        *self
+            .figures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Files written before the byte totals existed get them counted once.
+    fn count_if_uncounted(&self) -> Result<(), HistoryError> {
+        let db = self.db();
+        let txn = db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            if meta.get(RAW_BYTES).map_err(|e| self.err(e))?.is_none() {
+                let raw = txn.open_table(RAW).map_err(|e| self.err(e))?;
+                let mut raw_bytes = 0u64;
+                for entry in raw.iter().map_err(|e| self.err(e))? {
+                    let (_, json) = entry.map_err(|e| self.err(e))?;
+                    raw_bytes += json.value().len() as u64;
+                }
+                let hourly = txn.open_table(HOURLY).map_err(|e| self.err(e))?;
+                let mut hourly_bytes = 0u64;
+                for entry in hourly.iter().map_err(|e| self.err(e))? {
+                    let (key, _) = entry.map_err(|e| self.err(e))?;
+                    hourly_bytes += hourly_row_bytes(key.value().1);
+                }
+                meta.insert(RAW_BYTES, raw_bytes).map_err(|e| self.err(e))?;
+                meta.insert(HOURLY_BYTES, hourly_bytes)
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// Compacts the file when it is over twice the cap plus a margin.
+    fn compact_if_oversized(&self) {
+        let before = self.file_bytes();
+        if before
+            <= self
+                .max_bytes
+                .saturating_mul(2)
+                .saturating_add(COMPACT_MARGIN)
+        {
+            return;
+        }
+        let compacted = self.db().compact();
+        let after = self.file_bytes();
+        match compacted {
+            Ok(_) => tracing::info!(
+                history = %self.name,
+                before_bytes = before,
+                after_bytes = after,
+                "telemetry history compacted"
+            ),
+            Err(e) => {
+                tracing::warn!(history = %self.name, error = %e, "telemetry history not compacted")
+            }
+        }
+        self.figures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .file_bytes = after;
+    }
+
     /// Stores a snapshot, adds it to its hour's roll-ups, and deletes what
-    /// has aged out.
+    /// has aged out or is over the byte cap.
     pub fn record(&self, snapshot: &Snapshot) -> Result<(), HistoryError> {
         let json = serde_json::to_vec(snapshot).map_err(|e| self.err(e))?;
         let now = snapshot.ts_ms;
         let hour = now - now % HOUR_MS;
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| self.err(e))?;
-        {
-            let mut raw = txn.open_table(RAW).map_err(|e| self.err(e))?;
-            raw.insert(now, json.as_slice()).map_err(|e| self.err(e))?;
-            let raw_cut = now.saturating_sub(ms(self.raw_retention));
-            raw.retain_in(..raw_cut, |_, _| false)
+        let figures = {
+            let db = self.db();
+            let mut txn = db.begin_write().map_err(|e| self.err(e))?;
+            txn.set_durability(Durability::Immediate)
                 .map_err(|e| self.err(e))?;
+            let figures = self.record_in(&txn, now, hour, &json, snapshot)?;
+            txn.commit().map_err(|e| self.err(e))?;
+            figures
+        };
+        *self
+            .figures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = HistoryFigures {
+            file_bytes: self.file_bytes(),
+            ..figures
+        };
+        self.compact_if_oversized();
+        Ok(())
+    }
 
-            let mut hourly = txn.open_table(HOURLY).map_err(|e| self.err(e))?;
-            for (figure, v) in figures(snapshot) {
-                let key = (hour, figure.as_str());
-                let next = match hourly.get(key).map_err(|e| self.err(e))? {
-                    Some(old) => {
-                        let (min, max, sum, n) = old.value();
-                        (min.min(v), max.max(v), sum + v, n + 1)
-                    }
-                    None => (v, v, v, 1),
-                };
-                hourly.insert(key, next).map_err(|e| self.err(e))?;
-            }
-            let trend_cut = now.saturating_sub(ms(self.trend_retention));
-            let trend_cut_hour = trend_cut - trend_cut % HOUR_MS;
-            hourly
-                .retain_in(..(trend_cut_hour, ""), |_, _| false)
-                .map_err(|e| self.err(e))?;
+    fn record_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        now: u64,
+        hour: u64,
+        json: &[u8],
+        snapshot: &Snapshot,
+    ) -> Result<HistoryFigures, HistoryError> {
+        let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+        let get = |meta: &redb::Table<&str, u64>, key: &str| -> Result<u64, HistoryError> {
+            Ok(meta
+                .get(key)
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value()))
+        };
+        let mut raw_bytes = get(&meta, RAW_BYTES)?;
+        let mut hourly_bytes = get(&meta, HOURLY_BYTES)?;
+        let mut dropped_raw = get(&meta, DROPPED_RAW)?;
+        let mut dropped_hourly = get(&meta, DROPPED_HOURLY)?;
+
+        let mut raw = txn.open_table(RAW).map_err(|e| self.err(e))?;
+        if let Some(old) = raw
+            .insert(now, json)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value().len() as u64)
+        {
+            raw_bytes = raw_bytes.saturating_sub(old);
         }
-        txn.commit().map_err(|e| self.err(e))
+        raw_bytes += json.len() as u64;
+        let raw_cut = now.saturating_sub(ms(self.raw_retention));
+        let mut aged = 0u64;
+        raw.retain_in(..raw_cut, |_, v| {
+            aged += v.len() as u64;
+            false
+        })
+        .map_err(|e| self.err(e))?;
+        raw_bytes = raw_bytes.saturating_sub(aged);
+
+        let mut hourly = txn.open_table(HOURLY).map_err(|e| self.err(e))?;
+        for (figure, v) in figures(snapshot) {
+            let key = (hour, figure.as_str());
+            let next = match hourly.get(key).map_err(|e| self.err(e))? {
+                Some(old) => {
+                    let (min, max, sum, n) = old.value();
+                    (min.min(v), max.max(v), sum + v, n + 1)
+                }
+                None => {
+                    hourly_bytes += hourly_row_bytes(&figure);
+                    (v, v, v, 1)
+                }
+            };
+            hourly.insert(key, next).map_err(|e| self.err(e))?;
+        }
+        let trend_cut = now.saturating_sub(ms(self.trend_retention));
+        let trend_cut_hour = trend_cut - trend_cut % HOUR_MS;
+        let mut aged = 0u64;
+        hourly
+            .retain_in(..(trend_cut_hour, ""), |k, _| {
+                aged += hourly_row_bytes(k.1);
+                false
+            })
+            .map_err(|e| self.err(e))?;
+        hourly_bytes = hourly_bytes.saturating_sub(aged);
+
+        // Over the cap: oldest raw snapshots first (keeping the newest),
+        // then the oldest roll-ups.
+        while raw_bytes + hourly_bytes > self.max_bytes && raw.len().map_err(|e| self.err(e))? > 1 {
+            let Some((_, v)) = raw.pop_first().map_err(|e| self.err(e))? else {
+                break;
+            };
+            raw_bytes = raw_bytes.saturating_sub(v.value().len() as u64);
+            dropped_raw += 1;
+        }
+        while raw_bytes + hourly_bytes > self.max_bytes {
+            let Some((k, _)) = hourly.pop_first().map_err(|e| self.err(e))? else {
+                break;
+            };
+            hourly_bytes = hourly_bytes.saturating_sub(hourly_row_bytes(k.value().1));
+            dropped_hourly += 1;
+        }
+        meta.insert(RAW_BYTES, raw_bytes).map_err(|e| self.err(e))?;
+        meta.insert(HOURLY_BYTES, hourly_bytes)
+            .map_err(|e| self.err(e))?;
+        meta.insert(DROPPED_RAW, dropped_raw)
+            .map_err(|e| self.err(e))?;
+        meta.insert(DROPPED_HOURLY, dropped_hourly)
+            .map_err(|e| self.err(e))?;
+        Ok(HistoryFigures {
+            bytes: raw_bytes + hourly_bytes,
+            file_bytes: 0,
+            dropped_raw,
+            dropped_hourly,
+        })
     }
 }
 
@@ -260,6 +481,7 @@ mod tests {
             &path,
             Duration::from_secs(10),
             Duration::from_secs(3 * 3600),
+            u64::MAX,
         )
         .unwrap();
         let hour = 1_795_450_000_000 - 1_795_450_000_000 % HOUR_MS;
@@ -301,6 +523,7 @@ mod tests {
             &path,
             Duration::from_secs(10),
             Duration::from_secs(3 * 3600),
+            u64::MAX,
         )
         .unwrap();
         h.record(&snapshot(hour + 4 * HOUR_MS, 7)).unwrap();
@@ -312,5 +535,99 @@ mod tests {
             .collect();
         assert_eq!(hours, [hour + HOUR_MS, hour + 4 * HOUR_MS]);
         assert_eq!(stored.raw.len(), 1);
+    }
+
+    /// A snapshot whose driver reports `extra` pairs of 1 KiB each (a
+    /// churning status: new values every sample).
+    fn big_snapshot(ts_ms: u64, pairs: usize) -> Snapshot {
+        let mut s = snapshot(ts_ms, 1);
+        s.drivers[0].device = Some(crate::telemetry::DeviceFigures {
+            connected: true,
+            firmware: None,
+            battery_percent: None,
+            signal_quality: None,
+            extra: (0..pairs)
+                .map(|i| (format!("k{i}"), format!("{ts_ms}").repeat(80)))
+                .collect(),
+            extra_omitted: 0,
+        });
+        s
+    }
+
+    #[test]
+    fn the_byte_cap_drops_the_oldest_counted_and_the_file_levels_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.redb");
+        let cap = 2 << 20;
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let h = History::open(&path, week, week, cap).unwrap();
+        let start = 1_795_450_000_000u64;
+        let mut sizes = Vec::new();
+        // 600 samples of ~64 KiB each: ~38 MiB offered to a 2 MiB cap.
+        for i in 0..600u64 {
+            h.record(&big_snapshot(start + i * 1000, 60)).unwrap();
+            let f = h.figures();
+            assert!(
+                f.bytes <= cap,
+                "sample {i}: {} bytes held over the cap",
+                f.bytes
+            );
+            if i % 100 == 99 {
+                sizes.push(f.file_bytes);
+            }
+        }
+        let f = h.figures();
+        assert!(f.dropped_raw > 500, "{f:?}");
+        eprintln!("history file size every 100 samples: {sizes:?}; {f:?}");
+        // The file stops growing once the cap is reached: the last sizes
+        // stay within twice the cap plus the compaction margin.
+        for size in &sizes {
+            assert!(
+                *size <= 2 * cap + COMPACT_MARGIN,
+                "file grew to {size}: {sizes:?}"
+            );
+        }
+        drop(h);
+        let stored = read(&path).unwrap();
+        assert_eq!(
+            stored.raw.last().unwrap().ts_ms,
+            start + 599_000,
+            "the newest stays"
+        );
+        assert!(stored.raw.len() < 40, "{} raw kept", stored.raw.len());
+    }
+
+    #[test]
+    fn a_file_written_before_the_cap_is_counted_then_capped_and_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.redb");
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let start = 1_795_450_000_000u64;
+        {
+            // As an older version wrote it: no totals, no cap, ~20 MiB.
+            let db = builder().create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut raw = txn.open_table(RAW).unwrap();
+                for i in 0..300u64 {
+                    let json = serde_json::to_vec(&big_snapshot(start + i, 60)).unwrap();
+                    raw.insert(start + i, json.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let before = std::fs::metadata(&path).unwrap().len();
+        let cap = 1 << 20;
+        let h = History::open(&path, week, week, cap).unwrap();
+        h.record(&big_snapshot(start + 1000, 1)).unwrap();
+        let f = h.figures();
+        assert!(f.bytes <= cap, "{f:?}");
+        assert!(f.dropped_raw >= 280, "{f:?}");
+        h.compact_if_oversized();
+        let after = std::fs::metadata(&path).unwrap().len();
+        eprintln!("old file {before} bytes, after the cap and compaction {after} bytes");
+        assert!(after <= 2 * cap + COMPACT_MARGIN, "{before} -> {after}");
+        drop(h);
+        assert_eq!(read(&path).unwrap().raw.last().unwrap().ts_ms, start + 1000);
     }
 }

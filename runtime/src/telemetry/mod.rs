@@ -38,6 +38,25 @@ pub struct Snapshot {
     pub drivers: Vec<DriverFigures>,
     pub publisher: PublisherFigures,
     pub queue: QueueFigures,
+    /// Drivers left out of this snapshot (the last ones) because even
+    /// trimmed it was over `telemetry.max_snapshot_bytes`.
+    #[serde(default)]
+    pub drivers_omitted: u64,
+    /// Telemetry's own bounds.
+    #[serde(default)]
+    pub telemetry: TelemetryFigures,
+}
+
+/// What telemetry trimmed and dropped to stay within its budgets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryFigures {
+    /// Parts trimmed or left out of this snapshot to fit
+    /// `max_snapshot_bytes` (0 when it fitted whole).
+    pub trimmed: u64,
+    /// Parts trimmed or left out since the gateway started.
+    pub trimmed_total: u64,
+    /// The local history's size and its drops under `max_history_bytes`.
+    pub history: history::HistoryFigures,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +111,33 @@ pub struct DriverFigures {
     /// WASM linear memory held by the driver and its processors.
     #[serde(default)]
     pub memory_bytes: u64,
+    /// Calls of the driver or its processors whose output went past a
+    /// limit (refused, the instance rebuilt).
+    #[serde(default)]
+    pub outputs_refused: u64,
+    /// Readings left out: empty channel name, control characters in it, or
+    /// a second reading of a channel at the same timestamp in one batch.
+    #[serde(default)]
+    pub readings_rejected: u64,
+    /// Readings kept with quality `bad` for a timestamp outside 2000–2200.
+    #[serde(default)]
+    pub timestamps_flagged: u64,
+    /// Device status fields (battery, signal) reported as absent for a
+    /// value outside 0–100.
+    #[serde(default)]
+    pub status_fields_rejected: u64,
+    /// Files, directories and sockets the driver and its processors hold open.
+    #[serde(default)]
+    pub open_files: u64,
+    /// Opens refused at `max_open_files`, ever.
+    #[serde(default)]
+    pub open_refused: u64,
+    /// Bytes in the driver's and its processors' data dirs.
+    #[serde(default)]
+    pub data_dir_bytes: u64,
+    /// Writes refused by the data dir quota, ever.
+    #[serde(default)]
+    pub quota_refused: u64,
     pub last_error: Option<String>,
     /// What the driver last said about its device.
     pub device: Option<DeviceFigures>,
@@ -117,6 +163,9 @@ pub struct DeviceFigures {
     /// Link or communication quality, 0 to 100.
     pub signal_quality: Option<u8>,
     pub extra: BTreeMap<String, String>,
+    /// `extra` pairs left out of this snapshot to fit its size budget.
+    #[serde(default)]
+    pub extra_omitted: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +269,8 @@ impl Collector {
             drivers: sources.drivers.iter().map(driver_figures).collect(),
             publisher: publisher_figures(sources.publisher),
             queue: queue_figures(sources.queue.as_ref(), now),
+            drivers_omitted: 0,
+            telemetry: TelemetryFigures::default(),
         }
     }
 
@@ -321,6 +372,12 @@ fn driver_figures((name, c): &(String, Arc<DriverCounters>)) -> DriverFigures {
     }
     // Whole polls only: no poll is being counted while these are read.
     let _whole = c.consistent();
+    let sum = |field: fn(&crate::plugin::BudgetCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
+        c.budgets
+            .iter()
+            .map(|b| field(b).load(Ordering::Relaxed))
+            .sum()
+    };
     let device: Option<crate::plugin::DeviceStatus> = lock(&c.device);
     DriverFigures {
         name: name.clone(),
@@ -330,6 +387,14 @@ fn driver_figures((name, c): &(String, Arc<DriverCounters>)) -> DriverFigures {
         batches_queued: c.batches_queued.load(Ordering::Relaxed),
         restarts: c.restarts.load(Ordering::Relaxed),
         memory_bytes: c.memory_bytes.load(Ordering::Relaxed),
+        outputs_refused: c.outputs_refused.load(Ordering::Relaxed),
+        readings_rejected: c.readings_rejected.load(Ordering::Relaxed),
+        timestamps_flagged: c.timestamps_flagged.load(Ordering::Relaxed),
+        status_fields_rejected: c.status_fields_rejected.load(Ordering::Relaxed),
+        open_files: sum(|b| &b.open_files),
+        open_refused: sum(|b| &b.open_refused),
+        data_dir_bytes: sum(|b| &b.data_dir_bytes),
+        quota_refused: sum(|b| &b.quota_refused),
         last_error: lock(&c.last_error),
         processors: c
             .processors
@@ -347,6 +412,7 @@ fn driver_figures((name, c): &(String, Arc<DriverCounters>)) -> DriverFigures {
             battery_percent: d.battery_percent,
             signal_quality: d.signal_quality,
             extra: d.extra.into_iter().collect(),
+            extra_omitted: 0,
         }),
     }
 }
@@ -420,6 +486,80 @@ pub struct Reporter {
     pub lane: Queue,
     /// Where snapshots and their hourly roll-ups are kept locally.
     pub history: Option<Arc<history::History>>,
+    /// A snapshot's size budget, encoded.
+    pub max_snapshot_bytes: usize,
+    /// Parts trimmed since start.
+    pub trimmed: u64,
+}
+
+/// Longest `last_error` or firmware string kept in a trimmed snapshot.
+const TRIMMED_TEXT: usize = 256;
+
+fn encoded_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |v| v.len())
+}
+
+/// Makes `snapshot` fit `max_bytes` when encoded, and says how many parts
+/// it trimmed. The biggest drivers go first: their device status's
+/// `extra` pairs are left out (`extra_omitted` says how many) and long
+/// texts cut; if that is not enough, the last drivers are left out
+/// (`drivers_omitted`). Everything else — the gateway's own figures, the
+/// publisher and queue — is always kept.
+pub fn fit(snapshot: &mut Snapshot, max_bytes: usize) -> u64 {
+    let mut total = encoded_len(snapshot);
+    if total <= max_bytes {
+        return 0;
+    }
+    let mut trimmed = 0;
+    let mut order: Vec<(usize, usize)> = snapshot
+        .drivers
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (encoded_len(d), i))
+        .collect();
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    for (before, i) in order {
+        let Some(d) = snapshot.drivers.get_mut(i) else {
+            continue;
+        };
+        let mut changed = false;
+        if let Some(device) = &mut d.device {
+            if !device.extra.is_empty() {
+                device.extra_omitted += device.extra.len() as u64;
+                device.extra.clear();
+                changed = true;
+            }
+            if let Some(f) = &mut device.firmware
+                && f.len() > TRIMMED_TEXT
+            {
+                *f = crate::plugin::cut_text(std::mem::take(f), TRIMMED_TEXT);
+                changed = true;
+            }
+        }
+        if let Some(e) = &mut d.last_error
+            && e.len() > TRIMMED_TEXT
+        {
+            *e = crate::plugin::cut_text(std::mem::take(e), TRIMMED_TEXT);
+            changed = true;
+        }
+        if changed {
+            trimmed += 1;
+            total = total.saturating_sub(before) + encoded_len(&*d);
+            if total <= max_bytes {
+                return trimmed;
+            }
+        }
+    }
+    while total > max_bytes {
+        let Some(d) = snapshot.drivers.pop() else {
+            break;
+        };
+        // The driver and the comma before it.
+        total = total.saturating_sub(encoded_len(&d) + 1);
+        snapshot.drivers_omitted += 1;
+        trimmed += 1;
+    }
+    trimmed
 }
 
 impl Reporter {
@@ -435,7 +575,25 @@ impl Reporter {
     /// Captures a snapshot into the telemetry lane: durable, sent in order,
     /// backfilled after an outage like data.
     async fn capture(&mut self) {
-        let snapshot = self.snapshot();
+        let mut snapshot = self.snapshot();
+        let trimmed = fit(&mut snapshot, self.max_snapshot_bytes);
+        if trimmed > 0 {
+            self.trimmed += trimmed;
+            tracing::warn!(
+                trimmed,
+                max_snapshot_bytes = self.max_snapshot_bytes,
+                "telemetry snapshot over its size budget: parts trimmed"
+            );
+        }
+        snapshot.telemetry = TelemetryFigures {
+            trimmed,
+            trimmed_total: self.trimmed,
+            history: self
+                .history
+                .as_ref()
+                .map(|h| h.figures())
+                .unwrap_or_default(),
+        };
         let json = match serde_json::to_string(&snapshot) {
             Ok(json) => json,
             Err(e) => {
@@ -552,5 +710,75 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         let back: Snapshot = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
+    }
+
+    fn snapshot_with(drivers: Vec<DriverFigures>) -> Snapshot {
+        let mut collector = Collector::new("gw", std::path::Path::new("."));
+        let publisher = PublisherStats::default();
+        let mut s = collector.collect(&Sources {
+            drivers: &[],
+            publisher: &publisher,
+            queue: None,
+        });
+        s.drivers = drivers;
+        s
+    }
+
+    fn driver(name: &str, pairs: usize, value_len: usize) -> DriverFigures {
+        let counters = Arc::new(DriverCounters::default());
+        *counters.device.lock().unwrap() = Some(crate::plugin::DeviceStatus {
+            connected: true,
+            firmware: Some("f".repeat(value_len)),
+            battery_percent: Some(90),
+            signal_quality: None,
+            extra: (0..pairs)
+                .map(|i| (format!("k{i}"), "v".repeat(value_len)))
+                .collect(),
+        });
+        *counters.last_error.lock().unwrap() = Some("e".repeat(value_len));
+        driver_figures(&(name.to_string(), counters))
+    }
+
+    #[test]
+    fn an_oversized_status_is_trimmed_with_markers_and_the_rest_still_fits() {
+        let budget = 64 << 10;
+        let mut s = snapshot_with(vec![
+            driver("small", 2, 10),
+            driver("huge", 64, 1024),
+            driver("other", 2, 10),
+        ]);
+        assert!(encoded_len(&s) > budget);
+        let trimmed = fit(&mut s, budget);
+        assert_eq!(trimmed, 1);
+        assert!(encoded_len(&s) <= budget);
+        let names: Vec<&str> = s.drivers.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["small", "huge", "other"]);
+        let huge = s.drivers[1].device.as_ref().unwrap();
+        assert_eq!((huge.extra.len(), huge.extra_omitted), (0, 64));
+        assert_eq!(huge.battery_percent, Some(90), "the small fields stay");
+        assert!(s.drivers[1].last_error.as_ref().unwrap().len() < 300);
+        assert_eq!(
+            s.drivers[0].device.as_ref().unwrap().extra.len(),
+            2,
+            "untouched"
+        );
+        assert_eq!(s.drivers_omitted, 0);
+        let back: Snapshot = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn too_many_drivers_for_the_budget_are_left_out_last_first_and_counted() {
+        let budget = 8 << 10;
+        let drivers = (0..100)
+            .map(|i| driver(&format!("d{i:03}"), 1, 8))
+            .collect();
+        let mut s = snapshot_with(drivers);
+        let trimmed = fit(&mut s, budget);
+        assert!(encoded_len(&s) <= budget, "{}", encoded_len(&s));
+        assert!(s.drivers_omitted > 50, "{}", s.drivers_omitted);
+        assert_eq!(s.drivers.len() as u64 + s.drivers_omitted, 100);
+        assert_eq!(s.drivers[0].name, "d000", "the first drivers stay");
+        assert!(trimmed >= s.drivers_omitted);
     }
 }
