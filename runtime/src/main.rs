@@ -6,6 +6,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    ferrule::gateway::keep_large_buffers_out_of_the_heap();
     let cli = commands::Cli::parse();
     // rumqttd (the demo's embedded broker) logs every client disconnect as an
     // error, so it is silent unless FERRULE_LOG asks for it.

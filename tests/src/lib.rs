@@ -321,7 +321,26 @@ reconnect_max_ms = 1000
 
 /// The `ferrule` binary running a config.
 pub fn start_ferrule(dir: &Path, args: &[&str]) -> anyhow::Result<Process> {
-    let mut command = Command::new(ferrule_bin()?);
+    start_ferrule_with_open_files(dir, args, None)
+}
+
+/// Like [`start_ferrule`], with the process's open-file limit (soft and
+/// hard) set to `open_files` when given, as a service manager would.
+pub fn start_ferrule_with_open_files(
+    dir: &Path,
+    args: &[&str],
+    open_files: Option<u64>,
+) -> anyhow::Result<Process> {
+    let mut command = match open_files {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}"))
+                .arg("--")
+                .arg(ferrule_bin()?);
+            c
+        }
+        None => Command::new(ferrule_bin()?),
+    };
     command
         .args(args)
         .current_dir(dir)

@@ -287,6 +287,8 @@ pub async fn run_driver(
                 Ok(fresh) => {
                     tracing::info!(driver = %name, "plugin instances rebuilt");
                     chain = Some(fresh);
+                    // A new instance: ask it about its device after its first poll.
+                    last_ok = None;
                 }
                 Err(e) => {
                     counters.restarts.fetch_add(1, Ordering::Relaxed);

@@ -66,10 +66,11 @@ fn new_store(
 /// dropped and the instance must be rebuilt.
 async fn guarded<T>(
     store_instance: &str,
-    timeout_ms: u64,
+    limits: &PluginLimits,
     call: &'static str,
     fut: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<T, PluginError> {
+    let timeout_ms = limits.timeout_ms;
     let limit = Duration::from_millis(timeout_ms);
     let started = std::time::Instant::now();
     let elapsed_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -87,7 +88,10 @@ async fn guarded<T>(
                 Err(PluginError::Oversized {
                     instance: store_instance.to_string(),
                     call,
-                    message: "more bytes than max_result_bytes in one result or one call to the host (refused before copying)".to_string(),
+                    message: format!(
+                        "more than max_result_bytes = {} in one result or one call to the host (refused before copying)",
+                        limits.max_result_bytes
+                    ),
                 })
             } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
                 Err(PluginError::Timeout {
@@ -144,7 +148,7 @@ impl LoadedDriver {
         let mut store = new_store(self.pre.engine(), instance, sandbox)?;
         let plugin = guarded(
             instance,
-            sandbox.limits.timeout_ms,
+            &sandbox.limits,
             "instantiate",
             self.pre.instantiate_async(&mut store),
         )
@@ -175,7 +179,7 @@ impl DriverInstance {
         let iface = self.plugin.ferrule_plugin_driver();
         guarded(
             &name,
-            self.limits.timeout_ms,
+            &self.limits,
             "init",
             iface.call_init(&mut self.store, config_json),
         )
@@ -189,7 +193,7 @@ impl DriverInstance {
         let iface = self.plugin.ferrule_plugin_driver();
         let readings = guarded(
             &name,
-            self.limits.timeout_ms,
+            &self.limits,
             "poll",
             iface.call_poll(&mut self.store),
         )
@@ -218,7 +222,7 @@ impl DriverInstance {
         let iface = self.plugin.ferrule_plugin_driver();
         guarded(
             &name,
-            self.limits.timeout_ms,
+            &self.limits,
             "write",
             iface.call_write(&mut self.store, channel, &to_wit_value(value)),
         )
@@ -231,7 +235,7 @@ impl DriverInstance {
         let iface = self.plugin.ferrule_plugin_driver();
         let s = guarded(
             &name,
-            self.limits.timeout_ms,
+            &self.limits,
             "status",
             iface.call_status(&mut self.store),
         )
@@ -252,7 +256,7 @@ impl LoadedProcessor {
         let mut store = new_store(self.pre.engine(), instance, sandbox)?;
         let plugin = guarded(
             instance,
-            sandbox.limits.timeout_ms,
+            &sandbox.limits,
             "instantiate",
             self.pre.instantiate_async(&mut store),
         )
@@ -288,7 +292,7 @@ impl ProcessorInstance {
         let iface = self.plugin.ferrule_plugin_processor();
         guarded(
             &name,
-            self.limits.timeout_ms,
+            &self.limits,
             "init",
             iface.call_init(&mut self.store, config_json),
         )
@@ -302,7 +306,7 @@ impl ProcessorInstance {
         let input: Vec<wt::Reading> = batch.into_iter().map(to_wit).collect();
         let output = guarded(
             &name,
-            self.limits.timeout_ms,
+            &self.limits,
             "process",
             iface.call_process(&mut self.store, &input),
         )

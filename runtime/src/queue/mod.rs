@@ -62,6 +62,9 @@ pub use store::{ExportSummary, export_jsonl, read_stats};
 use crate::reading::Batch;
 use store::{ENTRIES, storage};
 
+/// Bytes of entries the publisher reads ahead at once (at least one entry).
+pub const SEND_READ_BYTES: usize = 1 << 20;
+
 /// Most appends committed in one transaction.
 pub const MAX_GROUP: usize = 512;
 
@@ -310,23 +313,31 @@ impl Queue {
 
     /// Up to `max` entries with sequence `>= from`, in order.
     pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Batch)>, QueueError> {
-        self.read_entries(from, max, store::decode_entry)
+        self.read_entries(from, max, usize::MAX, store::decode_entry)
     }
 
     /// Up to `max` stored entries from `from` on, each mapped by `entry`.
+    /// Up to `max` entries from `from` on, stopping early once `max_bytes`
+    /// of them are read (always at least one).
     fn read_entries<T>(
         &self,
         from: u64,
         max: usize,
+        max_bytes: usize,
         entry: impl Fn(u64, &[u8]) -> Result<T, QueueError>,
     ) -> Result<Vec<(u64, T)>, QueueError> {
         self.inner.shared.with_db(|db| {
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(ENTRIES).map_err(storage)?;
             let mut out = Vec::new();
+            let mut bytes = 0usize;
             for item in table.range(from..).map_err(storage)?.take(max) {
+                if bytes >= max_bytes {
+                    break;
+                }
                 let (key, value) = item.map_err(storage)?;
                 let seq = key.value();
+                bytes = bytes.saturating_add(value.value().len());
                 out.push((seq, entry(seq, value.value())?));
             }
             Ok(out)
@@ -374,7 +385,9 @@ impl Queue {
     ) -> Result<Vec<(u64, StoredEntry)>, QueueError> {
         let shared = &self.inner.shared;
         let _guard = lock(&shared.handover);
-        let entries = self.read_entries(from, max, |seq, bytes| {
+        // A few large entries (a plugin's ~2 MiB results) must not pull
+        // the whole in-flight window into memory at once.
+        let entries = self.read_entries(from, max, SEND_READ_BYTES, |seq, bytes| {
             Ok(StoredEntry {
                 seq,
                 json: store::entry_json(seq, bytes)?.to_vec(),

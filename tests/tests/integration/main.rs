@@ -5,6 +5,7 @@ mod bad_input;
 mod bench_smoke;
 mod common;
 mod compile_cache;
+mod containment;
 mod end_to_end;
 mod modbus;
 mod mqtt_link;

@@ -6,31 +6,42 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferrule_tests::{
-    Mosquitto, Pki, Process, Subscriber, free_port, log_clock, plugin, rss_kib, start_ferrule,
-    tempdir,
+    Mosquitto, Pki, Process, Subscriber, free_port, log_clock, plugin, rss_kib,
+    start_ferrule_with_open_files, tempdir,
 };
 
 use crate::common::gateway_and_mqtt;
 
-const HEALTHY_INTERVAL_MS: u64 = 100;
+pub(crate) const HEALTHY_INTERVAL_MS: u64 = 100;
 
 /// A `[[driver]]` running the hostile fixture.
-fn hostile(name: &str, config: &str, extra: &str) -> anyhow::Result<String> {
+pub(crate) fn hostile(name: &str, config: &str, extra: &str) -> anyhow::Result<String> {
     Ok(format!(
         "[[driver]]\nname = \"{name}\"\nplugin = \"{plugin}\"\ninterval_ms = 200\n{extra}\n[driver.config]\n{config}\n\n",
         plugin = plugin("hostile")?.display()
     ))
 }
 
-struct Run {
-    dir: tempfile::TempDir,
-    _broker: Mosquitto,
-    sub: Subscriber,
-    ferrule: Process,
+pub(crate) struct Run {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) broker: Mosquitto,
+    pub(crate) pki: Pki,
+    pub(crate) sub: Subscriber,
+    pub(crate) ferrule: Process,
 }
 
 /// Starts a gateway with the healthy driver and `drivers`.
 async fn start(drivers: &str, runtime: &str, prepare: impl FnOnce(&Path)) -> anyhow::Result<Run> {
+    start_with_open_files(drivers, runtime, prepare, None).await
+}
+
+/// Like `start`, with the gateway's open-file limit set to `open_files`.
+pub(crate) async fn start_with_open_files(
+    drivers: &str,
+    runtime: &str,
+    prepare: impl FnOnce(&Path),
+    open_files: Option<u64>,
+) -> anyhow::Result<Run> {
     let dir = tempdir()?;
     let pki = Pki::new(&dir.path().join("certs"))?;
     let port = free_port()?;
@@ -44,10 +55,12 @@ async fn start(drivers: &str, runtime: &str, prepare: impl FnOnce(&Path)) -> any
     );
     let config = dir.path().join("gateway.toml");
     std::fs::write(&config, text)?;
-    let ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
+    let ferrule =
+        start_ferrule_with_open_files(dir.path(), &["run", &config.to_string_lossy()], open_files)?;
     Ok(Run {
         dir,
-        _broker: broker,
+        broker,
+        pki,
         sub,
         ferrule,
     })
@@ -55,7 +68,7 @@ async fn start(drivers: &str, runtime: &str, prepare: impl FnOnce(&Path)) -> any
 
 /// Messages received over `window` after the first healthy one: (healthy
 /// count, every data message as JSON).
-async fn observe(
+pub(crate) async fn observe(
     run: &mut Run,
     window: Duration,
 ) -> anyhow::Result<(usize, Vec<serde_json::Value>)> {
@@ -92,7 +105,12 @@ async fn observe(
 }
 
 /// The healthy driver kept its rate (within 10 %) and no sequence is missing.
-fn assert_healthy(healthy: usize, window: Duration, all: &[serde_json::Value], log: &str) {
+pub(crate) fn assert_healthy(
+    healthy: usize,
+    window: Duration,
+    all: &[serde_json::Value],
+    log: &str,
+) {
     let expected = window.as_millis() as f64 / HEALTHY_INTERVAL_MS as f64;
     let ratio = healthy as f64 / expected;
     assert!(
@@ -299,7 +317,7 @@ async fn a_100_mib_string_is_refused_with_a_clear_error() -> anyhow::Result<()> 
     let (healthy, all) = observe(&mut run, window).await?;
     let log = run.ferrule.log_text();
     assert!(
-        log.contains("plugin huge: poll output refused: value of 104857600 bytes in channel \"big\", more than max_value_bytes = 65536"),
+        log.contains("plugin huge: poll output refused: more than max_result_bytes = 2097152 in one result or one call to the host (refused before copying)"),
         "{log}"
     );
     assert_healthy(healthy, window, &all, &log);
