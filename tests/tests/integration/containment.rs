@@ -5,11 +5,11 @@
 //! budgeted per plugin — each with the healthy `sim` driver beside the
 //! hostile ones keeping its rate with no sequence gap.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ferrule_tests::{Mosquitto, Subscriber, rss_kib, run_ferrule};
+use ferrule_tests::{Mosquitto, Subscriber, run_ferrule};
 
-use crate::sandbox::{Run, assert_healthy, hostile, observe, start_with_open_files};
+use crate::sandbox::{Run, assert_healthy, hostile, observe, rss_peak, start_with_open_files};
 
 /// Restarts that back off quickly, and a telemetry snapshot every second.
 const RUNTIME_AND_TELEMETRY: &str =
@@ -65,16 +65,7 @@ async fn oversized_returns_are_refused_before_copying_and_telemetry_is_still_pub
     .concat();
     let mut run = start_with_open_files(&drivers, RUNTIME_AND_TELEMETRY, |_| {}, None).await?;
     let mut telemetry = telemetry_subscriber(&run).await?;
-    let pid = run.ferrule.child.id();
-    let sampler = tokio::spawn(async move {
-        let mut peak = 0;
-        let until = Instant::now() + Duration::from_secs(14);
-        while Instant::now() < until {
-            peak = peak.max(rss_kib(pid));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        peak
-    });
+    let sampler = rss_peak(run.ferrule.child.id(), Duration::from_secs(14));
     let window = Duration::from_secs(10);
     let (healthy, all) = observe(&mut run, window).await?;
     let log = run.ferrule.log_text();
@@ -383,16 +374,7 @@ fn dir_size(dir: &std::path::Path) -> u64 {
 async fn peak_rss_kib(drivers: &str, window: Duration) -> anyhow::Result<(u64, u64)> {
     let mut run = start_with_open_files(drivers, RUNTIME_AND_TELEMETRY, |_| {}, None).await?;
     let mut telemetry = telemetry_subscriber(&run).await?;
-    let pid = run.ferrule.child.id();
-    let sampler = tokio::spawn(async move {
-        let mut peak = 0;
-        let until = Instant::now() + window + Duration::from_secs(2);
-        while Instant::now() < until {
-            peak = peak.max(rss_kib(pid));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        peak
-    });
+    let sampler = rss_peak(run.ferrule.child.id(), window + Duration::from_secs(2));
     // Memory is what is measured here: at ~16 MB/s of results the debug
     // build's queue, not the sandbox, sets the healthy driver's pace.
     let (healthy, _) = observe(&mut run, window).await?;

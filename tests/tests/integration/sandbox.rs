@@ -66,6 +66,20 @@ pub(crate) async fn start_with_open_files(
     })
 }
 
+/// The peak resident memory (KiB) of process `pid`, sampled every 10 ms
+/// for `span`.
+pub(crate) fn rss_peak(pid: u32, span: Duration) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = 0;
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            peak = peak.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        peak
+    })
+}
+
 /// Messages received over `window` after the first healthy one: (healthy
 /// count, every data message as JSON).
 pub(crate) async fn observe(
@@ -272,16 +286,7 @@ async fn a_memory_bomb_fails_at_its_cap_and_host_memory_stays_bounded() -> anyho
         |_| {},
     )
     .await?;
-    let pid = run.ferrule.child.id();
-    let sampler = tokio::spawn(async move {
-        let mut max = 0;
-        let until = Instant::now() + Duration::from_secs(12);
-        while Instant::now() < until {
-            max = max.max(rss_kib(pid));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        max
-    });
+    let sampler = rss_peak(run.ferrule.child.id(), Duration::from_secs(12));
     let window = Duration::from_secs(8);
     let (healthy, all) = observe(&mut run, window).await?;
     let log = run.ferrule.log_text();
