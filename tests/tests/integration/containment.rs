@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use ferrule_tests::{Mosquitto, Subscriber, run_ferrule};
 
-use crate::sandbox::{Run, assert_healthy, hostile, observe, rss_peak, start_with_open_files};
+use crate::sandbox::{
+    Run, assert_healthy, assert_no_sequence_gap, hostile, observe, rss_peak, start_with_open_files,
+};
 
 /// Restarts that back off quickly, and a telemetry snapshot every second.
 const RUNTIME_AND_TELEMETRY: &str =
@@ -337,15 +339,7 @@ async fn descriptors_and_disk_are_budgeted_and_delivery_resumes_after_a_broker_r
         healthy >= 54,
         "{healthy} healthy messages after the restart"
     );
-    let mut seqs: Vec<u64> = all.iter().filter_map(|v| v["seq"].as_u64()).collect();
-    seqs.sort_unstable();
-    seqs.dedup();
-    let (first, last) = (seqs[0], seqs[seqs.len() - 1]);
-    assert_eq!(
-        seqs.len() as u64,
-        last - first + 1,
-        "gap in {first}..={last}"
-    );
+    let (first, last) = assert_no_sequence_gap(&all);
     eprintln!(
         "after the broker restart: {healthy} healthy messages, seqs {first}..={last} contiguous"
     );

@@ -131,6 +131,15 @@ pub(crate) fn assert_healthy(
         (0.9..=1.1).contains(&ratio),
         "healthy driver: {healthy} messages in {window:?}, expected {expected:.0} (ratio {ratio:.2}); log:\n{log}"
     );
+    let (first, last) = assert_no_sequence_gap(all);
+    eprintln!(
+        "healthy driver: {healthy} messages in {window:?} (expected {expected:.0}), seqs {first}..={last} contiguous"
+    );
+}
+
+/// Every sequence between the lowest and highest of `all` arrived; returns
+/// that range.
+pub(crate) fn assert_no_sequence_gap(all: &[serde_json::Value]) -> (u64, u64) {
     let mut seqs: Vec<u64> = all.iter().filter_map(|v| v["seq"].as_u64()).collect();
     seqs.sort_unstable();
     seqs.dedup();
@@ -140,9 +149,7 @@ pub(crate) fn assert_healthy(
         last - first + 1,
         "sequence gap in {first}..={last}"
     );
-    eprintln!(
-        "healthy driver: {healthy} messages in {window:?} (expected {expected:.0}), seqs {first}..={last} contiguous"
-    );
+    (first, last)
 }
 
 /// Runs `drivers` beside the healthy one for 10 s (restarts backing off
