@@ -671,6 +671,29 @@ pub fn connects(log: &str) -> Vec<(f64, f64)> {
 }
 
 /// Resident memory of process `pid`, in KiB (0 if unknown).
+/// The peak resident memory (KiB) of process `pid`, sampled every 10 ms
+/// for `span`.
+pub fn rss_peak(pid: u32, span: Duration) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = 0;
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            peak = peak.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        peak
+    })
+}
+
+/// A `[[driver]]` running the hostile fixture every 200 ms with
+/// `config` as its `[driver.config]` and `extra` lines in its table.
+pub fn hostile_driver(name: &str, config: &str, extra: &str) -> anyhow::Result<String> {
+    Ok(format!(
+        "[[driver]]\nname = \"{name}\"\nplugin = \"{plugin}\"\ninterval_ms = 200\n{extra}\n[driver.config]\n{config}\n\n",
+        plugin = plugin("hostile")?.display()
+    ))
+}
+
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

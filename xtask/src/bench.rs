@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::number::number;
 
 /// Every part, in the order a full run takes them.
-pub const PARTS: [(&str, &str); 10] = [
+pub const PARTS: [(&str, &str); 11] = [
     ("e2e", "end-to-end throughput vs a bare rumqttc client"),
     (
         "latency",
@@ -34,6 +34,10 @@ pub const PARTS: [(&str, &str); 10] = [
     ("plugin", "WASM poll vs native, instance start, start-up"),
     ("link", "TLS + MQTT handshake and reconnect"),
     ("modbus", "Modbus driver vs a native client"),
+    (
+        "hostile",
+        "host memory and telemetry files with hostile plugins",
+    ),
 ];
 
 /// Node-RED and the Modbus nodes the side-by-side part runs (Node-RED 5

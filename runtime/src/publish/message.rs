@@ -54,7 +54,7 @@ impl Topics {
 /// One data message: one queue entry, or one part of an entry too large
 /// for a single MQTT packet.
 #[derive(Debug, Serialize)]
-struct DataMessage<'a> {
+struct DataMessage<'a, R: Serialize + ?Sized> {
     gateway: &'a str,
     driver: &'a str,
     /// The queue sequence number: per gateway, increasing, never reused.
@@ -66,7 +66,7 @@ struct DataMessage<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parts: Option<u32>,
     captured_ns: u64,
-    readings: &'a [Reading],
+    readings: &'a R,
 }
 
 /// The whole entry as one message.
@@ -74,12 +74,12 @@ pub fn encode_data(gateway: &str, seq: u64, batch: &Batch) -> Result<Vec<u8>, se
     encode(gateway, seq, batch, None, &batch.readings)
 }
 
-fn encode(
+fn encode<R: Serialize + ?Sized>(
     gateway: &str,
     seq: u64,
     batch: &Batch,
     part: Option<(u32, u32)>,
-    readings: &[Reading],
+    readings: &R,
 ) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(&DataMessage {
         gateway,
@@ -113,6 +113,23 @@ pub fn splice_data(
     Ok(out)
 }
 
+/// Bytes of `value`'s JSON, counted without building it.
+fn json_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, serde_json::Error> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value)?;
+    Ok(count.0)
+}
+
 /// A queue entry encoded for a broker that takes payloads of at most a
 /// given size.
 #[derive(Debug, Default)]
@@ -133,22 +150,33 @@ pub fn encode_parts(
     batch: &Batch,
     budget: usize,
 ) -> Result<Encoded, serde_json::Error> {
-    let whole = encode_data(gateway, seq, batch)?;
-    if whole.len() <= budget {
+    // Sizes are counted, not encoded: an entry may be as large as a
+    // plugin's largest result, and only its parts are built.
+    let whole = DataMessage {
+        gateway,
+        driver: &batch.driver,
+        seq,
+        part: None,
+        parts: None,
+        captured_ns: batch.captured_ns,
+        readings: &batch.readings[..],
+    };
+    if json_len(&whole)? <= budget {
         return Ok(Encoded {
-            payloads: vec![whole],
+            payloads: vec![encode_data(gateway, seq, batch)?],
             too_large: Vec::new(),
         });
     }
     // The envelope with the widest part numbers, and no readings.
-    let envelope = encode(gateway, seq, batch, Some((u32::MAX, u32::MAX)), &[])?.len();
+    let no_readings: &[Reading] = &[];
+    let envelope = encode(gateway, seq, batch, Some((u32::MAX, u32::MAX)), no_readings)?.len();
     let mut too_large = Vec::new();
     // Ranges of `batch.readings` per part; readings too large are skipped.
     let mut groups: Vec<Vec<&Reading>> = Vec::new();
     let mut current: Vec<&Reading> = Vec::new();
     let mut used = envelope;
     for reading in &batch.readings {
-        let size = serde_json::to_vec(reading)?.len();
+        let size = json_len(reading)?;
         if envelope + size > budget {
             too_large.push((reading.channel.clone(), size));
             continue;
@@ -170,15 +198,14 @@ pub fn encode_parts(
     }
     let count = u32::try_from(groups.len()).unwrap_or(u32::MAX);
     let mut payloads = Vec::with_capacity(groups.len());
-    for (i, group) in groups.into_iter().enumerate() {
-        let readings: Vec<Reading> = group.into_iter().cloned().collect();
+    for (i, group) in groups.iter().enumerate() {
         let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
         payloads.push(encode(
             gateway,
             seq,
             batch,
             Some((number, count)),
-            &readings,
+            &group[..],
         )?);
     }
     Ok(Encoded {

@@ -737,6 +737,7 @@ impl<'a> Session<'a> {
         if whole.len() <= budget {
             return Ok((topic, vec![whole]));
         }
+        drop(whole);
         let batch = entry.batch()?;
         let encoded =
             encode_parts(&self.settings.gateway, seq, &batch, budget).map_err(encode_error)?;

@@ -68,6 +68,10 @@ pub const SEND_READ_BYTES: usize = 1 << 20;
 /// Most appends committed in one transaction.
 pub const MAX_GROUP: usize = 512;
 
+/// Bytes of appends committed in one transaction, at most (but always
+/// at least one append): what the writer holds in memory for a commit.
+pub const MAX_GROUP_BYTES: u64 = 4 << 20;
+
 /// Appends that may wait for the writer before drivers block.
 pub const MAX_WAITING: usize = MAX_GROUP * 4;
 
@@ -290,6 +294,9 @@ impl Queue {
     /// Commits a batch durably and returns its sequence number.
     pub async fn append(&self, batch: Batch) -> Result<u64, QueueError> {
         let encoded = store::encode_entry(&batch)?;
+        // The readings are in `encoded` now; waiting for the writer holds
+        // one copy of them, not two.
+        drop(batch);
         let slot = self
             .inner
             .slots

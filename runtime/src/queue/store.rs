@@ -33,6 +33,8 @@ pub(super) fn encode_entry(batch: &Batch) -> Result<Vec<u8>, QueueError> {
     let mut out = Vec::with_capacity(HEADER + 64 + batch.readings.len() * 96);
     out.extend_from_slice(&batch.captured_ns.to_le_bytes());
     serde_json::to_writer(&mut out, batch).map_err(storage)?;
+    // Growth may have left up to half of it spare while it waits for the writer.
+    out.shrink_to_fit();
     Ok(out)
 }
 

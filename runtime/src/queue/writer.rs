@@ -16,7 +16,7 @@ use redb::ReadableTable;
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
 use super::store::{self, BYTES, DROPPED_AGE, DROPPED_CAP, ENTRIES, META, NEXT_SEQ, storage};
-use super::{FullPolicy, MAX_GROUP, QueueError, Shared, lock};
+use super::{FullPolicy, MAX_GROUP, MAX_GROUP_BYTES, QueueError, Shared, lock};
 use crate::reading::now_ns;
 
 pub(super) enum Request {
@@ -395,8 +395,15 @@ impl Writer {
 
                 let mut seq = first;
                 let group = options.max_group.unwrap_or(MAX_GROUP).clamp(1, MAX_GROUP);
+                let mut group_bytes = 0u64;
                 for append in appends.iter().take(group) {
                     let size = append.encoded.len() as u64;
+                    // redb holds a transaction's new pages in memory until
+                    // it commits: large entries get commits of their own.
+                    if cycle.appended > 0 && group_bytes + size > MAX_GROUP_BYTES {
+                        break;
+                    }
+                    group_bytes += size;
                     if let Some(max) = options.max_bytes
                         && bytes + size > max
                     {

@@ -142,3 +142,19 @@ fn queue_link_plugin_and_modbus_parts_run() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn hostile_measures_both_gateways_and_the_telemetry_files() -> anyhow::Result<()> {
+    let r = smoke("hostile", env!("CARGO_BIN_EXE_bench-hostile"))?;
+    for name in [
+        "peak RSS, 8 drivers, one small reading each",
+        "peak RSS, 8 drivers, largest allowed outputs",
+    ] {
+        assert!(value(&r, name)? > 1.0, "{name}: {r:?}");
+    }
+    assert!(
+        value(&r, "telemetry-history.redb after the run")? > 0.0,
+        "{r:?}"
+    );
+    Ok(())
+}

@@ -363,9 +363,8 @@ fn dir_size(dir: &std::path::Path) -> u64 {
 }
 
 /// Peak host RSS (KiB) over `window` of a gateway running `drivers`
-/// beside the healthy one, and the plugins' own linear memory (KiB) at the
-/// end, from telemetry.
-async fn peak_rss_kib(drivers: &str, window: Duration) -> anyhow::Result<(u64, u64)> {
+/// beside the healthy one, and the last telemetry snapshot.
+async fn peak_rss_kib(drivers: &str, window: Duration) -> anyhow::Result<(u64, serde_json::Value)> {
     let mut run = start_with_open_files(drivers, RUNTIME_AND_TELEMETRY, |_| {}, None).await?;
     let mut telemetry = telemetry_subscriber(&run).await?;
     let sampler = rss_peak(run.ferrule.child.id(), window + Duration::from_secs(2));
@@ -374,27 +373,32 @@ async fn peak_rss_kib(drivers: &str, window: Duration) -> anyhow::Result<(u64, u
     let (healthy, _) = observe(&mut run, window).await?;
     eprintln!("healthy driver: {healthy} messages in {window:?}");
     let peak = sampler.await?;
-    let snaps = snapshots(&mut telemetry)?;
-    let linear = snaps.last().map_or(0, |(_, s)| {
-        s["drivers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d["memory_bytes"].as_u64())
-            .sum::<u64>()
-    });
-    Ok((peak, linear / 1024))
+    let (_, last) = snapshots(&mut telemetry)?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no telemetry snapshot"))?;
+    Ok((peak, last))
+}
+
+/// The plugins' linear memory (KiB) in a snapshot.
+fn linear_kib(snapshot: &serde_json::Value) -> u64 {
+    snapshot["drivers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["memory_bytes"].as_u64())
+        .sum::<u64>()
+        / 1024
 }
 
 /// Eight drivers each returning the largest output the default limits
 /// allow (results of ~2 MiB, statuses at their entry and size limits, log
 /// lines at their length limit) against the same eight returning one small
-/// reading each: what the host holds for their outputs stays within
-/// 64 MiB. The plugins' own linear memory (each builds its ~2 MiB result
-/// in it, within its `memory_mb`) is counted by telemetry and reported
-/// beside it.
+/// reading each: the host's peak RSS stays within 64 MiB of the small
+/// outputs' (the plugins' own linear memory, where each builds its ~2 MiB
+/// result, included). None of those outputs is refused. The release
+/// build's figure is printed by `cargo xtask bench hostile`.
 #[tokio::test]
-async fn the_largest_allowed_outputs_of_eight_drivers_keep_the_hosts_share_of_rss_within_64_mib_of_idle()
+async fn the_largest_allowed_outputs_of_eight_drivers_keep_host_rss_within_64_mib_of_idle()
 -> anyhow::Result<()> {
     let eight = |config: &str| -> anyhow::Result<String> {
         Ok((0..8)
@@ -404,29 +408,29 @@ async fn the_largest_allowed_outputs_of_eight_drivers_keep_the_hosts_share_of_rs
             .replace("interval_ms = 200", "interval_ms = 1000"))
     };
     let window = Duration::from_secs(8);
-    let (idle, idle_linear) =
+    let (idle, idle_snapshot) =
         peak_rss_kib(&eight("behavior = \"readings\"\ncount = 1")?, window).await?;
-    let (largest, largest_linear) = peak_rss_kib(
+    let (largest, largest_snapshot) = peak_rss_kib(
         &eight("behavior = \"largest\"\ncount = 31\nbytes = 65536\npairs = 64")?,
         window,
     )
     .await?;
+    for i in 0..8 {
+        let d = driver(&largest_snapshot, &format!("d{i}"));
+        assert_eq!(d["outputs_refused"], 0, "{d}");
+        assert_eq!(d["restarts"], 0, "{d}");
+        assert!(d["readings"].as_u64().unwrap_or(0) >= 31, "{d}");
+    }
     let mib = |kib: u64| kib as f64 / 1024.0;
     let above = largest.saturating_sub(idle);
-    let linear_growth = largest_linear.saturating_sub(idle_linear);
-    let host_side = above.saturating_sub(linear_growth);
+    let linear = linear_kib(&largest_snapshot).saturating_sub(linear_kib(&idle_snapshot));
     eprintln!(
-        "host RSS peak, 8 drivers: idle {:.1} MiB, largest allowed outputs {:.1} MiB: {:.1} MiB above idle, of which {:.1} MiB the plugins' own linear memory and {:.1} MiB the host's (bound 64 MiB)",
+        "host RSS peak, 8 drivers: idle {:.1} MiB, largest allowed outputs {:.1} MiB: {:.1} MiB above idle (bound 64 MiB), of which {:.1} MiB the plugins' own linear memory",
         mib(idle),
         mib(largest),
         mib(above),
-        mib(linear_growth),
-        mib(host_side)
+        mib(linear),
     );
-    assert!(
-        mib(host_side) <= 64.0,
-        "{:.1} MiB above idle on the host's side",
-        mib(host_side)
-    );
+    assert!(mib(above) <= 64.0, "{:.1} MiB above idle", mib(above));
     Ok(())
 }

@@ -9,18 +9,11 @@ use ferrule_tests::{
     Mosquitto, Pki, Process, Subscriber, free_port, log_clock, plugin, rss_kib,
     start_ferrule_with_open_files, tempdir,
 };
+pub(crate) use ferrule_tests::{hostile_driver as hostile, rss_peak};
 
 use crate::common::gateway_and_mqtt;
 
 pub(crate) const HEALTHY_INTERVAL_MS: u64 = 100;
-
-/// A `[[driver]]` running the hostile fixture.
-pub(crate) fn hostile(name: &str, config: &str, extra: &str) -> anyhow::Result<String> {
-    Ok(format!(
-        "[[driver]]\nname = \"{name}\"\nplugin = \"{plugin}\"\ninterval_ms = 200\n{extra}\n[driver.config]\n{config}\n\n",
-        plugin = plugin("hostile")?.display()
-    ))
-}
 
 pub(crate) struct Run {
     pub(crate) dir: tempfile::TempDir,
@@ -63,20 +56,6 @@ pub(crate) async fn start_with_open_files(
         pki,
         sub,
         ferrule,
-    })
-}
-
-/// The peak resident memory (KiB) of process `pid`, sampled every 10 ms
-/// for `span`.
-pub(crate) fn rss_peak(pid: u32, span: Duration) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut peak = 0;
-        let until = Instant::now() + span;
-        while Instant::now() < until {
-            peak = peak.max(rss_kib(pid));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        peak
     })
 }
 
