@@ -84,6 +84,47 @@ async fn concurrent_appends_get_unique_sequences() {
     );
 }
 
+/// Entries larger than a commit's byte budget waiting together: each gets
+/// a commit of its own (or shares one within the budget), none is lost,
+/// and small ones waiting beside them still commit.
+#[tokio::test]
+async fn entries_over_the_commit_budget_commit_in_order_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(&dir.path().join("q.redb"), QueueOptions::default()).unwrap();
+    let big = |t: i64| {
+        let mut b = batch("big", t);
+        b.readings[0].value = Value::Text("x".repeat((MAX_GROUP_BYTES as usize) * 3 / 4));
+        b
+    };
+    let mut tasks = Vec::new();
+    for t in 0..6 {
+        let q = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let entry = if t % 2 == 0 {
+                big(t)
+            } else {
+                batch("small", t)
+            };
+            q.append(entry).await.unwrap()
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
+    let read = queue.read_from(0, 100).unwrap();
+    assert_eq!(read.len(), 6);
+    let bigs = read.iter().filter(|(_, b)| b.driver == "big").count();
+    assert_eq!(bigs, 3);
+    for (_, b) in read.iter().filter(|(_, b)| b.driver == "big") {
+        assert!(
+            matches!(&b.readings[0].value, Value::Text(t) if t.len() == (MAX_GROUP_BYTES as usize) * 3 / 4)
+        );
+    }
+}
+
 #[tokio::test]
 async fn read_from_starts_at_the_oldest_remaining_entry() {
     let dir = tempfile::tempdir().unwrap();
