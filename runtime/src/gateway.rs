@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::command;
 use crate::config::Config;
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
 use crate::plugin::{
@@ -17,6 +16,7 @@ use crate::plugin::{
 };
 use crate::publish::{self, PublisherSettings, PublisherStats, TlsFiles, Topics};
 use crate::queue::{FullPolicy, Queue, QueueError, QueueOptions};
+use crate::remote;
 use crate::telemetry;
 
 /// Why a gateway could not start.
@@ -426,7 +426,7 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
         queue.clone(),
         publisher_stats.clone(),
         telemetry_queue.clone(),
-        Some(command::start(inboxes)),
+        Some(remote::start(inboxes)),
         shutdown.clone(),
     ));
     let telemetry = telemetry_queue.map(|lane| {

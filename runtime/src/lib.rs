@@ -4,9 +4,8 @@
 //! ([`plugin`]); the [`pipeline`] polls drivers and runs processor chains;
 //! every batch is committed to the durable [`queue`] before the
 //! [`publish`]er sends it over MQTT with TLS and deletes it on PUBACK.
-//! Writes to devices arrive as [`command`]s over the same connection.
+//! Writes to devices arrive as [`remote`] commands over the same connection.
 
-pub mod command;
 pub mod config;
 pub mod dev;
 pub mod gateway;
@@ -15,4 +14,5 @@ pub mod plugin;
 pub mod publish;
 pub mod queue;
 pub mod reading;
+pub mod remote;
 pub mod telemetry;

@@ -1,13 +1,13 @@
 //! The `ferrule` binary.
 
-mod commands;
+mod cli;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     ferrule::gateway::keep_large_buffers_out_of_the_heap();
-    let cli = commands::Cli::parse();
+    let cli = cli::Cli::parse();
     // rumqttd (the demo's embedded broker) logs every client disconnect as an
     // error, so it is silent unless FERRULE_LOG asks for it.
     tracing_subscriber::fmt()
@@ -35,7 +35,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    match runtime.block_on(cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::command;
+use crate::remote;
 
 use crate::plugin::{
     BudgetCounters, DriverInstance, LoadedDriver, LoadedProcessor, OutputChecked, PluginError,
@@ -243,7 +243,7 @@ pub async fn run_driver(
     chain: Option<Chain>,
     queue: Queue,
     counters: Arc<DriverCounters>,
-    mut commands: mpsc::Receiver<command::Write>,
+    mut commands: mpsc::Receiver<remote::Write>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = spec.driver.name.clone();

@@ -36,9 +36,9 @@ pub use link::LinkError;
 pub use message::{Encoded, Topics, encode_data, encode_parts, splice_data};
 pub use tls::{TlsError, TlsFiles};
 
-use crate::command::{Answer, Commands, Incoming};
 use crate::config::MqttProtocol;
 use crate::queue::{Queue, QueueError};
+use crate::remote::{Answer, Commands, Incoming};
 use link::{Client, ClientError, Credentials, Events, LinkEvent};
 
 /// How the publisher reaches the broker.

@@ -57,7 +57,7 @@ use redb::{Database, ReadableDatabase};
 use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
-pub use store::{ExportSummary, export_jsonl, read_stats};
+pub use store::{ExportSummary, export_jsonl, quarantined_files, read_stats};
 
 use crate::reading::Batch;
 use store::{ENTRIES, storage};

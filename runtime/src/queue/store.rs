@@ -191,6 +191,34 @@ fn check_tables(db: &Database) -> Result<(), QueueError> {
     txn.commit().map_err(storage)
 }
 
+/// Queue files moved aside next to `queue` because they could not be
+/// opened (see [`open`]), sorted by name (oldest first).
+pub fn quarantined_files(queue: &Path) -> Vec<String> {
+    let (Some(dir), Some(name)) = (queue.parent(), queue.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}{QUARANTINE_MARK}", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path().display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// What follows a queue file's name when it is moved aside.
+const QUARANTINE_MARK: &str = ".corrupt-";
+
 fn quarantine_name(path: &Path) -> PathBuf {
     let stamp = time::OffsetDateTime::now_utc();
     let name = path
@@ -198,7 +226,7 @@ fn quarantine_name(path: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "queue".to_string());
     path.with_file_name(format!(
-        "{name}.corrupt-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        "{name}{QUARANTINE_MARK}{:04}{:02}{:02}T{:02}{:02}{:02}Z",
         stamp.year(),
         u8::from(stamp.month()),
         stamp.day(),

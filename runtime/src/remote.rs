@@ -1,4 +1,4 @@
-//! Commands from the cloud: writes to devices.
+//! Remote commands from the cloud: writes to devices.
 //!
 //! The publisher subscribes to `{prefix}/{gateway}/cmd/+/write` and hands
 //! each message to the router here. A command is JSON

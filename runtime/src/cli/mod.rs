@@ -211,7 +211,7 @@ fn queue(command: QueueCommand) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             let path = gateway::queue_path(&config);
             let stats = ferrule::queue::read_stats(&path)?;
-            let quarantined = quarantined_files(&path);
+            let quarantined = ferrule::queue::quarantined_files(&path);
             if json {
                 let mut value = serde_json::to_value(stats)?;
                 value["quarantined"] = serde_json::to_value(&quarantined)?;
@@ -273,27 +273,4 @@ fn queue(command: QueueCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Queue files moved aside because they could not be opened.
-fn quarantined_files(queue: &Path) -> Vec<String> {
-    let (Some(dir), Some(name)) = (queue.parent(), queue.file_name()) else {
-        return Vec::new();
-    };
-    let prefix = format!("{}.corrupt-", name.to_string_lossy());
-    let mut found: Vec<String> = std::fs::read_dir(if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    })
-    .map(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .map(|e| e.path().display().to_string())
-            .collect()
-    })
-    .unwrap_or_default();
-    found.sort();
-    found
 }
