@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
@@ -363,9 +364,10 @@ fn release_startup_memory() {
     }
 }
 
-/// Runs a prepared gateway until `shutdown` turns true; then stops polling,
-/// lets the publisher say offline, and returns.
-pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<(), StartError> {
+/// Runs a prepared gateway until `shutdown` is cancelled; then stops
+/// polling, takes a last telemetry snapshot, lets the publisher say
+/// offline, and returns once every task has ended.
+pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), StartError> {
     let Prepared {
         config,
         drivers,
@@ -421,7 +423,8 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
             }
         },
     };
-    let publisher = tokio::spawn(publish::run(
+    let tasks = TaskTracker::new();
+    tasks.spawn(publish::run(
         publisher_settings(&config),
         queue.clone(),
         publisher_stats.clone(),
@@ -429,8 +432,8 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
         Some(remote::start(inboxes)),
         shutdown.clone(),
     ));
-    let telemetry = telemetry_queue.map(|lane| {
-        tokio::spawn(telemetry::run(
+    if let Some(lane) = telemetry_queue {
+        tasks.spawn(telemetry::run(
             telemetry::Reporter {
                 collector: telemetry::Collector::new(
                     config.gateway.id.get_ref(),
@@ -457,9 +460,8 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
                 },
             },
             shutdown.clone(),
-        ))
-    });
-    let mut tasks = Vec::with_capacity(drivers_with_inbox.len());
+        ));
+    }
     for (spec, chain, commands, counters) in drivers_with_inbox {
         let chain = match chain {
             Ok(chain) => Some(chain),
@@ -468,21 +470,16 @@ pub async fn run(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<
                 None
             }
         };
-        tasks.push(tokio::spawn(pipeline::run_driver(
+        tasks.spawn(pipeline::run_driver(
             spec,
             chain,
             queue.clone(),
             counters,
             commands,
             shutdown.clone(),
-        )));
+        ));
     }
-    if let Some(t) = telemetry {
-        let _ = t.await;
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
-    let _ = publisher.await;
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! [`publish`]er sends it over MQTT with TLS and deletes it on PUBACK.
 //! Writes to devices arrive as [`remote`] commands over the same connection.
 
+pub mod backoff;
 pub mod config;
 pub mod dev;
 pub mod gateway;

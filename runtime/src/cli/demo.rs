@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use ferrule::config::Config;
 use ferrule::dev::certs::DevCa;
@@ -75,7 +76,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     println!("config   : {}", config_path.display());
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     let viewer_files = TlsFiles {
         ca: ca.cert.clone(),
         client_cert: Some(viewer.cert),
@@ -87,7 +88,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         viewer_files,
         started,
         count_tx,
-        stop_rx.clone(),
+        stop.clone(),
     ));
 
     let prepared = gateway::prepare(config).await?;
@@ -95,7 +96,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         "gateway  : {GATEWAY}, plugins loaded in {} ms; readings follow (Ctrl-C to stop)",
         started.elapsed().as_millis()
     );
-    let gateway_task = tokio::spawn(gateway::run(prepared, stop_rx));
+    let gateway_task = tokio::spawn(gateway::run(prepared, stop.clone()));
 
     let deadline = async {
         match options.duration {
@@ -107,7 +108,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         _ = deadline => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    let _ = stop_tx.send(true);
+    stop.cancel();
     gateway_task.await??;
     let _ = tokio::time::timeout(Duration::from_secs(2), subscriber).await;
     let tally = *count_rx.borrow_and_update();
@@ -297,7 +298,7 @@ async fn subscribe(
     files: TlsFiles,
     started: Instant,
     count: watch::Sender<Tally>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut options = MqttOptions::new("demo-viewer", "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(10));
@@ -321,7 +322,7 @@ async fn subscribe(
         };
         let event = tokio::select! {
             e = events.poll() => e,
-            _ = stop.changed(), if grace_until.is_none() => {
+            _ = stop.cancelled(), if grace_until.is_none() => {
                 grace_until = Some(tokio::time::Instant::now() + Duration::from_millis(1500));
                 continue;
             }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferrule::config::Config;
 use ferrule::gateway;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// ferrule: a WebAssembly plugin runtime for industrial gateways.
 #[derive(Debug, Parser)]
@@ -146,13 +146,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn run_gateway(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let prepared = gateway::prepare(config).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        on_signal.cancel();
     });
-    gateway::run(prepared, stop_rx).await?;
+    gateway::run(prepared, stop).await?;
     Ok(())
 }
 

@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::remote;
 
 use crate::plugin::{
@@ -244,11 +246,11 @@ pub async fn run_driver(
     queue: Queue,
     counters: Arc<DriverCounters>,
     mut commands: mpsc::Receiver<remote::Write>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let name = spec.driver.name.clone();
     let mut chain = chain;
-    let mut restart_delay = spec.restart_min;
+    let mut restarts = Backoff::new(spec.restart_min, spec.restart_max);
     // Whether the last poll succeeded; the device's status is logged when it changes.
     let mut last_ok: Option<bool> = None;
     let mut last_status = tokio::time::Instant::now();
@@ -277,9 +279,9 @@ pub async fn run_driver(
                 let _ = write.reply.send(outcome);
                 continue;
             }
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
         }
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return;
         }
         let Some(live) = chain.as_mut() else {
@@ -293,11 +295,11 @@ pub async fn run_driver(
                 Err(e) => {
                     counters.restarts.fetch_add(1, Ordering::Relaxed);
                     counters.failed(&e);
-                    tracing::error!(driver = %name, error = %e, retry_in_ms = restart_delay.as_millis() as u64, restarts = counters.restarts.load(Ordering::Relaxed), "cannot start plugin instances; retrying after backoff");
-                    if sleep_or_shutdown(restart_delay, &mut shutdown).await {
+                    let delay = restarts.next_delay();
+                    tracing::error!(driver = %name, error = %e, retry_in_ms = delay.as_millis() as u64, restarts = counters.restarts.load(Ordering::Relaxed), "cannot start plugin instances; retrying after backoff");
+                    if sleep_or_shutdown(delay, &shutdown).await {
                         return;
                     }
-                    restart_delay = (restart_delay * 2).min(spec.restart_max);
                 }
             }
             continue;
@@ -344,7 +346,7 @@ pub async fn run_driver(
                     // other output; the poll's batch is still captured first.
                     counters.failed(&e);
                     if let Ok(Some(batch)) = polled {
-                        append_batch(&name, &queue, &counters, batch, &mut shutdown).await;
+                        append_batch(&name, &queue, &counters, batch, &shutdown).await;
                     }
                     polled = Err(e);
                 }
@@ -352,21 +354,21 @@ pub async fn run_driver(
         }
         match polled {
             Ok(Some(batch)) => {
-                if !append_batch(&name, &queue, &counters, batch, &mut shutdown).await {
+                if !append_batch(&name, &queue, &counters, batch, &shutdown).await {
                     return;
                 }
-                restart_delay = spec.restart_min;
+                restarts.reset();
             }
             Ok(None) => {}
             Err(e) => {
                 if e.instance_lost() {
                     counters.restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(driver = %name, error = %e, restart_in_ms = restart_delay.as_millis() as u64, restarts = counters.restarts.load(Ordering::Relaxed), "plugin instance lost; rebuilding");
+                    let delay = restarts.next_delay();
+                    tracing::error!(driver = %name, error = %e, restart_in_ms = delay.as_millis() as u64, restarts = counters.restarts.load(Ordering::Relaxed), "plugin instance lost; rebuilding");
                     chain = None;
-                    if sleep_or_shutdown(restart_delay, &mut shutdown).await {
+                    if sleep_or_shutdown(delay, &shutdown).await {
                         return;
                     }
-                    restart_delay = (restart_delay * 2).min(spec.restart_max);
                 } else {
                     tracing::warn!(driver = %name, error = %e, "poll failed");
                 }
@@ -387,11 +389,11 @@ async fn append_batch(
     queue: &Queue,
     counters: &DriverCounters,
     batch: Batch,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> bool {
     let appended = tokio::select! {
         result = queue.append(batch) => result,
-        _ = shutdown.changed() => return false,
+        _ = shutdown.cancelled() => return false,
     };
     match appended {
         Ok(seq) => {
@@ -449,9 +451,9 @@ async fn device_status(
 }
 
 /// Sleeps; true when shutdown was requested meanwhile.
-async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
-        _ = tokio::time::sleep(delay) => *shutdown.borrow(),
-        _ = shutdown.changed() => true,
+        _ = tokio::time::sleep(delay) => shutdown.is_cancelled(),
+        _ = shutdown.cancelled() => true,
     }
 }

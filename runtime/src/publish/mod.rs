@@ -38,6 +38,9 @@ pub use tls::{TlsError, TlsFiles};
 
 use crate::config::MqttProtocol;
 use crate::queue::{Queue, QueueError};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
 use crate::remote::{Answer, Commands, Incoming};
 use link::{Client, ClientError, Credentials, Events, LinkEvent};
 
@@ -249,12 +252,14 @@ pub async fn run(
     stats: Arc<PublisherStats>,
     telemetry: Option<Queue>,
     mut commands: Option<Commands>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
-    let mut delay = settings.reconnect_min;
+    // Up to +25 %, so a fleet that lost the same broker doesn't return in lockstep.
+    let mut backoff =
+        Backoff::new(settings.reconnect_min, settings.reconnect_max).with_jitter(0.25);
     let broker = format!("{}:{}", settings.host, settings.port);
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return;
         }
         let mut connected = false;
@@ -264,7 +269,7 @@ pub async fn run(
             telemetry.as_ref(),
             &stats,
             commands.as_mut(),
-            &mut shutdown,
+            &shutdown,
             &mut connected,
         )
         .await;
@@ -275,9 +280,9 @@ pub async fn run(
         // A session that got as far as CONNACK starts the backoff afresh,
         // unless the broker refused what it was sent (it will again).
         if connected && !matches!(e, SessionError::Refused { .. }) {
-            delay = settings.reconnect_min;
+            backoff.reset();
         }
-        let wait = with_jitter(delay);
+        let wait = backoff.next_delay();
         let (kind, why) = e.explain(&settings.host);
         stats.failed(kind, &why);
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
@@ -288,9 +293,8 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => {}
+            _ = shutdown.cancelled() => {}
         }
-        delay = (delay * 2).min(settings.reconnect_max);
     }
 }
 
@@ -324,15 +328,6 @@ async fn next_answer(commands: Option<&mut Commands>) -> Option<Answer> {
 /// How long before its client certificate expires the gateway warns.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
-/// Up to +25 % of `delay`, so a fleet that lost the same broker doesn't return in lockstep.
-fn with_jitter(delay: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    delay + delay.mul_f64(f64::from(nanos % 1000) / 4000.0)
-}
-
 /// Reads the TLS files and the password as they are on disk now, so a
 /// rotated certificate, key, CA bundle or password is used from the next
 /// connection on.
@@ -361,7 +356,7 @@ async fn session(
     telemetry: Option<&Queue>,
     stats: &PublisherStats,
     commands: Option<&mut Commands>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), SessionError> {
     // Removals handed over in the last session are committed before this
@@ -425,7 +420,7 @@ impl<'a> Session<'a> {
 
     async fn run(
         &mut self,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
         events: &mut Events,
         connected_once: &mut bool,
     ) -> Result<(), SessionError> {
@@ -475,7 +470,7 @@ impl<'a> Session<'a> {
                     self.client.publish(topic, false, answer.payload)?;
                     self.handed.push_back(Handed::Other);
                 }
-                _ = shutdown.changed() => {
+                _ = shutdown.cancelled() => {
                     self.delete_acked();
                     if connected {
                         self.say_offline(events).await;

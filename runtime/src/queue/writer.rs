@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use redb::ReadableTable;
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
+use crate::backoff::Backoff;
+
 use super::store::{self, BYTES, DROPPED_AGE, DROPPED_CAP, ENTRIES, META, NEXT_SEQ, storage};
 use super::{FullPolicy, MAX_GROUP, MAX_GROUP_BYTES, QueueError, Shared, lock};
 use crate::reading::now_ns;
@@ -116,7 +118,7 @@ struct Cycle {
 impl Writer {
     fn run(mut self, rx: &Receiver<Request>) {
         let mut open = true;
-        let mut retry_delay = RETRY_MIN;
+        let mut retry = Backoff::new(RETRY_MIN, RETRY_MAX);
         loop {
             let progress_possible = self.removes_due(open)
                 || !self.remove_waiters.is_empty()
@@ -160,7 +162,7 @@ impl Writer {
             }
             match self.commit(retention_due) {
                 Ok(cycle) => {
-                    retry_delay = RETRY_MIN;
+                    retry.reset();
                     self.finish(cycle);
                 }
                 Err(e) => {
@@ -171,8 +173,7 @@ impl Writer {
                         return;
                     }
                     self.io_failed(&e);
-                    std::thread::sleep(retry_delay);
-                    retry_delay = (retry_delay * 2).min(RETRY_MAX);
+                    std::thread::sleep(retry.next_delay());
                     self.reopen();
                 }
             }

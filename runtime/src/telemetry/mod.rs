@@ -630,7 +630,7 @@ impl Reporter {
 
 /// Captures a snapshot every `interval` until shutdown, and a last one then
 /// (sent at the next start if the link is already closing).
-pub async fn run(mut reporter: Reporter, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(mut reporter: Reporter, shutdown: tokio_util::sync::CancellationToken) {
     let mut ticker = tokio::time::interval(reporter.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate; the first snapshot comes one interval in.
@@ -638,7 +638,7 @@ pub async fn run(mut reporter: Reporter, mut shutdown: tokio::sync::watch::Recei
     loop {
         tokio::select! {
             _ = ticker.tick() => reporter.capture().await,
-            _ = shutdown.changed() => {
+            _ = shutdown.cancelled() => {
                 reporter.capture().await;
                 return;
             }

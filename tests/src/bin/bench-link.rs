@@ -94,18 +94,18 @@ async fn handshakes(
     let mut times = Vec::with_capacity(handshakes_per_case());
     for _ in 0..handshakes_per_case() {
         let stats = Arc::new(PublisherStats::default());
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop = tokio_util::sync::CancellationToken::new();
         let publisher = tokio::spawn(publish::run(
             settings(pki, port, protocol),
             queue.clone(),
             stats.clone(),
             None,
             None,
-            stop_rx,
+            stop.clone(),
         ));
         connected_after(&stats, 0).await?;
         times.push(stats.last_connect_us.load(Ordering::Relaxed) as f64 / 1000.0);
-        stop_tx.send(true)?;
+        stop.cancel();
         publisher.await?;
     }
     Ok(times)
@@ -117,14 +117,14 @@ async fn reconnects(dir: &Path, pki: &Pki) -> anyhow::Result<Vec<f64>> {
     let mut broker = Mosquitto::start(dir, pki, port, "set_tcp_nodelay true\n")?;
     let queue = Queue::open(&dir.join("restart.redb"), QueueOptions::default())?;
     let stats = Arc::new(PublisherStats::default());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let publisher = tokio::spawn(publish::run(
         settings(pki, port, MqttProtocol::V311),
         queue,
         stats.clone(),
         None,
         None,
-        stop_rx,
+        stop.clone(),
     ));
     connected_after(&stats, 0).await?;
     let mut times = Vec::with_capacity(restarts());
@@ -138,7 +138,7 @@ async fn reconnects(dir: &Path, pki: &Pki) -> anyhow::Result<Vec<f64>> {
         connected_after(&stats, seen).await?;
         times.push(back.elapsed().as_secs_f64() * 1000.0);
     }
-    stop_tx.send(true)?;
+    stop.cancel();
     publisher.await?;
     Ok(times)
 }

@@ -118,7 +118,7 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(1),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
     let publisher = tokio::spawn(publish::run(
         settings,
@@ -126,7 +126,7 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
         Default::default(),
         None,
         None,
-        stop_rx,
+        stop.clone(),
     ));
     loop {
         if queue.stats()?.depth == 0 {
@@ -139,7 +139,7 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let _ = publisher.await;
     let b = batches as f64;
     Ok((b * READINGS_PER_BATCH as f64 / elapsed, b / elapsed))
