@@ -1,0 +1,83 @@
+//! Queue entries turned into MQTT payloads: a data entry as stored (or in
+//! parts when it is larger than a packet), a telemetry snapshot as is.
+
+use std::sync::atomic::Ordering;
+
+use super::message::{encode_parts, splice_data};
+use super::packet::payload_budget;
+use super::session::{Session, SessionError};
+
+impl Session<'_> {
+    /// The payload bytes a message on `topic` may carry on this connection.
+    fn budget(&self, topic: &str) -> usize {
+        payload_budget(self.packet_limit, topic)
+    }
+
+    /// A data entry's topic and payloads (parts, if too large for one). An
+    /// entry that fits one packet is sent as stored, with the gateway and
+    /// sequence added; only one that must be split is decoded.
+    pub(super) fn encode_data(
+        &self,
+        seq: u64,
+        entry: &crate::queue::StoredEntry,
+    ) -> Result<(String, Vec<Vec<u8>>), SessionError> {
+        let topic = self.settings.topics.data(&entry.driver()?);
+        let budget = self.budget(&topic);
+        let encode_error = |e: serde_json::Error| SessionError::Encode {
+            seq,
+            message: e.to_string(),
+        };
+        let whole = splice_data(&self.settings.gateway, seq, entry.json()).map_err(encode_error)?;
+        if whole.len() <= budget {
+            return Ok((topic, vec![whole]));
+        }
+        drop(whole);
+        let batch = entry.batch()?;
+        let encoded =
+            encode_parts(&self.settings.gateway, seq, &batch, budget).map_err(encode_error)?;
+        for (channel, size) in &encoded.too_large {
+            self.stats
+                .readings_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                driver = %batch.driver,
+                seq,
+                channel = %channel,
+                reading_bytes = size,
+                max_payload_bytes = budget,
+                "reading larger than the broker's packet size limit; left out (counted as readings_too_large)"
+            );
+        }
+        if encoded.payloads.len() > 1 {
+            self.stats.entries_split.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(seq, parts = encoded.payloads.len(), "entry sent in parts");
+        }
+        Ok((topic, encoded.payloads))
+    }
+
+    /// A telemetry entry's topic and payload: the snapshot's JSON as stored.
+    pub(super) fn encode_telemetry(
+        &self,
+        seq: u64,
+        batch: &crate::reading::Batch,
+    ) -> (String, Vec<Vec<u8>>) {
+        let topic = self.settings.topics.telemetry();
+        let payload = match batch.readings.first().map(|r| &r.value) {
+            Some(crate::reading::Value::Text(json)) => json.clone().into_bytes(),
+            _ => {
+                tracing::error!(seq, "telemetry entry without a snapshot; skipped");
+                return (topic, Vec::new());
+            }
+        };
+        if payload.len() > self.budget(&topic) {
+            tracing::error!(
+                seq,
+                bytes = payload.len(),
+                max_payload_bytes = self.budget(&topic),
+                "telemetry snapshot larger than the broker's packet size limit; not sent"
+            );
+            return (topic, Vec::new());
+        }
+        (topic, vec![payload])
+    }
+}
