@@ -10,12 +10,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, MqttProtocol, PluginLimits, WhenFull};
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
 use crate::plugin::{
-    EngineSettings, LoadedDriver, LoadedProcessor, PluginEngine, PluginError, Sandbox,
+    Capabilities, EngineSettings, Limits, LoadedDriver, LoadedProcessor, PluginEngine, PluginError,
+    Sandbox,
 };
-use crate::publish::{self, PublisherSettings, PublisherStats, TlsFiles, Topics};
+use crate::publish::{self, Protocol, PublisherSettings, PublisherStats, TlsFiles, Topics};
 use crate::queue::{FullPolicy, Queue, QueueError, QueueOptions};
 use crate::remote;
 use crate::telemetry;
@@ -157,8 +158,8 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
             let instance = format!("{name}/{}", p.name.get_ref());
             let sandbox = Sandbox::new(
                 &instance,
-                limits.with(p.limits),
-                &p.capabilities(),
+                plugin_limits(&limits.with(p.limits)),
+                &capabilities(&p.allow_net, p.allow_dns, p.data_dir, None),
                 &data_root,
             )?;
             let loaded = load_once(
@@ -186,7 +187,12 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
                 })?;
             table.insert("device".to_string(), toml::Value::String(resolved));
         }
-        let sandbox = Sandbox::new(&name, limits, &d.capabilities(), &data_root)?;
+        let sandbox = Sandbox::new(
+            &name,
+            plugin_limits(&limits),
+            &capabilities(&d.allow_net, d.allow_dns, d.data_dir, d.device.as_ref()),
+            &data_root,
+        )?;
         let spec = DriverSpec {
             driver: PluginSpec {
                 loaded,
@@ -301,7 +307,10 @@ pub fn history_path(config: &Config) -> PathBuf {
 pub fn queue_options(config: &Config) -> QueueOptions {
     QueueOptions {
         max_bytes: config.queue.max_bytes,
-        when_full: config.queue.when_full,
+        when_full: match config.queue.when_full {
+            WhenFull::DropOldest => FullPolicy::DropOldest,
+            WhenFull::Block => FullPolicy::Block,
+        },
         max_age: config.queue.max_age_s.map(Duration::from_secs),
         max_group: None,
     }
@@ -322,7 +331,10 @@ fn publisher_settings(config: &Config) -> PublisherSettings {
             client_cert: m.client_cert_file.as_ref().map(|f| resolve(f.get_ref())),
             client_key: m.client_key_file.as_ref().map(|f| resolve(f.get_ref())),
         },
-        protocol: m.protocol,
+        protocol: match m.protocol {
+            MqttProtocol::V311 => Protocol::V311,
+            MqttProtocol::V5 => Protocol::V5,
+        },
         username: m.username.clone(),
         password_file: m.password_file.as_ref().map(|f| resolve(f.get_ref())),
         clean_session: m.clean_session,
@@ -332,6 +344,45 @@ fn publisher_settings(config: &Config) -> PublisherSettings {
         max_inflight: m.max_inflight,
         reconnect_min: Duration::from_millis(m.reconnect_min_ms.max(10)),
         reconnect_max: Duration::from_millis(m.reconnect_max_ms.max(m.reconnect_min_ms)),
+    }
+}
+
+/// A plugin's limits as its sandbox enforces them, from the config's
+/// `[limits]` (with any per-plugin override already applied).
+pub fn plugin_limits(l: &PluginLimits) -> Limits {
+    let mib = |n: u64| n.saturating_mul(1 << 20);
+    Limits {
+        memory_bytes: usize::try_from(mib(l.memory_mb)).unwrap_or(usize::MAX),
+        timeout: Duration::from_millis(l.timeout_ms),
+        max_readings: l.max_readings,
+        max_value_bytes: l.max_value_bytes,
+        log_lines_per_s: l.log_lines_per_s,
+        max_result_bytes: l.max_result_bytes,
+        max_status_entries: l.max_status_entries,
+        max_status_value_bytes: l.max_status_value_bytes,
+        max_log_bytes: l.max_log_bytes,
+        max_error_bytes: l.max_error_bytes,
+        max_open_files: l.max_open_files,
+        data_dir_quota_bytes: mib(l.data_dir_quota_mb),
+    }
+}
+
+/// What a plugin's config grants it: `allow_net` (plus the driver's
+/// `device` address), `allow_dns`, `data_dir`.
+fn capabilities(
+    allow_net: &[toml::Spanned<String>],
+    allow_dns: bool,
+    data_dir: bool,
+    device: Option<&toml::Spanned<String>>,
+) -> Capabilities {
+    Capabilities {
+        allow_net: allow_net
+            .iter()
+            .chain(device)
+            .map(|a| a.get_ref().clone())
+            .collect(),
+        allow_dns,
+        data_dir,
     }
 }
 

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
 pub use types::{
-    Capabilities, Config, DriverConfig, GatewayConfig, LimitsOverride, MqttConfig, MqttProtocol,
-    PluginLimits, ProcessorConfig, QueueConfig, RuntimeConfig, TelemetryConfig,
+    Config, DriverConfig, GatewayConfig, LimitsOverride, MqttConfig, MqttProtocol, PluginLimits,
+    ProcessorConfig, QueueConfig, RuntimeConfig, TelemetryConfig, WhenFull,
 };
 
 /// The smallest `mqtt.max_packet_size` accepted: room for the topic, the

@@ -108,15 +108,6 @@ pub enum MqttProtocol {
     V5,
 }
 
-impl MqttProtocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MqttProtocol::V311 => "3.1.1",
-            MqttProtocol::V5 => "5",
-        }
-    }
-}
-
 fn default_session_expiry_s() -> u32 {
     7 * 24 * 3600
 }
@@ -158,9 +149,20 @@ pub struct QueueConfig {
     pub max_bytes: Option<u64>,
     /// What happens at the cap: `drop-oldest` (counted) or `block` (drivers wait).
     #[serde(default)]
-    pub when_full: crate::queue::FullPolicy,
+    pub when_full: WhenFull,
     /// Entries older than this many seconds are dropped (counted); kept forever when absent.
     pub max_age_s: Option<u64>,
+}
+
+/// `queue.when_full`: what happens when the queue reaches `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Delete the oldest entries to make room (counted).
+    #[default]
+    DropOldest,
+    /// Make drivers wait until the publisher frees space; nothing is dropped.
+    Block,
 }
 
 /// Sandbox limits for one plugin instance.
@@ -318,42 +320,6 @@ fn default_max_open_files() -> usize {
 
 fn default_data_dir_quota_mb() -> u64 {
     64
-}
-
-/// What a plugin may reach beyond its own memory; everything else is denied.
-#[derive(Debug, Clone, Default)]
-pub struct Capabilities {
-    pub allow_net: Vec<String>,
-    pub allow_dns: bool,
-    pub data_dir: bool,
-}
-
-impl Capabilities {
-    fn from_keys(allow_net: &[Spanned<String>], allow_dns: bool, data_dir: bool) -> Capabilities {
-        Capabilities {
-            allow_net: allow_net.iter().map(|a| a.get_ref().clone()).collect(),
-            allow_dns,
-            data_dir,
-        }
-    }
-}
-
-impl DriverConfig {
-    /// The granted capabilities: `allow_net` plus the `device` address.
-    pub fn capabilities(&self) -> Capabilities {
-        let mut capabilities =
-            Capabilities::from_keys(&self.allow_net, self.allow_dns, self.data_dir);
-        if let Some(device) = &self.device {
-            capabilities.allow_net.push(device.get_ref().clone());
-        }
-        capabilities
-    }
-}
-
-impl ProcessorConfig {
-    pub fn capabilities(&self) -> Capabilities {
-        Capabilities::from_keys(&self.allow_net, self.allow_dns, self.data_dir)
-    }
 }
 
 /// The gateway's reports on itself (schema in docs/telemetry.md).

@@ -85,8 +85,7 @@ impl HostState {
     /// addresses only; name lookup only if allowed; `/data` only if granted.
     pub fn new(instance: &str, sandbox: &Sandbox) -> Result<HostState, PluginError> {
         let limits = &sandbox.limits;
-        let memory_bytes =
-            usize::try_from(limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let memory_bytes = limits.memory_bytes;
         let log = PluginLog::new(instance, limits.log_lines_per_s, limits.max_log_bytes);
         let mut wasi = WasiCtx::builder();
         wasi.stdout(log.stream("stdout", output::Level::Info))

@@ -1,7 +1,6 @@
 //! Live plugin instances and the guarded calls into them.
 
 use std::future::Future;
-use std::time::Duration;
 
 use wasmtime::{Store, Trap};
 
@@ -11,9 +10,9 @@ use super::bindings::processor::ProcessorPlugin;
 use super::bindings::types as wt;
 use super::host::HostState;
 use super::load::{LoadedDriver, LoadedProcessor};
+use super::sandbox::Limits;
 use super::sandbox::Sandbox;
 use super::validate::{self, Checked};
-use crate::config::PluginLimits;
 use crate::reading::{Quality, Reading, Value, now_ns};
 
 /// What a driver reports about its device.
@@ -29,14 +28,14 @@ pub struct DeviceStatus {
 pub struct DriverInstance {
     store: Store<HostState>,
     plugin: DriverPlugin,
-    limits: PluginLimits,
+    limits: Limits,
     checked: Checked,
 }
 
 pub struct ProcessorInstance {
     store: Store<HostState>,
     plugin: ProcessorPlugin,
-    limits: PluginLimits,
+    limits: Limits,
     checked: Checked,
 }
 
@@ -66,12 +65,12 @@ fn new_store(
 /// dropped and the instance must be rebuilt.
 async fn guarded<T>(
     store_instance: &str,
-    limits: &PluginLimits,
+    limits: &Limits,
     call: &'static str,
     fut: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<T, PluginError> {
-    let timeout_ms = limits.timeout_ms;
-    let limit = Duration::from_millis(timeout_ms);
+    let limit = limits.timeout;
+    let timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
     let started = std::time::Instant::now();
     let elapsed_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match tokio::time::timeout(limit, fut).await {
@@ -116,12 +115,7 @@ async fn guarded<T>(
 const FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
 /// A plugin's returned error, its message cut to `max_error_bytes`.
-fn returned(
-    instance: &str,
-    call: &'static str,
-    limits: &PluginLimits,
-    error: wt::Error,
-) -> PluginError {
+fn returned(instance: &str, call: &'static str, limits: &Limits, error: wt::Error) -> PluginError {
     let error = match error {
         wt::Error::InvalidConfig(m) => format!("invalid config: {m}"),
         wt::Error::Unavailable(m) => format!("device unavailable: {m}"),

@@ -36,7 +36,7 @@ pub use cache::Source as CompiledFrom;
 pub use error::PluginError;
 pub use instance::{DeviceStatus, DriverInstance, ProcessorInstance};
 pub use load::{LoadedDriver, LoadedProcessor, PluginKind};
-pub use sandbox::Sandbox;
+pub use sandbox::{Capabilities, Limits, Sandbox};
 pub use validate::{Checked as OutputChecked, MAX_TIMESTAMP_NS, MIN_TIMESTAMP_NS, cut as cut_text};
 
 use host::HostState;

@@ -30,7 +30,7 @@ use std::collections::HashSet;
 use super::PluginError;
 use super::bindings::types as wt;
 use super::instance::DeviceStatus;
-use crate::config::PluginLimits;
+use super::sandbox::Limits;
 use crate::reading::{Quality, Reading};
 
 /// Earliest timestamp taken as real: 2000-01-01T00:00:00Z.
@@ -74,7 +74,7 @@ fn shown(name: &str) -> String {
 pub fn check_sizes(
     instance: &str,
     call: &'static str,
-    limits: &PluginLimits,
+    limits: &Limits,
     readings: &[wt::Reading],
 ) -> Result<(), PluginError> {
     if readings.len() > limits.max_readings {
@@ -175,7 +175,7 @@ pub fn accept_readings(
 /// plugin when over) and the 0–100 ranges (fields rejected and counted).
 pub fn accept_status(
     instance: &str,
-    limits: &PluginLimits,
+    limits: &Limits,
     s: wt::DeviceStatus,
 ) -> Result<(DeviceStatus, Checked), PluginError> {
     let max = limits.max_status_value_bytes;
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn status_percentages_over_100_are_rejected_and_oversized_statuses_refused() {
-        let limits = PluginLimits::default();
+        let limits = crate::gateway::plugin_limits(&crate::config::PluginLimits::default());
         let (s, checked) = accept_status("p", &limits, status(Some(250), Some(100), 1, 1)).unwrap();
         assert_eq!((s.battery_percent, s.signal_quality), (None, Some(100)));
         assert_eq!(checked.status_fields_rejected, 1);

@@ -13,8 +13,8 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::{ConnectReturnCode as V4Code, Outgoing, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
+use super::Protocol;
 use super::PublisherSettings;
-use crate::config::MqttProtocol;
 
 /// An event of the connection that the publisher acts on.
 #[derive(Debug)]
@@ -199,7 +199,7 @@ pub(super) fn open(
     let status = settings.topics.status();
     let (tx, rx) = mpsc::channel(64);
     match settings.protocol {
-        MqttProtocol::V311 => {
+        Protocol::V311 => {
             let mut options =
                 rumqttc::MqttOptions::new(&settings.client_id, &settings.host, settings.port);
             options
@@ -233,7 +233,7 @@ pub(super) fn open(
             });
             (Client::V311(client), rx, task)
         }
-        MqttProtocol::V5 => {
+        Protocol::V5 => {
             let mut options =
                 rumqttc::v5::MqttOptions::new(&settings.client_id, &settings.host, settings.port);
             options

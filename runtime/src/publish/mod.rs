@@ -43,11 +43,30 @@ pub use stats::{Acked, LastFailure, PublisherStats};
 pub use tls::{TlsError, TlsFiles};
 
 use crate::backoff::Backoff;
-use crate::config::MqttProtocol;
 use crate::queue::Queue;
 use crate::remote::Commands;
 use link::Credentials;
 use session::{Lane, Session, SessionError};
+
+/// The MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 3.1.1.
+    #[default]
+    V311,
+    /// MQTT 5.
+    V5,
+}
+
+impl Protocol {
+    /// As configured and logged: "3.1.1" or "5".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    }
+}
 
 /// How the publisher reaches the broker.
 #[derive(Debug, Clone)]
@@ -58,7 +77,7 @@ pub struct PublisherSettings {
     pub client_id: String,
     pub topics: Topics,
     pub tls: TlsFiles,
-    pub protocol: MqttProtocol,
+    pub protocol: Protocol,
     pub username: Option<String>,
     /// Read at each connect; its first line is the password.
     pub password_file: Option<std::path::PathBuf>,

@@ -1,11 +1,11 @@
 //! MQTT packet arithmetic: how large a PUBLISH is, and how much payload
 //! fits under a packet limit.
 
-use crate::config::MqttProtocol;
+use super::Protocol;
 
 /// The size of a QoS 1 PUBLISH packet carrying `payload` bytes on `topic`.
-pub(super) fn publish_packet_len(protocol: MqttProtocol, topic: &str, payload: usize) -> u64 {
-    let properties = usize::from(protocol == MqttProtocol::V5);
+pub(super) fn publish_packet_len(protocol: Protocol, topic: &str, payload: usize) -> u64 {
+    let properties = usize::from(protocol == Protocol::V5);
     let remaining = 2 + topic.len() + 2 + properties + payload;
     // Remaining length is a varint of 7 bits per byte.
     let mut varint = 1;
@@ -31,14 +31,11 @@ mod tests {
     #[test]
     fn a_publish_packet_counts_header_topic_id_properties_and_payload() {
         // 1 fixed header + 1 varint + 2 topic length + 1 topic + 2 id + payload.
-        assert_eq!(publish_packet_len(MqttProtocol::V311, "t", 10), 17);
+        assert_eq!(publish_packet_len(Protocol::V311, "t", 10), 17);
         // MQTT 5 adds the properties length.
-        assert_eq!(publish_packet_len(MqttProtocol::V5, "t", 10), 18);
+        assert_eq!(publish_packet_len(Protocol::V5, "t", 10), 18);
         // A remaining length of 128 takes a two-byte varint.
-        assert_eq!(
-            publish_packet_len(MqttProtocol::V311, "t", 123),
-            1 + 2 + 128
-        );
+        assert_eq!(publish_packet_len(Protocol::V311, "t", 123), 1 + 2 + 128);
     }
 
     #[test]
@@ -57,8 +54,7 @@ mod tests {
             let budget = payload_budget(limit, "ferrule/gw/data/d");
             if budget > 0 {
                 assert!(
-                    publish_packet_len(MqttProtocol::V5, "ferrule/gw/data/d", budget) as usize
-                        <= limit,
+                    publish_packet_len(Protocol::V5, "ferrule/gw/data/d", budget) as usize <= limit,
                     "limit {limit}"
                 );
             }

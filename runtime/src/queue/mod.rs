@@ -54,7 +54,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase};
-use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
 pub use store::{ExportSummary, export_jsonl, quarantined_files, read_stats};
@@ -76,8 +75,7 @@ pub const MAX_GROUP_BYTES: u64 = 4 << 20;
 pub const MAX_WAITING: usize = MAX_GROUP * 4;
 
 /// What happens when the queue reaches `max_bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FullPolicy {
     /// Delete the oldest entries to make room; counted in `dropped_cap`.
     #[default]

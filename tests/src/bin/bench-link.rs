@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ferrule::config::MqttProtocol;
+use ferrule::publish::Protocol as MqttProtocol;
 use ferrule::publish::{self, PublisherSettings, PublisherStats, TlsFiles, Topics};
 use ferrule::queue::{Queue, QueueOptions};
 use ferrule_tests::bench::{self, Report};

@@ -8,8 +8,9 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use ferrule::config::{Capabilities, PluginLimits};
-use ferrule::plugin::{EngineSettings, PluginEngine, Sandbox};
+use ferrule::config::PluginLimits;
+use ferrule::gateway;
+use ferrule::plugin::{Capabilities, EngineSettings, PluginEngine, Sandbox};
 use ferrule_tests::bench::{self, Report};
 use ferrule_tests::net::ModbusSim;
 use ferrule_tests::plugin;
@@ -58,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let loaded = engine.load_driver(&plugin("modbus_tcp")?)?;
     let sandbox = Sandbox::new(
         "bench",
-        PluginLimits::default(),
+        gateway::plugin_limits(&PluginLimits::default()),
         &Capabilities {
             allow_net: vec![device.clone()],
             ..Capabilities::default()

@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use ferrule::config::{Capabilities, Config, PluginLimits};
+use ferrule::config::{Config, PluginLimits};
 use ferrule::gateway;
-use ferrule::plugin::{EngineSettings, PluginEngine, Sandbox};
+use ferrule::plugin::{Capabilities, EngineSettings, PluginEngine, Sandbox};
 use ferrule_tests::bench::{self, Report};
 use ferrule_tests::plugin;
 
@@ -22,7 +22,7 @@ fn per_call(total: Duration, calls: u32) -> f64 {
 
 async fn poll_costs(engine: &PluginEngine, report: &mut Report) -> anyhow::Result<()> {
     let loaded = engine.load_driver(&plugin("sim")?)?;
-    let sandbox = Sandbox::default();
+    let sandbox = Sandbox::unprivileged(gateway::plugin_limits(&PluginLimits::default()));
     for n in [1usize, 10, 100] {
         let config = bench::sim_config_json(n);
         let calls: u32 = bench::scaled(if n == 100 { 20_000 } else { 50_000 }, 200);
@@ -64,7 +64,7 @@ async fn start_cost(engine: &PluginEngine, report: &mut Report) -> anyhow::Resul
     let loaded = engine.load_driver(&plugin("sim")?)?;
     let sandbox = Sandbox::new(
         "bench",
-        PluginLimits::default(),
+        gateway::plugin_limits(&PluginLimits::default()),
         &Capabilities::default(),
         &std::env::temp_dir(),
     )?;
@@ -158,7 +158,11 @@ async fn main() -> anyhow::Result<()> {
         let calls: u32 = calls.parse()?;
         let loaded = engine.load_driver(&plugin("sim")?)?;
         let mut wasm = loaded
-            .start("bench", &Sandbox::default(), &bench::sim_config_json(100))
+            .start(
+                "bench",
+                &Sandbox::unprivileged(gateway::plugin_limits(&PluginLimits::default())),
+                &bench::sim_config_json(100),
+            )
             .await?;
         for _ in 0..calls {
             std::hint::black_box(wasm.poll().await?);

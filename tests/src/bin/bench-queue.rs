@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ferrule::config::MqttProtocol;
+use ferrule::publish::Protocol as MqttProtocol;
 use ferrule::publish::{self, PublisherSettings, TlsFiles, Topics};
 use ferrule::queue::{Queue, QueueOptions};
 use ferrule::reading::{Batch, Quality, Reading, Value, now_ns};

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use ferrule::config::PluginLimits;
+use ferrule::gateway;
 use ferrule::plugin::{EngineSettings, PluginEngine, Sandbox};
 use ferrule_tests::bench::{self, Report};
 use ferrule_tests::plugin;
@@ -36,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     })?;
     let driver = engine.load_driver(&plugin("sim")?)?;
     let scale = engine.load_processor(&plugin("scale")?)?;
-    let sandbox = Sandbox::default();
+    let sandbox = Sandbox::unprivileged(gateway::plugin_limits(&PluginLimits::default()));
     let mut poll = driver
         .start("bench", &sandbox, &bench::sim_config_json(CHANNELS))
         .await?;
