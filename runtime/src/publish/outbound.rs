@@ -59,14 +59,14 @@ impl Session<'_> {
     pub(super) fn encode_telemetry(
         &self,
         seq: u64,
-        batch: &crate::reading::Batch,
-    ) -> (String, Vec<Vec<u8>>) {
+        entry: &crate::queue::StoredEntry,
+    ) -> Result<(String, Vec<Vec<u8>>), SessionError> {
         let topic = self.settings.topics.telemetry();
-        let payload = match batch.readings.first().map(|r| &r.value) {
-            Some(crate::reading::Value::Text(json)) => json.clone().into_bytes(),
-            _ => {
-                tracing::error!(seq, "telemetry entry without a snapshot; skipped");
-                return (topic, Vec::new());
+        let payload = match entry.telemetry_snapshot() {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!(seq, error = %e, "telemetry entry without a snapshot; skipped");
+                return Ok((topic, Vec::new()));
             }
         };
         if payload.len() > self.budget(&topic) {
@@ -76,8 +76,8 @@ impl Session<'_> {
                 max_payload_bytes = self.budget(&topic),
                 "telemetry snapshot larger than the broker's packet size limit; not sent"
             );
-            return (topic, Vec::new());
+            return Ok((topic, Vec::new()));
         }
-        (topic, vec![payload])
+        Ok((topic, vec![payload]))
     }
 }

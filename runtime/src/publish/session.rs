@@ -396,7 +396,7 @@ impl<'a> Session<'a> {
         for (seq, entry) in entries {
             self.lanes[i].next_seq = seq + 1;
             let (topic, encoded) = if telemetry {
-                self.encode_telemetry(seq, &entry.batch()?)
+                self.encode_telemetry(seq, &entry)?
             } else {
                 self.encode_data(seq, &entry)?
             };

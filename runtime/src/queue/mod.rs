@@ -41,6 +41,18 @@
 //! - **Bytes are the entries' stored size** (header plus JSON), kept in
 //!   `meta` with every change; the file itself is larger by redb's overhead.
 //!
+//! # Entries
+//!
+//! An entry is an 8-byte header (the capture time, ns, little endian) and
+//! one JSON object, whose kind ([`Entry`]) its fields tell: a driver's
+//! batch is the [`Batch`] itself (`driver`, `captured_ns`, `readings`), as
+//! every version wrote it; any other kind names itself in a `kind` field
+//! (`{"kind":"telemetry","snapshot":{…}}`). Telemetry written before kinds
+//! existed (a batch of driver `telemetry` with the snapshot as one text
+//! reading) still reads as a telemetry entry. An entry of a kind this
+//! version does not know is reported as unreadable with its kind, not
+//! guessed at.
+//!
 //! Tests: `queue::tests` (ordering, reuse, caps, retention, quarantine),
 //! `queue::model_tests` (random append/ack/reopen sequences against an
 //! in-memory model), and `tests/` (outage, kill -9, broker restarts, disk
@@ -58,7 +70,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use store::{ExportSummary, export_jsonl, quarantined_files, read_stats};
 
-use crate::reading::Batch;
+use crate::reading::{Batch, Value};
 use store::{ENTRIES, storage};
 
 /// Bytes of entries the publisher reads ahead at once (at least one entry).
@@ -105,13 +117,43 @@ pub struct StoredEntry {
     json: Vec<u8>,
 }
 
-/// The one field the publisher needs before sending an entry whole; the
-/// rest is checked to be well-formed JSON and skipped.
+/// What a queue entry carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    /// A driver's batch of readings.
+    Batch(Batch),
+    /// A telemetry snapshot: its JSON object, as published.
+    Telemetry(String),
+}
+
+/// The kind of a stored entry, from its first fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A batch captured by `driver`.
+    Batch { driver: String },
+    /// A telemetry snapshot.
+    Telemetry,
+}
+
+/// The fields that tell an entry's kind; the rest is checked to be
+/// well-formed JSON and skipped.
 #[derive(serde::Deserialize)]
 struct Head<'a> {
-    #[serde(borrow)]
-    driver: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    driver: Option<std::borrow::Cow<'a, str>>,
 }
+
+/// A telemetry entry's body.
+#[derive(serde::Deserialize)]
+struct TelemetryBody<'a> {
+    #[serde(borrow)]
+    snapshot: &'a serde_json::value::RawValue,
+}
+
+/// The driver name under which telemetry was stored before entries had kinds.
+const OLD_TELEMETRY_DRIVER: &str = "telemetry";
 
 impl StoredEntry {
     /// The batch's JSON object as stored.
@@ -124,14 +166,47 @@ impl StoredEntry {
         serde_json::from_slice(&self.json).map_err(|e| self.corrupt(e))
     }
 
-    /// The driver that captured it; fails unless the entry is one
-    /// well-formed JSON object.
-    pub fn driver(&self) -> Result<String, QueueError> {
+    /// What the entry is; fails unless it is one well-formed JSON object
+    /// of a known kind.
+    pub fn kind(&self) -> Result<EntryKind, QueueError> {
         if self.json.first() != Some(&b'{') {
             return Err(self.corrupt("not a JSON object"));
         }
         let head: Head<'_> = serde_json::from_slice(&self.json).map_err(|e| self.corrupt(e))?;
-        Ok(head.driver.into_owned())
+        match (head.kind.as_deref(), head.driver) {
+            (Some("telemetry"), _) => Ok(EntryKind::Telemetry),
+            (Some(other), _) => Err(self.corrupt(format!(
+                "an entry of kind {other:?}, which this version does not know"
+            ))),
+            (None, Some(driver)) if driver == OLD_TELEMETRY_DRIVER => Ok(EntryKind::Telemetry),
+            (None, Some(driver)) => Ok(EntryKind::Batch {
+                driver: driver.into_owned(),
+            }),
+            (None, None) => Err(self.corrupt("neither a kind nor a driver")),
+        }
+    }
+
+    /// The driver that captured this batch; an error for any other kind.
+    pub fn driver(&self) -> Result<String, QueueError> {
+        match self.kind()? {
+            EntryKind::Batch { driver } => Ok(driver),
+            EntryKind::Telemetry => Err(self.corrupt("a telemetry entry, not a batch")),
+        }
+    }
+
+    /// A telemetry entry's snapshot JSON, as it was captured (also from an
+    /// entry written before entries had kinds).
+    pub fn telemetry_snapshot(&self) -> Result<Vec<u8>, QueueError> {
+        if let Ok(body) = serde_json::from_slice::<TelemetryBody<'_>>(&self.json) {
+            return Ok(body.snapshot.get().as_bytes().to_vec());
+        }
+        let batch = self.batch()?;
+        match batch.readings.into_iter().next().map(|r| r.value) {
+            Some(Value::Text(json)) if batch.driver == OLD_TELEMETRY_DRIVER => {
+                Ok(json.into_bytes())
+            }
+            _ => Err(self.corrupt("a telemetry entry without a snapshot")),
+        }
     }
 
     fn corrupt(&self, e: impl std::fmt::Display) -> QueueError {
@@ -291,10 +366,15 @@ impl Queue {
 
     /// Commits a batch durably and returns its sequence number.
     pub async fn append(&self, batch: Batch) -> Result<u64, QueueError> {
-        let encoded = store::encode_entry(&batch)?;
-        // The readings are in `encoded` now; waiting for the writer holds
-        // one copy of them, not two.
-        drop(batch);
+        self.append_entry(Entry::Batch(batch)).await
+    }
+
+    /// Commits an entry of any kind durably and returns its sequence number.
+    pub async fn append_entry(&self, entry: Entry) -> Result<u64, QueueError> {
+        let encoded = store::encode_entry(&entry)?;
+        // The entry is in `encoded` now; waiting for the writer holds one
+        // copy of it, not two.
+        drop(entry);
         let slot = self
             .inner
             .slots

@@ -9,8 +9,8 @@ use redb::{
     ReadableTableMetadata, StorageError, TableDefinition,
 };
 
-use super::{QueueError, QueueStats};
-use crate::reading::Batch;
+use super::{Entry, QueueError, QueueStats};
+use crate::reading::{Batch, now_ns};
 
 /// Entries by sequence number. Value: captured time (u64 little-endian
 /// nanoseconds) followed by the batch as JSON.
@@ -29,10 +29,23 @@ pub(super) fn storage(e: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(e.to_string())
 }
 
-pub(super) fn encode_entry(batch: &Batch) -> Result<Vec<u8>, QueueError> {
-    let mut out = Vec::with_capacity(HEADER + 64 + batch.readings.len() * 96);
-    out.extend_from_slice(&batch.captured_ns.to_le_bytes());
-    serde_json::to_writer(&mut out, batch).map_err(storage)?;
+pub(super) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, QueueError> {
+    let (captured_ns, size_hint) = match entry {
+        Entry::Batch(batch) => (batch.captured_ns, 64 + batch.readings.len() * 96),
+        Entry::Telemetry(json) => (now_ns(), json.len() + 40),
+    };
+    let mut out = Vec::with_capacity(HEADER + size_hint);
+    out.extend_from_slice(&captured_ns.to_le_bytes());
+    match entry {
+        Entry::Batch(batch) => serde_json::to_writer(&mut out, batch).map_err(storage)?,
+        Entry::Telemetry(json) => {
+            // Checked, so a stored entry is always one JSON object.
+            serde_json::from_str::<&serde_json::value::RawValue>(json).map_err(storage)?;
+            out.extend_from_slice(b"{\"kind\":\"telemetry\",\"snapshot\":");
+            out.extend_from_slice(json.as_bytes());
+            out.push(b'}');
+        }
+    }
     // Growth may have left up to half of it spare while it waits for the writer.
     out.shrink_to_fit();
     Ok(out)

@@ -150,7 +150,7 @@ async fn read_from_starts_at_the_oldest_remaining_entry() {
 }
 
 fn encoded_len(b: &Batch) -> u64 {
-    store::encode_entry(b).unwrap().len() as u64
+    store::encode_entry(&Entry::Batch(b.clone())).unwrap().len() as u64
 }
 
 #[tokio::test]
@@ -392,4 +392,55 @@ async fn export_writes_every_value_the_gateway_stores_and_goes_on_past_an_unread
             (a, b) => assert_eq!(a, b),
         }
     }
+}
+
+/// Telemetry is its own kind of entry; what older versions stored (a
+/// snapshot wrapped as the text reading of a `telemetry` batch) still
+/// reads as telemetry, and a kind from a newer version is named, not
+/// guessed at.
+#[tokio::test]
+async fn telemetry_entries_are_typed_and_old_wrapped_snapshots_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(&dir.path().join("t.redb"), QueueOptions::default()).unwrap();
+    let snapshot = r#"{"gateway":"gw","seq":1,"nested":{"a":[1,2.5,"x"]}}"#;
+    queue
+        .append_entry(Entry::Telemetry(snapshot.to_string()))
+        .await
+        .unwrap();
+    // As an older version wrote it.
+    let mut old = batch("telemetry", 0);
+    old.readings[0].channel = "snapshot".into();
+    old.readings[0].value = Value::Text(snapshot.to_string());
+    queue.append(old).await.unwrap();
+    queue.append(batch("plc", 7)).await.unwrap();
+    assert!(
+        queue
+            .append_entry(Entry::Telemetry("not json".into()))
+            .await
+            .is_err()
+    );
+
+    let entries = queue.read_for_send(0, 10).unwrap();
+    assert_eq!(entries.len(), 3);
+    for (_, e) in &entries[..2] {
+        assert_eq!(e.kind().unwrap(), EntryKind::Telemetry);
+        assert_eq!(e.telemetry_snapshot().unwrap(), snapshot.as_bytes());
+        assert!(e.driver().is_err());
+    }
+    let (_, data) = &entries[2];
+    assert_eq!(
+        data.kind().unwrap(),
+        EntryKind::Batch {
+            driver: "plc".into()
+        }
+    );
+    assert_eq!(data.driver().unwrap(), "plc");
+    assert!(data.telemetry_snapshot().is_err());
+
+    let unknown = StoredEntry {
+        seq: 9,
+        json: br#"{"kind":"audit","record":{}}"#.to_vec(),
+    };
+    let err = unknown.kind().unwrap_err().to_string();
+    assert!(err.contains("\"audit\"") && err.contains('9'), "{err}");
 }

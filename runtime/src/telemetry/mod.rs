@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pipeline::DriverCounters;
 use crate::publish::PublisherStats;
-use crate::queue::{Queue, QueueStats};
-use crate::reading::{Batch, Quality, Reading, Value, now_ns};
+use crate::queue::{Entry, Queue, QueueStats};
 
 /// The schema version of [`Snapshot`]; grows when fields change meaning.
 pub const SCHEMA: u32 = 1;
@@ -610,19 +609,7 @@ impl Reporter {
                 Ok(Ok(())) => {}
             }
         }
-        let now = now_ns();
-        let batch = Batch {
-            driver: "telemetry".to_string(),
-            captured_ns: now,
-            readings: vec![Reading {
-                channel: "snapshot".to_string(),
-                value: Value::Text(json),
-                ts_ns: now,
-                quality: Quality::Good,
-                unit: None,
-            }],
-        };
-        if let Err(e) = self.lane.append(batch).await {
+        if let Err(e) = self.lane.append_entry(Entry::Telemetry(json)).await {
             tracing::warn!(error = %e, "telemetry snapshot not captured");
         }
     }
