@@ -1,6 +1,6 @@
 //! What the benchmarks share: a report of figures (printed as a table and
 //! written as JSON for `cargo xtask bench` to collect), CPU and memory of a
-//! process read from `/proc`, pinning processes to cores, and the short
+//! process (read with sysinfo), pinning processes to cores, and the short
 //! "smoke" mode the tests use to keep every benchmark working.
 //!
 //! Benchmarks print figures; they never assert timings.
@@ -275,60 +275,18 @@ pub fn table(figures: &[Figure]) -> String {
     out
 }
 
-/// CPU time (user + system, the process and its waited-for children) and
-/// memory of a running process, from `/proc`.
+/// CPU time (user + system) and resident
+/// memory of a running process.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcSample {
     pub cpu_s: f64,
     pub rss_kib: u64,
 }
 
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// Reads `/proc/{pid}/stat` and `/proc/{pid}/status`.
+/// CPU time and resident memory of a running process.
 pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("unreadable /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime, stime, cutime, cstime are fields 14..=17 of the whole line,
-    // 11..=14 here (the line's fields 1 and 2 were before the parenthesis).
-    let ticks: f64 = fields
-        .get(11..15)
-        .context("short /proc stat")?
-        .iter()
-        .map(|f| f.parse::<f64>().unwrap_or(0.0))
-        .sum();
-    Ok(ProcSample {
-        cpu_s: ticks / clock_ticks(),
-        rss_kib: crate::rss_kib(pid),
-    })
-}
-
-/// Peak resident memory (`VmHWM`) of a running process, KiB.
-pub fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    let (rss_kib, cpu_s) = crate::process_usage(pid)?;
+    Ok(ProcSample { cpu_s, rss_kib })
 }
 
 /// CPU and memory of a process over a window: sampled once a second.

@@ -670,18 +670,42 @@ pub fn connects(log: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Resident memory of process `pid`, in KiB (0 if unknown).
+/// Resident memory (KiB) and CPU time (user + system, seconds) of a
+/// running process; an error if it is gone or cannot be read.
+pub fn process_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+    let pid = Pid::from_u32(pid);
+    let mut system = System::new();
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        true,
+        ProcessRefreshKind::nothing().with_memory().with_cpu(),
+    );
+    let process = system
+        .process(pid)
+        .with_context(|| format!("process {pid} is gone or cannot be read"))?;
+    Ok((
+        process.memory() / 1024,
+        process.accumulated_cpu_time() as f64 / 1000.0,
+    ))
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    Ok(process_usage(pid)?.0)
+}
+
 /// The peak resident memory (KiB) of process `pid`, sampled every 10 ms
-/// for `span`.
-pub fn rss_peak(pid: u32, span: Duration) -> tokio::task::JoinHandle<u64> {
+/// for `span`; an error if the process could not be read at some point.
+pub fn rss_peak(pid: u32, span: Duration) -> tokio::task::JoinHandle<anyhow::Result<u64>> {
     tokio::spawn(async move {
         let mut peak = 0;
         let until = Instant::now() + span;
         while Instant::now() < until {
-            peak = peak.max(rss_kib(pid));
+            peak = peak.max(rss_kib(pid)?);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        peak
+        Ok(peak)
     })
 }
 
@@ -692,15 +716,4 @@ pub fn hostile_driver(name: &str, config: &str, extra: &str) -> anyhow::Result<S
         "[[driver]]\nname = \"{name}\"\nplugin = \"{plugin}\"\ninterval_ms = 200\n{extra}\n[driver.config]\n{config}\n\n",
         plugin = plugin("hostile")?.display()
     ))
-}
-
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -270,6 +270,8 @@ pub struct Queue {
 /// State shared by the handles and the writer thread.
 struct Shared {
     path: PathBuf,
+    /// How the database is opened (and opened again after an I/O error).
+    create: store::Create,
     options: QueueOptions,
     /// `None` while the writer reopens the file after an I/O error.
     db: RwLock<Option<Database>>,
@@ -329,7 +331,16 @@ impl Queue {
     /// Opens (or creates) the queue file and starts its writer thread. A file
     /// that cannot be opened is quarantined (see [`QueueHealth::quarantined`]).
     pub fn open(path: &Path, options: QueueOptions) -> Result<Queue, QueueError> {
-        let opened = store::open(path)?;
+        Queue::open_with(path, options, store::on_file())
+    }
+
+    /// Like [`Queue::open`], with the database opened by `create`.
+    fn open_with(
+        path: &Path,
+        options: QueueOptions,
+        create: store::Create,
+    ) -> Result<Queue, QueueError> {
+        let opened = store::open(path, &create)?;
         let (next_seq, bytes) = {
             let txn = opened.db.begin_read().map_err(storage)?;
             let stats = store::stats_in(&txn)?;
@@ -337,6 +348,7 @@ impl Queue {
         };
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
+            create,
             options,
             db: RwLock::new(Some(opened.db)),
             health: Mutex::new(QueueHealth {
@@ -504,6 +516,8 @@ impl Queue {
     }
 }
 
+#[cfg(test)]
+mod faults;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]

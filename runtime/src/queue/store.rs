@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{
     Builder, ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable,
@@ -78,6 +79,21 @@ pub(super) fn captured_ns(bytes: &[u8]) -> Option<u64> {
 /// so a small cache costs little and keeps the gateway's memory bounded.
 const CACHE_BYTES: usize = 8 << 20;
 
+/// How a queue's database is opened on its path: on the file itself, or
+/// (in tests) through a storage backend that injects faults.
+pub(super) type Create = Arc<dyn Fn(&Path) -> Result<Database, DatabaseError> + Send + Sync>;
+
+/// Opens the file at the path, with the queue's settings.
+pub(super) fn on_file() -> Create {
+    Arc::new(|path: &Path| builder().create(path))
+}
+
+/// A database on `backend`, with the queue's settings.
+#[cfg(test)]
+pub(super) fn with_backend(backend: impl redb::StorageBackend) -> Result<Database, DatabaseError> {
+    builder().create_with_backend(backend)
+}
+
 fn builder() -> Builder {
     let mut builder = Builder::new();
     // One writer (the runtime); `ferrule queue stats` may read alongside.
@@ -114,7 +130,7 @@ fn is_access_problem(e: &DatabaseError) -> bool {
 /// file that cannot be opened or read is renamed to
 /// `{name}.corrupt-{UTC timestamp}` and a fresh queue is started whose
 /// sequence numbers start above anything the old file can have held.
-pub(super) fn open(path: &Path) -> Result<Opened, QueueError> {
+pub(super) fn open(path: &Path, create: &Create) -> Result<Opened, QueueError> {
     let open_err = |message: String| QueueError::Open {
         path: path.to_path_buf(),
         message,
@@ -122,7 +138,7 @@ pub(super) fn open(path: &Path) -> Result<Opened, QueueError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
     }
-    let problem = match try_open(path) {
+    let problem = match try_open(path, create) {
         Ok(db) => {
             seq_floor_note(path, &db);
             return Ok(Opened {
@@ -147,9 +163,7 @@ pub(super) fn open(path: &Path) -> Result<Opened, QueueError> {
         next_seq = floor,
         "QUEUE FILE QUARANTINED: it could not be opened; a fresh queue is started and collection continues. Entries in the old file were not sent."
     );
-    let db = builder()
-        .create(path)
-        .map_err(|e| open_err(format!("fresh queue after quarantine: {e}")))?;
+    let db = create(path).map_err(|e| open_err(format!("fresh queue after quarantine: {e}")))?;
     {
         let txn = db.begin_write().map_err(storage)?;
         {
@@ -171,21 +185,23 @@ enum Attempt {
     Corrupt(String),
 }
 
-fn try_open(path: &Path) -> Result<Database, Attempt> {
+fn try_open(path: &Path, create: &Create) -> Result<Database, Attempt> {
     // redb's debug builds assert on some kinds of corruption; treat such a
     // panic like a corruption error so a bad file never stops the gateway.
-    let opened = std::panic::catch_unwind(|| -> Result<Database, Attempt> {
-        let db = builder().create(path).map_err(|e| {
-            if is_access_problem(&e) {
-                Attempt::Access(e.to_string())
-            } else {
-                Attempt::Corrupt(e.to_string())
-            }
-        })?;
-        // Prove the tables are readable before trusting the file.
-        check_tables(&db).map_err(|e| Attempt::Corrupt(e.to_string()))?;
-        Ok(db)
-    });
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || -> Result<Database, Attempt> {
+            let db = create(path).map_err(|e| {
+                if is_access_problem(&e) {
+                    Attempt::Access(e.to_string())
+                } else {
+                    Attempt::Corrupt(e.to_string())
+                }
+            })?;
+            // Prove the tables are readable before trusting the file.
+            check_tables(&db).map_err(|e| Attempt::Corrupt(e.to_string()))?;
+            Ok(db)
+        },
+    ));
     match opened {
         Ok(result) => result,
         Err(_) => Err(Attempt::Corrupt("storage engine rejected the file".into())),
@@ -384,8 +400,8 @@ struct ExportLine<'a> {
 
 /// Opens the file again after an I/O error (repairing it if needed), without
 /// quarantining: the file was good a moment ago. Returns its `next_seq`.
-pub(super) fn reopen(path: &Path) -> Result<(Database, u64), QueueError> {
-    let db = builder().create(path).map_err(|e| QueueError::Open {
+pub(super) fn reopen(path: &Path, create: &Create) -> Result<(Database, u64), QueueError> {
+    let db = create(path).map_err(|e| QueueError::Open {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;

@@ -301,7 +301,7 @@ impl Writer {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *slot = None;
-        match store::reopen(&self.shared.path) {
+        match store::reopen(&self.shared.path, &self.shared.create) {
             Ok((db, next_seq)) => {
                 self.next_seq = self.next_seq.max(next_seq);
                 *slot = Some(db);

@@ -10,7 +10,7 @@
 //!
 //! Each runs alone for the same window on the same core, with the broker,
 //! the devices and this measuring process on the other core. CPU time and
-//! RSS come from /proc; delivered readings are counted at a subscriber.
+//! RSS come from sysinfo; delivered readings are counted at a subscriber.
 //! Node-RED and ThingsBoard gateway are installed by `cargo xtask bench`
 //! under `target/bench-peers` (`FERRULE_BENCH_PEERS`); a missing one is
 //! reported, not faked. Prints figures; asserts nothing.

@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         let pid = ferrule.child.id();
         bench::pin_gateway(pid)?;
         tokio::time::sleep(warmup).await;
-        let peak = rss_peak(pid, window).await?;
+        let peak = rss_peak(pid, window).await??;
         anyhow::ensure!(
             ferrule.child.try_wait()?.is_none(),
             "ferrule stopped with the {name} outputs:\n{}",

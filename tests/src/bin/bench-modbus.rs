@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| serde_json::json!({ "name": format!("r{a}"), "table": "holding", "address": a }))
         .collect();
     let config = serde_json::json!({ "device": device, "timeout_ms": 2000, "channels": channels });
-    let rss_before = ferrule_tests::rss_kib(std::process::id());
+    let rss_before = ferrule_tests::rss_kib(std::process::id())?;
     let mut driver = loaded
         .start("bench", &sandbox, &serde_json::to_string(&config)?)
         .await?;
@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let memory = driver.memory_bytes();
-    let rss_after = ferrule_tests::rss_kib(std::process::id());
+    let rss_after = ferrule_tests::rss_kib(std::process::id())?;
     let status = driver.status().await?;
     drop(driver);
     let native = baseline(sim.port)?;

@@ -100,7 +100,7 @@ async fn oversized_returns_are_refused_before_copying_and_telemetry_is_still_pub
             "{name}: outputs_refused {refused}: {lines:#?}"
         );
     }
-    let peak_mib = sampler.await? / 1024;
+    let peak_mib = sampler.await?? / 1024;
     eprintln!(
         "oversized returns: {} snapshots, largest {} bytes; host RSS peak {peak_mib} MiB (was ~650 MiB before returns were bounded)",
         snaps.len(),
@@ -372,7 +372,7 @@ async fn peak_rss_kib(drivers: &str, window: Duration) -> anyhow::Result<(u64, s
     // build's queue, not the sandbox, sets the healthy driver's pace.
     let (healthy, _) = observe(&mut run, window).await?;
     eprintln!("healthy driver: {healthy} messages in {window:?}");
-    let peak = sampler.await?;
+    let peak = sampler.await??;
     let (_, last) = snapshots(&mut telemetry)?
         .pop()
         .ok_or_else(|| anyhow::anyhow!("no telemetry snapshot"))?;

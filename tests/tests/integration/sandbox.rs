@@ -282,7 +282,7 @@ async fn a_memory_bomb_fails_at_its_cap_and_host_memory_stays_bounded() -> anyho
         bombs >= 3,
         "the bomb went off and was rebuilt ({bombs}):\n{log}"
     );
-    let max_rss_mib = sampler.await? / 1024;
+    let max_rss_mib = sampler.await?? / 1024;
     eprintln!("memory bomb: {bombs} traps at the 32 MiB cap; host RSS peaked at {max_rss_mib} MiB");
     assert!(
         max_rss_mib < 160,
@@ -469,10 +469,10 @@ async fn a_thousand_trap_and_restart_cycles_do_not_leak_host_memory() -> anyhow:
     let run = start(&drivers, "restart_min_ms = 1\nrestart_max_ms = 1", |_| {}).await?;
     let pid = run.ferrule.child.id();
     wait_for_restarts(&run, 200).await?;
-    let before = rss_kib(pid);
+    let before = rss_kib(pid)?;
     let at = restarts(&run);
     wait_for_restarts(&run, at + 1000).await?;
-    let after = rss_kib(pid);
+    let after = rss_kib(pid)?;
     let growth_kib = after.saturating_sub(before);
     eprintln!(
         "1000 trap-and-restart cycles: host RSS {} KiB -> {} KiB (+{} KiB)",
