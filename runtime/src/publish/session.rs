@@ -421,17 +421,27 @@ impl<'a> Session<'a> {
     /// Publishes "offline" and disconnects cleanly; bounded so shutdown
     /// never hangs.
     async fn say_offline(&mut self, events: &mut Events) {
-        let _ = self
+        if self
             .client
-            .publish(self.settings.topics.status(), true, b"offline".to_vec());
+            .publish(self.settings.topics.status(), true, b"offline".to_vec())
+            .is_ok()
+        {
+            self.handed.push_back(Handed::Other);
+        }
         let _ = self.client.disconnect();
         // Wait until the broker closes the connection after the DISCONNECT:
         // closing first, with its PUBACKs still unread, would reset the
         // connection and could discard the DISCONNECT at the broker (which
-        // would then publish the will).
+        // would then publish the will). The PUBACKs that arrive meanwhile
+        // settle their entries, so the next start does not send them again.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = events.recv().await {}
+            while let Some(Ok(event)) = events.recv().await {
+                if matches!(event, LinkEvent::Sent(_) | LinkEvent::Acked(_)) {
+                    let _ = self.on_event(event);
+                }
+            }
         })
         .await;
+        self.delete_acked();
     }
 }

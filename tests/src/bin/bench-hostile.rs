@@ -34,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
     bench::pin_self(&mut report)?;
     let warmup = bench::run_for(Duration::from_secs(5));
     let window = bench::run_for(Duration::from_secs(15));
-    let churn = bench::run_for(Duration::from_secs(30));
+    // Long enough for a few snapshots even in smoke mode.
+    let churn = bench::scaled(Duration::from_secs(30), Duration::from_secs(3));
     report.method(format!(
         "ferrule (release), 8 hostile drivers polled every second, connected to mosquitto over mutual TLS; peak RSS sampled every 10 ms over {:.0} s after {:.0} s of start-up",
         window.as_secs_f64(),

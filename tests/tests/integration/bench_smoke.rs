@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use ferrule_tests::bench::{OUT_ENV, PartResult, SMOKE_ENV};
+use ferrule_tests::bench::{Figure, OUT_ENV, PartResult, SMOKE_ENV};
 
 /// Runs one part's binary in smoke mode; returns its results.
 fn smoke(part: &str, bin: &str) -> anyhow::Result<PartResult> {
@@ -30,7 +30,42 @@ fn smoke(part: &str, bin: &str) -> anyhow::Result<PartResult> {
         serde_json::from_slice(&std::fs::read(out.path().join(format!("{part}.json")))?)?;
     anyhow::ensure!(result.smoke && result.part == part);
     anyhow::ensure!(!result.figures.is_empty(), "bench {part}: no figures");
+    for f in &result.figures {
+        plausible(f).map_err(|e| anyhow::anyhow!("bench {part}: {e}: {f:?}"))?;
+    }
     Ok(result)
+}
+
+/// A figure within what its unit can mean on this machine: a time is
+/// positive and under an hour, a CPU share under the machine's cores, a
+/// count or rate not negative, a memory size under 4 GiB; its baseline and
+/// ratio, if any, are finite.
+fn plausible(f: &Figure) -> anyhow::Result<()> {
+    let v = f.value;
+    anyhow::ensure!(v.is_finite(), "not a finite value");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let (lo, hi) = match f.unit.as_str() {
+        "ns" => (f64::MIN_POSITIVE, 3.6e12),
+        "µs" => (f64::MIN_POSITIVE, 3.6e9),
+        "ms" => (f64::MIN_POSITIVE, 3.6e6),
+        "s" => (f64::MIN_POSITIVE, 3.6e3),
+        "% of one core" => (0.0, 100.0 * cores + 5.0),
+        // Growth figures may be negative by noise.
+        "MiB" => (-4096.0, 4096.0),
+        "KiB" => (-4.0 * 1024.0 * 1024.0, 4.0 * 1024.0 * 1024.0),
+        "x" => (f64::MIN_POSITIVE, 1e4),
+        unit if unit.ends_with("/s") => (0.0, 1e9),
+        "readings" | "messages" => (0.0, 1e12),
+        other => anyhow::bail!("unit {other:?} has no plausible range here; add one"),
+    };
+    anyhow::ensure!((lo..=hi).contains(&v), "{v} {} outside {lo}..={hi}", f.unit);
+    if let Some(b) = f.baseline {
+        anyhow::ensure!(b.is_finite(), "baseline not finite");
+    }
+    if let Some(r) = f.ratio {
+        anyhow::ensure!(r.is_finite() && r >= 0.0, "ratio {r}");
+    }
+    Ok(())
 }
 
 /// The value of the figure named `name`.
@@ -61,7 +96,9 @@ fn latency_measures_every_reading() -> anyhow::Result<()> {
     let r = smoke("latency", env!("CARGO_BIN_EXE_bench-latency"))?;
     assert!(value(&r, "readings measured per second")? > 0.0);
     let p99 = value(&r, "latency p99")?;
-    assert!(p99.is_finite() && p99 >= value(&r, "latency p50")?);
+    assert!(p99 >= value(&r, "latency p50")?);
+    // A reading crosses loopback in well under ten seconds, even in debug.
+    assert!(p99 < 10_000.0, "p99 of {p99} ms");
     Ok(())
 }
 
@@ -92,7 +129,10 @@ fn backlog_drains_every_queued_reading() -> anyhow::Result<()> {
 fn footprint_samples_each_gateway_size() -> anyhow::Result<()> {
     let r = smoke("footprint", env!("CARGO_BIN_EXE_bench-footprint"))?;
     for n in ["1 driver(s)", "10 driver(s)", "50 driver(s)"] {
-        assert!(value(&r, &format!("RSS with {n}"))? > 1.0);
+        let rss = value(&r, &format!("RSS with {n}"))?;
+        // A debug build's gateway with its plugins: more than the bare
+        // binary, far less than a leak.
+        assert!((4.0..1024.0).contains(&rss), "RSS with {n}: {rss} MiB");
     }
     Ok(())
 }
