@@ -240,9 +240,7 @@ impl Report {
     }
 }
 
-#[path = "../../xtask/src/number.rs"]
-mod format;
-pub use format::number;
+pub use ferrule_figures::number;
 
 /// The figures as a Markdown table (also how BENCHMARKS.md shows them).
 pub fn table(figures: &[Figure]) -> String {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::number::number;
+use ferrule_figures::number;
 
 /// Every part, in the order a full run takes them.
 pub const PARTS: [(&str, &str); 11] = [

@@ -18,11 +18,9 @@
 //! unit = "degC"
 //! ```
 
-mod signals;
-
 use ferrule_sdk::{DeviceStatus, Driver, Error, Reading};
 
-pub use signals::{Config, Generator};
+pub use ferrule_sim_signals::{Config, Generator};
 
 #[ferrule_sdk::driver]
 struct Sim(Generator);

@@ -5,52 +5,116 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PluginError {
+    /// The wasmtime engine could not be set up.
     #[error("plugin engine: {0}")]
     Engine(String),
+    /// The plugin file could not be read.
     #[error("{}: cannot read plugin: {source}", path.display())]
     Read {
+        /// The plugin file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The file is not WebAssembly at all.
     #[error("{}: not a WebAssembly file (expected a component built for wasm32-wasip2)", path.display())]
-    NotWasm { path: PathBuf },
+    NotWasm {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// The file is a core module, not a component.
     #[error("{}: a core WebAssembly module, not a component (build the plugin for --target wasm32-wasip2)", path.display())]
-    NotComponent { path: PathBuf },
+    NotComponent {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// The component did not validate or compile.
     #[error("{}: invalid component: {message}", path.display())]
-    Compile { path: PathBuf, message: String },
-    #[error("{}: {message}", path.display())]
-    WrongWorld { path: PathBuf, message: String },
-    #[error("{}: {message}", path.display())]
-    Link { path: PathBuf, message: String },
-    #[error("plugin {instance}: instantiation failed: {message}")]
-    Instantiate { instance: String, message: String },
-    #[error("plugin {instance}: {call} trapped: {message}")]
-    Trap {
-        instance: String,
-        call: &'static str,
+    Compile {
+        /// The plugin file.
+        path: PathBuf,
+        /// wasmtime's reason.
         message: String,
     },
+    /// The component exports neither the driver nor the processor world,
+    /// or one of another version.
+    #[error("{}: {message}", path.display())]
+    WrongWorld {
+        /// The plugin file.
+        path: PathBuf,
+        /// What it exports and what was expected.
+        message: String,
+    },
+    /// The component imports something the host does not provide.
+    #[error("{}: {message}", path.display())]
+    Link {
+        /// The plugin file.
+        path: PathBuf,
+        /// The missing import.
+        message: String,
+    },
+    /// An instance could not be created (e.g. its memory did not fit).
+    #[error("plugin {instance}: instantiation failed: {message}")]
+    Instantiate {
+        /// The instance (`driver` or `driver/processor`).
+        instance: String,
+        /// wasmtime's reason.
+        message: String,
+    },
+    /// The guest trapped (a panic, an out-of-bounds access, memory
+    /// exhausted); the instance must be rebuilt.
+    #[error("plugin {instance}: {call} trapped: {message}")]
+    Trap {
+        /// The instance.
+        instance: String,
+        /// The export that was called (`init`, `poll`, ...).
+        call: &'static str,
+        /// The trap and its backtrace, on one line.
+        message: String,
+    },
+    /// The call ran past `timeout_ms` and was stopped; the instance must be
+    /// rebuilt.
     #[error(
         "plugin {instance}: {call} did not return within {timeout_ms} ms (stopped after {elapsed_ms} ms)"
     )]
     Timeout {
+        /// The instance.
         instance: String,
+        /// The export that was called.
         call: &'static str,
+        /// The deadline.
         timeout_ms: u64,
+        /// How long the call ran before it was stopped.
         elapsed_ms: u64,
     },
+    /// The call returned (or passed to the host) more than the limits
+    /// allow; the instance must be rebuilt.
     #[error("plugin {instance}: {call} output refused: {message}")]
     Oversized {
+        /// The instance.
         instance: String,
+        /// The export that was called.
         call: &'static str,
+        /// Which limit, and by how much.
         message: String,
     },
+    /// A capability in the config cannot be granted (an address that does
+    /// not resolve, a data dir that cannot be created).
     #[error("plugin {instance}: capability: {message}")]
-    Capability { instance: String, message: String },
+    Capability {
+        /// The instance.
+        instance: String,
+        /// Which capability, and why.
+        message: String,
+    },
+    /// The plugin returned an error of its own; the instance stays.
     #[error("plugin {instance}: {call} failed: {error}")]
     Returned {
+        /// The instance.
         instance: String,
+        /// The export that was called.
         call: &'static str,
+        /// The plugin's error, cut at `max_error_bytes`.
         error: String,
     },
 }

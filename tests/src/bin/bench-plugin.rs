@@ -12,10 +12,6 @@ use ferrule::plugin::{Capabilities, EngineSettings, PluginEngine, Sandbox};
 use ferrule_tests::bench::{self, Report};
 use ferrule_tests::plugin;
 
-#[allow(dead_code)]
-#[path = "../../../plugins/sim/src/signals.rs"]
-mod signals;
-
 fn per_call(total: Duration, calls: u32) -> f64 {
     total.as_nanos() as f64 / f64::from(calls)
 }
@@ -36,7 +32,7 @@ async fn poll_costs(engine: &PluginEngine, report: &mut Report) -> anyhow::Resul
         }
         let wasm_ns = per_call(t.elapsed(), calls);
 
-        let mut native = signals::Generator::new(serde_json::from_str(&config)?)
+        let mut native = ferrule_sim_signals::Generator::new(serde_json::from_str(&config)?)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for _ in 0..1_000 {
             std::hint::black_box(native.poll().map_err(|e| anyhow::anyhow!("{e}"))?);

@@ -1,5 +1,5 @@
-//! The sim driver's signal logic, free of component glue so the plugin
-//! benchmark can compile the very same code natively.
+//! The `sim` driver's signal logic, free of component glue, so the plugin
+//! benchmark can run the very same code natively.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

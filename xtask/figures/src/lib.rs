@@ -1,5 +1,5 @@
 //! How benchmark figures are printed, shared by the benchmarks' own tables
-//! and BENCHMARKS.md (the tests crate includes this file by path).
+//! and BENCHMARKS.md (rendered by `cargo xtask bench`).
 
 /// A figure as printed: whole numbers with thousands separators from 1,000
 /// up, fewer decimals the larger it is; "-" when not a number.
@@ -24,5 +24,21 @@ pub fn number(x: f64) -> String {
         format!("{x:.2}")
     } else {
         format!("{x:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number;
+
+    #[test]
+    fn figures_print_with_separators_and_fewer_decimals_when_large() {
+        assert_eq!(number(1_234_567.4), "1,234,567");
+        assert_eq!(number(-12_000.0), "-12,000");
+        assert_eq!(number(999.94), "999.9");
+        assert_eq!(number(12.345), "12.35");
+        assert_eq!(number(0.12345), "0.123");
+        assert_eq!(number(f64::NAN), "-");
+        assert_eq!(number(f64::INFINITY), "-");
     }
 }
