@@ -23,45 +23,40 @@ use rumqttc::{
     AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration, Transport,
 };
 
+/// The baseline client's arguments.
+#[derive(Debug, clap::Parser)]
+#[command(about = "A bare rumqttc TLS publisher, the benchmarks' baseline")]
 struct Args {
+    /// The broker's port on 127.0.0.1.
+    #[arg(long)]
     port: u16,
+    /// CA bundle the broker's certificate is checked against.
+    #[arg(long)]
     ca: PathBuf,
+    /// Client certificate.
+    #[arg(long)]
     cert: PathBuf,
+    /// Client certificate's key.
+    #[arg(long)]
     key: PathBuf,
+    /// Topic to publish on.
+    #[arg(long)]
     topic: String,
+    /// Messages published but not yet acknowledged, at most.
+    #[arg(long, default_value_t = 64)]
     inflight: u16,
+    /// How long to publish.
+    #[arg(long)]
     seconds: f64,
+    /// Payloads to replay, one per line, as fast as acknowledged.
+    #[arg(long, conflicts_with = "rate")]
     payloads: Option<PathBuf>,
+    /// Messages a second, each of `--readings` readings stamped when sent.
+    #[arg(long)]
     rate: Option<f64>,
+    /// Readings per message with `--rate`.
+    #[arg(long, default_value_t = 10)]
     readings: usize,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut map = std::collections::HashMap::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(key) = it.next() {
-        let key = key
-            .strip_prefix("--")
-            .with_context(|| format!("unexpected argument {key:?}"))?
-            .to_string();
-        let value = it
-            .next()
-            .with_context(|| format!("--{key} needs a value"))?;
-        map.insert(key, value);
-    }
-    let get = |k: &str| map.get(k).with_context(|| format!("--{k} is required"));
-    Ok(Args {
-        port: get("port")?.parse()?,
-        ca: get("ca")?.into(),
-        cert: get("cert")?.into(),
-        key: get("key")?.into(),
-        topic: get("topic")?.clone(),
-        inflight: map.get("inflight").map_or(Ok(64), |v| v.parse())?,
-        seconds: get("seconds")?.parse()?,
-        payloads: map.get("payloads").map(PathBuf::from),
-        rate: map.get("rate").map(|v| v.parse()).transpose()?,
-        readings: map.get("readings").map_or(Ok(10), |v| v.parse())?,
-    })
 }
 
 /// A ferrule-shaped data message of `n` readings stamped now.
@@ -85,7 +80,7 @@ fn stamped(seq: u64, n: usize) -> anyhow::Result<Vec<u8>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = args()?;
+    let args = <Args as clap::Parser>::parse();
     let tls = tls::client_config(&TlsFiles {
         ca: args.ca.clone(),
         client_cert: Some(args.cert.clone()),
