@@ -25,36 +25,56 @@ use crate::telemetry;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// A plugin could not be loaded.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// The data queue could not be opened.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A driver's chain could not be started.
     #[error("{}: driver {driver}: {source}", config.display())]
     Driver {
+        /// The config file.
         config: PathBuf,
+        /// The driver's name.
         driver: String,
+        /// What failed.
         source: PluginError,
     },
+    /// A plugin's `[config]` table cannot be written as JSON.
     #[error("{}: {what}: config cannot be passed to the plugin as JSON: {message}", config.display())]
     PluginConfig {
+        /// The config file.
         config: PathBuf,
+        /// Which plugin (`driver NAME` or `processor DRIVER/NAME`).
         what: String,
+        /// Why.
         message: String,
     },
+    /// A driver's `device` address cannot be resolved.
     #[error("{}: driver {driver}: device {device:?}: {message}", config.display())]
     Device {
+        /// The config file.
         config: PathBuf,
+        /// The driver's name.
         driver: String,
+        /// The address as configured.
         device: String,
+        /// Why it does not resolve.
         message: String,
     },
     #[error(
         "{}: plugins may hold {plugins} open files and sockets (max_open_files of each plugin with data_dir or allow_net) and the gateway keeps {HOST_DESCRIPTORS} for itself, but this process may open only {limit}; lower max_open_files or raise the limit (systemd: LimitNOFILE=)",
         config.display()
     )]
+    /// The plugins' descriptor caps and the host's own need more open files
+    /// than the process may have.
     Descriptors {
+        /// The config file.
         config: PathBuf,
+        /// Descriptors the plugins may hold together.
         plugins: u64,
+        /// The process's open-file limit.
         limit: u64,
     },
 }
@@ -123,7 +143,9 @@ fn raise_open_files_limit() -> Option<u64> {
 /// A driver whose chain failed to start keeps its error: `check` reports
 /// it, `run` logs it and lets the supervisor retry with backoff.
 pub struct Prepared {
+    /// The config it was prepared from.
     pub config: Config,
+    /// Each driver's spec and its started chain, or why it did not start.
     pub drivers: Vec<(DriverSpec, Result<Chain, StartError>)>,
     _engine: PluginEngine,
 }

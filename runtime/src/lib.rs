@@ -6,6 +6,8 @@
 //! [`publish`]er sends it over MQTT with TLS and deletes it on PUBACK.
 //! Writes to devices arrive as [`remote`] commands over the same connection.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod config;
 pub mod dev;

@@ -9,30 +9,43 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "value", rename_all = "lowercase")]
 pub enum Value {
+    /// A 64-bit float; NaN and the infinities are written as strings.
     Float(#[serde(with = "float_repr")] f64),
+    /// A signed 64-bit integer.
     Int(i64),
+    /// A boolean.
     Bool(bool),
+    /// UTF-8 text.
     Text(String),
+    /// Raw bytes, base64 in JSON.
     Bytes(#[serde(with = "base64_bytes")] Vec<u8>),
 }
 
+/// How far a reading can be trusted (OPC UA's three levels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Quality {
+    /// Measured and valid.
     Good,
+    /// Measured, but possibly off (a stale or out-of-range value).
     Uncertain,
+    /// Not valid (a failed read, an impossible timestamp).
     Bad,
 }
 
 /// One value of one channel at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
+    /// The channel's name, unique in its batch at one timestamp.
     pub channel: String,
+    /// The value with its type.
     #[serde(flatten)]
     pub value: Value,
     /// Nanoseconds since the Unix epoch.
     pub ts_ns: u64,
+    /// How far it can be trusted.
     pub quality: Quality,
+    /// Engineering unit, if the plugin gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
 }
@@ -41,9 +54,11 @@ pub struct Reading {
 /// queue stores and the publisher sends as one message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
+    /// The driver that polled it.
     pub driver: String,
     /// When the runtime took the batch, nanoseconds since the Unix epoch.
     pub captured_ns: u64,
+    /// The readings, in the order the chain returned them.
     pub readings: Vec<Reading>,
 }
 

@@ -26,28 +26,37 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// A message that arrived on a command topic.
 #[derive(Debug)]
 pub struct Incoming {
+    /// The driver named in the topic.
     pub driver: String,
+    /// The command's JSON, unchecked.
     pub payload: Vec<u8>,
 }
 
 /// A result to publish on `{prefix}/{gateway}/cmd/{driver}/result`.
 #[derive(Debug)]
 pub struct Answer {
+    /// The driver the result is about.
     pub driver: String,
+    /// The result's JSON.
     pub payload: Vec<u8>,
 }
 
 /// A write handed to a driver's task.
 #[derive(Debug)]
 pub struct Write {
+    /// The channel to write.
     pub channel: String,
+    /// The value to write.
     pub value: Value,
+    /// Where the driver's task answers: done, or why not.
     pub reply: oneshot::Sender<Result<(), String>>,
 }
 
 /// The publisher's ends of the command path.
 pub struct Commands {
+    /// Commands from the broker, to the router.
     pub inbox: mpsc::Sender<Incoming>,
+    /// Results from the router, to publish.
     pub answers: mpsc::Receiver<Answer>,
 }
 

@@ -8,10 +8,15 @@ use std::sync::OnceLock;
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    /// Step-by-step detail, off by default.
     Trace,
+    /// Detail for finding a problem.
     Debug,
+    /// What the plugin is doing.
     Info,
+    /// Something is off, but the plugin goes on.
     Warn,
+    /// Something failed.
     Error,
 }
 
@@ -32,26 +37,36 @@ pub fn write(level: Level, message: &str) {
     }
 }
 
+/// Logs a line at `trace` level, formatted like `format!`; the runtime tags it
+/// with the plugin instance and rate-limits it.
 #[macro_export]
 macro_rules! trace {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Trace, &format!($($arg)*)) };
 }
 
+/// Logs a line at `debug` level, formatted like `format!`; the runtime tags it
+/// with the plugin instance and rate-limits it.
 #[macro_export]
 macro_rules! debug {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Debug, &format!($($arg)*)) };
 }
 
+/// Logs a line at `info` level, formatted like `format!`; the runtime tags it
+/// with the plugin instance and rate-limits it.
 #[macro_export]
 macro_rules! info {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, &format!($($arg)*)) };
 }
 
+/// Logs a line at `warn` level, formatted like `format!`; the runtime tags it
+/// with the plugin instance and rate-limits it.
 #[macro_export]
 macro_rules! warn {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warn, &format!($($arg)*)) };
 }
 
+/// Logs a line at `error` level, formatted like `format!`; the runtime tags it
+/// with the plugin instance and rate-limits it.
 #[macro_export]
 macro_rules! error {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, &format!($($arg)*)) };

@@ -3,10 +3,15 @@
 /// One measured value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// A 64-bit float (NaN and the infinities are kept).
     Float(f64),
+    /// A signed 64-bit integer.
     Int(i64),
+    /// A boolean.
     Bool(bool),
+    /// UTF-8 text, at most `max_value_bytes`.
     Text(String),
+    /// Raw bytes, at most `max_value_bytes`.
     Bytes(Vec<u8>),
 }
 
@@ -78,20 +83,28 @@ impl From<Vec<u8>> for Value {
 /// How far a reading can be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Quality {
+    /// Measured and valid (the default).
     #[default]
     Good,
+    /// Measured, but possibly off: stale, out of range, estimated.
     Uncertain,
+    /// Not valid: the read failed or the value cannot be used.
     Bad,
 }
 
 /// One value of one channel at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
+    /// The channel's name: not empty, no control characters, one reading
+    /// per channel and timestamp in a batch.
     pub channel: String,
+    /// The value.
     pub value: Value,
     /// Nanoseconds since the Unix epoch; `None` lets the runtime stamp the poll time.
     pub timestamp_ns: Option<u64>,
+    /// How far it can be trusted.
     pub quality: Quality,
+    /// Engineering unit (`degC`, `kW`), if any.
     pub unit: Option<String>,
 }
 
@@ -107,16 +120,20 @@ impl Reading {
         }
     }
 
+    /// The same reading with an engineering unit.
     pub fn with_unit(mut self, unit: impl Into<String>) -> Self {
         self.unit = Some(unit.into());
         self
     }
 
+    /// The same reading with another quality.
     pub fn with_quality(mut self, quality: Quality) -> Self {
         self.quality = quality;
         self
     }
 
+    /// The same reading taken at `timestamp_ns` (nanoseconds since the Unix
+    /// epoch), e.g. a sample the device buffered.
     pub fn at(mut self, timestamp_ns: u64) -> Self {
         self.timestamp_ns = Some(timestamp_ns);
         self
@@ -126,15 +143,20 @@ impl Reading {
 /// What a driver knows about its device.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DeviceStatus {
+    /// Whether the driver reaches its device.
     pub connected: bool,
+    /// The device's firmware version, if it reports one.
     pub firmware: Option<String>,
+    /// Battery charge, 0 to 100.
     pub battery_percent: Option<u8>,
     /// Link or communication quality, 0 to 100.
     pub signal_quality: Option<u8>,
+    /// Further device-specific pairs (at most `max_status_entries`).
     pub extra: Vec<(String, String)>,
 }
 
 impl DeviceStatus {
+    /// A device that answers, with nothing more to say.
     pub fn connected() -> Self {
         DeviceStatus {
             connected: true,
@@ -142,6 +164,7 @@ impl DeviceStatus {
         }
     }
 
+    /// A device that does not answer.
     pub fn disconnected() -> Self {
         DeviceStatus::default()
     }
@@ -160,6 +183,7 @@ pub enum Error {
     Protocol(String),
     /// Not supported by this plugin or channel.
     Unsupported(String),
+    /// Anything else.
     Other(String),
 }
 

@@ -7,17 +7,23 @@ use toml::Spanned;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[gateway]`: who this gateway is and where its data lives.
     pub gateway: GatewayConfig,
+    /// `[mqtt]`: the broker and how to reach it.
     pub mqtt: MqttConfig,
+    /// `[queue]`: the store-and-forward queue's caps and policies.
     #[serde(default)]
     pub queue: QueueConfig,
     /// Sandbox limits every plugin gets unless it overrides them.
     #[serde(default)]
     pub limits: PluginLimits,
+    /// `[runtime]`: rebuild backoff and engine sizing.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// `[telemetry]`: the gateway's reports on itself.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The `[[driver]]` tables, in order.
     #[serde(rename = "driver", default)]
     pub drivers: Vec<DriverConfig>,
     /// The file this config was read from.
@@ -28,6 +34,7 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
+/// `[gateway]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -42,11 +49,13 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
 
+/// `[mqtt]`: the broker link (always TLS).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// Broker host name or address; also the name its certificate must carry.
     pub host: String,
+    /// Broker port (8883).
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
     /// Defaults to the gateway id.
@@ -94,6 +103,7 @@ pub struct MqttConfig {
     /// First reconnect delay; doubles on each failure up to `reconnect_max_ms`.
     #[serde(default = "default_reconnect_min_ms")]
     pub reconnect_min_ms: u64,
+    /// Longest reconnect delay.
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
 }
@@ -101,9 +111,11 @@ pub struct MqttConfig {
 /// The MQTT protocol version spoken to the broker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum MqttProtocol {
+    /// MQTT 3.1.1 (`"3.1.1"`).
     #[default]
     #[serde(rename = "3.1.1")]
     V311,
+    /// MQTT 5 (`"5"`).
     #[serde(rename = "5")]
     V5,
 }
@@ -140,6 +152,7 @@ fn default_reconnect_max_ms() -> u64 {
     30_000
 }
 
+/// `[queue]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
@@ -235,17 +248,29 @@ impl Default for PluginLimits {
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsOverride {
+    /// Overrides `memory_mb`.
     pub memory_mb: Option<u64>,
+    /// Overrides `timeout_ms`.
     pub timeout_ms: Option<u64>,
+    /// Overrides `max_readings`.
     pub max_readings: Option<usize>,
+    /// Overrides `max_value_bytes`.
     pub max_value_bytes: Option<usize>,
+    /// Overrides `log_lines_per_s`.
     pub log_lines_per_s: Option<u32>,
+    /// Overrides `max_result_bytes`.
     pub max_result_bytes: Option<usize>,
+    /// Overrides `max_status_entries`.
     pub max_status_entries: Option<usize>,
+    /// Overrides `max_status_value_bytes`.
     pub max_status_value_bytes: Option<usize>,
+    /// Overrides `max_log_bytes`.
     pub max_log_bytes: Option<usize>,
+    /// Overrides `max_error_bytes`.
     pub max_error_bytes: Option<usize>,
+    /// Overrides `max_open_files`.
     pub max_open_files: Option<usize>,
+    /// Overrides `data_dir_quota_mb`.
     pub data_dir_quota_mb: Option<u64>,
 }
 
@@ -394,6 +419,7 @@ pub struct RuntimeConfig {
     /// First delay before rebuilding a failed plugin instance; doubles up to `restart_max_ms`.
     #[serde(default = "default_restart_min_ms")]
     pub restart_min_ms: u64,
+    /// Longest delay between rebuilds.
     #[serde(default = "default_restart_max_ms")]
     pub restart_max_ms: u64,
     /// Plugin instances the pooling allocator reserves room for.
@@ -439,6 +465,7 @@ pub struct DriverConfig {
     pub name: Spanned<String>,
     /// Path of the driver component (`.wasm`).
     pub plugin: Spanned<PathBuf>,
+    /// Time between polls (1000).
     #[serde(default = "default_interval_ms")]
     pub interval_ms: Spanned<u64>,
     /// Passed to the plugin's `init` as JSON.
@@ -479,10 +506,14 @@ fn empty_table() -> toml::Value {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessorConfig {
+    /// Unique within its driver; the instance is `{driver}/{name}`.
     pub name: Spanned<String>,
+    /// Path of the processor component (`.wasm`).
     pub plugin: Spanned<PathBuf>,
+    /// Passed to the plugin's `init` as JSON.
     #[serde(default = "empty_table")]
     pub config: toml::Value,
+    /// Overrides of the driver's limits for this processor.
     pub limits: Option<LimitsOverride>,
     /// `host:port` addresses the plugin may open TCP connections to; nothing when empty.
     #[serde(default)]

@@ -19,11 +19,15 @@ use rcgen::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CertError {
+    /// A certificate or key could not be generated.
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A file could not be written.
     #[error("{}: {source}", path.display())]
     Write {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -31,7 +35,9 @@ pub enum CertError {
 /// A certificate and its key, as PEM files.
 #[derive(Debug, Clone)]
 pub struct CertFiles {
+    /// The certificate (PEM).
     pub cert: PathBuf,
+    /// Its private key (PEM).
     pub key: PathBuf,
     /// The certificate's serial number (for revocation lists).
     pub serial: u64,

@@ -31,30 +31,43 @@ use crate::reading::{Batch, now_ns};
 /// A plugin ready to instantiate, with its instance name, sandbox and config.
 #[derive(Clone)]
 pub struct PluginSpec<L> {
+    /// The instance name: `driver` or `driver/processor`.
     pub name: String,
+    /// The compiled component.
     pub loaded: L,
+    /// What the instance may use.
     pub sandbox: Sandbox,
+    /// Its `[config]` table as JSON, passed to `init`.
     pub config_json: String,
 }
 
 /// Everything one driver task needs.
 #[derive(Clone)]
 pub struct DriverSpec {
+    /// The driver plugin.
     pub driver: PluginSpec<LoadedDriver>,
+    /// Its processors, in chain order.
     pub processors: Vec<PluginSpec<LoadedProcessor>>,
+    /// Time between polls.
     pub interval: Duration,
     /// Restart backoff: first delay and cap.
     pub restart_min: Duration,
+    /// Longest delay between rebuilds.
     pub restart_max: Duration,
 }
 
 /// Counters of one driver's pipeline, for logs and telemetry.
 #[derive(Debug, Default)]
 pub struct DriverCounters {
+    /// Polls that returned.
     pub polls_ok: AtomicU64,
+    /// Polls that failed.
     pub polls_failed: AtomicU64,
+    /// Readings captured.
     pub readings: AtomicU64,
+    /// Batches committed to the queue.
     pub batches_queued: AtomicU64,
+    /// Times the instances were rebuilt.
     pub restarts: AtomicU64,
     /// The most recent failure, for logs and telemetry.
     pub last_error: std::sync::Mutex<Option<String>>,
@@ -82,8 +95,11 @@ pub struct DriverCounters {
 /// What one poll did to each processor of the chain.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProcessorDelta {
+    /// Batches handed to the processor.
     pub batches_in: u64,
+    /// Batches it returned with readings.
     pub batches_out: u64,
+    /// Calls that failed.
     pub errors: u64,
 }
 

@@ -27,7 +27,9 @@ pub struct CompileCache {
 /// Where a component came from, for logs and the start-up benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
+    /// Read from the compile cache.
     Cache,
+    /// Compiled now (and written to the cache).
     Compiled,
 }
 

@@ -18,13 +18,19 @@ use crate::reading::{Quality, Reading, Value, now_ns};
 /// What a driver reports about its device.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceStatus {
+    /// Whether the driver reaches its device.
     pub connected: bool,
+    /// The device's firmware version.
     pub firmware: Option<String>,
+    /// Battery charge, 0 to 100 (checked).
     pub battery_percent: Option<u8>,
+    /// Link quality, 0 to 100 (checked).
     pub signal_quality: Option<u8>,
+    /// Further device-specific pairs.
     pub extra: Vec<(String, String)>,
 }
 
+/// A running driver: its own store, memory and budgets.
 pub struct DriverInstance {
     store: Store<HostState>,
     plugin: DriverPlugin,
@@ -32,6 +38,7 @@ pub struct DriverInstance {
     checked: Checked,
 }
 
+/// A running processor: its own store, memory and budgets.
 pub struct ProcessorInstance {
     store: Store<HostState>,
     plugin: ProcessorPlugin,
@@ -211,6 +218,7 @@ impl DriverInstance {
         self.store.data().limits.memory_bytes
     }
 
+    /// Writes `value` to the device's `channel` (a command from the cloud).
     pub async fn write(&mut self, channel: &str, value: Value) -> Result<(), PluginError> {
         let name = self.arm();
         let iface = self.plugin.ferrule_plugin_driver();
@@ -224,6 +232,8 @@ impl DriverInstance {
         .map_err(|e| returned(&name, "write", &self.limits, e))
     }
 
+    /// Asks the driver about its device; the answer is checked against the
+    /// status limits.
     pub async fn status(&mut self) -> Result<DeviceStatus, PluginError> {
         let name = self.arm();
         let iface = self.plugin.ferrule_plugin_driver();
@@ -241,6 +251,7 @@ impl DriverInstance {
 }
 
 impl LoadedProcessor {
+    /// Builds a fresh instance in its own store and calls its `init`.
     pub async fn start(
         &self,
         instance: &str,
@@ -294,6 +305,7 @@ impl ProcessorInstance {
         .map_err(|e| returned(&name, "init", &self.limits, e))
     }
 
+    /// Runs the processor on a batch; what it returns is checked like a poll's.
     pub async fn process(&mut self, batch: Vec<Reading>) -> Result<Vec<Reading>, PluginError> {
         let name = self.arm();
         let iface = self.plugin.ferrule_plugin_processor();

@@ -13,7 +13,9 @@ use super::{PluginEngine, PluginError, WIT_PACKAGE};
 /// Which world a component must export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginKind {
+    /// A driver (`driver-plugin` world).
     Driver,
+    /// A processor (`processor-plugin` world).
     Processor,
 }
 
@@ -48,18 +50,22 @@ pub struct LoadedProcessor {
 }
 
 impl LoadedDriver {
+    /// The component file it was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
     }
 }
 
 impl LoadedProcessor {
+    /// The component file it was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
     }
 }
 
 impl PluginEngine {
+    /// Loads (or reads from the compile cache) a driver component and links
+    /// it against the host; any world but the driver's is refused.
     pub fn load_driver(&self, path: &Path) -> Result<LoadedDriver, PluginError> {
         let pre = self.link(path, PluginKind::Driver)?;
         let pre = DriverPluginPre::new(pre).map_err(|e| PluginError::WrongWorld {
@@ -72,6 +78,7 @@ impl PluginEngine {
         })
     }
 
+    /// Loads a processor component, like [`PluginEngine::load_driver`].
     pub fn load_processor(&self, path: &Path) -> Result<LoadedProcessor, PluginError> {
         let pre = self.link(path, PluginKind::Processor)?;
         let pre = ProcessorPluginPre::new(pre).map_err(|e| PluginError::WrongWorld {

@@ -7,9 +7,14 @@
 //!
 //! Each configured driver or processor gets its own component instance in
 //! its own `Store`, with a memory cap (`StoreLimits`), a per-call deadline
-//! (epoch interruption, plus a tokio timeout around the call), and a WASI
-//! context with no environment, no arguments, no stdio, no files and no
-//! network.
+//! (epoch yields plus a tokio timeout around the call), and a bound on every
+//! copy out of it (hostcall fuel: `max_result_bytes`). Its WASI context has
+//! no environment, arguments or stdin; stdout and stderr go to the log. It
+//! reaches only what its config grants ([`Capabilities`], checked in
+//! [`Sandbox`]): TCP to its `allow_net` addresses (and its driver's
+//! `device`), name lookup if `allow_dns`, and a private `/data` directory
+//! if `data_dir`, under an open-file cap and a byte quota (`budget`).
+//! Listening sockets and UDP are refused.
 
 mod bindings;
 mod budget;
@@ -98,6 +103,7 @@ impl PluginEngine {
         Self::with_settings(&EngineSettings::default())
     }
 
+    /// An engine sized by `settings` (pool slots, memory, compile cache).
     pub fn with_settings(settings: &EngineSettings) -> Result<PluginEngine, PluginError> {
         let engine = match Engine::new(&engine_config(settings, true)) {
             Ok(engine) => engine,

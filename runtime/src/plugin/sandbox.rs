@@ -55,9 +55,11 @@ pub struct Capabilities {
 /// Limits and capabilities of one instance. Anything not granted here is denied.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
+    /// What it may use.
     pub limits: Limits,
     /// Addresses the plugin may connect to over TCP (resolved from `allow_net`).
     pub allow_net: Vec<SocketAddr>,
+    /// Whether it may look up names.
     pub allow_dns: bool,
     /// The host directory preopened as `/data`.
     pub data_dir: Option<PathBuf>,

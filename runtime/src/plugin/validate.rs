@@ -50,6 +50,7 @@ pub struct Checked {
 }
 
 impl Checked {
+    /// Adds another call's counts to these.
     pub fn add(&mut self, other: Checked) {
         self.readings_rejected += other.readings_rejected;
         self.timestamps_flagged += other.timestamps_flagged;

@@ -18,6 +18,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// As logged and reported: `tls`, `authorization` or `network`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Tls => "tls",

@@ -45,7 +45,9 @@ pub(super) enum LinkEvent {
 /// Why a connection ended, as rumqttc reported it.
 #[derive(Debug)]
 pub enum LinkError {
+    /// From an MQTT 3.1.1 connection.
     V311(rumqttc::ConnectionError),
+    /// From an MQTT 5 connection.
     V5(rumqttc::v5::ConnectionError),
 }
 

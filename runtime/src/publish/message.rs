@@ -11,12 +11,14 @@ pub struct Topics {
 }
 
 impl Topics {
+    /// Topics under `{prefix}/{gateway}`.
     pub fn new(prefix: &str, gateway: &str) -> Topics {
         Topics {
             base: format!("{prefix}/{gateway}"),
         }
     }
 
+    /// Where a driver's data goes: `{prefix}/{gateway}/data/{driver}`.
     pub fn data(&self, driver: &str) -> String {
         format!("{}/data/{driver}", self.base)
     }

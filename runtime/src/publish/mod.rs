@@ -71,23 +71,37 @@ impl Protocol {
 /// How the publisher reaches the broker.
 #[derive(Debug, Clone)]
 pub struct PublisherSettings {
+    /// The gateway's id, written into every message.
     pub gateway: String,
+    /// Broker host; also the name its certificate must carry.
     pub host: String,
+    /// Broker port.
     pub port: u16,
+    /// The MQTT client id.
     pub client_id: String,
+    /// Where data, status, telemetry and commands go.
     pub topics: Topics,
+    /// CA bundle and client certificate.
     pub tls: TlsFiles,
+    /// MQTT 3.1.1 or 5.
     pub protocol: Protocol,
+    /// MQTT user name, if the broker wants one.
     pub username: Option<String>,
     /// Read at each connect; its first line is the password.
     pub password_file: Option<std::path::PathBuf>,
+    /// Start each connection with a clean session.
     pub clean_session: bool,
+    /// MQTT 5 session expiry.
     pub session_expiry_s: u32,
     /// Largest packet sent, in bytes (an MQTT 5 broker may lower it).
     pub max_packet_size: u32,
+    /// Keep-alive period; two silent periods end the link.
     pub keep_alive: Duration,
+    /// Messages published but not yet acknowledged, at most.
     pub max_inflight: u16,
+    /// First reconnect delay.
     pub reconnect_min: Duration,
+    /// Longest reconnect delay.
     pub reconnect_max: Duration,
 }
 

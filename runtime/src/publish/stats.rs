@@ -8,7 +8,9 @@ use super::FailureKind;
 /// The last connection failure, for logs and telemetry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LastFailure {
+    /// `tls`, `authorization` or `network`.
     pub kind: &'static str,
+    /// What failed.
     pub message: String,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -17,7 +19,9 @@ pub struct LastFailure {
 /// Messages acknowledged by the broker and their payload bytes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Acked {
+    /// Messages acknowledged.
     pub messages: u64,
+    /// Their payload bytes.
     pub payload_bytes: u64,
     /// The same messages as whole MQTT PUBLISH packets (fixed header,
     /// topic, packet id, MQTT 5 properties, payload), before TLS.
@@ -52,6 +56,7 @@ pub struct PublisherStats {
     /// Messages an MQTT 5 broker acknowledged with a failure reason (kept
     /// in the queue and sent again).
     pub messages_refused: AtomicU64,
+    /// The last connection failure.
     pub last_failure: Mutex<Option<LastFailure>>,
 }
 

@@ -17,12 +17,29 @@ use rustls::{ClientConfig, RootCertStore};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
+    /// A certificate file cannot be read or parsed.
     #[error("{}: cannot read certificates: {message}", path.display())]
-    Certificates { path: PathBuf, message: String },
+    Certificates {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A certificate file holds no certificate.
     #[error("{}: no certificate found (expected PEM \"CERTIFICATE\" blocks)", path.display())]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The private key cannot be read or parsed.
     #[error("{}: cannot read private key: {message}", path.display())]
-    Key { path: PathBuf, message: String },
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// rustls refused the configuration.
     #[error("TLS setup: {0}")]
     Setup(String),
 }
@@ -30,8 +47,11 @@ pub enum TlsError {
 /// Files that make up the gateway's TLS identity and trust.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
+    /// CA bundle the broker's certificate is checked against.
     pub ca: PathBuf,
+    /// This gateway's client certificate.
     pub client_cert: Option<PathBuf>,
+    /// Its private key.
     pub client_key: Option<PathBuf>,
 }
 

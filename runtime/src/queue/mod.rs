@@ -99,8 +99,11 @@ pub enum FullPolicy {
 /// Limits and policies of a queue.
 #[derive(Debug, Clone, Default)]
 pub struct QueueOptions {
+    /// Cap on the entries' stored size; none when absent.
     pub max_bytes: Option<u64>,
+    /// What happens at the cap.
     pub when_full: FullPolicy,
+    /// Entries older than this are dropped (counted); kept forever when absent.
     pub max_age: Option<Duration>,
     /// Most appends per commit; `None` means [`MAX_GROUP`]. `Some(1)` gives
     /// one fsync per batch, which the queue benchmark compares against.
@@ -129,8 +132,11 @@ pub enum Entry {
 /// The kind of a stored entry, from its first fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
-    /// A batch captured by `driver`.
-    Batch { driver: String },
+    /// A batch.
+    Batch {
+        /// The driver that captured it.
+        driver: String,
+    },
     /// A telemetry snapshot.
     Telemetry,
 }
@@ -221,14 +227,29 @@ impl StoredEntry {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
+    /// The file could not be opened (or created, or quarantined).
     #[error("queue {}: cannot open: {message}", path.display())]
-    Open { path: PathBuf, message: String },
+    Open {
+        /// The queue file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// redb failed: an I/O error, a full disk, a failed commit.
     #[error("queue: storage error: {0}")]
     Storage(String),
+    /// A stored entry cannot be read.
     #[error("queue: entry {seq} is corrupt: {message}")]
-    Corrupt { seq: u64, message: String },
+    Corrupt {
+        /// Its sequence number.
+        seq: u64,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The writer is reopening the file after an I/O error; try again.
     #[error("queue: file is being reopened after an I/O error")]
     Unavailable,
+    /// The queue is shutting down.
     #[error("queue: closed")]
     Closed,
 }
@@ -236,12 +257,19 @@ pub enum QueueError {
 /// Figures about the queue's content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
+    /// Entries stored.
     pub depth: u64,
+    /// Their stored size (header plus JSON).
     pub bytes: u64,
+    /// The sequence number the next append gets.
     pub next_seq: u64,
+    /// The oldest entry's sequence number.
     pub oldest_seq: Option<u64>,
+    /// When the oldest entry was captured, ns since the Unix epoch.
     pub oldest_captured_ns: Option<u64>,
+    /// Entries dropped at the `max_bytes` cap, ever.
     pub dropped_cap: u64,
+    /// Entries dropped by `max_age`, ever.
     pub dropped_age: u64,
 }
 
@@ -507,10 +535,12 @@ impl Queue {
     }
 
     /// Conditions worth reporting (quarantine, I/O errors, back-pressure).
+    /// Conditions worth an operator's attention, now.
     pub fn health(&self) -> QueueHealth {
         lock(&self.inner.shared.health).clone()
     }
 
+    /// The queue file.
     pub fn path(&self) -> &Path {
         &self.inner.shared.path
     }

@@ -71,10 +71,15 @@ pub struct HistoryError {
 /// One figure's roll-up over one hour.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct RollUp {
+    /// Start of the hour, in milliseconds since the Unix epoch.
     pub hour_ms: u64,
+    /// Smallest value sampled in the hour.
     pub min: f64,
+    /// Mean of the values sampled.
     pub avg: f64,
+    /// Largest value sampled.
     pub max: f64,
+    /// Samples taken in the hour.
     pub samples: u64,
 }
 
@@ -140,6 +145,8 @@ pub struct HistoryFigures {
     pub dropped_hourly: u64,
 }
 
+/// The local telemetry history file: raw samples for `raw_retention`, hourly
+/// roll-ups of every figure for `trend_retention`, both within `max_bytes`.
 pub struct History {
     db: std::sync::Mutex<Database>,
     path: std::path::PathBuf,
@@ -158,6 +165,8 @@ fn builder() -> Builder {
 }
 
 impl History {
+    /// Opens (or creates) the history at `path` with its retentions and byte
+    /// cap; a file over twice the cap is compacted.
     pub fn open(
         path: &Path,
         raw_retention: Duration,

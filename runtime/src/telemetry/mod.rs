@@ -26,16 +26,25 @@ pub const SCHEMA: u32 = 1;
 /// One telemetry sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// The snapshot format's version ([`SCHEMA`]).
     pub schema: u32,
+    /// The gateway's id.
     pub gateway: String,
     /// Milliseconds since the Unix epoch.
     pub ts_ms: u64,
+    /// The software that took it.
     pub software: Software,
+    /// Seconds since the gateway started.
     pub uptime_s: u64,
+    /// The gateway process's own use of the machine.
     pub process: ProcessFigures,
+    /// The machine's figures.
     pub system: SystemFigures,
+    /// One entry per driver, in config order.
     pub drivers: Vec<DriverFigures>,
+    /// The broker link.
     pub publisher: PublisherFigures,
+    /// The data queue.
     pub queue: QueueFigures,
     /// Drivers left out of this snapshot (the last ones) because even
     /// trimmed it was over `telemetry.max_snapshot_bytes`.
@@ -58,9 +67,12 @@ pub struct TelemetryFigures {
     pub history: history::HistoryFigures,
 }
 
+/// The software a snapshot was taken by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Software {
+    /// `ferrule`.
     pub name: String,
+    /// The release, from the package version.
     pub version: String,
     /// The commit it was built from.
     #[serde(default)]
@@ -71,20 +83,28 @@ pub struct Software {
     pub profile: String,
 }
 
+/// The gateway process's use of CPU and memory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessFigures {
     /// CPU used by the gateway process since the previous sample, in
     /// percent of one core (0 in the first sample).
     pub cpu_percent: f32,
+    /// Resident memory, in bytes.
     pub rss_bytes: u64,
 }
 
+/// The machine's load, memory, disk, temperature and network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SystemFigures {
+    /// Load average over 1 minute.
     pub load_1: f64,
+    /// Load average over 5 minutes.
     pub load_5: f64,
+    /// Load average over 15 minutes.
     pub load_15: f64,
+    /// Physical memory.
     pub memory_total_bytes: u64,
+    /// Memory available to new work (free plus reclaimable).
     pub memory_available_bytes: u64,
     /// Free space on the file system holding the data directory.
     pub data_dir_free_bytes: Option<u64>,
@@ -95,17 +115,25 @@ pub struct SystemFigures {
     /// TLS and TCP included, by the gateway and anything else on it.
     #[serde(default)]
     pub network_rx_bytes: u64,
+    /// Bytes sent, counted like `network_rx_bytes`.
     #[serde(default)]
     pub network_tx_bytes: u64,
 }
 
+/// A driver's counters since the gateway started, and its device's status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriverFigures {
+    /// The driver's name in the config.
     pub name: String,
+    /// Polls that returned (with or without readings).
     pub polls_ok: u64,
+    /// Polls that failed: an error returned, a trap, a timeout, refused output.
     pub polls_failed: u64,
+    /// Readings captured into the queue.
     pub readings: u64,
+    /// Batches committed to the queue.
     pub batches_queued: u64,
+    /// Times the plugin instances were rebuilt.
     pub restarts: u64,
     /// WASM linear memory held by the driver and its processors.
     #[serde(default)]
@@ -137,6 +165,7 @@ pub struct DriverFigures {
     /// Writes refused by the data dir quota, ever.
     #[serde(default)]
     pub quota_refused: u64,
+    /// The last failure, as logged.
     pub last_error: Option<String>,
     /// What the driver last said about its device.
     pub device: Option<DeviceFigures>,
@@ -145,50 +174,75 @@ pub struct DriverFigures {
     pub processors: Vec<ProcessorFigures>,
 }
 
+/// A processor's counters since the gateway started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessorFigures {
     /// `{driver}/{processor}`.
     pub name: String,
+    /// Batches handed to it.
     pub batches_in: u64,
+    /// Batches it returned with readings in them.
     pub batches_out: u64,
+    /// Calls that failed.
     pub errors: u64,
 }
 
+/// What a driver last said about its device (its `status()`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceFigures {
+    /// Whether the driver reaches its device.
     pub connected: bool,
+    /// The device's firmware version, if it reports one.
     pub firmware: Option<String>,
+    /// Battery charge, 0 to 100.
     pub battery_percent: Option<u8>,
     /// Link or communication quality, 0 to 100.
     pub signal_quality: Option<u8>,
+    /// Further device-specific figures.
     pub extra: BTreeMap<String, String>,
     /// `extra` pairs left out of this snapshot to fit its size budget.
     #[serde(default)]
     pub extra_omitted: u64,
 }
 
+/// The publisher's last connection failure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureFigures {
+    /// `tls`, `authorization` or `network`.
     pub kind: String,
+    /// What failed, as logged.
     pub message: String,
+    /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
 }
 
+/// The broker link's state and counters since the gateway started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PublisherFigures {
+    /// Whether the link is up now.
     pub connected: bool,
+    /// Connections that reached CONNACK.
     pub connects: u64,
+    /// Failed attempts and lost connections.
     pub failures: u64,
+    /// The last of those failures.
     pub last_failure: Option<FailureFigures>,
+    /// Messages the broker acknowledged.
     pub messages_acked: u64,
+    /// Their payload bytes.
     pub payload_bytes_acked: u64,
     /// The same messages as MQTT packets (before TLS).
     #[serde(default)]
     pub mqtt_bytes_acked: u64,
+    /// Queue entries deleted after every part was acknowledged.
     pub entries_delivered: u64,
+    /// Entries sent in parts (larger than a packet).
     pub entries_split: u64,
+    /// Readings left out, too large for any packet alone.
     pub readings_too_large: u64,
+    /// Messages an MQTT 5 broker refused (kept and sent again).
     pub messages_refused: u64,
+    /// How long the last connection took to CONNACK.
     pub last_connect_ms: f64,
     /// Days until this gateway's client certificate expires (negative once
     /// it has), when it has one.
@@ -196,9 +250,12 @@ pub struct PublisherFigures {
     pub client_cert_days_left: Option<f64>,
 }
 
+/// The data queue's depth and drops.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueFigures {
+    /// Entries waiting to be delivered.
     pub depth: u64,
+    /// Their stored size.
     pub bytes: u64,
     /// Age of the oldest entry still queued.
     pub oldest_age_s: Option<f64>,
@@ -210,8 +267,11 @@ pub struct QueueFigures {
 
 /// Where a snapshot's figures come from.
 pub struct Sources<'a> {
+    /// Every driver's counters, by name.
     pub drivers: &'a [(String, Arc<DriverCounters>)],
+    /// The publisher's counters.
     pub publisher: &'a PublisherStats,
+    /// The data queue's figures, when they could be read.
     pub queue: Option<QueueStats>,
 }
 
@@ -233,6 +293,7 @@ fn now_ms() -> u64 {
 }
 
 impl Collector {
+    /// A collector for `gateway`, reporting free space where `data_dir` lives.
     pub fn new(gateway: &str, data_dir: &Path) -> Collector {
         Collector {
             gateway: gateway.to_string(),
@@ -475,9 +536,13 @@ fn queue_figures(stats: Option<&QueueStats>, now_ms: u64) -> QueueFigures {
 /// What the telemetry task needs: where the figures come from and the
 /// queue lane snapshots go to.
 pub struct Reporter {
+    /// Takes the samples.
     pub collector: Collector,
+    /// Time between snapshots.
     pub interval: std::time::Duration,
+    /// Every driver's counters, by name.
     pub drivers: Vec<(String, Arc<DriverCounters>)>,
+    /// The publisher's counters.
     pub publisher: Arc<PublisherStats>,
     /// The data queue (its depth, age and drops are reported).
     pub data: Queue,
