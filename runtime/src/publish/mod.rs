@@ -17,7 +17,7 @@
 //! reading too large for any packet cannot be delivered to this broker: it
 //! is left out, logged and counted (`readings_too_large`).
 //!
-//! MQTT 3.1.1 and 5 differ only inside [`link`].
+//! MQTT 3.1.1 and 5 differ only inside the `link` module.
 
 mod expiry;
 mod failure;

@@ -221,7 +221,7 @@ fn check_tables(db: &Database) -> Result<(), QueueError> {
 }
 
 /// Queue files moved aside next to `queue` because they could not be
-/// opened (see [`open`]), sorted by name (oldest first).
+/// opened (at start, by the queue), sorted by name (oldest first).
 pub fn quarantined_files(queue: &Path) -> Vec<String> {
     let (Some(dir), Some(name)) = (queue.parent(), queue.file_name()) else {
         return Vec::new();
