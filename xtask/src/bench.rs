@@ -1,5 +1,5 @@
 //! `cargo xtask bench [PART]`: builds once (release), runs the benchmark
-//! parts, each a binary of `ferrule-tests` that prints its table and writes
+//! parts, each a binary of `ferrule-benches` that prints its table and writes
 //! `{part}.json`, then merges them into `benchmarks/results.json` and
 //! renders `BENCHMARKS.md` with the machine, the date and how to reproduce.
 //! Running one part updates that part and keeps the others' last results.
@@ -75,7 +75,7 @@ pub fn run_parts(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
             "-p",
             "ferrule",
             "-p",
-            "ferrule-tests",
+            "ferrule-benches",
             "--bins",
         ]),
     )?;

@@ -2,7 +2,6 @@
 //! Every test starts its own peers on loopback and stops them.
 
 mod bad_input;
-mod bench_smoke;
 mod common;
 mod compile_cache;
 mod containment;

@@ -283,7 +283,7 @@ pub struct ProcSample {
 
 /// CPU time and resident memory of a running process.
 pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
-    let (rss_kib, cpu_s) = crate::process_usage(pid)?;
+    let (rss_kib, cpu_s) = ferrule_tests::process_usage(pid)?;
     Ok(ProcSample { cpu_s, rss_kib })
 }
 
@@ -457,10 +457,10 @@ pub fn sim_driver(
         .collect();
     let mut text = format!(
         "[[driver]]\nname = \"{name}\"\nplugin = \"{sim}\"\ninterval_ms = {interval_ms}\n\n[driver.config]\nchannels = [\n  {list}\n]\n",
-        sim = crate::plugin("sim")?.display(),
+        sim = ferrule_tests::plugin("sim")?.display(),
         list = list.join(",\n  "),
     );
-    let scale = crate::plugin("scale")?;
+    let scale = ferrule_tests::plugin("scale")?;
     for stage in 0..stages {
         text.push_str(&format!(
             "\n[[driver.processor]]\nname = \"scale-{stage}\"\nplugin = \"{}\"\n\n[driver.processor.config.channels]\n",
@@ -475,14 +475,18 @@ pub fn sim_driver(
 
 /// Starts the release (or test-profile) `ferrule` binary on `config`,
 /// logging at `info` (benchmarks must not pay for debug logging).
-pub fn start_ferrule(dir: &Path, config: &Path, log_name: &str) -> anyhow::Result<crate::Process> {
-    let mut command = Command::new(crate::ferrule_bin()?);
+pub fn start_ferrule(
+    dir: &Path,
+    config: &Path,
+    log_name: &str,
+) -> anyhow::Result<ferrule_tests::Process> {
+    let mut command = Command::new(ferrule_tests::ferrule_bin()?);
     command
         .arg("run")
         .arg(config)
         .current_dir(dir)
         .env("FERRULE_LOG", "info");
-    crate::spawn_logged("ferrule", command, dir.join(log_name))
+    ferrule_tests::spawn_logged("ferrule", command, dir.join(log_name))
 }
 
 /// Messages and readings a subscriber has received so far, counted by a
@@ -500,7 +504,7 @@ impl Tally {
     /// with `readings` telling how many readings a payload carries; keeps
     /// the first `keep` payloads.
     pub fn start(
-        subscriber: &mut crate::Subscriber,
+        subscriber: &mut ferrule_tests::Subscriber,
         wanted: impl Fn(&str) -> bool + Send + 'static,
         readings: impl Fn(&[u8]) -> usize + Send + 'static,
         keep: usize,
@@ -544,13 +548,13 @@ impl Tally {
 /// connecting like the gateway does, publishing on `topic` for `run`; add
 /// `--payloads FILE` or `--rate N --readings K`.
 pub fn bare_publisher(
-    pki: &crate::Pki,
+    pki: &ferrule_tests::Pki,
     port: u16,
     topic: &str,
     inflight: u16,
     run: Duration,
 ) -> anyhow::Result<Command> {
-    let mut command = Command::new(crate::profile_bin("bare-publisher")?);
+    let mut command = Command::new(ferrule_tests::profile_bin("bare-publisher")?);
     command
         .args(["--port", &port.to_string()])
         .arg("--ca")
@@ -574,12 +578,12 @@ pub fn bare_publisher(
 pub fn workdir(part: &str) -> anyhow::Result<tempfile::TempDir> {
     let base = std::env::var_os("FERRULE_BENCH_TMP")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::target_dir().join("bench-tmp"));
+        .unwrap_or_else(|| ferrule_tests::target_dir().join("bench-tmp"));
     std::fs::create_dir_all(&base)?;
     let dir = tempfile::Builder::new()
         .prefix(&format!("{part}-"))
         .tempdir_in(&base)?;
-    crate::broker_writable_dir(dir.path(), ".")?;
+    ferrule_tests::broker_writable_dir(dir.path(), ".")?;
     Ok(dir)
 }
 
@@ -588,7 +592,7 @@ pub fn workdir(part: &str) -> anyhow::Result<tempfile::TempDir> {
 pub async fn first_arrival(
     name: &str,
     arrived: impl Fn() -> bool,
-    gateway: &crate::Process,
+    gateway: &ferrule_tests::Process,
 ) -> anyhow::Result<()> {
     let limit = std::time::Instant::now() + Duration::from_secs(90);
     while !arrived() {
@@ -609,11 +613,16 @@ pub async fn first_arrival(
 /// port (mutual TLS, [`BENCH_BROKER`] options), pinned to the peers' core.
 pub fn broker(
     part: &str,
-) -> anyhow::Result<(tempfile::TempDir, crate::Pki, u16, crate::Mosquitto)> {
+) -> anyhow::Result<(
+    tempfile::TempDir,
+    ferrule_tests::Pki,
+    u16,
+    ferrule_tests::Mosquitto,
+)> {
     let dir = workdir(part)?;
-    let pki = crate::Pki::new(dir.path())?;
-    let port = crate::free_port()?;
-    let broker = crate::Mosquitto::start(dir.path(), &pki, port, BENCH_BROKER)?;
+    let pki = ferrule_tests::Pki::new(dir.path())?;
+    let port = ferrule_tests::free_port()?;
+    let broker = ferrule_tests::Mosquitto::start(dir.path(), &pki, port, BENCH_BROKER)?;
     pin_peer(broker.process.child.id())?;
     Ok((dir, pki, port, broker))
 }

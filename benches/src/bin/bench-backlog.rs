@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferrule_tests::bench::{self, Report, Tally};
+use ferrule_benches::{self as bench, Report, Tally};
 use ferrule_tests::{Mosquitto, Pki, Subscriber, free_port, gateway_and_mqtt, queue_stats};
 
 const FILL_DRIVERS: usize = 8;

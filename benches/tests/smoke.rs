@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use ferrule_tests::bench::{Figure, OUT_ENV, PartResult, SMOKE_ENV};
+use ferrule_benches::{Figure, OUT_ENV, PartResult, SMOKE_ENV};
 
 /// Runs one part's binary in smoke mode; returns its results.
 fn smoke(part: &str, bin: &str) -> anyhow::Result<PartResult> {
@@ -149,13 +149,16 @@ fn gateways_job_loses_no_reading_on_ferrule() -> anyhow::Result<()> {
         })
         .ok_or_else(|| anyhow::anyhow!("no delivered/captured figure"))?;
     assert!(f.value > 0.0);
-    // Delivered + still queued = captured: nothing lost (a count, not a time).
+    // Every captured reading arrived or is still queued: nothing lost (a
+    // count, not a time). Delivery is at least once, so an entry whose
+    // PUBACK had not come back when the gateway stopped is both.
     let queued: f64 = r
         .notes
         .iter()
         .find_map(|n| n.split(' ').next()?.parse().ok())
         .unwrap_or(0.0);
-    assert_eq!(f.value + queued, f.baseline.unwrap_or(f64::NAN), "{r:?}");
+    let captured = f.baseline.unwrap_or(f64::NAN);
+    assert!(f.value + queued >= captured, "{r:?}");
     // Node-RED and ThingsBoard gateway are installed by `cargo xtask bench`
     // only; without them the part says so instead of inventing figures.
     let peers = ferrule_tests::target_dir().join("bench-peers");

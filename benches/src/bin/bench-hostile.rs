@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferrule_tests::bench::{self, Report};
+use ferrule_benches::{self as bench, Report};
 use ferrule_tests::{Subscriber, gateway_and_mqtt, hostile_driver, rss_peak};
 
 /// The history cap of the telemetry phase.

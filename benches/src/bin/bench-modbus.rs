@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ferrule::config::PluginLimits;
 use ferrule::gateway;
 use ferrule::plugin::{Capabilities, EngineSettings, PluginEngine, Sandbox};
-use ferrule_tests::bench::{self, Report};
+use ferrule_benches::{self as bench, Report};
 use ferrule_tests::net::ModbusSim;
 use ferrule_tests::plugin;
 

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use ferrule::reading::now_ns;
-use ferrule_tests::bench::{self, Report};
+use ferrule_benches::{self as bench, Report};
 use ferrule_tests::{Subscriber, gateway_and_mqtt};
 
 const CHANNELS: usize = 10;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ferrule::publish::Protocol as MqttProtocol;
 use ferrule::publish::{self, PublisherSettings, PublisherStats, TlsFiles, Topics};
 use ferrule::queue::{Queue, QueueOptions};
-use ferrule_tests::bench::{self, Report};
+use ferrule_benches::{self as bench, Report};
 use ferrule_tests::{Mosquitto, Pki, free_port};
 
 fn handshakes_per_case() -> usize {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use ferrule_tests::bench::{self, Report, Usage};
+use ferrule_benches::{self as bench, Report, Usage};
 use ferrule_tests::gateway_and_mqtt;
 
 const CHANNELS: usize = 10;

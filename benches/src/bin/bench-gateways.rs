@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferrule_tests::bench::{self, Report, Tally, Usage};
+use ferrule_benches::{self as bench, Report, Tally, Usage};
 use ferrule_tests::net::ModbusSim;
 use ferrule_tests::{Pki, Process, Subscriber, free_port, gateway_and_mqtt, plugin, queue_stats};
 use serde_json::json;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ferrule::config::{Config, PluginLimits};
 use ferrule::gateway;
 use ferrule::plugin::{Capabilities, EngineSettings, PluginEngine, Sandbox};
-use ferrule_tests::bench::{self, Report};
+use ferrule_benches::{self as bench, Report};
 use ferrule_tests::plugin;
 
 fn per_call(total: Duration, calls: u32) -> f64 {

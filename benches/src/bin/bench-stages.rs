@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ferrule::config::PluginLimits;
 use ferrule::gateway;
 use ferrule::plugin::{EngineSettings, PluginEngine, Sandbox};
-use ferrule_tests::bench::{self, Report};
+use ferrule_benches::{self as bench, Report};
 use ferrule_tests::plugin;
 
 const CHANNELS: usize = 100;

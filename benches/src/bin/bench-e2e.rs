@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use ferrule_tests::bench::{self, Report, Tally};
+use ferrule_benches::{self as bench, Report, Tally};
 use ferrule_tests::{Subscriber, gateway_and_mqtt};
 
 const DRIVERS: usize = 8;

@@ -12,7 +12,7 @@ use ferrule::publish::Protocol as MqttProtocol;
 use ferrule::publish::{self, PublisherSettings, TlsFiles, Topics};
 use ferrule::queue::{Queue, QueueOptions};
 use ferrule::reading::{Batch, Quality, Reading, Value, now_ns};
-use ferrule_tests::bench::{self, Report};
+use ferrule_benches::{self as bench, Report};
 use ferrule_tests::{Mosquitto, Pki, free_port};
 
 const READINGS_PER_BATCH: usize = 100;
