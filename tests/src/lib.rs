@@ -5,7 +5,6 @@
 //! The binary and the plugins are built by `cargo xtask test` before the
 //! tests run; the helpers fail with a message saying so when they are missing.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,24 +97,7 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// Waits until something listens on `port`.
-pub fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    bail!("nothing listened on {addr} within {limit:?}")
-}
+pub use ferrule::dev::net::{free_port, wait_for_port};
 
 /// A throwaway PKI: CA, broker certificate for loopback, gateway and
 /// subscriber client certificates.

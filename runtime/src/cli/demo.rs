@@ -5,7 +5,6 @@
 //! the `sim` driver and the `scale` processor, and prints every data message
 //! a TLS subscriber receives. Stops after `duration` or on Ctrl-C.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferrule::config::Config;
 use ferrule::dev::certs::DevCa;
+use ferrule::dev::net::{free_port, wait_for_port};
 use ferrule::gateway;
 use ferrule::publish::{TlsFiles, tls};
 
@@ -221,23 +221,6 @@ fn drivers_from(file: &Path) -> anyhow::Result<String> {
         }
     }
     Ok(toml::to_string(&doc)?)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
-}
-
-fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("embedded broker did not listen on {addr} within {limit:?}")
 }
 
 fn start_broker(port: u16, ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<()> {

@@ -2,3 +2,4 @@
 //! used by `ferrule run`.
 
 pub mod certs;
+pub mod net;

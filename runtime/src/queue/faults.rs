@@ -17,7 +17,7 @@ use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 
 use super::*;
-use crate::reading::{Quality, Reading, Value};
+use crate::reading::Value;
 
 /// Which faults are on; shared by every backend a queue opens.
 #[derive(Debug, Default)]
@@ -148,17 +148,7 @@ fn faulty_queue(path: &Path, faults: &Arc<Faults>) -> Queue {
 }
 
 fn batch(n: i64) -> Batch {
-    Batch {
-        driver: "d".into(),
-        captured_ns: 1,
-        readings: vec![Reading {
-            channel: "c".into(),
-            value: Value::Int(n),
-            ts_ns: 1,
-            quality: Quality::Good,
-            unit: None,
-        }],
-    }
+    super::tests::batch("d", n)
 }
 
 /// Appends `from..to` each in its own task; none may be answered while the

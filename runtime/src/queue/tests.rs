@@ -1,7 +1,8 @@
 use super::*;
 use crate::reading::{Quality, Reading, Value};
 
-fn batch(driver: &str, n: i64) -> Batch {
+/// A batch of `driver` with one integer reading `n` (shared with `faults`).
+pub(super) fn batch(driver: &str, n: i64) -> Batch {
     Batch {
         driver: driver.to_string(),
         captured_ns: 1,

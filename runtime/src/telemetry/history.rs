@@ -482,17 +482,22 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
-    #[test]
-    fn raw_samples_age_out_and_hourly_roll_ups_stay_correct() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("h.redb");
-        let h = History::open(
-            &path,
+    /// A history keeping raw samples 10 s and roll-ups 3 h, uncapped.
+    fn short_lived(path: &Path) -> History {
+        History::open(
+            path,
             Duration::from_secs(10),
             Duration::from_secs(3 * 3600),
             u64::MAX,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn raw_samples_age_out_and_hourly_roll_ups_stay_correct() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.redb");
+        let h = short_lived(&path);
         let hour = 1_795_450_000_000 - 1_795_450_000_000 % HOUR_MS;
         // 30 samples a second apart in one hour, 5 in the next, 1 four hours on.
         for i in 0..30u64 {
@@ -528,13 +533,7 @@ mod tests {
         assert!(!stored.hourly.keys().any(|k| k.contains("ts_ms")));
 
         // Four hours on: the first hour's roll-ups (older than 3 h) go.
-        let h = History::open(
-            &path,
-            Duration::from_secs(10),
-            Duration::from_secs(3 * 3600),
-            u64::MAX,
-        )
-        .unwrap();
+        let h = short_lived(&path);
         h.record(&snapshot(hour + 4 * HOUR_MS, 7)).unwrap();
         drop(h);
         let stored = read(&path).unwrap();
