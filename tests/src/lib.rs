@@ -13,6 +13,7 @@ pub mod net;
 
 use anyhow::{Context, bail};
 use ferrule::dev::certs::{CertFiles, DevCa};
+pub use ferrule::dev::config::{GatewayToml, PluginToml};
 use ferrule::publish::{TlsFiles, tls};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
@@ -690,11 +691,32 @@ pub fn rss_peak(pid: u32, span: Duration) -> tokio::task::JoinHandle<anyhow::Res
     })
 }
 
-/// A `[[driver]]` running the hostile fixture every 200 ms with
-/// `config` as its `[driver.config]` and `extra` lines in its table.
-pub fn hostile_driver(name: &str, config: &str, extra: &str) -> anyhow::Result<String> {
-    Ok(format!(
-        "[[driver]]\nname = \"{name}\"\nplugin = \"{plugin}\"\ninterval_ms = 200\n{extra}\n[driver.config]\n{config}\n\n",
-        plugin = plugin("hostile")?.display()
-    ))
+/// A `[[driver]]` running the hostile fixture every 200 ms, with `config`
+/// (a TOML document) as its `[driver.config]` and `extra` (a TOML
+/// document) as further keys of its table (`limits`, `data_dir`, ...).
+pub fn hostile_driver(name: &str, config: &str, extra: &str) -> anyhow::Result<PluginToml> {
+    let mut driver = PluginToml::new(name, &plugin("hostile")?).set("interval_ms", 200);
+    for (key, value) in toml::from_str::<toml::Table>(config)? {
+        driver = driver.config(&key, value);
+    }
+    for (key, value) in toml::from_str::<toml::Table>(extra)? {
+        driver = driver.set(&key, value);
+    }
+    Ok(driver)
+}
+
+/// The `[gateway]` and `[mqtt]` tables every test gateway shares (id
+/// `gw-test`, mutual TLS with the test PKI, quick reconnects), to build on.
+pub fn gateway_toml(data_dir: &Path, pki: &Pki, port: u16) -> GatewayToml {
+    GatewayToml::new("gw-test", data_dir)
+        .mqtt_tls(
+            "127.0.0.1",
+            port,
+            &pki.ca.cert,
+            &pki.gateway.cert,
+            &pki.gateway.key,
+        )
+        .set("mqtt", "keep_alive_s", 5)
+        .set("mqtt", "reconnect_min_ms", 100)
+        .set("mqtt", "reconnect_max_ms", 1000)
 }

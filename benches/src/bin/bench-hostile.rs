@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferrule_benches::{self as bench, Report};
-use ferrule_tests::{Subscriber, gateway_and_mqtt, hostile_driver, rss_peak};
+use ferrule_tests::{GatewayToml, PluginToml, Subscriber, gateway_toml, hostile_driver, rss_peak};
 
 /// The history cap of the telemetry phase.
 const HISTORY_CAP: u64 = 4 << 20;
@@ -51,19 +51,20 @@ async fn main() -> anyhow::Result<()> {
     ));
     let (dir, pki, port, broker) = bench::broker("hostile")?;
 
-    let eight = |config: &str| -> anyhow::Result<String> {
-        Ok((0..8)
-            .map(|i| hostile_driver(&format!("d{i}"), config, "interval_ms = 1000"))
-            .collect::<anyhow::Result<Vec<_>>>()?
-            .concat()
-            .replace("interval_ms = 200\n", ""))
+    let eight = |config: &str| -> anyhow::Result<Vec<PluginToml>> {
+        (0..8)
+            .map(|i| Ok(hostile_driver(&format!("d{i}"), config, "")?.set("interval_ms", 1000)))
+            .collect()
     };
     let small = eight("behavior = \"readings\"\ncount = 1")?;
     let largest = eight("behavior = \"largest\"\ncount = 31\nbytes = 65536\npairs = 64")?;
     let mut peaks = Vec::new();
-    for (name, drivers) in [("small", &small), ("largest", &largest)] {
+    for (name, drivers) in [("small", small), ("largest", largest)] {
         let data = dir.path().join(format!("data-{name}"));
-        let config = format!("{}\n{drivers}", gateway_and_mqtt(&data, &pki, port, ""));
+        let config = drivers
+            .into_iter()
+            .fold(gateway_toml(&data, &pki, port), GatewayToml::driver)
+            .render();
         let path = dir.path().join(format!("hostile-{name}.toml"));
         std::fs::write(&path, config)?;
         let mut ferrule = bench::start_ferrule(dir.path(), &path, &format!("ferrule-{name}.log"))?;
@@ -128,23 +129,23 @@ async fn telemetry_files(
     port: u16,
     churn: Duration,
 ) -> anyhow::Result<TelemetryFiles> {
-    let mut drivers = hostile_driver(
-        "huge-status",
-        "behavior = \"huge-status\"\ncount = 5000\nbytes = 4096",
-        "limits = { memory_mb = 128, timeout_ms = 5000 }",
-    )?;
+    let mut gateway = gateway_toml(data, pki, port)
+        .set("telemetry", "interval_s", 1)
+        .set("telemetry", "max_history_bytes", HISTORY_CAP as i64)
+        .driver(hostile_driver(
+            "huge-status",
+            "behavior = \"huge-status\"\ncount = 5000\nbytes = 4096",
+            "limits = { memory_mb = 128, timeout_ms = 5000 }",
+        )?);
     for i in 0..4 {
-        drivers.push_str(&hostile_driver(
+        gateway = gateway.driver(hostile_driver(
             &format!("churn-{i}"),
             "behavior = \"largest\"\ncount = 1\nbytes = 1024\npairs = 64",
             "",
         )?);
     }
     let dir = data.parent().unwrap_or(data);
-    let config = format!(
-        "{}\n[telemetry]\ninterval_s = 1\nmax_history_bytes = {HISTORY_CAP}\n\n{drivers}",
-        gateway_and_mqtt(data, pki, port, "")
-    );
+    let config = gateway.render();
     let path = dir.join("hostile-telemetry.toml");
     std::fs::write(&path, config)?;
     let mut sub = Subscriber::connect(pki, port, "ferrule/gw-test/telemetry").await?;

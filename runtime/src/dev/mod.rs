@@ -2,4 +2,5 @@
 //! used by `ferrule run`.
 
 pub mod certs;
+pub mod config;
 pub mod net;

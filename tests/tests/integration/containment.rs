@@ -10,12 +10,15 @@ use std::time::Duration;
 use ferrule_tests::{Mosquitto, Subscriber, run_ferrule};
 
 use crate::sandbox::{
-    Run, assert_healthy, assert_no_sequence_gap, hostile, observe, rss_peak, start_with_open_files,
+    Run, assert_healthy, assert_no_sequence_gap, backoff, hostile, observe, rss_peak,
+    start_with_open_files,
 };
+use ferrule_tests::{GatewayToml, PluginToml};
 
 /// Restarts that back off quickly, and a telemetry snapshot every second.
-const RUNTIME_AND_TELEMETRY: &str =
-    "restart_min_ms = 300\nrestart_max_ms = 2000\n\n[telemetry]\ninterval_s = 1";
+fn runtime_and_telemetry(g: GatewayToml) -> GatewayToml {
+    backoff(300, 2000)(g).set("telemetry", "interval_s", 1)
+}
 
 async fn telemetry_subscriber(run: &Run) -> anyhow::Result<Subscriber> {
     Subscriber::connect(&run.pki, run.broker.port, "ferrule/gw-test/telemetry").await
@@ -41,7 +44,7 @@ fn driver<'a>(snapshot: &'a serde_json::Value, name: &str) -> &'a serde_json::Va
 async fn oversized_returns_are_refused_before_copying_and_telemetry_is_still_published()
 -> anyhow::Result<()> {
     let big = "limits = { memory_mb = 128, timeout_ms = 5000 }";
-    let drivers = [
+    let drivers = vec![
         hostile(
             "huge-status",
             "behavior = \"huge-status\"\ncount = 5000\nbytes = 4096",
@@ -63,9 +66,8 @@ async fn oversized_returns_are_refused_before_copying_and_telemetry_is_still_pub
             "behavior = \"huge-error\"\nbytes = 100000",
             "",
         )?,
-    ]
-    .concat();
-    let mut run = start_with_open_files(&drivers, RUNTIME_AND_TELEMETRY, |_| {}, None).await?;
+    ];
+    let mut run = start_with_open_files(drivers, runtime_and_telemetry, |_| {}, None).await?;
     let mut telemetry = telemetry_subscriber(&run).await?;
     let sampler = rss_peak(run.ferrule.child.id(), Duration::from_secs(14));
     let window = Duration::from_secs(10);
@@ -114,13 +116,12 @@ async fn oversized_returns_are_refused_before_copying_and_telemetry_is_still_pub
 #[tokio::test]
 async fn odd_values_are_published_and_exported_faithfully_and_broken_promises_are_counted()
 -> anyhow::Result<()> {
-    let drivers = [
+    let drivers = vec![
         hostile("odd", "behavior = \"odd-values\"", "")?,
         hostile("bad-readings", "behavior = \"bad-readings\"", "")?,
         hostile("bad-status", "behavior = \"bad-status\"", "")?,
-    ]
-    .concat();
-    let mut run = start_with_open_files(&drivers, RUNTIME_AND_TELEMETRY, |_| {}, None).await?;
+    ];
+    let mut run = start_with_open_files(drivers, runtime_and_telemetry, |_| {}, None).await?;
     let mut telemetry = telemetry_subscriber(&run).await?;
     let window = Duration::from_secs(5);
     let (healthy, all) = observe(&mut run, window).await?;
@@ -246,7 +247,7 @@ async fn descriptors_and_disk_are_budgeted_and_delivery_resumes_after_a_broker_r
             held.extend(conn.ok());
         }
     });
-    let drivers = [
+    let drivers = vec![
         hostile(
             "files",
             "behavior = \"hold-files\"\ncount = 50",
@@ -262,11 +263,9 @@ async fn descriptors_and_disk_are_budgeted_and_delivery_resumes_after_a_broker_r
             "behavior = \"fill-disk\"\nbytes = 1048576",
             "data_dir = true\nlimits = { data_dir_quota_mb = 8 }",
         )?,
-    ]
-    .concat();
+    ];
     // The service manager's limit of 1,024 descriptors, soft and hard.
-    let mut run =
-        start_with_open_files(&drivers, RUNTIME_AND_TELEMETRY, |_| {}, Some(1024)).await?;
+    let mut run = start_with_open_files(drivers, runtime_and_telemetry, |_| {}, Some(1024)).await?;
     let mut telemetry = telemetry_subscriber(&run).await?;
     let window = Duration::from_secs(6);
     let (healthy, all) = observe(&mut run, window).await?;
@@ -364,8 +363,11 @@ fn dir_size(dir: &std::path::Path) -> u64 {
 
 /// Peak host RSS (KiB) over `window` of a gateway running `drivers`
 /// beside the healthy one, and the last telemetry snapshot.
-async fn peak_rss_kib(drivers: &str, window: Duration) -> anyhow::Result<(u64, serde_json::Value)> {
-    let mut run = start_with_open_files(drivers, RUNTIME_AND_TELEMETRY, |_| {}, None).await?;
+async fn peak_rss_kib(
+    drivers: Vec<PluginToml>,
+    window: Duration,
+) -> anyhow::Result<(u64, serde_json::Value)> {
+    let mut run = start_with_open_files(drivers, runtime_and_telemetry, |_| {}, None).await?;
     let mut telemetry = telemetry_subscriber(&run).await?;
     let sampler = rss_peak(run.ferrule.child.id(), window + Duration::from_secs(2));
     // Memory is what is measured here: at ~16 MB/s of results the debug
@@ -400,18 +402,16 @@ fn linear_kib(snapshot: &serde_json::Value) -> u64 {
 #[tokio::test]
 async fn the_largest_allowed_outputs_of_eight_drivers_keep_host_rss_within_64_mib_of_idle()
 -> anyhow::Result<()> {
-    let eight = |config: &str| -> anyhow::Result<String> {
-        Ok((0..8)
-            .map(|i| hostile(&format!("d{i}"), config, ""))
-            .collect::<anyhow::Result<Vec<_>>>()?
-            .concat()
-            .replace("interval_ms = 200", "interval_ms = 1000"))
+    let eight = |config: &str| -> anyhow::Result<Vec<PluginToml>> {
+        (0..8)
+            .map(|i| Ok(hostile(&format!("d{i}"), config, "")?.set("interval_ms", 1000)))
+            .collect()
     };
     let window = Duration::from_secs(8);
     let (idle, idle_snapshot) =
-        peak_rss_kib(&eight("behavior = \"readings\"\ncount = 1")?, window).await?;
+        peak_rss_kib(eight("behavior = \"readings\"\ncount = 1")?, window).await?;
     let (largest, largest_snapshot) = peak_rss_kib(
-        &eight("behavior = \"largest\"\ncount = 31\nbytes = 65536\npairs = 64")?,
+        eight("behavior = \"largest\"\ncount = 31\nbytes = 65536\npairs = 64")?,
         window,
     )
     .await?;

@@ -5,13 +5,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ferrule::dev::config::table;
 use ferrule_tests::{
-    Mosquitto, Pki, Process, Subscriber, free_port, log_clock, plugin, rss_kib,
-    start_ferrule_with_open_files, tempdir,
+    GatewayToml, Mosquitto, Pki, PluginToml, Process, Subscriber, free_port, gateway_toml,
+    log_clock, plugin, rss_kib, start_ferrule_with_open_files, tempdir,
 };
 pub(crate) use ferrule_tests::{hostile_driver as hostile, rss_peak};
-
-use crate::common::gateway_and_mqtt;
 
 pub(crate) const HEALTHY_INTERVAL_MS: u64 = 100;
 
@@ -23,15 +22,28 @@ pub(crate) struct Run {
     pub(crate) ferrule: Process,
 }
 
-/// Starts a gateway with the healthy driver and `drivers`.
-async fn start(drivers: &str, runtime: &str, prepare: impl FnOnce(&Path)) -> anyhow::Result<Run> {
-    start_with_open_files(drivers, runtime, prepare, None).await
+/// Starts a gateway with the healthy driver and `drivers`, its config
+/// adjusted by `configure`.
+async fn start(
+    drivers: Vec<PluginToml>,
+    configure: impl FnOnce(GatewayToml) -> GatewayToml,
+    prepare: impl FnOnce(&Path),
+) -> anyhow::Result<Run> {
+    start_with_open_files(drivers, configure, prepare, None).await
+}
+
+/// Rebuilds of failed plugin instances back off from `min_ms` to `max_ms`.
+pub(crate) fn backoff(min_ms: i64, max_ms: i64) -> impl FnOnce(GatewayToml) -> GatewayToml {
+    move |g| {
+        g.set("runtime", "restart_min_ms", min_ms)
+            .set("runtime", "restart_max_ms", max_ms)
+    }
 }
 
 /// Like `start`, with the gateway's open-file limit set to `open_files`.
 pub(crate) async fn start_with_open_files(
-    drivers: &str,
-    runtime: &str,
+    drivers: Vec<PluginToml>,
+    configure: impl FnOnce(GatewayToml) -> GatewayToml,
     prepare: impl FnOnce(&Path),
     open_files: Option<u64>,
 ) -> anyhow::Result<Run> {
@@ -41,11 +53,17 @@ pub(crate) async fn start_with_open_files(
     let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
     let sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
     prepare(&dir.path().join("data"));
-    let text = format!(
-        "{header}\n[runtime]\n{runtime}\n\n[[driver]]\nname = \"healthy\"\nplugin = \"{sim}\"\ninterval_ms = {HEALTHY_INTERVAL_MS}\n[driver.config]\nchannels = [{{ name = \"n\", signal = \"counter\" }}]\n\n{drivers}",
-        header = gateway_and_mqtt(&dir.path().join("data"), &pki, port, ""),
-        sim = plugin("sim")?.display(),
-    );
+    let healthy = PluginToml::new("healthy", &plugin("sim")?)
+        .set("interval_ms", HEALTHY_INTERVAL_MS as i64)
+        .config(
+            "channels",
+            toml::Value::Array(vec![table([("name", "n"), ("signal", "counter")])]),
+        );
+    let gateway = configure(gateway_toml(&dir.path().join("data"), &pki, port)).driver(healthy);
+    let text = drivers
+        .into_iter()
+        .fold(gateway, GatewayToml::driver)
+        .render();
     let config = dir.path().join("gateway.toml");
     std::fs::write(&config, text)?;
     let ferrule =
@@ -135,14 +153,9 @@ pub(crate) fn assert_no_sequence_gap(all: &[serde_json::Value]) -> (u64, u64) {
 /// from 300 ms to 2 s); checks the healthy driver kept its rate with no gap
 /// and nothing else produced data; returns the run, its log and the window.
 async fn hostiles_beside_the_healthy_driver(
-    drivers: &str,
+    drivers: Vec<PluginToml>,
 ) -> anyhow::Result<(Run, String, Duration)> {
-    let mut run = start(
-        drivers,
-        "restart_min_ms = 300\nrestart_max_ms = 2000",
-        |_| {},
-    )
-    .await?;
+    let mut run = start(drivers, backoff(300, 2000), |_| {}).await?;
     let window = Duration::from_secs(10);
     let (healthy, all) = observe(&mut run, window).await?;
     let log = run.ferrule.log_text();
@@ -181,7 +194,7 @@ fn stopped_after_ms(log: &str, plugin: &str, call: &str) -> Vec<(f64, u64)> {
 #[tokio::test]
 async fn loops_and_sleeps_are_stopped_at_their_deadline_while_a_healthy_driver_keeps_its_rate()
 -> anyhow::Result<()> {
-    let drivers = [
+    let drivers = vec![
         hostile(
             "loop-poll",
             "behavior = \"loop-in-poll\"",
@@ -197,9 +210,8 @@ async fn loops_and_sleeps_are_stopped_at_their_deadline_while_a_healthy_driver_k
             "behavior = \"sleep\"\nsleep_ms = 5000",
             "limits = { timeout_ms = 200 }",
         )?,
-    ]
-    .concat();
-    let (mut run, log, _window) = hostiles_beside_the_healthy_driver(&drivers).await?;
+    ];
+    let (mut run, log, _window) = hostiles_beside_the_healthy_driver(drivers).await?;
 
     for (plugin, call) in [
         ("loop-poll", "poll"),
@@ -227,14 +239,13 @@ async fn loops_and_sleeps_are_stopped_at_their_deadline_while_a_healthy_driver_k
 #[tokio::test]
 async fn crashes_and_oversized_output_are_stopped_while_a_healthy_driver_keeps_its_rate()
 -> anyhow::Result<()> {
-    let drivers = [
+    let drivers = vec![
         hostile("recursion", "behavior = \"recursion\"", "")?,
         hostile("panic", "behavior = \"panic\"", "")?,
         hostile("many", "behavior = \"readings\"\ncount = 20000", "")?,
         hostile("millions", "behavior = \"readings\"\ncount = 3000000", "")?,
-    ]
-    .concat();
-    let (mut run, log, window) = hostiles_beside_the_healthy_driver(&drivers).await?;
+    ];
+    let (mut run, log, window) = hostiles_beside_the_healthy_driver(drivers).await?;
 
     assert!(log.contains("plugin recursion: poll trapped"), "{log}");
     assert!(log.contains("plugin panic: poll trapped"), "{log}");
@@ -266,12 +277,7 @@ async fn a_memory_bomb_fails_at_its_cap_and_host_memory_stays_bounded() -> anyho
         "behavior = \"memory-bomb\"",
         "limits = { memory_mb = 32 }",
     )?;
-    let mut run = start(
-        &drivers,
-        "restart_min_ms = 200\nrestart_max_ms = 400",
-        |_| {},
-    )
-    .await?;
+    let mut run = start(vec![drivers], backoff(200, 400), |_| {}).await?;
     let sampler = rss_peak(run.ferrule.child.id(), Duration::from_secs(12));
     let window = Duration::from_secs(8);
     let (healthy, all) = observe(&mut run, window).await?;
@@ -298,12 +304,7 @@ async fn a_100_mib_string_is_refused_with_a_clear_error() -> anyhow::Result<()> 
         "behavior = \"huge-string\"\nbytes = 104857600",
         "limits = { memory_mb = 400, timeout_ms = 5000 }",
     )?;
-    let mut run = start(
-        &drivers,
-        "restart_min_ms = 1000\nrestart_max_ms = 5000",
-        |_| {},
-    )
-    .await?;
+    let mut run = start(vec![drivers], backoff(1000, 5000), |_| {}).await?;
     let window = Duration::from_secs(6);
     let (healthy, all) = observe(&mut run, window).await?;
     let log = run.ferrule.log_text();
@@ -336,7 +337,7 @@ async fn escapes_are_denied_and_only_granted_capabilities_work() -> anyhow::Resu
             }
         });
     }
-    let drivers = [
+    let drivers = vec![
         hostile("escape", "behavior = \"escape\"", "data_dir = true")?,
         hostile(
             "net",
@@ -344,15 +345,18 @@ async fn escapes_are_denied_and_only_granted_capabilities_work() -> anyhow::Resu
             &format!("allow_net = [\"{allowed_addr}\"]"),
         )?,
         hostile("env", "behavior = \"env\"", "")?,
-    ]
-    .concat();
-    let mut run = start(&drivers, "", |data| {
-        // An attacker's symlinks inside the plugin's own directory.
-        let own = data.join("plugins/escape");
-        let _ = std::fs::create_dir_all(&own);
-        let _ = std::os::unix::fs::symlink("/etc/passwd", own.join("link-file"));
-        let _ = std::os::unix::fs::symlink("/etc", own.join("link-dir"));
-    })
+    ];
+    let mut run = start(
+        drivers,
+        |g| g,
+        |data| {
+            // An attacker's symlinks inside the plugin's own directory.
+            let own = data.join("plugins/escape");
+            let _ = std::fs::create_dir_all(&own);
+            let _ = std::os::unix::fs::symlink("/etc/passwd", own.join("link-file"));
+            let _ = std::os::unix::fs::symlink("/etc", own.join("link-dir"));
+        },
+    )
     .await?;
     let mut seen = std::collections::BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -421,7 +425,7 @@ async fn a_log_flood_is_rate_limited_and_tagged() -> anyhow::Result<()> {
         "behavior = \"log-flood\"\ncount = 2000",
         "limits = { log_lines_per_s = 20 }",
     )?;
-    let mut run = start(&drivers, "", |_| {}).await?;
+    let mut run = start(vec![drivers], |g| g, |_| {}).await?;
     let window = Duration::from_secs(5);
     let (healthy, all) = observe(&mut run, window).await?;
     let log = run.ferrule.log_text();
@@ -464,9 +468,8 @@ async fn wait_for_restarts(run: &Run, n: usize) -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_thousand_trap_and_restart_cycles_do_not_leak_host_memory() -> anyhow::Result<()> {
-    let drivers = hostile("panic", "behavior = \"panic\"", "")?
-        .replace("interval_ms = 200", "interval_ms = 1");
-    let run = start(&drivers, "restart_min_ms = 1\nrestart_max_ms = 1", |_| {}).await?;
+    let drivers = hostile("panic", "behavior = \"panic\"", "")?.set("interval_ms", 1);
+    let run = start(vec![drivers], backoff(1, 1), |_| {}).await?;
     let pid = run.ferrule.child.id();
     wait_for_restarts(&run, 200).await?;
     let before = rss_kib(pid)?;
