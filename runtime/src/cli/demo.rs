@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferrule::config::Config;
 use ferrule::dev::certs::DevCa;
+use ferrule::dev::config::{GatewayToml, PluginToml, table};
 use ferrule::dev::net::{free_port, wait_for_port};
 use ferrule::gateway;
 use ferrule::publish::{TlsFiles, tls};
@@ -58,7 +59,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     println!("broker   : embedded, TLS with client certificates, 127.0.0.1:{port}");
 
     let config_path = work.path().join("ferrule.toml");
-    let mut text = demo_config(
+    let mut gateway = demo_config(
         port,
         options.interval_ms,
         &options.plugin_dir,
@@ -67,12 +68,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         &gateway_id.key,
     );
     if let Some(file) = &options.drivers {
-        let start = text.find("[[driver]]").unwrap_or(text.len());
-        text.truncate(start);
-        text.push_str(&drivers_from(file)?);
+        gateway = drivers_from(file)?
+            .into_iter()
+            .fold(gateway.without_drivers(), GatewayToml::driver_table);
         println!("drivers  : {}", file.display());
     }
-    std::fs::write(&config_path, text)?;
+    std::fs::write(
+        &config_path,
+        format!("# Written by `ferrule demo`.\n{}", gateway.render()),
+    )?;
     let config = Config::load(&config_path)?;
     println!("config   : {}", config_path.display());
 
@@ -135,6 +139,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo gateway: the embedded broker over mutual TLS and one simulated
+/// line (`sim`: a sine, a random walk, a ramp and a counter) whose
+/// temperature the `scale` processor turns into degrees Fahrenheit.
 fn demo_config(
     port: u16,
     interval_ms: u64,
@@ -142,59 +149,84 @@ fn demo_config(
     ca: &Path,
     cert: &Path,
     key: &Path,
-) -> String {
+) -> GatewayToml {
     let plugins = plugins
         .canonicalize()
         .unwrap_or_else(|_| plugins.to_path_buf());
-    format!(
-        r#"# Written by `ferrule demo`.
-[gateway]
-id = "{GATEWAY}"
-data_dir = "data"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-ca_file = "{ca}"
-client_cert_file = "{cert}"
-client_key_file = "{key}"
-keep_alive_s = 10
-
-[[driver]]
-name = "line-1"
-plugin = "{sim}"
-interval_ms = {interval_ms}
-
-[driver.config]
-seed = 42
-channels = [
-  {{ name = "temperature", signal = "sine", offset = 21.0, amplitude = 4.0, period_s = 30.0, unit = "degC" }},
-  {{ name = "pressure", signal = "random-walk", offset = 1013.0, amplitude = 5.0, step = 0.5, unit = "hPa" }},
-  {{ name = "fill", signal = "ramp", offset = 0.0, amplitude = 100.0, period_s = 20.0, unit = "%" }},
-  {{ name = "count", signal = "counter" }},
-]
-
-[[driver.processor]]
-name = "to-fahrenheit"
-plugin = "{scale}"
-
-[driver.processor.config.channels.temperature]
-gain = 1.8
-offset = 32.0
-rename = "temperature_f"
-unit = "degF"
-"#,
-        ca = ca.display(),
-        cert = cert.display(),
-        key = key.display(),
-        sim = plugins.join("sim.wasm").display(),
-        scale = plugins.join("scale.wasm").display(),
-    )
+    let channel = |name: &str, signal: &str, rest: &[(&str, toml::Value)]| {
+        let mut t = toml::Table::new();
+        t.insert("name".into(), name.into());
+        t.insert("signal".into(), signal.into());
+        for (k, v) in rest {
+            t.insert((*k).into(), v.clone());
+        }
+        toml::Value::Table(t)
+    };
+    let line = PluginToml::new("line-1", &plugins.join("sim.wasm"))
+        .set(
+            "interval_ms",
+            i64::try_from(interval_ms).unwrap_or(i64::MAX),
+        )
+        .config("seed", 42)
+        .config(
+            "channels",
+            toml::Value::Array(vec![
+                channel(
+                    "temperature",
+                    "sine",
+                    &[
+                        ("offset", 21.0.into()),
+                        ("amplitude", 4.0.into()),
+                        ("period_s", 30.0.into()),
+                        ("unit", "degC".into()),
+                    ],
+                ),
+                channel(
+                    "pressure",
+                    "random-walk",
+                    &[
+                        ("offset", 1013.0.into()),
+                        ("amplitude", 5.0.into()),
+                        ("step", 0.5.into()),
+                        ("unit", "hPa".into()),
+                    ],
+                ),
+                channel(
+                    "fill",
+                    "ramp",
+                    &[
+                        ("offset", 0.0.into()),
+                        ("amplitude", 100.0.into()),
+                        ("period_s", 20.0.into()),
+                        ("unit", "%".into()),
+                    ],
+                ),
+                channel("count", "counter", &[]),
+            ]),
+        )
+        .processor(
+            PluginToml::new("to-fahrenheit", &plugins.join("scale.wasm")).config(
+                "channels",
+                table([(
+                    "temperature",
+                    table([
+                        ("gain", toml::Value::from(1.8)),
+                        ("offset", 32.0.into()),
+                        ("rename", "temperature_f".into()),
+                        ("unit", "degF".into()),
+                    ]),
+                )]),
+            ),
+        );
+    GatewayToml::new(GATEWAY, Path::new("data"))
+        .mqtt_tls("127.0.0.1", port, ca, cert, key)
+        .set("mqtt", "keep_alive_s", 10)
+        .driver(line)
 }
 
 /// The `[[driver]]` tables of `file`, with plugin paths made absolute
 /// (relative ones are relative to the file).
-fn drivers_from(file: &Path) -> anyhow::Result<String> {
+fn drivers_from(file: &Path) -> anyhow::Result<Vec<toml::Table>> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let mut doc: toml::Table =
@@ -209,18 +241,23 @@ fn drivers_from(file: &Path) -> anyhow::Result<String> {
             *p = base.join(&*p).display().to_string();
         }
     };
-    let Some(toml::Value::Array(drivers)) = doc.get_mut("driver") else {
+    let Some(toml::Value::Array(drivers)) = doc.remove("driver") else {
         bail!("{}: no [[driver]] tables", file.display());
     };
-    for driver in drivers.iter_mut().filter_map(toml::Value::as_table_mut) {
-        absolute(driver);
+    let mut tables = Vec::with_capacity(drivers.len());
+    for driver in drivers {
+        let toml::Value::Table(mut driver) = driver else {
+            bail!("{}: a [[driver]] that is not a table", file.display());
+        };
+        absolute(&mut driver);
         if let Some(toml::Value::Array(chain)) = driver.get_mut("processor") {
             for p in chain.iter_mut().filter_map(toml::Value::as_table_mut) {
                 absolute(p);
             }
         }
+        tables.push(driver);
     }
-    Ok(toml::to_string(&doc)?)
+    Ok(tables)
 }
 
 fn start_broker(port: u16, ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<()> {

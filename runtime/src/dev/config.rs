@@ -56,6 +56,18 @@ impl GatewayToml {
         self
     }
 
+    /// The same config without its drivers.
+    pub fn without_drivers(mut self) -> Self {
+        self.drivers.clear();
+        self
+    }
+
+    /// Adds a `[[driver]]` table as read from another config file.
+    pub fn driver_table(mut self, driver: Table) -> Self {
+        self.drivers.push(driver.into());
+        self
+    }
+
     /// The config as TOML text.
     pub fn render(&self) -> String {
         let mut root = self.root.clone();
