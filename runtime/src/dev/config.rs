@@ -50,6 +50,14 @@ impl GatewayToml {
         self
     }
 
+    /// Removes `key` from `[table]`.
+    pub fn unset(mut self, table: &str, key: &str) -> Self {
+        if let Some(Value::Table(t)) = self.root.get_mut(table) {
+            t.remove(key);
+        }
+        self
+    }
+
     /// Adds a `[[driver]]`.
     pub fn driver(mut self, driver: PluginToml) -> Self {
         self.drivers.push(driver.into_value());

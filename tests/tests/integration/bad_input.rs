@@ -3,14 +3,25 @@
 
 use std::path::Path;
 
-use ferrule_tests::{Pki, plugin, run_ferrule};
+use ferrule_tests::{GatewayToml, Pki, PluginToml, gateway_toml, plugin, run_ferrule};
 
 use crate::common::sim_scale_config;
 
 /// A valid config (pointing at an unused port: check never connects).
 fn valid_config(dir: &Path) -> anyhow::Result<String> {
     let pki = Pki::new(&dir.join("certs"))?;
-    sim_scale_config(dir, &pki, 1, 1000)
+    Ok(sim_scale_config(dir, &pki, 1, 1000)?.render())
+}
+
+/// A valid gateway (as above) whose only driver is `driver`.
+fn gateway_with(dir: &Path, driver: PluginToml) -> anyhow::Result<GatewayToml> {
+    let pki = Pki::new(&dir.join("certs"))?;
+    Ok(gateway_toml(&dir.join("data"), &pki, 1).driver(driver))
+}
+
+/// The `sim` driver with no channels, which its `init` refuses.
+fn sim_without_channels() -> anyhow::Result<PluginToml> {
+    Ok(PluginToml::new("sim-1", &plugin("sim")?).config("channels", toml::Value::Array(vec![])))
 }
 
 /// Runs `ferrule check` on `text`; returns the one-line error.
@@ -132,10 +143,7 @@ fn a_component_exporting_the_wrong_world_is_refused() -> anyhow::Result<()> {
 #[test]
 fn a_driver_whose_init_rejects_its_config_is_named() -> anyhow::Result<()> {
     let dir = ferrule_tests::tempdir()?;
-    let text = valid_config(dir.path())?;
-    let start = text.find("channels = [").unwrap_or(0);
-    let end = start + text[start..].find("]\n").unwrap_or(0) + 1;
-    let text = format!("{}channels = []{}", &text[..start], &text[end..]);
+    let text = gateway_with(dir.path(), sim_without_channels()?)?.render();
     let line = check_fails(dir.path(), &text)?;
     assert!(
         line.contains("driver sim-1: plugin sim-1: init failed: invalid config: channels: expected at least one channel"),
@@ -154,14 +162,10 @@ fn a_driver_whose_init_rejects_its_config_is_named() -> anyhow::Result<()> {
 #[tokio::test]
 async fn run_reports_a_rejected_init_and_retries_with_backoff() -> anyhow::Result<()> {
     let dir = ferrule_tests::tempdir()?;
-    let text = valid_config(dir.path())?;
-    let start = text.find("channels = [").unwrap_or(0);
-    let end = start + text[start..].find("]\n").unwrap_or(0) + 1;
-    let text = format!(
-        "{}channels = []{}\n[runtime]\nrestart_min_ms = 200\nrestart_max_ms = 800\n",
-        &text[..start],
-        &text[end..]
-    );
+    let text = gateway_with(dir.path(), sim_without_channels()?)?
+        .set("runtime", "restart_min_ms", 200)
+        .set("runtime", "restart_max_ms", 800)
+        .render();
     std::fs::write(dir.path().join("gateway.toml"), text)?;
     let mut ferrule = ferrule_tests::start_ferrule(dir.path(), &["run", "gateway.toml"])?;
     ferrule
@@ -187,17 +191,9 @@ async fn run_reports_a_rejected_init_and_retries_with_backoff() -> anyhow::Resul
 #[test]
 fn the_plugin_author_template_builds_into_a_driver_that_passes_check() -> anyhow::Result<()> {
     let dir = ferrule_tests::tempdir()?;
-    let sim = plugin("sim")?.display().to_string();
-    let template = plugin("my_driver")?.display().to_string();
-    let text = valid_config(dir.path())?.replacen(&sim, &template, 1);
     // The template's config has a single optional field.
-    let start = text.find("[driver.config]").unwrap_or(0);
-    let end = start + text[start..].find("[[driver.processor]]").unwrap_or(0);
-    let text = format!(
-        "{}[driver.config]\nstart = 5\n\n{}",
-        &text[..start],
-        &text[end..]
-    );
+    let template = PluginToml::new("sim-1", &plugin("my_driver")?).config("start", 5);
+    let text = gateway_with(dir.path(), template)?.render();
     std::fs::write(dir.path().join("gateway.toml"), text)?;
     let (ok, stdout, stderr) = run_ferrule(dir.path(), &["check", "gateway.toml"])?;
     assert!(ok, "stderr: {stderr}");

@@ -1,7 +1,7 @@
 use std::path::Path;
 
-pub use ferrule_tests::gateway_and_mqtt;
-use ferrule_tests::{Pki, plugin};
+use ferrule::dev::config::table;
+use ferrule_tests::{GatewayToml, Pki, PluginToml, gateway_toml, plugin};
 
 /// A gateway config with one `sim` driver (a counter and a sine) scaled by
 /// `scale`: count → count * 2 + 1, temperature → temperature_f.
@@ -10,42 +10,45 @@ pub fn sim_scale_config(
     pki: &Pki,
     port: u16,
     interval_ms: u64,
-) -> anyhow::Result<String> {
-    Ok(format!(
-        r#"{header}
-[[driver]]
-name = "sim-1"
-plugin = "{sim}"
-interval_ms = {interval_ms}
-
-[driver.config]
-channels = [
-  {{ name = "count", signal = "counter" }},
-  {{ name = "temperature", signal = "sine", offset = 20.0, amplitude = 5.0, period_s = 10.0, unit = "degC" }},
-]
-
-[[driver.processor]]
-name = "scale"
-plugin = "{scale}"
-
-[driver.processor.config.channels.count]
-gain = 2.0
-offset = 1.0
-
-[driver.processor.config.channels.temperature]
-gain = 1.8
-offset = 32.0
-rename = "temperature_f"
-unit = "degF"
-"#,
-        header = gateway_and_mqtt(&dir.join("data"), pki, port, ""),
-        sim = plugin("sim")?.display(),
-        scale = plugin("scale")?.display(),
-    ))
+) -> anyhow::Result<GatewayToml> {
+    let scale = PluginToml::new("scale", &plugin("scale")?).config(
+        "channels",
+        table([
+            ("count", table([("gain", 2.0), ("offset", 1.0)])),
+            (
+                "temperature",
+                table([
+                    ("gain", toml::Value::from(1.8)),
+                    ("offset", 32.0.into()),
+                    ("rename", "temperature_f".into()),
+                    ("unit", "degF".into()),
+                ]),
+            ),
+        ]),
+    );
+    let sim = PluginToml::new("sim-1", &plugin("sim")?)
+        .set("interval_ms", interval_ms as i64)
+        .config(
+            "channels",
+            toml::Value::Array(vec![
+                table([("name", "count"), ("signal", "counter")]),
+                table([
+                    ("name", toml::Value::from("temperature")),
+                    ("signal", "sine".into()),
+                    ("offset", 20.0.into()),
+                    ("amplitude", 5.0.into()),
+                    ("period_s", 10.0.into()),
+                    ("unit", "degC".into()),
+                ]),
+            ]),
+        )
+        .processor(scale);
+    Ok(gateway_toml(&dir.join("data"), pki, port).driver(sim))
 }
 
 /// A gateway with one `sim` driver of `channels` counter channels (so each
-/// poll yields that many readings) and `queue` as its `[queue]` table body.
+/// poll yields that many readings) and `queue` (a TOML document) as its
+/// `[queue]` table.
 pub fn sim_config(
     data_dir: &Path,
     pki: &Pki,
@@ -53,25 +56,16 @@ pub fn sim_config(
     interval_ms: u64,
     channels: usize,
     queue: &str,
-) -> anyhow::Result<String> {
-    let channels: Vec<String> = (0..channels)
-        .map(|i| format!("{{ name = \"c{i}\", signal = \"counter\" }}"))
+) -> anyhow::Result<GatewayToml> {
+    let channels = (0..channels)
+        .map(|i| table([("name", format!("c{i}")), ("signal", "counter".into())]))
         .collect();
-    Ok(format!(
-        r#"{header}
-[queue]
-{queue}
-
-[[driver]]
-name = "sim-1"
-plugin = "{sim}"
-interval_ms = {interval_ms}
-
-[driver.config]
-channels = [{channels}]
-"#,
-        header = gateway_and_mqtt(data_dir, pki, port, "max_inflight = 64\n"),
-        sim = plugin("sim")?.display(),
-        channels = channels.join(", "),
-    ))
+    let sim = PluginToml::new("sim-1", &plugin("sim")?)
+        .set("interval_ms", interval_ms as i64)
+        .config("channels", toml::Value::Array(channels));
+    let mut gateway = gateway_toml(data_dir, pki, port).set("mqtt", "max_inflight", 64);
+    for (key, value) in toml::from_str::<toml::Table>(queue)? {
+        gateway = gateway.set("queue", &key, value);
+    }
+    Ok(gateway.driver(sim))
 }

@@ -28,7 +28,8 @@ async fn skeleton_end_to_end(protocol: &str) -> anyhow::Result<()> {
 
     let config = dir.path().join("gateway.toml");
     let text = sim_scale_config(dir.path(), &pki, port, 100)?
-        .replace("[mqtt]\n", &format!("[mqtt]\nprotocol = \"{protocol}\"\n"));
+        .set("mqtt", "protocol", protocol)
+        .render();
     assert!(text.contains("protocol = "));
     std::fs::write(&config, text)?;
     let mut ferrule = start_ferrule(dir.path(), &["run", config.to_str().unwrap_or_default()])?;
@@ -166,7 +167,10 @@ async fn readings_captured_while_the_broker_restarts_arrive_without_gap() -> any
         Subscriber::connect_persistent(&pki, port, "ferrule/gw-test/data/#", "restart-sub").await?;
 
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, sim_scale_config(dir.path(), &pki, port, 50)?)?;
+    std::fs::write(
+        &config,
+        sim_scale_config(dir.path(), &pki, port, 50)?.render(),
+    )?;
     let mut ferrule = start_ferrule(dir.path(), &["run", config.to_str().unwrap_or_default()])?;
 
     let mut seqs = collect_until(&mut sub, 10, Duration::from_secs(30), &ferrule).await?;
@@ -229,7 +233,10 @@ async fn sigterm_publishes_offline_and_exits_zero() -> anyhow::Result<()> {
     let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/status").await?;
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, sim_scale_config(dir.path(), &pki, port, 100)?)?;
+    std::fs::write(
+        &config,
+        sim_scale_config(dir.path(), &pki, port, 100)?.render(),
+    )?;
     let mut ferrule = start_ferrule(dir.path(), &["run", config.to_str().unwrap_or_default()])?;
     let m = sub.next(Duration::from_secs(30), "online status").await?;
     assert_eq!(m.text(), "online");

@@ -12,7 +12,7 @@ use ferrule_tests::{
 };
 use serde_json::{Value, json};
 
-use crate::common::gateway_and_mqtt;
+use ferrule_tests::gateway_and_mqtt;
 
 /// A value's registers as a device stores them: the value's big-endian
 /// bytes, each register's two bytes swapped for little byte order, the

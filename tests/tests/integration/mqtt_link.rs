@@ -108,7 +108,7 @@ async fn a_revoked_certificate_is_refused_with_backoff_until_a_new_one_is_instal
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
     let (config, mut ferrule) = run_config(
         dir.path(),
-        &sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?,
+        &sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?.render(),
     )?;
 
     // Refused as an authorization failure, again and again, backing off.
@@ -183,7 +183,8 @@ async fn a_silently_dead_link_is_detected_by_keep_alive_and_reconnected_without_
     let proxy = StallingProxy::start(port).await?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
     let text = sim_config(&dir.path().join("data"), &pki, proxy.port, 100, 1, "")?
-        .replace("keep_alive_s = 5", "keep_alive_s = 2");
+        .set("mqtt", "keep_alive_s", 2)
+        .render();
     assert!(text.contains("keep_alive_s = 2") && text.contains("reconnect_max_ms = 1000"));
     let (config, mut ferrule) = run_config(dir.path(), &text)?;
 
@@ -252,12 +253,12 @@ async fn split_at_the_brokers_limit(protocol: &str, configured: Option<u32>) -> 
         &format!("max_packet_size {LIMIT}\n"),
     )?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
-    let mut mqtt = format!("[mqtt]\nprotocol = \"{protocol}\"\n");
+    let mut gateway = sim_config(&dir.path().join("data"), &pki, port, 200, CHANNELS, "")?
+        .set("mqtt", "protocol", protocol);
     if let Some(limit) = configured {
-        mqtt.push_str(&format!("max_packet_size = {limit}\n"));
+        gateway = gateway.set("mqtt", "max_packet_size", i64::from(limit));
     }
-    let text = sim_config(&dir.path().join("data"), &pki, port, 200, CHANNELS, "")?
-        .replace("[mqtt]\n", &mqtt);
+    let text = gateway.render();
     let (_config, mut ferrule) = run_config(dir.path(), &text)?;
 
     let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
@@ -389,13 +390,11 @@ async fn wrong_password(protocol: &str) -> anyhow::Result<()> {
     .await?;
     let secret = dir.path().join("gateway.secret");
     std::fs::write(&secret, "wrong-secret\n")?;
-    let text = sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?.replace(
-        "[mqtt]\n",
-        &format!(
-            "[mqtt]\nprotocol = \"{protocol}\"\nusername = \"gateway\"\npassword_file = \"{}\"\n",
-            secret.display()
-        ),
-    );
+    let text = sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?
+        .set("mqtt", "protocol", protocol)
+        .set("mqtt", "username", "gateway")
+        .set("mqtt", "password_file", secret.display().to_string())
+        .render();
     let (config, mut ferrule) = run_config(dir.path(), &text)?;
     let refusals = failures(
         &ferrule,
@@ -469,7 +468,8 @@ async fn over_mqtt_5_publishes_the_broker_refuses_stay_queued_until_it_accepts_t
     )?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
     let text = sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?
-        .replace("[mqtt]\n", "[mqtt]\nprotocol = \"5\"\n");
+        .set("mqtt", "protocol", "5")
+        .render();
     let (config, mut ferrule) = run_config(dir.path(), &text)?;
     let refusals = failures(
         &ferrule,
@@ -519,10 +519,9 @@ async fn a_client_certificate_close_to_expiry_is_warned_about_and_reported() -> 
     let port = free_port()?;
     let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/telemetry").await?;
-    let text = format!(
-        "{}\n[telemetry]\ninterval_s = 1\n",
-        sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?
-    );
+    let text = sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?
+        .set("telemetry", "interval_s", 1)
+        .render();
     let (_config, ferrule) = run_config(dir.path(), &text)?;
     ferrule
         .wait_for_log("client certificate expires soon", Duration::from_secs(30))

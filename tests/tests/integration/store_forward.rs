@@ -39,7 +39,7 @@ impl Rig {
         let data = dir.path().join("data");
         std::fs::write(
             &config,
-            sim_config(&data, &pki, port, interval_ms, channels, queue)?,
+            sim_config(&data, &pki, port, interval_ms, channels, queue)?.render(),
         )?;
         Ok(Rig {
             dir,

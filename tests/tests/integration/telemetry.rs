@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferrule_tests::{Mosquitto, Pki, Subscriber, free_port, start_ferrule, tempdir};
+use ferrule_tests::{Mosquitto, Pki, PluginToml, Subscriber, free_port, start_ferrule, tempdir};
 
 use crate::common::sim_config;
 
@@ -25,10 +25,9 @@ async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order_ahead_of
         Subscriber::connect_persistent(&pki, port, "ferrule/gw-test/#", "telemetry-sub").await?;
     let config = dir.path().join("gateway.toml");
     // A busy driver: a batch every 5 ms, so the outage leaves a backlog.
-    let text = format!(
-        "{}\n[telemetry]\ninterval_s = 1\n",
-        sim_config(&dir.path().join("data"), &pki, port, 5, 20, "")?
-    );
+    let text = sim_config(&dir.path().join("data"), &pki, port, 5, 20, "")?
+        .set("telemetry", "interval_s", 1)
+        .render();
     std::fs::write(&config, text)?;
     let ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
 
@@ -142,12 +141,18 @@ async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -
     let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/#").await?;
     let config = dir.path().join("gateway.toml");
-    let text = format!(
-        "{}\n[[driver]]\nname = \"flaky\"\nplugin = \"{}\"\ninterval_ms = 100\n[driver.config]\nbehavior = \"fail-every\"\ncount = 3\n[[driver.processor]]\nname = \"scale\"\nplugin = \"{}\"\n[driver.processor.config]\nchannels = {{}}\n\n[telemetry]\ninterval_s = 1\n",
-        sim_config(&dir.path().join("data"), &pki, port, 100, 2, "")?,
-        ferrule_tests::plugin("hostile")?.display(),
-        ferrule_tests::plugin("scale")?.display()
-    );
+    let flaky = PluginToml::new("flaky", &ferrule_tests::plugin("hostile")?)
+        .set("interval_ms", 100)
+        .config("behavior", "fail-every")
+        .config("count", 3)
+        .processor(
+            PluginToml::new("scale", &ferrule_tests::plugin("scale")?)
+                .config("channels", toml::Table::new()),
+        );
+    let text = sim_config(&dir.path().join("data"), &pki, port, 100, 2, "")?
+        .driver(flaky)
+        .set("telemetry", "interval_s", 1)
+        .render();
     std::fs::write(&config, text)?;
     let ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
 
@@ -274,10 +279,10 @@ async fn the_local_history_rotates_raw_samples_and_keeps_correct_roll_ups() -> a
     let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/telemetry").await?;
     let config = dir.path().join("gateway.toml");
-    let text = format!(
-        "{}\n[telemetry]\ninterval_s = 1\nraw_retention_s = 3\n",
-        sim_config(&dir.path().join("data"), &pki, port, 100, 2, "")?
-    );
+    let text = sim_config(&dir.path().join("data"), &pki, port, 100, 2, "")?
+        .set("telemetry", "interval_s", 1)
+        .set("telemetry", "raw_retention_s", 3)
+        .render();
     std::fs::write(&config, text)?;
     let mut ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
     let mut published: Vec<serde_json::Value> = Vec::new();

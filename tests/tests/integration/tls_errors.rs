@@ -37,31 +37,20 @@ async fn refused_by(
     client: Option<&CertFiles>,
     expected: &str,
 ) -> anyhow::Result<String> {
-    let mut text = sim_config(&dir.join("data"), pki, port, 200, 1, "")?;
-    text = text.replace(
-        &pki.ca.cert.display().to_string(),
-        &gateway_ca.display().to_string(),
+    let gateway = sim_config(&dir.join("data"), pki, port, 200, 1, "")?.set(
+        "mqtt",
+        "ca_file",
+        gateway_ca.display().to_string(),
     );
-    match client {
-        Some(files) => {
-            text = text
-                .replace(
-                    &pki.gateway.cert.display().to_string(),
-                    &files.cert.display().to_string(),
-                )
-                .replace(
-                    &pki.gateway.key.display().to_string(),
-                    &files.key.display().to_string(),
-                );
-        }
-        None => {
-            text = text
-                .lines()
-                .filter(|l| !l.starts_with("client_cert_file") && !l.starts_with("client_key_file"))
-                .collect::<Vec<_>>()
-                .join("\n");
-        }
+    let text = match client {
+        Some(files) => gateway
+            .set("mqtt", "client_cert_file", files.cert.display().to_string())
+            .set("mqtt", "client_key_file", files.key.display().to_string()),
+        None => gateway
+            .unset("mqtt", "client_cert_file")
+            .unset("mqtt", "client_key_file"),
     }
+    .render();
     let config = dir.join("gateway.toml");
     std::fs::write(&config, text)?;
     let ferrule = start_ferrule(dir, &["run", &config.to_string_lossy()])?;
