@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
+use ferrule::dev::config::{self, GatewayToml, PluginToml};
 use serde::{Deserialize, Serialize};
 
 /// Set by the smoke test: every benchmark runs for about a second.
@@ -447,30 +448,57 @@ pub fn sim_driver(
     channels: usize,
     interval_ms: u64,
     stages: usize,
-) -> anyhow::Result<String> {
-    let list: Vec<String> = (0..channels)
+) -> anyhow::Result<PluginToml> {
+    let list = (0..channels)
         .map(|i| {
-            format!(
-                "{{ name = \"c{i}\", signal = \"sine\", amplitude = 5.0, offset = 20.0, period_s = 10.0, unit = \"degC\" }}"
-            )
+            config::table([
+                ("name", toml::Value::from(format!("c{i}"))),
+                ("signal", "sine".into()),
+                ("amplitude", 5.0.into()),
+                ("offset", 20.0.into()),
+                ("period_s", 10.0.into()),
+                ("unit", "degC".into()),
+            ])
         })
         .collect();
-    let mut text = format!(
-        "[[driver]]\nname = \"{name}\"\nplugin = \"{sim}\"\ninterval_ms = {interval_ms}\n\n[driver.config]\nchannels = [\n  {list}\n]\n",
-        sim = ferrule_tests::plugin("sim")?.display(),
-        list = list.join(",\n  "),
-    );
+    let mut driver = PluginToml::new(name, &ferrule_tests::plugin("sim")?)
+        .set("interval_ms", i64::try_from(interval_ms)?)
+        .config("channels", toml::Value::Array(list));
     let scale = ferrule_tests::plugin("scale")?;
+    let rescale = config::table((0..channels).map(|i| {
+        (
+            format!("c{i}"),
+            config::table([("gain", 1.8), ("offset", 32.0)]),
+        )
+    }));
     for stage in 0..stages {
-        text.push_str(&format!(
-            "\n[[driver.processor]]\nname = \"scale-{stage}\"\nplugin = \"{}\"\n\n[driver.processor.config.channels]\n",
-            scale.display()
-        ));
-        for i in 0..channels {
-            text.push_str(&format!("c{i} = {{ gain = 1.8, offset = 32.0 }}\n"));
-        }
+        driver = driver.processor(
+            PluginToml::new(&format!("scale-{stage}"), &scale).config("channels", rescale.clone()),
+        );
     }
-    Ok(text)
+    Ok(driver)
+}
+
+/// A gateway running `drivers`, connected like every test gateway, with
+/// `max_inflight` messages in flight at most.
+pub fn gateway_of(
+    data_dir: &Path,
+    pki: &ferrule_tests::Pki,
+    port: u16,
+    max_inflight: u16,
+    drivers: impl IntoIterator<Item = PluginToml>,
+) -> String {
+    drivers
+        .into_iter()
+        .fold(
+            ferrule_tests::gateway_toml(data_dir, pki, port).set(
+                "mqtt",
+                "max_inflight",
+                i64::from(max_inflight),
+            ),
+            GatewayToml::driver,
+        )
+        .render()
 }
 
 /// Starts the release (or test-profile) `ferrule` binary on `config`,

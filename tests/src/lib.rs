@@ -275,32 +275,6 @@ impl Mosquitto {
     }
 }
 
-/// The `[gateway]` and `[mqtt]` tables every test gateway shares: id
-/// `gw-test`, mutual TLS with the test PKI, quick reconnects.
-pub fn gateway_and_mqtt(data_dir: &Path, pki: &Pki, port: u16, mqtt_extra: &str) -> String {
-    format!(
-        r#"[gateway]
-id = "gw-test"
-data_dir = "{data}"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-ca_file = "{ca}"
-client_cert_file = "{cert}"
-client_key_file = "{key}"
-keep_alive_s = 5
-reconnect_min_ms = 100
-reconnect_max_ms = 1000
-{mqtt_extra}
-"#,
-        data = data_dir.display(),
-        ca = pki.ca.cert.display(),
-        cert = pki.gateway.cert.display(),
-        key = pki.gateway.key.display(),
-    )
-}
-
 /// The `ferrule` binary running a config.
 pub fn start_ferrule(dir: &Path, args: &[&str]) -> anyhow::Result<Process> {
     start_ferrule_with_open_files(dir, args, None)

@@ -12,18 +12,14 @@
 use std::time::{Duration, Instant};
 
 use ferrule_benches::{self as bench, Report, Tally};
-use ferrule_tests::{Mosquitto, Pki, Subscriber, free_port, gateway_and_mqtt, queue_stats};
+use ferrule_tests::{Mosquitto, Pki, PluginToml, Subscriber, free_port, queue_stats};
 
 const FILL_DRIVERS: usize = 8;
 const LIVE_DRIVERS: usize = 10;
 const CHANNELS: usize = 100;
 
-fn config(dir: &std::path::Path, pki: &Pki, port: u16, drivers: &[String]) -> String {
-    format!(
-        "{}\n[queue]\n\n{}",
-        gateway_and_mqtt(&dir.join("data"), pki, port, "max_inflight = 64\n"),
-        drivers.join("\n")
-    )
+fn config(dir: &std::path::Path, pki: &Pki, port: u16, drivers: Vec<PluginToml>) -> String {
+    bench::gateway_of(&dir.join("data"), pki, port, 64, drivers)
 }
 
 #[tokio::main]
@@ -45,11 +41,11 @@ async fn main() -> anyhow::Result<()> {
     let port = free_port()?;
 
     // Phase 1: capture with the broker away.
-    let fill: Vec<String> = (0..FILL_DRIVERS)
+    let fill: Vec<PluginToml> = (0..FILL_DRIVERS)
         .map(|d| bench::sim_driver(&format!("backlog-{d}"), CHANNELS, 1, 1))
         .collect::<anyhow::Result<_>>()?;
     let fill_config = dir.path().join("fill.toml");
-    std::fs::write(&fill_config, config(dir.path(), &pki, port, &fill))?;
+    std::fs::write(&fill_config, config(dir.path(), &pki, port, fill))?;
     let mut ferrule = bench::start_ferrule(dir.path(), &fill_config, "fill.log")?;
     bench::pin_gateway(ferrule.child.id())?;
     let depth = || -> anyhow::Result<u64> {
@@ -101,11 +97,11 @@ async fn main() -> anyhow::Result<()> {
         bench::readings_in,
         0,
     );
-    let live: Vec<String> = (0..LIVE_DRIVERS)
+    let live: Vec<PluginToml> = (0..LIVE_DRIVERS)
         .map(|d| bench::sim_driver(&format!("live-{d}"), CHANNELS, 100, 1))
         .collect::<anyhow::Result<_>>()?;
     let live_config = dir.path().join("live.toml");
-    std::fs::write(&live_config, config(dir.path(), &pki, port, &live))?;
+    std::fs::write(&live_config, config(dir.path(), &pki, port, live))?;
     let started = Instant::now();
     let mut ferrule = bench::start_ferrule(dir.path(), &live_config, "drain.log")?;
     bench::pin_gateway(ferrule.child.id())?;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use ferrule_benches::{self as bench, Report, Tally};
-use ferrule_tests::{Subscriber, gateway_and_mqtt};
+use ferrule_tests::Subscriber;
 
 const DRIVERS: usize = 8;
 const CHANNELS: usize = 100;
@@ -39,16 +39,10 @@ async fn main() -> anyhow::Result<()> {
     // ferrule
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
     let tally = Tally::start(&mut sub, |_| true, bench::readings_in, 1000);
-    let mut config = gateway_and_mqtt(
-        &dir.path().join("data"),
-        &pki,
-        port,
-        &format!("max_inflight = {INFLIGHT}\n"),
-    );
-    for d in 0..DRIVERS {
-        config.push('\n');
-        config.push_str(&bench::sim_driver(&format!("sim-{d}"), CHANNELS, 1, 1)?);
-    }
+    let drivers = (0..DRIVERS)
+        .map(|d| bench::sim_driver(&format!("sim-{d}"), CHANNELS, 1, 1))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = bench::gateway_of(&dir.path().join("data"), &pki, port, INFLIGHT, drivers);
     let config_path = dir.path().join("e2e.toml");
     std::fs::write(&config_path, config)?;
     let mut ferrule = bench::start_ferrule(dir.path(), &config_path, "ferrule.log")?;

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use ferrule_benches::{self as bench, Report, Usage};
-use ferrule_tests::gateway_and_mqtt;
 
 const CHANNELS: usize = 10;
 const INTERVAL_MS: u64 = 1000;
@@ -54,16 +53,11 @@ async fn main() -> anyhow::Result<()> {
     let mut results: Vec<(usize, Usage)> = Vec::new();
     for drivers in [1usize, 10, 50] {
         let data = dir.path().join(format!("data-{drivers}"));
-        let mut config = gateway_and_mqtt(&data, &pki, port, "");
-        for d in 0..drivers {
-            config.push('\n');
-            config.push_str(&bench::sim_driver(
-                &format!("sim-{d}"),
-                CHANNELS,
-                INTERVAL_MS,
-                1,
-            )?);
-        }
+        let sims = (0..drivers)
+            .map(|d| bench::sim_driver(&format!("sim-{d}"), CHANNELS, INTERVAL_MS, 1))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // The default in-flight window.
+        let config = bench::gateway_of(&data, &pki, port, 32, sims);
         let path = dir.path().join(format!("footprint-{drivers}.toml"));
         std::fs::write(&path, config)?;
         let mut ferrule =

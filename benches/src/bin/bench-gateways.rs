@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use ferrule::dev::config::table;
 use ferrule_benches::{self as bench, Report, Tally, Usage};
 use ferrule_tests::net::ModbusSim;
-use ferrule_tests::{Pki, Process, Subscriber, free_port, gateway_and_mqtt, plugin, queue_stats};
+use ferrule_tests::{Pki, PluginToml, Process, Subscriber, free_port, plugin, queue_stats};
 use serde_json::json;
 
 const DEVICES: usize = 10;
@@ -74,19 +75,25 @@ async fn run_ferrule(
 ) -> anyhow::Result<(Outcome, u64, u64, u64)> {
     let mut sub = Subscriber::connect(pki, port, "ferrule/gw-test/data/#").await?;
     let tally = Tally::start(&mut sub, |_| true, bench::readings_in, 0);
-    let mut config = gateway_and_mqtt(&dir.join("ferrule-data"), pki, port, "");
-    let channels: Vec<String> = (0..REGISTERS)
+    let channels: Vec<toml::Value> = (0..REGISTERS)
         .map(|i| {
-            format!("{{ name = \"r{i}\", table = \"holding\", address = {i}, type = \"u16\" }}")
+            table([
+                ("name", toml::Value::from(format!("r{i}"))),
+                ("table", "holding".into()),
+                ("address", (i as i64).into()),
+                ("type", "u16".into()),
+            ])
         })
         .collect();
-    for (d, device_port) in sim.ports.iter().enumerate() {
-        config.push_str(&format!(
-            "\n[[driver]]\nname = \"dev{d}\"\nplugin = \"{}\"\ndevice = \"127.0.0.1:{device_port}\"\ninterval_ms = {INTERVAL_MS}\n\n[driver.config]\nchannels = [\n  {}\n]\n",
-            plugin("modbus_tcp")?.display(),
-            channels.join(",\n  ")
-        ));
-    }
+    let modbus = plugin("modbus_tcp")?;
+    let drivers = sim.ports.iter().enumerate().map(|(d, device_port)| {
+        PluginToml::new(&format!("dev{d}"), &modbus)
+            .set("device", format!("127.0.0.1:{device_port}"))
+            .set("interval_ms", INTERVAL_MS as i64)
+            .config("channels", toml::Value::Array(channels.clone()))
+    });
+    // The default in-flight window.
+    let config = bench::gateway_of(&dir.join("ferrule-data"), pki, port, 32, drivers);
     let path = dir.join("ferrule-gateways.toml");
     std::fs::write(&path, config)?;
     let mut ferrule = bench::start_ferrule(dir, &path, "ferrule-gateways.log")?;

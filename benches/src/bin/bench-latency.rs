@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ferrule::reading::now_ns;
 use ferrule_benches::{self as bench, Report};
-use ferrule_tests::{Subscriber, gateway_and_mqtt};
+use ferrule_tests::Subscriber;
 
 const CHANNELS: usize = 10;
 const INTERVAL_MS: u64 = 10;
@@ -71,10 +71,12 @@ async fn main() -> anyhow::Result<()> {
     let (dir, pki, port, broker) = bench::broker("latency")?;
 
     let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
-    let config = format!(
-        "{}\n{}",
-        gateway_and_mqtt(&dir.path().join("data"), &pki, port, ""),
-        bench::sim_driver("sim-1", CHANNELS, INTERVAL_MS, 1)?
+    let config = bench::gateway_of(
+        &dir.path().join("data"),
+        &pki,
+        port,
+        32,
+        [bench::sim_driver("sim-1", CHANNELS, INTERVAL_MS, 1)?],
     );
     let config_path = dir.path().join("latency.toml");
     std::fs::write(&config_path, config)?;

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use ferrule::config::{Config, PluginLimits};
+use ferrule::dev::config::{GatewayToml, PluginToml, table};
 use ferrule::gateway;
 use ferrule::plugin::{Capabilities, EngineSettings, PluginEngine, Sandbox};
 use ferrule_benches::{self as bench, Report};
@@ -87,20 +88,27 @@ async fn start_cost(engine: &PluginEngine, report: &mut Report) -> anyhow::Resul
 
 /// 10 `sim` drivers, each with a `scale` processor: 20 plugin instances.
 fn twenty_plugins(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    std::fs::write(dir.join("ca.pem"), "unused: start-up does not connect")?;
-    let mut text = format!(
-        "[gateway]\nid = \"bench\"\ndata_dir = \"{}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nca_file = \"ca.pem\"\n\n",
-        dir.join("data").display()
-    );
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, "unused: start-up does not connect")?;
+    let (sim, scale) = (plugin("sim")?, plugin("scale")?);
+    let mut gateway = GatewayToml::new("bench", &dir.join("data"))
+        .set("mqtt", "host", "127.0.0.1")
+        .set("mqtt", "ca_file", ca.display().to_string());
     for i in 0..10 {
-        text.push_str(&format!(
-            "[[driver]]\nname = \"sim-{i}\"\nplugin = \"{}\"\n[driver.config]\nchannels = [{{ name = \"t\", signal = \"sine\" }}]\n[[driver.processor]]\nname = \"scale\"\nplugin = \"{}\"\n[driver.processor.config.channels.t]\ngain = 2.0\n\n",
-            plugin("sim")?.display(),
-            plugin("scale")?.display()
-        ));
+        gateway = gateway.driver(
+            PluginToml::new(&format!("sim-{i}"), &sim)
+                .config(
+                    "channels",
+                    toml::Value::Array(vec![table([("name", "t"), ("signal", "sine")])]),
+                )
+                .processor(
+                    PluginToml::new("scale", &scale)
+                        .config("channels", table([("t", table([("gain", 2.0)]))])),
+                ),
+        );
     }
     let path = dir.join("twenty.toml");
-    std::fs::write(&path, text)?;
+    std::fs::write(&path, gateway.render())?;
     Ok(path)
 }
 

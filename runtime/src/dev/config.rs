@@ -111,6 +111,17 @@ impl PluginToml {
         }
     }
 
+    /// A plugin as read from a config file's table; keys set afterwards
+    /// replace its own.
+    pub fn from_table(table: Table) -> PluginToml {
+        PluginToml {
+            table,
+            config: Table::new(),
+            limits: Table::new(),
+            processors: Vec::new(),
+        }
+    }
+
     /// Sets a key of the plugin's own table (`interval_ms`, `device`,
     /// `allow_net`, `data_dir`, ...).
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Self {

@@ -12,7 +12,7 @@ use ferrule_tests::{
 };
 use serde_json::{Value, json};
 
-use ferrule_tests::gateway_and_mqtt;
+use ferrule_tests::{GatewayToml, PluginToml, gateway_toml};
 
 /// A value's registers as a device stores them: the value's big-endian
 /// bytes, each register's two bytes swapped for little byte order, the
@@ -120,19 +120,17 @@ struct Rig {
 }
 
 /// Broker, subscriber and `ferrule run` with `drivers` as the `[[driver]]` tables.
-async fn run(dir: tempfile::TempDir, drivers: &str) -> anyhow::Result<Rig> {
+async fn run(dir: tempfile::TempDir, drivers: Vec<PluginToml>) -> anyhow::Result<Rig> {
     let pki = Pki::new(&dir.path().join("certs"))?;
     let port = free_port()?;
     let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
     let sub = Subscriber::connect(&pki, port, "ferrule/gw-test/#").await?;
     let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n{drivers}",
-            gateway_and_mqtt(&dir.path().join("data"), &pki, port, "")
-        ),
-    )?;
+    let gateway = drivers.into_iter().fold(
+        gateway_toml(&dir.path().join("data"), &pki, port),
+        GatewayToml::driver,
+    );
+    std::fs::write(&config, gateway.render())?;
     let ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
     Ok(Rig {
         dir,
@@ -148,12 +146,24 @@ fn modbus_driver(
     device: u16,
     interval_ms: u64,
     channels: &[String],
-) -> anyhow::Result<String> {
-    Ok(format!(
-        "[[driver]]\nname = \"{name}\"\nplugin = \"{plugin}\"\ndevice = \"127.0.0.1:{device}\"\ninterval_ms = {interval_ms}\n[driver.config]\ntimeout_ms = 500\nretries = 1\nchannels = [\n  {}\n]\n\n",
-        channels.join(",\n  "),
-        plugin = plugin("modbus_tcp")?.display(),
-    ))
+) -> anyhow::Result<PluginToml> {
+    let channels = channels
+        .iter()
+        .map(|c| channel(c))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(PluginToml::new(name, &plugin("modbus_tcp")?)
+        .set("device", format!("127.0.0.1:{device}"))
+        .set("interval_ms", interval_ms as i64)
+        .config("timeout_ms", 500)
+        .config("retries", 1)
+        .config("channels", toml::Value::Array(channels)))
+}
+
+/// A channel written as a TOML inline table (`{ name = "a", ... }`).
+fn channel(inline: &str) -> anyhow::Result<toml::Value> {
+    let mut doc: toml::Table = toml::from_str(&format!("channel = {inline}"))?;
+    doc.remove("channel")
+        .ok_or_else(|| anyhow::anyhow!("no channel in {inline}"))
 }
 
 /// The next data message of `driver`.
@@ -259,7 +269,7 @@ async fn every_type_and_byte_order_reads_back_exactly_in_as_few_requests_as_plan
     }
     // Holding 0..89 in one request, holding 1000, inputs, coils, discretes.
     const REQUESTS_PER_POLL: u64 = 5;
-    let mut rig = run(dir, &modbus_driver("plc", proxy.port, 200, &channels)?).await?;
+    let mut rig = run(dir, vec![modbus_driver("plc", proxy.port, 200, &channels)?]).await?;
 
     for _ in 0..3 {
         let v = next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
@@ -310,12 +320,14 @@ async fn a_device_outage_is_counted_reported_and_survived_while_other_drivers_ru
         "{ name = \"a\", table = \"holding\", address = 0 }".to_string(),
         "{ name = \"b\", table = \"holding\", address = 1 }".to_string(),
     ];
-    let drivers = format!(
-        "{}[[driver]]\nname = \"healthy\"\nplugin = \"{}\"\ninterval_ms = 100\n[driver.config]\nchannels = [{{ name = \"n\", signal = \"counter\" }}]\n",
-        modbus_driver("plc", sim.port, 200, &channels)?,
-        plugin("sim")?.display()
-    );
-    let mut rig = run(dir, &drivers).await?;
+    let healthy = PluginToml::new("healthy", &plugin("sim")?)
+        .set("interval_ms", 100)
+        .config(
+            "channels",
+            toml::Value::Array(vec![channel("{ name = \"n\", signal = \"counter\" }")?]),
+        );
+    let drivers = vec![modbus_driver("plc", sim.port, 200, &channels)?, healthy];
+    let mut rig = run(dir, drivers).await?;
     let v = next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
     assert_eq!(v["readings"][0]["value"], 11);
 
@@ -410,11 +422,18 @@ async fn a_driver_reaches_its_device_and_nothing_else() -> anyhow::Result<()> {
         });
     }
     // The fixture tries both; only `device` grants anything.
-    let drivers = format!(
-        "[[driver]]\nname = \"probe\"\nplugin = \"{}\"\ndevice = \"{device_addr}\"\ninterval_ms = 200\n[driver.config]\nbehavior = \"connect\"\ntargets = [\"{device_addr}\", \"{other_addr}\"]\n",
-        plugin("hostile")?.display()
-    );
-    let mut rig = run(dir, &drivers).await?;
+    let probe = PluginToml::new("probe", &plugin("hostile")?)
+        .set("device", device_addr.to_string())
+        .set("interval_ms", 200)
+        .config("behavior", "connect")
+        .config(
+            "targets",
+            toml::Value::Array(vec![
+                device_addr.to_string().into(),
+                other_addr.to_string().into(),
+            ]),
+        );
+    let mut rig = run(dir, vec![probe]).await?;
     let v = next_of(&mut rig, "probe", Duration::from_secs(30)).await?;
     let value = |addr: &std::net::SocketAddr| {
         v["readings"]
@@ -447,12 +466,9 @@ async fn a_device_that_never_answers_times_out_inside_the_driver() -> anyhow::Re
     });
     let channels = ["{ name = \"a\", table = \"holding\", address = 0 }".to_string()];
     let drivers = modbus_driver("plc", port, 500, &channels)?
-        .replace("timeout_ms = 500", "timeout_ms = 200")
-        .replace(
-            "interval_ms = 500",
-            "interval_ms = 500\nlimits = { timeout_ms = 3000 }",
-        );
-    let rig = run(dir, &drivers).await?;
+        .config("timeout_ms", 200)
+        .limit("timeout_ms", 3000);
+    let rig = run(dir, vec![drivers]).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let log = rig.ferrule.log_text();
     let timeouts = log
@@ -489,7 +505,7 @@ async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered
         "{ name = \"run\", table = \"coil\", address = 1 }".to_string(),
         "{ name = \"level\", table = \"input\", address = 0 }".to_string(),
     ];
-    let mut rig = run(dir, &modbus_driver("plc", sim.port, 200, &channels)?).await?;
+    let mut rig = run(dir, vec![modbus_driver("plc", sim.port, 200, &channels)?]).await?;
     next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
     // The command subscription is made right after CONNACK; give the broker
     // a moment to have it in place.
@@ -609,13 +625,26 @@ async fn the_modbus_example_reads_its_simulated_line() -> anyhow::Result<()> {
     let example = ferrule_tests::workspace_root().join("examples/modbus");
     let store: Value = serde_json::from_slice(&std::fs::read(example.join("datastore.json"))?)?;
     let sim = ModbusSim::start(dir.path(), &store)?;
-    let drivers = std::fs::read_to_string(example.join("drivers.toml"))?
-        .replace("127.0.0.1:5020", &format!("127.0.0.1:{}", sim.port))
-        .replace(
-            "../../target/wasm32-wasip2/release/modbus_tcp.wasm",
-            &plugin("modbus_tcp")?.display().to_string(),
-        );
-    let mut rig = run(dir, &drivers).await?;
+    // The example as a user has it, pointed at the simulator and the
+    // plugin just built.
+    let mut example_file: toml::Table =
+        toml::from_str(&std::fs::read_to_string(example.join("drivers.toml"))?)?;
+    let Some(toml::Value::Array(tables)) = example_file.remove("driver") else {
+        anyhow::bail!("examples/modbus/drivers.toml has no [[driver]]");
+    };
+    let drivers = tables
+        .into_iter()
+        .filter_map(|t| match t {
+            toml::Value::Table(t) => Some(t),
+            _ => None,
+        })
+        .map(|t| {
+            Ok(PluginToml::from_table(t)
+                .set("device", format!("127.0.0.1:{}", sim.port))
+                .set("plugin", plugin("modbus_tcp")?.display().to_string()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut rig = run(dir, drivers).await?;
     let v = next_of(&mut rig, "line-plc", Duration::from_secs(30)).await?;
     let got: BTreeMap<String, Value> = v["readings"]
         .as_array()
@@ -654,7 +683,7 @@ async fn an_exception_makes_only_its_channels_bad() -> anyhow::Result<()> {
         // Beyond the simulator's 2,000 registers: an IllegalDataAddress exception.
         "{ name = \"beyond\", table = \"holding\", address = 5000 }".to_string(),
     ];
-    let mut rig = run(dir, &modbus_driver("plc", sim.port, 200, &channels)?).await?;
+    let mut rig = run(dir, vec![modbus_driver("plc", sim.port, 200, &channels)?]).await?;
     let v = next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
     let r = &v["readings"];
     assert_eq!(
@@ -704,7 +733,7 @@ async fn a_device_answering_out_of_step_is_reconnected_and_counted() -> anyhow::
         }
     });
     let channels = ["{ name = \"a\", table = \"holding\", address = 0 }".to_string()];
-    let rig = run(dir, &modbus_driver("plc", port, 200, &channels)?).await?;
+    let rig = run(dir, vec![modbus_driver("plc", port, 200, &channels)?]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = rig.ferrule.log_text();
     let failed = log
