@@ -336,6 +336,69 @@ impl Received {
     }
 }
 
+/// What most integration tests run against: a work directory, a test PKI,
+/// mosquitto with TLS on a loopback port, and a subscriber; `run` starts
+/// the gateway on a config built from [`Rig::gateway`].
+pub struct Rig {
+    /// Everything the test writes: certificates, config, data, logs.
+    pub dir: tempfile::TempDir,
+    /// The test CA and its certificates.
+    pub pki: Pki,
+    /// The broker's port on 127.0.0.1.
+    pub port: u16,
+    /// The broker.
+    pub broker: Mosquitto,
+    /// A subscriber to `filter`, connected before the gateway starts.
+    pub sub: Subscriber,
+}
+
+impl Rig {
+    /// A broker with `broker_options` (mosquitto.conf lines) and a
+    /// subscriber to `filter`.
+    pub async fn start(broker_options: &str, filter: &str) -> anyhow::Result<Rig> {
+        let dir = tempdir()?;
+        let pki = Pki::new(&dir.path().join("certs"))?;
+        let port = free_port()?;
+        let broker = Mosquitto::start(dir.path(), &pki, port, broker_options)?;
+        let sub = Subscriber::connect(&pki, port, filter).await?;
+        Ok(Rig {
+            dir,
+            pki,
+            port,
+            broker,
+            sub,
+        })
+    }
+
+    /// Where the gateway keeps its data.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The shared base config for a gateway of this rig.
+    pub fn gateway(&self) -> GatewayToml {
+        gateway_toml(&self.data_dir(), &self.pki, self.port)
+    }
+
+    /// Writes `gateway` to `gateway.toml` in the work directory and starts
+    /// `ferrule run` on it (with the open-file limit `open_files`, when
+    /// given); returns the config's path and the process.
+    pub fn run(
+        &self,
+        gateway: &GatewayToml,
+        open_files: Option<u64>,
+    ) -> anyhow::Result<(PathBuf, Process)> {
+        let config = self.dir.path().join("gateway.toml");
+        std::fs::write(&config, gateway.render())?;
+        let ferrule = start_ferrule_with_open_files(
+            self.dir.path(),
+            &["run", &config.to_string_lossy()],
+            open_files,
+        )?;
+        Ok((config, ferrule))
+    }
+}
+
 /// A TLS MQTT subscriber that forwards what it receives to a channel.
 pub struct Subscriber {
     pub messages: mpsc::UnboundedReceiver<Received>,

@@ -7,12 +7,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ferrule_tests::net::{CountingProxy, ModbusSim};
-use ferrule_tests::{
-    Mosquitto, Pki, Process, Subscriber, free_port, plugin, queue_stats, start_ferrule, tempdir,
-};
+use ferrule_tests::{Mosquitto, Process, Subscriber, plugin, queue_stats, tempdir};
 use serde_json::{Value, json};
 
-use ferrule_tests::{GatewayToml, PluginToml, gateway_toml};
+use ferrule_tests::{GatewayToml, PluginToml};
 
 /// A value's registers as a device stores them: the value's big-endian
 /// bytes, each register's two bytes swapped for little byte order, the
@@ -113,6 +111,8 @@ fn type_map() -> Map {
 
 struct Rig {
     dir: tempfile::TempDir,
+    /// The broker's, the certificates' and the gateway's directory.
+    _rig_dir: tempfile::TempDir,
     _broker: Mosquitto,
     sub: Subscriber,
     ferrule: Process,
@@ -121,19 +121,19 @@ struct Rig {
 
 /// Broker, subscriber and `ferrule run` with `drivers` as the `[[driver]]` tables.
 async fn run(dir: tempfile::TempDir, drivers: Vec<PluginToml>) -> anyhow::Result<Rig> {
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let port = free_port()?;
-    let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
-    let sub = Subscriber::connect(&pki, port, "ferrule/gw-test/#").await?;
-    let config = dir.path().join("gateway.toml");
-    let gateway = drivers.into_iter().fold(
-        gateway_toml(&dir.path().join("data"), &pki, port),
-        GatewayToml::driver,
-    );
-    std::fs::write(&config, gateway.render())?;
-    let ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
+    let rig = ferrule_tests::Rig::start("", "ferrule/gw-test/#").await?;
+    // The simulators' files stay in the test's own directory.
+    let gateway = drivers.into_iter().fold(rig.gateway(), GatewayToml::driver);
+    let (config, ferrule) = rig.run(&gateway, None)?;
+    let ferrule_tests::Rig {
+        broker,
+        sub,
+        dir: rig_dir,
+        ..
+    } = rig;
     Ok(Rig {
         dir,
+        _rig_dir: rig_dir,
         _broker: broker,
         sub,
         ferrule,

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use ferrule::dev::config::table;
 use ferrule_tests::{
-    GatewayToml, Mosquitto, Pki, PluginToml, Process, Subscriber, free_port, gateway_toml,
-    log_clock, plugin, rss_kib, start_ferrule_with_open_files, tempdir,
+    GatewayToml, Mosquitto, Pki, PluginToml, Process, Rig, Subscriber, log_clock, plugin, rss_kib,
 };
 pub(crate) use ferrule_tests::{hostile_driver as hostile, rss_peak};
 
@@ -47,27 +46,26 @@ pub(crate) async fn start_with_open_files(
     prepare: impl FnOnce(&Path),
     open_files: Option<u64>,
 ) -> anyhow::Result<Run> {
-    let dir = tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let port = free_port()?;
-    let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
-    let sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
-    prepare(&dir.path().join("data"));
+    let rig = Rig::start("", "ferrule/gw-test/data/#").await?;
+    prepare(&rig.data_dir());
     let healthy = PluginToml::new("healthy", &plugin("sim")?)
         .set("interval_ms", HEALTHY_INTERVAL_MS as i64)
         .config(
             "channels",
             toml::Value::Array(vec![table([("name", "n"), ("signal", "counter")])]),
         );
-    let gateway = configure(gateway_toml(&dir.path().join("data"), &pki, port)).driver(healthy);
-    let text = drivers
-        .into_iter()
-        .fold(gateway, GatewayToml::driver)
-        .render();
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, text)?;
-    let ferrule =
-        start_ferrule_with_open_files(dir.path(), &["run", &config.to_string_lossy()], open_files)?;
+    let gateway = drivers.into_iter().fold(
+        configure(rig.gateway()).driver(healthy),
+        GatewayToml::driver,
+    );
+    let (_, ferrule) = rig.run(&gateway, open_files)?;
+    let Rig {
+        dir,
+        pki,
+        broker,
+        sub,
+        ..
+    } = rig;
     Ok(Run {
         dir,
         broker,
