@@ -187,8 +187,7 @@ fn test(root: &Path) -> anyhow::Result<()> {
         run(&root.join(ws), cargo().args(["fmt", "--all", "--check"]))?;
     }
     // Dependencies no source file uses, in every workspace below the root.
-    ensure_machete()?;
-    run(root, cargo().arg("machete"))?;
+    run(root, &mut Command::new(ensure_machete(root)?))?;
     run(
         root,
         cargo().args([
@@ -280,20 +279,25 @@ fn build_plugins(root: &Path) -> anyhow::Result<()> {
 /// The cargo-machete release the unused-dependency check runs.
 const MACHETE: &str = "cargo-machete@0.9.2";
 
-/// Installs cargo-machete if this machine lacks it: a debug build (about
-/// 40 s on 2 cores, against 3 minutes optimised; it reads a few dozen files).
-fn ensure_machete() -> anyhow::Result<()> {
-    let have = Command::new("cargo")
-        .args(["machete", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if have {
-        return Ok(());
+/// cargo-machete, installed under `target/tools` unless it is there: a
+/// debug build (about 40 s on 2 cores, against 3 minutes optimised; it
+/// only reads a few dozen files). Run as its own binary from the root it
+/// checks every workspace below it.
+fn ensure_machete(root: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let tools = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), std::path::PathBuf::from)
+        .join("tools");
+    let bin = tools.join("bin").join("cargo-machete");
+    if !bin.is_file() {
+        run(
+            root,
+            cargo()
+                .args(["install", "--locked", "--debug", "--root"])
+                .arg(&tools)
+                .arg(MACHETE),
+        )?;
     }
-    run(
-        Path::new("."),
-        cargo().args(["install", "--locked", "--debug", MACHETE]),
-    )
+    Ok(bin)
 }
 
 fn ensure_wasm_target() -> anyhow::Result<()> {
