@@ -356,11 +356,27 @@ impl Rig {
     /// A broker with `broker_options` (mosquitto.conf lines) and a
     /// subscriber to `filter`.
     pub async fn start(broker_options: &str, filter: &str) -> anyhow::Result<Rig> {
+        Rig::start_with(|_, _| Ok(broker_options.to_string()), filter, None).await
+    }
+
+    /// Like [`Rig::start`], with the broker's options written by `broker`
+    /// once the work directory and the PKI exist (ACL and CRL files,
+    /// persistence), and, given a client id, a subscriber whose session
+    /// survives broker restarts.
+    pub async fn start_with(
+        broker: impl FnOnce(&Path, &Pki) -> anyhow::Result<String>,
+        filter: &str,
+        persistent_subscriber: Option<&str>,
+    ) -> anyhow::Result<Rig> {
         let dir = tempdir()?;
         let pki = Pki::new(&dir.path().join("certs"))?;
         let port = free_port()?;
-        let broker = Mosquitto::start(dir.path(), &pki, port, broker_options)?;
-        let sub = Subscriber::connect(&pki, port, filter).await?;
+        let options = broker(dir.path(), &pki)?;
+        let broker = Mosquitto::start(dir.path(), &pki, port, &options)?;
+        let sub = match persistent_subscriber {
+            Some(id) => Subscriber::connect_persistent(&pki, port, filter, id).await?,
+            None => Subscriber::connect(&pki, port, filter).await?,
+        };
         Ok(Rig {
             dir,
             pki,

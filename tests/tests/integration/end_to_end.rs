@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferrule_tests::{Mosquitto, Pki, Subscriber, free_port, start_ferrule};
+use ferrule_tests::{Mosquitto, Rig, Subscriber, persistence_config, start_ferrule};
 
 use crate::common::sim_scale_config;
 
@@ -20,11 +20,13 @@ async fn over_mqtt_5_scaled_readings_arrive_in_sequence_and_status_goes_offline_
 }
 
 async fn skeleton_end_to_end(protocol: &str) -> anyhow::Result<()> {
-    let dir = ferrule_tests::tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let port = free_port()?;
-    let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
-    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/#").await?;
+    let Rig {
+        dir,
+        pki,
+        port,
+        broker,
+        mut sub,
+    } = Rig::start("", "ferrule/gw-test/#").await?;
 
     let config = dir.path().join("gateway.toml");
     let text = sim_scale_config(dir.path(), &pki, port, 100)?
@@ -151,20 +153,22 @@ async fn collect_until(
 
 #[tokio::test]
 async fn readings_captured_while_the_broker_restarts_arrive_without_gap() -> anyhow::Result<()> {
-    let dir = ferrule_tests::tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let port = free_port()?;
     // Broker persistence keeps the subscriber's session (and the messages
     // queued for it) across the restart, so the test sees everything the
     // broker accepted.
-    let store = ferrule_tests::broker_writable_dir(dir.path(), "mosquitto-db")?;
-    let extra = format!(
-        "persistence true\npersistence_location {}/\n",
-        store.display()
-    );
-    let mut broker = Mosquitto::start(dir.path(), &pki, port, &extra)?;
-    let mut sub =
-        Subscriber::connect_persistent(&pki, port, "ferrule/gw-test/data/#", "restart-sub").await?;
+    let Rig {
+        dir,
+        pki,
+        port,
+        mut broker,
+        mut sub,
+    } = Rig::start_with(
+        |dir, _| persistence_config(dir),
+        "ferrule/gw-test/data/#",
+        Some("restart-sub"),
+    )
+    .await?;
+    let extra = persistence_config(dir.path())?;
 
     let config = dir.path().join("gateway.toml");
     std::fs::write(
@@ -227,11 +231,13 @@ async fn readings_captured_while_the_broker_restarts_arrive_without_gap() -> any
 
 #[tokio::test]
 async fn sigterm_publishes_offline_and_exits_zero() -> anyhow::Result<()> {
-    let dir = ferrule_tests::tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let port = free_port()?;
-    let broker = Mosquitto::start(dir.path(), &pki, port, "")?;
-    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/status").await?;
+    let Rig {
+        dir,
+        pki,
+        port,
+        broker,
+        mut sub,
+    } = Rig::start("", "ferrule/gw-test/status").await?;
     let config = dir.path().join("gateway.toml");
     std::fs::write(
         &config,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ferrule::dev::certs::CertFiles;
 use ferrule_tests::net::StallingProxy;
 use ferrule_tests::{
-    Mosquitto, Pki, Process, SeqLog, Subscriber, clock_now, connects, free_port, queue_stats,
+    Mosquitto, Pki, Process, Rig, SeqLog, Subscriber, clock_now, connects, free_port, queue_stats,
     start_ferrule, tempdir,
 };
 
@@ -92,20 +92,24 @@ fn last_seq(dir: &Path, config: &Path) -> anyhow::Result<u64> {
 #[tokio::test]
 async fn a_revoked_certificate_is_refused_with_backoff_until_a_new_one_is_installed()
 -> anyhow::Result<()> {
-    let dir = tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
     // The gateway starts with a certificate its CA has revoked.
-    let revoked = pki.ca.client("revoked", "test-gateway")?;
-    let crl = pki.ca.revocation_list("test-ca", &[revoked.serial])?;
-    install(&revoked, &pki.gateway)?;
-    let port = free_port()?;
-    let _broker = Mosquitto::start(
-        dir.path(),
-        &pki,
+    let Rig {
+        dir,
+        pki,
         port,
-        &format!("crlfile {}\n", crl.display()),
-    )?;
-    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
+        broker: _broker,
+        mut sub,
+    } = Rig::start_with(
+        |_, pki| {
+            let revoked = pki.ca.client("revoked", "test-gateway")?;
+            let crl = pki.ca.revocation_list("test-ca", &[revoked.serial])?;
+            install(&revoked, &pki.gateway)?;
+            Ok(format!("crlfile {}\n", crl.display()))
+        },
+        "ferrule/gw-test/data/#",
+        None,
+    )
+    .await?;
     let (config, mut ferrule) = run_config(
         dir.path(),
         &sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?.render(),
@@ -176,12 +180,14 @@ async fn a_silently_dead_link_is_detected_by_keep_alive_and_reconnected_without_
 -> anyhow::Result<()> {
     const KEEP_ALIVE_S: f64 = 2.0;
     const BACKOFF_CAP_S: f64 = 1.0;
-    let dir = tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let port = free_port()?;
-    let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
+    let Rig {
+        dir,
+        pki,
+        port,
+        broker: _broker,
+        mut sub,
+    } = Rig::start("", "ferrule/gw-test/data/#").await?;
     let proxy = StallingProxy::start(port).await?;
-    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
     let text = sim_config(&dir.path().join("data"), &pki, proxy.port, 100, 1, "")?
         .set("mqtt", "keep_alive_s", 2)
         .render();
@@ -243,16 +249,17 @@ struct Entry {
 async fn split_at_the_brokers_limit(protocol: &str, configured: Option<u32>) -> anyhow::Result<()> {
     const LIMIT: usize = 2048;
     const CHANNELS: usize = 60;
-    let dir = tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let port = free_port()?;
-    let _broker = Mosquitto::start(
-        dir.path(),
-        &pki,
+    let Rig {
+        dir,
+        pki,
         port,
+        broker: _broker,
+        mut sub,
+    } = Rig::start(
         &format!("max_packet_size {LIMIT}\n"),
-    )?;
-    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
+        "ferrule/gw-test/data/#",
+    )
+    .await?;
     let mut gateway = sim_config(&dir.path().join("data"), &pki, port, 200, CHANNELS, "")?
         .set("mqtt", "protocol", protocol);
     if let Some(limit) = configured {
@@ -451,22 +458,27 @@ async fn over_mqtt_5_a_wrong_password_is_an_authorization_failure_until_the_file
 #[tokio::test]
 async fn over_mqtt_5_publishes_the_broker_refuses_stay_queued_until_it_accepts_them()
 -> anyhow::Result<()> {
-    let dir = tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let acl = dir.path().join("acl");
     // Anonymous clients may set the status and read, not publish data.
-    std::fs::write(
-        &acl,
-        "topic readwrite ferrule/gw-test/status\ntopic read ferrule/#\n",
-    )?;
-    let port = free_port()?;
-    let broker = Mosquitto::start(
-        dir.path(),
-        &pki,
+    let Rig {
+        dir,
+        pki,
         port,
-        &format!("acl_file {}\n", acl.display()),
-    )?;
-    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
+        broker,
+        mut sub,
+    } = Rig::start_with(
+        |dir, _| {
+            let acl = dir.join("acl");
+            std::fs::write(
+                &acl,
+                "topic readwrite ferrule/gw-test/status\ntopic read ferrule/#\n",
+            )?;
+            Ok(format!("acl_file {}\n", acl.display()))
+        },
+        "ferrule/gw-test/data/#",
+        None,
+    )
+    .await?;
+    let acl = dir.path().join("acl");
     let text = sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?
         .set("mqtt", "protocol", "5")
         .render();
@@ -510,15 +522,17 @@ async fn over_mqtt_5_publishes_the_broker_refuses_stay_queued_until_it_accepts_t
 
 #[tokio::test]
 async fn a_client_certificate_close_to_expiry_is_warned_about_and_reported() -> anyhow::Result<()> {
-    let dir = tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
+    let Rig {
+        dir,
+        pki,
+        port,
+        broker: _broker,
+        mut sub,
+    } = Rig::start("", "ferrule/gw-test/telemetry").await?;
     let short =
         pki.ca
             .client_valid_for("short", "test-gateway", Duration::from_secs(10 * 86_400))?;
     install(&short, &pki.gateway)?;
-    let port = free_port()?;
-    let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
-    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/telemetry").await?;
     let text = sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?
         .set("telemetry", "interval_s", 1)
         .render();

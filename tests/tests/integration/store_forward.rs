@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferrule_tests::{
-    Jitter, Mosquitto, Pki, SeqLog, Subscriber, free_port, persistence_config, queue_stats,
-    start_ferrule, tempdir,
+    Jitter, Mosquitto, Pki, SeqLog, Subscriber, persistence_config, queue_stats, start_ferrule,
 };
 
 use crate::common::sim_config;
@@ -28,13 +27,19 @@ struct Rig {
 
 impl Rig {
     async fn new(interval_ms: u64, channels: usize, queue: &str) -> anyhow::Result<Rig> {
-        let dir = tempdir()?;
-        let pki = Pki::new(&dir.path().join("certs"))?;
-        let port = free_port()?;
+        let ferrule_tests::Rig {
+            dir,
+            pki,
+            port,
+            broker,
+            sub,
+        } = ferrule_tests::Rig::start_with(
+            |dir, _| persistence_config(dir),
+            "ferrule/gw-test/data/#",
+            Some("sf-sub"),
+        )
+        .await?;
         let broker_extra = persistence_config(dir.path())?;
-        let broker = Mosquitto::start(dir.path(), &pki, port, &broker_extra)?;
-        let sub =
-            Subscriber::connect_persistent(&pki, port, "ferrule/gw-test/data/#", "sf-sub").await?;
         let config = dir.path().join("gateway.toml");
         let data = dir.path().join("data");
         std::fs::write(

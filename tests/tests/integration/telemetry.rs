@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferrule_tests::{Mosquitto, Pki, PluginToml, Subscriber, free_port, start_ferrule, tempdir};
+use ferrule_tests::{Mosquitto, PluginToml, Rig, persistence_config, start_ferrule};
 
 use crate::common::sim_config;
 
@@ -12,17 +12,19 @@ use crate::common::sim_config;
 #[tokio::test]
 async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order_ahead_of_the_data_backlog()
 -> anyhow::Result<()> {
-    let dir = tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let port = free_port()?;
-    let store = ferrule_tests::broker_writable_dir(dir.path(), "mosquitto-db")?;
-    let extra = format!(
-        "persistence true\npersistence_location {}/\nmax_queued_messages 0\n",
-        store.display()
-    );
-    let mut broker = Mosquitto::start(dir.path(), &pki, port, &extra)?;
-    let mut sub =
-        Subscriber::connect_persistent(&pki, port, "ferrule/gw-test/#", "telemetry-sub").await?;
+    let Rig {
+        dir,
+        pki,
+        port,
+        mut broker,
+        mut sub,
+    } = Rig::start_with(
+        |dir, _| persistence_config(dir),
+        "ferrule/gw-test/#",
+        Some("telemetry-sub"),
+    )
+    .await?;
+    let extra = persistence_config(dir.path())?;
     let config = dir.path().join("gateway.toml");
     // A busy driver: a batch every 5 ms, so the outage leaves a backlog.
     let text = sim_config(&dir.path().join("data"), &pki, port, 5, 20, "")?
@@ -135,11 +137,13 @@ async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order_ahead_of
 #[tokio::test]
 async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -> anyhow::Result<()>
 {
-    let dir = tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let port = free_port()?;
-    let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
-    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/#").await?;
+    let Rig {
+        dir,
+        pki,
+        port,
+        broker: _broker,
+        mut sub,
+    } = Rig::start("", "ferrule/gw-test/#").await?;
     let config = dir.path().join("gateway.toml");
     let flaky = PluginToml::new("flaky", &ferrule_tests::plugin("hostile")?)
         .set("interval_ms", 100)
@@ -273,11 +277,13 @@ async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -
 
 #[tokio::test]
 async fn the_local_history_rotates_raw_samples_and_keeps_correct_roll_ups() -> anyhow::Result<()> {
-    let dir = tempdir()?;
-    let pki = Pki::new(&dir.path().join("certs"))?;
-    let port = free_port()?;
-    let _broker = Mosquitto::start(dir.path(), &pki, port, "")?;
-    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/telemetry").await?;
+    let Rig {
+        dir,
+        pki,
+        port,
+        broker: _broker,
+        mut sub,
+    } = Rig::start("", "ferrule/gw-test/telemetry").await?;
     let config = dir.path().join("gateway.toml");
     let text = sim_config(&dir.path().join("data"), &pki, port, 100, 2, "")?
         .set("telemetry", "interval_s", 1)
