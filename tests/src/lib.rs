@@ -386,6 +386,19 @@ impl Rig {
         })
     }
 
+    /// A broker that keeps sessions and queued messages on disk (restart it
+    /// with [`persistence_config`] of the same directory) and a subscriber
+    /// `client_id` whose session survives broker restarts.
+    pub async fn persistent(filter: &str, client_id: &str) -> anyhow::Result<Rig> {
+        Rig::start_with(|dir, _| persistence_config(dir), filter, Some(client_id)).await
+    }
+
+    /// The rig's parts, for a test that uses them by name: (work dir, PKI,
+    /// broker port, broker, subscriber).
+    pub fn into_parts(self) -> (tempfile::TempDir, Pki, u16, Mosquitto, Subscriber) {
+        (self.dir, self.pki, self.port, self.broker, self.sub)
+    }
+
     /// Where the gateway keeps its data.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

@@ -20,13 +20,7 @@ async fn over_mqtt_5_scaled_readings_arrive_in_sequence_and_status_goes_offline_
 }
 
 async fn skeleton_end_to_end(protocol: &str) -> anyhow::Result<()> {
-    let Rig {
-        dir,
-        pki,
-        port,
-        broker,
-        mut sub,
-    } = Rig::start("", "ferrule/gw-test/#").await?;
+    let (dir, pki, port, broker, mut sub) = Rig::start("", "ferrule/gw-test/#").await?.into_parts();
 
     let config = dir.path().join("gateway.toml");
     let text = sim_scale_config(dir.path(), &pki, port, 100)?
@@ -156,18 +150,10 @@ async fn readings_captured_while_the_broker_restarts_arrive_without_gap() -> any
     // Broker persistence keeps the subscriber's session (and the messages
     // queued for it) across the restart, so the test sees everything the
     // broker accepted.
-    let Rig {
-        dir,
-        pki,
-        port,
-        mut broker,
-        mut sub,
-    } = Rig::start_with(
-        |dir, _| persistence_config(dir),
-        "ferrule/gw-test/data/#",
-        Some("restart-sub"),
-    )
-    .await?;
+    let (dir, pki, port, mut broker, mut sub) =
+        ferrule_tests::Rig::persistent("ferrule/gw-test/data/#", "restart-sub")
+            .await?
+            .into_parts();
     let extra = persistence_config(dir.path())?;
 
     let config = dir.path().join("gateway.toml");
@@ -231,13 +217,8 @@ async fn readings_captured_while_the_broker_restarts_arrive_without_gap() -> any
 
 #[tokio::test]
 async fn sigterm_publishes_offline_and_exits_zero() -> anyhow::Result<()> {
-    let Rig {
-        dir,
-        pki,
-        port,
-        broker,
-        mut sub,
-    } = Rig::start("", "ferrule/gw-test/status").await?;
+    let (dir, pki, port, broker, mut sub) =
+        Rig::start("", "ferrule/gw-test/status").await?.into_parts();
     let config = dir.path().join("gateway.toml");
     std::fs::write(
         &config,

@@ -93,13 +93,7 @@ fn last_seq(dir: &Path, config: &Path) -> anyhow::Result<u64> {
 async fn a_revoked_certificate_is_refused_with_backoff_until_a_new_one_is_installed()
 -> anyhow::Result<()> {
     // The gateway starts with a certificate its CA has revoked.
-    let Rig {
-        dir,
-        pki,
-        port,
-        broker: _broker,
-        mut sub,
-    } = Rig::start_with(
+    let (dir, pki, port, _broker, mut sub) = Rig::start_with(
         |_, pki| {
             let revoked = pki.ca.client("revoked", "test-gateway")?;
             let crl = pki.ca.revocation_list("test-ca", &[revoked.serial])?;
@@ -109,7 +103,8 @@ async fn a_revoked_certificate_is_refused_with_backoff_until_a_new_one_is_instal
         "ferrule/gw-test/data/#",
         None,
     )
-    .await?;
+    .await?
+    .into_parts();
     let (config, mut ferrule) = run_config(
         dir.path(),
         &sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?.render(),
@@ -180,13 +175,8 @@ async fn a_silently_dead_link_is_detected_by_keep_alive_and_reconnected_without_
 -> anyhow::Result<()> {
     const KEEP_ALIVE_S: f64 = 2.0;
     const BACKOFF_CAP_S: f64 = 1.0;
-    let Rig {
-        dir,
-        pki,
-        port,
-        broker: _broker,
-        mut sub,
-    } = Rig::start("", "ferrule/gw-test/data/#").await?;
+    let (dir, pki, port, _broker, mut sub) =
+        Rig::start("", "ferrule/gw-test/data/#").await?.into_parts();
     let proxy = StallingProxy::start(port).await?;
     let text = sim_config(&dir.path().join("data"), &pki, proxy.port, 100, 1, "")?
         .set("mqtt", "keep_alive_s", 2)
@@ -249,17 +239,12 @@ struct Entry {
 async fn split_at_the_brokers_limit(protocol: &str, configured: Option<u32>) -> anyhow::Result<()> {
     const LIMIT: usize = 2048;
     const CHANNELS: usize = 60;
-    let Rig {
-        dir,
-        pki,
-        port,
-        broker: _broker,
-        mut sub,
-    } = Rig::start(
+    let (dir, pki, port, _broker, mut sub) = Rig::start(
         &format!("max_packet_size {LIMIT}\n"),
         "ferrule/gw-test/data/#",
     )
-    .await?;
+    .await?
+    .into_parts();
     let mut gateway = sim_config(&dir.path().join("data"), &pki, port, 200, CHANNELS, "")?
         .set("mqtt", "protocol", protocol);
     if let Some(limit) = configured {
@@ -459,13 +444,7 @@ async fn over_mqtt_5_a_wrong_password_is_an_authorization_failure_until_the_file
 async fn over_mqtt_5_publishes_the_broker_refuses_stay_queued_until_it_accepts_them()
 -> anyhow::Result<()> {
     // Anonymous clients may set the status and read, not publish data.
-    let Rig {
-        dir,
-        pki,
-        port,
-        broker,
-        mut sub,
-    } = Rig::start_with(
+    let (dir, pki, port, broker, mut sub) = Rig::start_with(
         |dir, _| {
             let acl = dir.join("acl");
             std::fs::write(
@@ -477,7 +456,8 @@ async fn over_mqtt_5_publishes_the_broker_refuses_stay_queued_until_it_accepts_t
         "ferrule/gw-test/data/#",
         None,
     )
-    .await?;
+    .await?
+    .into_parts();
     let acl = dir.path().join("acl");
     let text = sim_config(&dir.path().join("data"), &pki, port, 100, 1, "")?
         .set("mqtt", "protocol", "5")
@@ -522,13 +502,9 @@ async fn over_mqtt_5_publishes_the_broker_refuses_stay_queued_until_it_accepts_t
 
 #[tokio::test]
 async fn a_client_certificate_close_to_expiry_is_warned_about_and_reported() -> anyhow::Result<()> {
-    let Rig {
-        dir,
-        pki,
-        port,
-        broker: _broker,
-        mut sub,
-    } = Rig::start("", "ferrule/gw-test/telemetry").await?;
+    let (dir, pki, port, _broker, mut sub) = Rig::start("", "ferrule/gw-test/telemetry")
+        .await?
+        .into_parts();
     let short =
         pki.ca
             .client_valid_for("short", "test-gateway", Duration::from_secs(10 * 86_400))?;

@@ -27,18 +27,10 @@ struct Rig {
 
 impl Rig {
     async fn new(interval_ms: u64, channels: usize, queue: &str) -> anyhow::Result<Rig> {
-        let ferrule_tests::Rig {
-            dir,
-            pki,
-            port,
-            broker,
-            sub,
-        } = ferrule_tests::Rig::start_with(
-            |dir, _| persistence_config(dir),
-            "ferrule/gw-test/data/#",
-            Some("sf-sub"),
-        )
-        .await?;
+        let (dir, pki, port, broker, sub) =
+            ferrule_tests::Rig::persistent("ferrule/gw-test/data/#", "sf-sub")
+                .await?
+                .into_parts();
         let broker_extra = persistence_config(dir.path())?;
         let config = dir.path().join("gateway.toml");
         let data = dir.path().join("data");

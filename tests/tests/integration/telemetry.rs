@@ -12,18 +12,10 @@ use crate::common::sim_config;
 #[tokio::test]
 async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order_ahead_of_the_data_backlog()
 -> anyhow::Result<()> {
-    let Rig {
-        dir,
-        pki,
-        port,
-        mut broker,
-        mut sub,
-    } = Rig::start_with(
-        |dir, _| persistence_config(dir),
-        "ferrule/gw-test/#",
-        Some("telemetry-sub"),
-    )
-    .await?;
+    let (dir, pki, port, mut broker, mut sub) =
+        ferrule_tests::Rig::persistent("ferrule/gw-test/#", "telemetry-sub")
+            .await?
+            .into_parts();
     let extra = persistence_config(dir.path())?;
     let config = dir.path().join("gateway.toml");
     // A busy driver: a batch every 5 ms, so the outage leaves a backlog.
@@ -137,13 +129,8 @@ async fn snapshots_captured_during_an_outage_arrive_afterwards_in_order_ahead_of
 #[tokio::test]
 async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -> anyhow::Result<()>
 {
-    let Rig {
-        dir,
-        pki,
-        port,
-        broker: _broker,
-        mut sub,
-    } = Rig::start("", "ferrule/gw-test/#").await?;
+    let (dir, pki, port, _broker, mut sub) =
+        Rig::start("", "ferrule/gw-test/#").await?.into_parts();
     let config = dir.path().join("gateway.toml");
     let flaky = PluginToml::new("flaky", &ferrule_tests::plugin("hostile")?)
         .set("interval_ms", 100)
@@ -277,13 +264,9 @@ async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -
 
 #[tokio::test]
 async fn the_local_history_rotates_raw_samples_and_keeps_correct_roll_ups() -> anyhow::Result<()> {
-    let Rig {
-        dir,
-        pki,
-        port,
-        broker: _broker,
-        mut sub,
-    } = Rig::start("", "ferrule/gw-test/telemetry").await?;
+    let (dir, pki, port, _broker, mut sub) = Rig::start("", "ferrule/gw-test/telemetry")
+        .await?
+        .into_parts();
     let config = dir.path().join("gateway.toml");
     let text = sim_config(&dir.path().join("data"), &pki, port, 100, 2, "")?
         .set("telemetry", "interval_s", 1)
