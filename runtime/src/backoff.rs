@@ -47,11 +47,6 @@ impl Backoff {
         }
     }
 
-    /// The delay [`Backoff::next_delay`] would return next, before jitter.
-    pub fn peek(&self) -> Duration {
-        self.next
-    }
-
     /// After a success: the next delay is `min` again.
     pub fn reset(&mut self) {
         self.next = self.min;
@@ -71,7 +66,7 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         b.reset();
         assert_eq!(b.next_delay(), 100 * MS);
-        assert_eq!(b.peek(), 200 * MS);
+        assert_eq!(b.next_delay(), 200 * MS);
     }
 
     #[test]
