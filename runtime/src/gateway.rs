@@ -378,6 +378,7 @@ pub fn plugin_limits(l: &PluginLimits) -> Limits {
         timeout: Duration::from_millis(l.timeout_ms),
         max_readings: l.max_readings,
         max_value_bytes: l.max_value_bytes,
+        max_channels: l.max_channels,
         log_lines_per_s: l.log_lines_per_s,
         max_result_bytes: l.max_result_bytes,
         max_status_entries: l.max_status_entries,

@@ -3,11 +3,15 @@
 //! A driver is a type that implements [`Driver`] and carries the
 //! [`driver`] attribute; a processor implements [`Processor`] and carries
 //! [`processor`]. The attribute generates the WebAssembly component glue
-//! (the `ferrule:plugin` WIT world), so plugin authors never see
+//! (the `ferrule:plugin@0.2.0` WIT world), so plugin authors never see
 //! wit-bindgen. Build with `cargo build --release --target wasm32-wasip2`.
 //!
+//! A driver may declare its channels once ([`Driver::channels`]) and
+//! write readings by [`ChannelId`], or just write readings by name: the
+//! SDK maps each name to its index in the channel table.
+//!
 //! ```ignore
-//! use ferrule_sdk::{Driver, Error, Reading};
+//! use ferrule_sdk::{Channel, ChannelId, Driver, Error, Reading, ValueType};
 //!
 //! #[derive(serde::Deserialize)]
 //! struct Config { start: i64 }
@@ -15,29 +19,37 @@
 //! #[ferrule_sdk::driver]
 //! struct Counter { next: i64 }
 //!
+//! const COUNT: ChannelId = ChannelId::at(0);
+//!
 //! impl Driver for Counter {
 //!     type Config = Config;
 //!     fn new(config: Config) -> Result<Self, Error> {
 //!         Ok(Counter { next: config.start })
 //!     }
+//!     fn channels(&self) -> Vec<Channel> {
+//!         vec![Channel::new("count", ValueType::Int)]
+//!     }
 //!     fn poll(&mut self) -> Result<Vec<Reading>, Error> {
 //!         self.next += 1;
-//!         Ok(vec![Reading::new("count", self.next)])
+//!         Ok(vec![Reading::new(COUNT, self.next)])
 //!     }
 //! }
 //! ```
 
 #![warn(missing_docs)]
 
+mod channels;
+mod glue;
 mod types;
 
 pub mod log;
 
+pub use channels::{Channel, ChannelId, ChannelRef, Channels, Reading};
 pub use ferrule_sdk_macros::{driver, processor};
-pub use types::{DeviceStatus, Error, Quality, Reading, Value};
+pub use types::{DeviceStatus, Error, Quality, Value, ValueRange, ValueType};
 
 /// The version of the `ferrule:plugin` WIT package this SDK builds against.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// A device driver: reads a device on the runtime's schedule.
 pub trait Driver: Sized + 'static {
@@ -48,6 +60,14 @@ pub trait Driver: Sized + 'static {
     /// [`Error::InvalidConfig`] on a bad value; do not contact the device yet
     /// (`ferrule check` calls this without network access).
     fn new(config: Self::Config) -> Result<Self, Error>;
+
+    /// The channels the driver declares, once, after [`Driver::new`]: the
+    /// `i`-th is `ChannelId::at(i)`. By default none; a name a reading
+    /// uses is then declared the first time it appears, with the reading's
+    /// unit and value type, writable.
+    fn channels(&self) -> Vec<Channel> {
+        Vec::new()
+    }
 
     /// Reads the device. Readings without a timestamp are stamped by the
     /// runtime with the time the poll returned.
@@ -75,14 +95,34 @@ pub trait Processor: Sized + 'static {
     /// Builds the processor from its configuration.
     fn new(config: Self::Config) -> Result<Self, Error>;
 
-    /// Transforms one batch. Return fewer readings to filter, more to derive.
-    fn process(&mut self, batch: Vec<Reading>) -> Result<Vec<Reading>, Error>;
+    /// The channels it derives, once, after [`Processor::new`], given the
+    /// table so far: the `i`-th gets the id `input.next_id()` plus `i`.
+    /// By default none (an output reading by a new name is declared the
+    /// first time it appears).
+    fn channels(&mut self, input: &Channels) -> Result<Vec<Channel>, Error> {
+        let _ = input;
+        Ok(Vec::new())
+    }
+
+    /// Transforms one batch. Its readings come by index (look names up in
+    /// `channels`); return fewer to filter, more to derive, by index or
+    /// by name.
+    fn process(&mut self, batch: Vec<Reading>, channels: &Channels) -> Result<Vec<Reading>, Error>;
 }
 
 /// Parses the JSON form of a plugin's config table into its `Config` type,
-/// with the serde path of a bad field in the message.
+/// with the serde path of a bad field in the message. A plugin that takes
+/// no configuration uses `()`, which accepts an absent or empty table.
 pub fn parse_config<C: serde::de::DeserializeOwned>(json: &str) -> Result<C, Error> {
-    serde_json::from_str(json).map_err(|e| Error::InvalidConfig(e.to_string()))
+    serde_json::from_str(json).or_else(|first| {
+        let empty = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json)
+            .is_ok_and(|m| m.is_empty());
+        // `()` reads from `null` only; an empty table means the same.
+        match empty {
+            true => serde_json::from_str("null").map_err(|_| Error::from(first)),
+            false => Err(Error::from(first)),
+        }
+    })
 }
 
 /// Support code for the generated glue; not part of the public API.
@@ -92,7 +132,9 @@ pub mod __private {
 
     use std::cell::RefCell;
 
+    pub use crate::glue::{DriverState, ProcessorState};
     pub use crate::log::install as install_logger;
+    pub use crate::types::generated as types;
 
     /// Holds the one plugin instance a component serves (kept in a
     /// `thread_local!` by the glue; a component has a single thread).
@@ -124,13 +166,5 @@ pub mod __private {
         fn default() -> Self {
             Self::new()
         }
-    }
-
-    pub fn new_driver<D: crate::Driver>(config: &str) -> Result<D, crate::Error> {
-        D::new(crate::parse_config(config)?)
-    }
-
-    pub fn new_processor<P: crate::Processor>(config: &str) -> Result<P, crate::Error> {
-        P::new(crate::parse_config(config)?)
     }
 }

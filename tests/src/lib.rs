@@ -76,6 +76,20 @@ pub fn plugin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A plugin as an older ferrule SDK built it, kept in `tests/fixtures`
+/// (`abi` is the package version, e.g. `0.1.0`; `name` the plugin): every
+/// ABI a ferrule ever shipped must keep loading.
+pub fn old_plugin(abi: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(format!("abi-{abi}"))
+        .join(format!("{name}.wasm"));
+    if !path.is_file() {
+        bail!("{} not found", path.display());
+    }
+    Ok(path)
+}
+
 /// A temporary directory that other users can enter, so a broker that drops
 /// privileges (mosquitto started as root) can still read what the test
 /// writes there.

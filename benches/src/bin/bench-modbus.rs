@@ -71,16 +71,23 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let config = serde_json::json!({ "device": device, "timeout_ms": 2000, "channels": channels });
     let rss_before = ferrule_tests::rss_kib(std::process::id())?;
+    let limits = PluginLimits::default();
+    let mut table = ferrule::plugin::ChannelTable::new(limits.max_channels, limits.max_value_bytes);
     let mut driver = loaded
-        .start("bench", &sandbox, &serde_json::to_string(&config)?)
+        .start(
+            "bench",
+            &sandbox,
+            &serde_json::to_string(&config)?,
+            &mut table,
+        )
         .await?;
     for _ in 0..20 {
-        driver.poll().await?;
+        driver.poll(&mut table).await?;
     }
     let started = Instant::now();
     let (mut polls, mut readings, mut bad) = (0u64, 0u64, 0u64);
     while started.elapsed() < run() {
-        let batch = driver.poll().await?;
+        let batch = driver.poll(&mut table).await?;
         readings += batch.len() as u64;
         bad += batch
             .iter()

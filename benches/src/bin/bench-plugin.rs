@@ -1,7 +1,8 @@
 //! `cargo xtask bench plugin`: the cost of one `poll()` of the wasm `sim`
 //! driver against the same logic compiled natively (1, 10 and 100 readings
-//! per poll), the time to start an instance with the pooling allocator, and
-//! the start-up of a 20-plugin config with a cold and a warm compile cache.
+//! per poll; at 100, the 0.1.0-ABI build of the same driver beside it), the
+//! time to start an instance with the pooling allocator, and the start-up
+//! of a 20-plugin config with a cold and a warm compile cache.
 //! Prints figures; asserts nothing.
 
 use std::time::{Duration, Instant};
@@ -9,29 +10,49 @@ use std::time::{Duration, Instant};
 use ferrule::config::{Config, PluginLimits};
 use ferrule::dev::config::{GatewayToml, PluginToml, table};
 use ferrule::gateway;
-use ferrule::plugin::{Capabilities, EngineSettings, PluginEngine, Sandbox};
+use ferrule::plugin::{
+    Capabilities, ChannelTable, EngineSettings, LoadedDriver, PluginEngine, Sandbox,
+};
 use ferrule_benches::{self as bench, Report};
-use ferrule_tests::plugin;
+use ferrule_tests::{old_plugin, plugin};
 
 fn per_call(total: Duration, calls: u32) -> f64 {
     total.as_nanos() as f64 / f64::from(calls)
 }
 
+/// A channel table as a chain gets one, under the default limits.
+fn channel_table() -> ChannelTable {
+    let limits = PluginLimits::default();
+    ChannelTable::new(limits.max_channels, limits.max_value_bytes)
+}
+
+/// Nanoseconds per `poll()` of `loaded` with `config`, after a warm-up.
+async fn wasm_poll_ns(
+    loaded: &LoadedDriver,
+    sandbox: &Sandbox,
+    config: &str,
+    calls: u32,
+) -> anyhow::Result<f64> {
+    let mut table = channel_table();
+    let mut wasm = loaded.start("bench", sandbox, config, &mut table).await?;
+    for _ in 0..1_000 {
+        wasm.poll(&mut table).await?;
+    }
+    let t = Instant::now();
+    for _ in 0..calls {
+        std::hint::black_box(wasm.poll(&mut table).await?);
+    }
+    Ok(per_call(t.elapsed(), calls))
+}
+
 async fn poll_costs(engine: &PluginEngine, report: &mut Report) -> anyhow::Result<()> {
-    let loaded = engine.load_driver(&plugin("sim")?)?;
+    let current = engine.load_driver(&plugin("sim")?)?;
+    let old = engine.load_driver(&old_plugin("0.1.0", "sim")?)?;
     let sandbox = Sandbox::unprivileged(gateway::plugin_limits(&PluginLimits::default()));
     for n in [1usize, 10, 100] {
         let config = bench::sim_config_json(n);
         let calls: u32 = bench::scaled(if n == 100 { 20_000 } else { 50_000 }, 200);
-        let mut wasm = loaded.start("bench", &sandbox, &config).await?;
-        for _ in 0..1_000 {
-            wasm.poll().await?;
-        }
-        let t = Instant::now();
-        for _ in 0..calls {
-            std::hint::black_box(wasm.poll().await?);
-        }
-        let wasm_ns = per_call(t.elapsed(), calls);
+        let wasm_ns = wasm_poll_ns(&current, &sandbox, &config, calls).await?;
 
         let mut native = ferrule_sim_signals::Generator::new(serde_json::from_str(&config)?)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -44,14 +65,26 @@ async fn poll_costs(engine: &PluginEngine, report: &mut Report) -> anyhow::Resul
         }
         let native_ns = per_call(t.elapsed(), calls);
         let figure = report.compare(
-            &format!("poll of {n} reading(s), wasm"),
+            &format!(
+                "poll of {n} reading(s), wasm, ABI {}",
+                current.abi().version()
+            ),
             wasm_ns,
             "ns",
             "same logic native",
             native_ns,
         );
         if n == 100 {
-            figure.ratio_at_most(3.0);
+            figure.ratio_at_most(2.0);
+            // The same driver as the 0.1.0 SDK built it, side by side.
+            let old_ns = wasm_poll_ns(&old, &sandbox, &config, calls).await?;
+            report.compare(
+                &format!("poll of {n} reading(s), wasm, ABI {}", old.abi().version()),
+                old_ns,
+                "ns",
+                "same logic native",
+                native_ns,
+            );
         }
     }
     Ok(())
@@ -67,13 +100,19 @@ async fn start_cost(engine: &PluginEngine, report: &mut Report) -> anyhow::Resul
     )?;
     let config = bench::sim_config_json(1);
     for _ in 0..100 {
-        drop(loaded.start("bench", &sandbox, &config).await?);
+        drop(
+            loaded
+                .start("bench", &sandbox, &config, &mut channel_table())
+                .await?,
+        );
     }
     let runs: u32 = bench::scaled(2_000, 50);
     let t = Instant::now();
     for _ in 0..runs {
         drop(std::hint::black_box(
-            loaded.start("bench", &sandbox, &config).await?,
+            loaded
+                .start("bench", &sandbox, &config, &mut channel_table())
+                .await?,
         ));
     }
     report
@@ -161,23 +200,15 @@ async fn main() -> anyhow::Result<()> {
         // For profilers: only the 100-reading wasm poll, this many times.
         let calls: u32 = calls.parse()?;
         let loaded = engine.load_driver(&plugin("sim")?)?;
-        let mut wasm = loaded
-            .start(
-                "bench",
-                &Sandbox::unprivileged(gateway::plugin_limits(&PluginLimits::default())),
-                &bench::sim_config_json(100),
-            )
-            .await?;
-        for _ in 0..calls {
-            std::hint::black_box(wasm.poll().await?);
-        }
+        let sandbox = Sandbox::unprivileged(gateway::plugin_limits(&PluginLimits::default()));
+        wasm_poll_ns(&loaded, &sandbox, &bench::sim_config_json(100), calls).await?;
         return Ok(());
     }
     let mut report = Report::new(
         "plugin",
         "WASM driver poll vs native, instance start, start-up",
     );
-    report.method("in-process: sim driver poll (1, 10, 100 sine channels) in the sandbox vs the same Rust logic compiled natively, after 1,000 warm-up polls; instance start with the pooling allocator; start-up of 10 sim drivers + 10 scale processors (load, compile or read the cache, instantiate, init)");
+    report.method("in-process: sim driver poll (1, 10, 100 sine channels) in the sandbox vs the same Rust logic compiled natively, after 1,000 warm-up polls, for the 0.2.0 build and (100 channels) the 0.1.0 build kept in tests/fixtures; instance start with the pooling allocator; start-up of 10 sim drivers + 10 scale processors (load, compile or read the cache, instantiate, init)");
     poll_costs(&engine, &mut report).await?;
     start_cost(&engine, &mut report).await?;
     startup(dir.path(), &mut report).await?;

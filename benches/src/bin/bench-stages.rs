@@ -1,16 +1,19 @@
 //! `cargo xtask bench stages`: what each extra WASM processor stage adds to
 //! a poll. The `sim` driver yields 100 readings a poll; chains of 0, 1, 2
 //! and 4 `scale` processors (each rescaling every channel) run on every
-//! batch, in-process, the way a driver task does. Baseline, same run: the
-//! poll alone (0 stages). Prints figures; asserts nothing.
+//! batch, in-process, the way a driver task does, for the `scale` of each
+//! ABI (0.2.0, and the 0.1.0 build kept in `tests/fixtures`). Baseline,
+//! same run: the poll alone (0 stages). Prints figures; asserts nothing.
 
 use std::time::{Duration, Instant};
 
 use ferrule::config::PluginLimits;
 use ferrule::gateway;
-use ferrule::plugin::{EngineSettings, PluginEngine, Sandbox};
+use ferrule::plugin::{
+    Abi, ChannelTable, EngineSettings, LoadedDriver, LoadedProcessor, PluginEngine, Sandbox,
+};
 use ferrule_benches::{self as bench, Report};
-use ferrule_tests::plugin;
+use ferrule_tests::{old_plugin, plugin};
 
 const CHANNELS: usize = 100;
 
@@ -21,6 +24,44 @@ fn scale_config() -> String {
     format!(r#"{{"channels":{{{}}}}}"#, rules.join(","))
 }
 
+/// Microseconds per batch of a poll followed by `stages` `scale` stages
+/// of `scale`, each chain with its own channel table as a driver task has.
+async fn chain_us(
+    driver: &LoadedDriver,
+    scale: &LoadedProcessor,
+    stages: usize,
+    batches: u32,
+) -> anyhow::Result<f64> {
+    let sandbox = Sandbox::unprivileged(gateway::plugin_limits(&PluginLimits::default()));
+    let limits = PluginLimits::default();
+    let mut table = ChannelTable::new(limits.max_channels, limits.max_value_bytes);
+    let config = bench::sim_config_json(CHANNELS);
+    let mut poll = driver.start("bench", &sandbox, &config, &mut table).await?;
+    let mut chain = Vec::new();
+    for s in 0..stages {
+        let name = format!("scale-{s}");
+        chain.push(
+            scale
+                .start(&name, &sandbox, &scale_config(), &mut table, s + 1)
+                .await?,
+        );
+    }
+    let mut elapsed = Duration::ZERO;
+    for round in 0..(batches + 200) {
+        let t = Instant::now();
+        let mut samples = poll.poll(&mut table).await?;
+        for stage in &mut chain {
+            samples = stage.process(&mut table, samples).await?;
+        }
+        anyhow::ensure!(samples.len() == CHANNELS, "the chain lost readings");
+        std::hint::black_box(&samples);
+        if round >= 200 {
+            elapsed += t.elapsed();
+        }
+    }
+    Ok(elapsed.as_secs_f64() * 1e6 / f64::from(batches))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut report = Report::new(
@@ -29,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let batches: u32 = bench::scaled(5_000, 100);
     report.method(format!(
-        "in-process, one thread: sim driver poll of {CHANNELS} readings, then a chain of 0/1/2/4 scale processors each rescaling every channel; {batches} batches per chain after 200 warm-up batches; per-stage cost = (4-stage time - 0-stage time) / 4"
+        "in-process, one thread: sim driver (ABI 0.2.0) poll of {CHANNELS} readings, then a chain of 0/1/2/4 scale processors each rescaling every channel; {batches} batches per chain after 200 warm-up batches; per-stage cost = (4-stage time - 0-stage time) / 4; for the scale of ABI 0.2.0 and the 0.1.0 build kept in tests/fixtures"
     ));
     let engine = PluginEngine::with_settings(&EngineSettings {
         max_instances: 16,
@@ -37,64 +78,50 @@ async fn main() -> anyhow::Result<()> {
         cache_dir: None,
     })?;
     let driver = engine.load_driver(&plugin("sim")?)?;
-    let scale = engine.load_processor(&plugin("scale")?)?;
-    let sandbox = Sandbox::unprivileged(gateway::plugin_limits(&PluginLimits::default()));
-    let mut poll = driver
-        .start("bench", &sandbox, &bench::sim_config_json(CHANNELS))
-        .await?;
-    let mut per_batch = Vec::new();
-    for stages in [0usize, 1, 2, 4] {
-        let mut chain = Vec::new();
-        for s in 0..stages {
-            chain.push(
-                scale
-                    .start(&format!("scale-{s}"), &sandbox, &scale_config())
-                    .await?,
-            );
-        }
-        let mut elapsed = Duration::ZERO;
-        for round in 0..(batches + 200) {
-            let t = Instant::now();
-            let mut readings = poll.poll().await?;
-            for stage in &mut chain {
-                readings = stage.process(readings).await?;
-            }
-            std::hint::black_box(&readings);
-            if round >= 200 {
-                elapsed += t.elapsed();
-            }
-        }
-        let us = elapsed.as_secs_f64() * 1e6 / f64::from(batches);
-        per_batch.push((stages, us));
-    }
-    let base = per_batch[0].1;
-    for &(stages, us) in &per_batch {
-        if stages == 0 {
-            report.figure("poll alone (0 stages), per batch", us, "µs");
-        } else {
+    let base = chain_us(
+        &driver,
+        &engine.load_processor(&plugin("scale")?)?,
+        0,
+        batches,
+    )
+    .await?;
+    report.figure("poll alone (0 stages), per batch", base, "µs");
+    for path in [plugin("scale")?, old_plugin("0.1.0", "scale")?] {
+        let scale = engine.load_processor(&path)?;
+        let abi = scale.abi();
+        let mut four = base;
+        for stages in [1usize, 2, 4] {
+            let us = chain_us(&driver, &scale, stages, batches).await?;
             report.compare(
-                &format!("poll + {stages} stage(s), per batch"),
+                &format!(
+                    "poll + {stages} stage(s) of ABI {}, per batch",
+                    abi.version()
+                ),
                 us,
                 "µs",
                 "poll alone",
                 base,
             );
+            four = us;
         }
+        let stage = (four - base) / 4.0;
+        let figure = report.figure(
+            &format!(
+                "added by one stage of ABI {}, per batch of {CHANNELS}",
+                abi.version()
+            ),
+            stage,
+            "µs",
+        );
+        if abi == Abi::V0_2 {
+            figure.at_most(20.0);
+        }
+        report.figure(
+            &format!("added by one stage of ABI {}, per reading", abi.version()),
+            stage * 1000.0 / CHANNELS as f64,
+            "ns",
+        );
     }
-    let four = per_batch.last().map_or(base, |&(_, us)| us);
-    let stage = (four - base) / 4.0;
-    report.compare(
-        "added by one stage, per batch",
-        stage,
-        "µs",
-        "poll alone",
-        base,
-    );
-    report.figure(
-        "added by one stage, per reading",
-        stage * 1000.0 / CHANNELS as f64,
-        "ns",
-    );
     report.finish()?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use ferrule_sdk::{DeviceStatus, Error, Quality, Reading, Value};
+use ferrule_sdk::{Channel as Declared, ChannelId, DeviceStatus, Error, Quality, Reading, Value};
 
 use crate::codec::{self, Data, HEADER_LEN, Pending, ResponseError};
 use crate::config::{Config, Table};
@@ -254,7 +254,7 @@ impl Modbus {
             Err(e) => Err(e.clone()),
             Ok(Data::Bits(bits)) => bits
                 .get(offset)
-                .map(|b| Value::Bool(*b))
+                .map(|b| Value::Boolean(*b))
                 .ok_or_else(|| "bit missing from the answer".to_string()),
             Ok(Data::Words(words)) => {
                 let width = usize::from(c.width());
@@ -267,14 +267,45 @@ impl Modbus {
                 }
             }
         };
-        let reading = match value {
-            Ok(v) => Reading::new(c.name.clone(), v),
-            Err(e) => Reading::new(c.name.clone(), Value::Text(e)).with_quality(Quality::Bad),
-        };
-        match &c.unit {
-            Some(u) => reading.with_unit(u.clone()),
-            None => reading,
+        let id = ChannelId::at(u32::try_from(i).unwrap_or(u32::MAX));
+        let declared = c.value_type();
+        let value = value.and_then(|v| {
+            if v.value_type() == declared {
+                Ok(v)
+            } else {
+                Err(format!(
+                    "{v:?} does not fit the channel's {declared:?} type"
+                ))
+            }
+        });
+        match value {
+            Ok(v) => Reading::new(id, v),
+            // A bad reading carries its reason as text, whatever the type.
+            Err(e) => Reading::new(id, Value::Text(e)).with_quality(Quality::Bad),
         }
+    }
+
+    /// The channel table, in config order: the `i`-th channel is
+    /// `ChannelId::at(i)`. Holding registers and coils are writable.
+    pub fn channels(&self) -> Vec<Declared> {
+        self.config
+            .channels
+            .iter()
+            .map(|c| {
+                let mut d = Declared::new(c.name.clone(), c.value_type()).address(format!(
+                    "{}:{}",
+                    c.table.as_str(),
+                    c.address
+                ));
+                if let Some(unit) = &c.unit {
+                    d = d.unit(unit.clone());
+                }
+                if matches!(c.table, Table::Holding | Table::Coil) {
+                    d = d.writable();
+                }
+                d
+            })
+            .collect()
     }
 
     /// Writes a channel: holding registers (function 6 or 16) or a coil (5).

@@ -161,6 +161,20 @@ impl Channel {
         })
     }
 
+    /// The type of every value the channel reports: a scaled number is a
+    /// float; a `u64` past `i64::MAX` is reported as a failed read.
+    pub fn value_type(&self) -> ferrule_sdk::ValueType {
+        use ferrule_sdk::ValueType as T;
+        let scaled = self.scale != 1.0 || self.offset != 0.0;
+        match self.data_type() {
+            DataType::Bool => T::Boolean,
+            DataType::String => T::Text,
+            DataType::F32 | DataType::F64 => T::Float,
+            _ if scaled => T::Float,
+            _ => T::Int,
+        }
+    }
+
     /// Registers (or bits) the channel occupies.
     pub fn width(&self) -> u16 {
         if self.table.is_bits() {

@@ -61,15 +61,14 @@ pub fn decode(
 ) -> Result<Value, String> {
     let bytes = to_bytes(words, byte_order, word_order);
     Ok(match kind {
-        DataType::Bool => Value::Bool(words.first().is_some_and(|w| *w != 0)),
+        DataType::Bool => Value::Boolean(words.first().is_some_and(|w| *w != 0)),
         DataType::U16 => Value::Int(i64::from(u16::from_be_bytes(array(&bytes)?))),
         DataType::I16 => Value::Int(i64::from(i16::from_be_bytes(array(&bytes)?))),
         DataType::U32 => Value::Int(i64::from(u32::from_be_bytes(array(&bytes)?))),
         DataType::I32 => Value::Int(i64::from(i32::from_be_bytes(array(&bytes)?))),
         DataType::U64 => {
             let v = u64::from_be_bytes(array(&bytes)?);
-            // Beyond i64 a u64 can only be carried as a float.
-            i64::try_from(v).map_or(Value::Float(v as f64), Value::Int)
+            Value::Int(i64::try_from(v).map_err(|_| format!("u64 value {v} is past i64::MAX"))?)
         }
         DataType::I64 => Value::Int(i64::from_be_bytes(array(&bytes)?)),
         DataType::F32 => Value::Float(f64::from(f32::from_be_bytes(array(&bytes)?))),
@@ -114,7 +113,7 @@ pub fn encode(
     };
     let bytes: Vec<u8> = match kind {
         DataType::Bool => match value {
-            Value::Bool(b) => return Ok(vec![u16::from(*b)]),
+            Value::Boolean(b) => return Ok(vec![u16::from(*b)]),
             Value::Int(v @ (0 | 1)) => return Ok(vec![*v as u16]),
             other => return Err(format!("expected true or false, got {other:?}")),
         },
@@ -286,7 +285,7 @@ mod tests {
 
         #[test]
         fn bools_and_strings_round_trip(b in any::<bool>(), s in "[ -~]{0,20}", extra in 0u16..4) {
-            round_trip(DataType::Bool, Value::Bool(b), 1)?;
+            round_trip(DataType::Bool, Value::Boolean(b), 1)?;
             // Trailing spaces and NULs are padding, so they do not survive.
             let s = s.trim_end().to_string();
             let width = (s.len() as u16).div_ceil(2) + extra;

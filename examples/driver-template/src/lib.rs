@@ -10,8 +10,12 @@
 //! [driver.config]
 //! start = 100
 //! ```
+//!
+//! The driver declares its one channel once; each reading then names it
+//! by index (`COUNT`). Writing `Reading::new("count", …)` works too: the
+//! SDK maps the name to its index.
 
-use ferrule_sdk::{Driver, Error, Reading};
+use ferrule_sdk::{Channel, ChannelId, Driver, Error, Reading, ValueType};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -25,6 +29,9 @@ struct MyDriver {
     next: i64,
 }
 
+/// The first (and only) channel `channels` declares.
+const COUNT: ChannelId = ChannelId::at(0);
+
 impl Driver for MyDriver {
     type Config = Config;
 
@@ -35,8 +42,16 @@ impl Driver for MyDriver {
         Ok(MyDriver { next: config.start })
     }
 
+    fn channels(&self) -> Vec<Channel> {
+        vec![
+            Channel::new("count", ValueType::Int)
+                .unit("items")
+                .description("polls since start, plus `start`"),
+        ]
+    }
+
     fn poll(&mut self) -> Result<Vec<Reading>, Error> {
-        let reading = Reading::new("count", self.next).with_unit("items");
+        let reading = Reading::new(COUNT, self.next);
         self.next += 1;
         Ok(vec![reading])
     }

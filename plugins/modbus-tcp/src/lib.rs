@@ -22,7 +22,7 @@
 //! All the logic lives in the `ferrule-modbus` crate; this is the glue.
 
 use ferrule_modbus::{Config, Modbus};
-use ferrule_sdk::{DeviceStatus, Driver, Error, Reading, Value};
+use ferrule_sdk::{Channel, DeviceStatus, Driver, Error, Reading, Value};
 
 #[ferrule_sdk::driver]
 struct ModbusTcp(Modbus);
@@ -32,6 +32,10 @@ impl Driver for ModbusTcp {
 
     fn new(config: Config) -> Result<Self, Error> {
         Modbus::new(config).map(ModbusTcp)
+    }
+
+    fn channels(&self) -> Vec<Channel> {
+        self.0.channels()
     }
 
     fn poll(&mut self) -> Result<Vec<Reading>, Error> {

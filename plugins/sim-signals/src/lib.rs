@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferrule_sdk::{DeviceStatus, Error, Reading, Value};
+use ferrule_sdk::{Channel as Declared, ChannelId, DeviceStatus, Error, Reading, Value, ValueType};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +109,27 @@ impl Generator {
         })
     }
 
+    /// The channel table, in config order: counters are integers, the
+    /// other signals floats.
+    pub fn channels(&self) -> Vec<Declared> {
+        self.channels
+            .iter()
+            .map(|ch| {
+                let c = &ch.config;
+                let kind = match c.signal {
+                    Signal::Counter => ValueType::Int,
+                    _ => ValueType::Float,
+                };
+                let declared = Declared::new(c.name.clone(), kind);
+                match &c.unit {
+                    Some(unit) => declared.unit(unit.clone()),
+                    None => declared,
+                }
+            })
+            .collect()
+    }
+
+    /// One reading per channel, by index, all at the poll's time.
     pub fn poll(&mut self) -> Result<Vec<Reading>, Error> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -117,7 +138,7 @@ impl Generator {
         let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         self.polls += 1;
         let mut readings = Vec::with_capacity(self.channels.len());
-        for ch in &mut self.channels {
+        for (i, ch) in self.channels.iter_mut().enumerate() {
             let c = &ch.config;
             let value = match c.signal {
                 // Reduce the phase before sin(): epoch seconds times 2π would
@@ -142,9 +163,8 @@ impl Generator {
                     Value::Int(v)
                 }
             };
-            let mut reading = Reading::new(c.name.clone(), value).at(now_ns);
-            reading.unit = c.unit.clone();
-            readings.push(reading);
+            let id = ChannelId::at(u32::try_from(i).unwrap_or(u32::MAX));
+            readings.push(Reading::new(id, value).at(now_ns));
         }
         Ok(readings)
     }

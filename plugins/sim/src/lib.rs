@@ -18,7 +18,7 @@
 //! unit = "degC"
 //! ```
 
-use ferrule_sdk::{DeviceStatus, Driver, Error, Reading};
+use ferrule_sdk::{Channel, DeviceStatus, Driver, Error, Reading};
 
 pub use ferrule_sim_signals::{Config, Generator};
 
@@ -30,6 +30,10 @@ impl Driver for Sim {
 
     fn new(config: Config) -> Result<Self, Error> {
         Generator::new(config).map(Sim)
+    }
+
+    fn channels(&self) -> Vec<Channel> {
+        self.0.channels()
     }
 
     fn poll(&mut self) -> Result<Vec<Reading>, Error> {

@@ -191,13 +191,22 @@ async fn check(path: &Path) -> anyhow::Result<()> {
             anyhow::bail!("{e}");
         }
     }
-    for (spec, _) in &prepared.drivers {
+    for (spec, chain) in &prepared.drivers {
+        let channels = chain.as_ref().map_or(0, |c| c.channels().len());
         println!(
-            "driver {:<16} {} ({} processor(s))",
+            "driver {:<16} {}  {}, {channels} channel(s) declared or seen at init",
             spec.driver.name,
             spec.driver.loaded.path().display(),
-            spec.processors.len()
+            spec.driver.loaded.abi(),
         );
+        for p in &spec.processors {
+            println!(
+                "  processor {:<22} {}  {}",
+                p.name,
+                p.loaded.path().display(),
+                p.loaded.abi(),
+            );
+        }
     }
     println!(
         "{}: ok: {drivers} driver(s), {processors} processor(s); every plugin exports its world and accepted its config",

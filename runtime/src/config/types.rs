@@ -194,6 +194,11 @@ pub struct PluginLimits {
     /// Longest string or byte value (channel, unit, text, bytes), in bytes.
     #[serde(default = "default_max_value_bytes")]
     pub max_value_bytes: usize,
+    /// Most channels in a driver's channel table (declared by the driver
+    /// and its processors, or learned from the names in older plugins'
+    /// readings).
+    #[serde(default = "default_max_channels")]
+    pub max_channels: usize,
     /// Log lines (host log, stdout, stderr together) per second; bursts of
     /// twice that pass, the rest are dropped and counted.
     #[serde(default = "default_log_lines_per_s")]
@@ -232,6 +237,7 @@ impl Default for PluginLimits {
             timeout_ms: default_timeout_ms(),
             max_readings: default_max_readings(),
             max_value_bytes: default_max_value_bytes(),
+            max_channels: default_max_channels(),
             log_lines_per_s: default_log_lines_per_s(),
             max_result_bytes: default_max_result_bytes(),
             max_status_entries: default_max_status_entries(),
@@ -256,6 +262,8 @@ pub struct LimitsOverride {
     pub max_readings: Option<usize>,
     /// Overrides `max_value_bytes`.
     pub max_value_bytes: Option<usize>,
+    /// Overrides `max_channels`.
+    pub max_channels: Option<usize>,
     /// Overrides `log_lines_per_s`.
     pub log_lines_per_s: Option<u32>,
     /// Overrides `max_result_bytes`.
@@ -285,6 +293,7 @@ impl PluginLimits {
             timeout_ms: o.timeout_ms.unwrap_or(self.timeout_ms),
             max_readings: o.max_readings.unwrap_or(self.max_readings),
             max_value_bytes: o.max_value_bytes.unwrap_or(self.max_value_bytes),
+            max_channels: o.max_channels.unwrap_or(self.max_channels),
             log_lines_per_s: o.log_lines_per_s.unwrap_or(self.log_lines_per_s),
             max_result_bytes: o.max_result_bytes.unwrap_or(self.max_result_bytes),
             max_status_entries: o.max_status_entries.unwrap_or(self.max_status_entries),
@@ -313,6 +322,10 @@ fn default_max_readings() -> usize {
 
 fn default_max_value_bytes() -> usize {
     64 * 1024
+}
+
+fn default_max_channels() -> usize {
+    4_096
 }
 
 fn default_log_lines_per_s() -> u32 {

@@ -22,11 +22,11 @@ use crate::backoff::Backoff;
 use crate::remote;
 
 use crate::plugin::{
-    BudgetCounters, DriverInstance, LoadedDriver, LoadedProcessor, OutputChecked, PluginError,
-    ProcessorInstance, Sandbox,
+    BudgetCounters, ChannelTable, DriverInstance, LoadedDriver, LoadedProcessor, OutputChecked,
+    OutputReview, PluginError, ProcessorInstance, Sandbox, dedupe_names,
 };
 use crate::queue::Queue;
-use crate::reading::{Batch, now_ns};
+use crate::reading::{Batch, Reading, now_ns};
 
 /// A plugin ready to instantiate, with its instance name, sandbox and config.
 #[derive(Clone)]
@@ -85,6 +85,10 @@ pub struct DriverCounters {
     pub timestamps_flagged: AtomicU64,
     /// Device status fields reported as absent for a value outside 0–100.
     pub status_fields_rejected: AtomicU64,
+    /// Channel declarations refused.
+    pub channels_refused: AtomicU64,
+    /// Channels in the chain's table after the last poll.
+    pub channels: AtomicU64,
     /// Descriptor and data dir budgets of the driver and its processors.
     pub budgets: Vec<Arc<BudgetCounters>>,
     /// Held while a poll's figures are applied and while telemetry reads
@@ -160,25 +164,46 @@ impl DriverCounters {
             .fetch_add(c.timestamps_flagged, Ordering::Relaxed);
         self.status_fields_rejected
             .fetch_add(c.status_fields_rejected, Ordering::Relaxed);
+        self.channels_refused
+            .fetch_add(c.channels_refused, Ordering::Relaxed);
     }
 }
 
-/// A driver instance with its processor chain.
+/// A driver instance with its processor chain and the channel table they
+/// share.
 pub struct Chain {
     driver: DriverInstance,
     processors: Vec<ProcessorInstance>,
+    channels: ChannelTable,
+    /// Readings the finished batch's checks rejected (two channels of one
+    /// name at one instant).
+    checked: OutputChecked,
 }
 
 impl DriverSpec {
     /// Instantiates the driver and its processors and runs each `init`.
     pub async fn start(&self) -> Result<Chain, PluginError> {
         let d = &self.driver;
-        let driver = d.loaded.start(&d.name, &d.sandbox, &d.config_json).await?;
+        let limits = &d.sandbox.limits;
+        let mut channels = ChannelTable::new(limits.max_channels, limits.max_value_bytes);
+        let driver = d
+            .loaded
+            .start(&d.name, &d.sandbox, &d.config_json, &mut channels)
+            .await?;
         let mut processors = Vec::with_capacity(self.processors.len());
-        for p in &self.processors {
-            processors.push(p.loaded.start(&p.name, &p.sandbox, &p.config_json).await?);
+        for (i, p) in self.processors.iter().enumerate() {
+            let stage = i + 1;
+            let started = p
+                .loaded
+                .start(&p.name, &p.sandbox, &p.config_json, &mut channels, stage);
+            processors.push(started.await?);
         }
-        Ok(Chain { driver, processors })
+        Ok(Chain {
+            driver,
+            processors,
+            channels,
+            checked: OutputChecked::default(),
+        })
     }
 }
 
@@ -189,7 +214,12 @@ impl Chain {
         channel: &str,
         value: crate::reading::Value,
     ) -> Result<(), PluginError> {
-        self.driver.write(channel, value).await
+        self.driver.write(&self.channels, channel, value).await
+    }
+
+    /// The channel table the chain's stages share.
+    pub fn channels(&self) -> &ChannelTable {
+        &self.channels
     }
 
     /// Linear memory held by the chain's instances.
@@ -209,7 +239,8 @@ impl Chain {
 
     /// What the output checks did in the chain since the last call of this.
     pub fn take_checked(&mut self) -> OutputChecked {
-        let mut all = self.driver.take_checked();
+        let mut all = std::mem::take(&mut self.checked);
+        all.add(self.driver.take_checked());
         for p in &mut self.processors {
             all.add(p.take_checked());
         }
@@ -223,27 +254,37 @@ impl Chain {
         driver: &str,
         deltas: &mut [ProcessorDelta],
     ) -> Result<Option<Batch>, PluginError> {
-        let mut readings = self.driver.poll().await?;
+        let mut samples = self.driver.poll(&mut self.channels).await?;
         for (i, processor) in self.processors.iter_mut().enumerate() {
-            if readings.is_empty() {
+            if samples.is_empty() {
                 break;
             }
             let mut unused = ProcessorDelta::default();
             let d = deltas.get_mut(i).unwrap_or(&mut unused);
             d.batches_in += 1;
-            readings = match processor.process(readings).await {
+            samples = match processor.process(&mut self.channels, samples).await {
                 Ok(out) => out,
                 Err(e) => {
                     d.errors += 1;
                     return Err(e);
                 }
             };
-            if !readings.is_empty() {
+            if !samples.is_empty() {
                 d.batches_out += 1;
             }
         }
-        if readings.is_empty() {
+        if samples.is_empty() {
             return Ok(None);
+        }
+        let table = &self.channels;
+        let mut readings: Vec<Reading> = samples
+            .into_iter()
+            .filter_map(|s| table.reading(s))
+            .collect();
+        if table.has_shared_names() {
+            let mut review = OutputReview::default();
+            readings = dedupe_names(&mut review, readings);
+            self.checked.add(review.finish(driver, "chain"));
         }
         Ok(Some(Batch {
             driver: driver.to_string(),
@@ -331,6 +372,9 @@ pub async fn run_driver(
                 c.errors.fetch_add(d.errors, Ordering::Relaxed);
             }
             counters.checked(live.take_checked());
+            counters
+                .channels
+                .store(live.channels().len() as u64, Ordering::Relaxed);
             match &polled {
                 Ok(Some(batch)) => {
                     counters.polls_ok.fetch_add(1, Ordering::Relaxed);

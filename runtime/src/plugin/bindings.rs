@@ -1,25 +1,55 @@
-//! Host bindings for the `ferrule:plugin` worlds. Nothing outside
-//! `crate::plugin` sees these types.
+//! Host bindings for every `ferrule:plugin` version this runtime loads.
+//! Nothing outside `crate::plugin` sees these types; `convert` turns them
+//! into the runtime's own.
 
-pub mod driver {
-    wasmtime::component::bindgen!({
-        world: "driver-plugin",
-        path: "../wit",
-        exports: { default: async },
-    });
+/// `ferrule:plugin@0.1.0`: readings carry their channel name and unit.
+pub mod v0_1 {
+    pub mod driver {
+        wasmtime::component::bindgen!({
+            world: "driver-plugin",
+            path: "../wit/0.1.0",
+            exports: { default: async },
+        });
+    }
+
+    pub mod processor {
+        wasmtime::component::bindgen!({
+            world: "processor-plugin",
+            path: "../wit/0.1.0",
+            exports: { default: async },
+            with: {
+                "ferrule:plugin/types": super::driver::ferrule::plugin::types,
+                "ferrule:plugin/host": super::driver::ferrule::plugin::host,
+            },
+        });
+    }
+
+    pub use driver::ferrule::plugin::host;
+    pub use driver::ferrule::plugin::types;
 }
 
-pub mod processor {
-    wasmtime::component::bindgen!({
-        world: "processor-plugin",
-        path: "../wit",
-        exports: { default: async },
-        with: {
-            "ferrule:plugin/types": super::driver::ferrule::plugin::types,
-            "ferrule:plugin/host": super::driver::ferrule::plugin::host,
-        },
-    });
-}
+/// `ferrule:plugin@0.2.0`: channels declared once, readings by index.
+pub mod v0_2 {
+    pub mod driver {
+        wasmtime::component::bindgen!({
+            world: "driver-plugin",
+            path: "../wit/0.2.0",
+            exports: { default: async },
+        });
+    }
 
-pub use driver::ferrule::plugin::host;
-pub use driver::ferrule::plugin::types;
+    pub mod processor {
+        wasmtime::component::bindgen!({
+            world: "processor-plugin",
+            path: "../wit/0.2.0",
+            exports: { default: async },
+            with: {
+                "ferrule:plugin/types": super::driver::ferrule::plugin::types,
+                "ferrule:plugin/host": super::driver::ferrule::plugin::host,
+            },
+        });
+    }
+
+    pub use driver::ferrule::plugin::host;
+    pub use driver::ferrule::plugin::types;
+}

@@ -107,6 +107,20 @@ pub enum PluginError {
         /// Which capability, and why.
         message: String,
     },
+    /// A write from the cloud names a channel the driver does not have or
+    /// did not declare writable; the plugin is not called.
+    #[error(
+        "plugin {instance}: write refused: {}",
+        if *read_only { format!("channel {channel:?} is declared read-only") } else { format!("no channel {channel:?}") }
+    )]
+    NotWritable {
+        /// The instance.
+        instance: String,
+        /// The channel named in the write.
+        channel: String,
+        /// Whether the channel exists but is read-only.
+        read_only: bool,
+    },
     /// The plugin returned an error of its own; the instance stays.
     #[error("plugin {instance}: {call} failed: {error}")]
     Returned {

@@ -10,7 +10,7 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginError;
-use super::bindings::host::{Host, Level};
+use super::bindings::{v0_1, v0_2};
 use super::budget::Budget;
 use super::output::{self, PluginLog};
 use super::sandbox::Sandbox;
@@ -151,15 +151,31 @@ impl WasiView for HostState {
     }
 }
 
-impl Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
-        let level = match level {
-            Level::Trace => output::Level::Trace,
-            Level::Debug => output::Level::Debug,
-            Level::Info => output::Level::Info,
-            Level::Warn => output::Level::Warn,
-            Level::Error => output::Level::Error,
-        };
-        self.log.line(level, "log", &message);
-    }
+macro_rules! host_interface {
+    ($host:path) => {
+        impl $host for HostState {
+            fn log(&mut self, level: Level, message: String) {
+                let level = match level {
+                    Level::Trace => output::Level::Trace,
+                    Level::Debug => output::Level::Debug,
+                    Level::Info => output::Level::Info,
+                    Level::Warn => output::Level::Warn,
+                    Level::Error => output::Level::Error,
+                };
+                self.log.line(level, "log", &message);
+            }
+        }
+    };
+}
+
+mod v1 {
+    use super::v0_1::host::Level;
+    use super::{HostState, output};
+    host_interface!(super::v0_1::host::Host);
+}
+
+mod v2 {
+    use super::v0_2::host::Level;
+    use super::{HostState, output};
+    host_interface!(super::v0_2::host::Host);
 }

@@ -5,15 +5,15 @@ use std::future::Future;
 use wasmtime::{Store, Trap};
 
 use super::PluginError;
-use super::bindings::driver::DriverPlugin;
-use super::bindings::processor::ProcessorPlugin;
-use super::bindings::types as wt;
+use super::bindings::{v0_1, v0_2};
+use super::channels::{ChannelTable, Sample, TableFull};
+use super::convert::{self, v1, v2};
 use super::host::HostState;
-use super::load::{LoadedDriver, LoadedProcessor};
+use super::load::{Abi, DriverPre, LoadedDriver, LoadedProcessor, ProcessorPre};
 use super::sandbox::Limits;
 use super::sandbox::Sandbox;
-use super::validate::{self, Checked};
-use crate::reading::{Quality, Reading, Value, now_ns};
+use super::validate::{self, Checked, Review};
+use crate::reading::{Value, now_ns};
 
 /// What a driver reports about its device.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -30,10 +30,22 @@ pub struct DeviceStatus {
     pub extra: Vec<(String, String)>,
 }
 
+/// A driver's exports, per ABI version.
+enum DriverExports {
+    V1(v0_1::driver::DriverPlugin),
+    V2(v0_2::driver::DriverPlugin),
+}
+
+/// A processor's exports, per ABI version.
+enum ProcessorExports {
+    V1(v0_1::processor::ProcessorPlugin),
+    V2(v0_2::processor::ProcessorPlugin),
+}
+
 /// A running driver: its own store, memory and budgets.
 pub struct DriverInstance {
     store: Store<HostState>,
-    plugin: DriverPlugin,
+    plugin: DriverExports,
     limits: Limits,
     checked: Checked,
 }
@@ -41,9 +53,13 @@ pub struct DriverInstance {
 /// A running processor: its own store, memory and budgets.
 pub struct ProcessorInstance {
     store: Store<HostState>,
-    plugin: ProcessorPlugin,
+    plugin: ProcessorExports,
     limits: Limits,
     checked: Checked,
+    /// Its place in the chain: 1 for the first processor.
+    stage: usize,
+    /// How much of the channel table it has been told about (0.2.0).
+    seen: usize,
 }
 
 fn new_store(
@@ -121,16 +137,8 @@ async fn guarded<T>(
 /// hostcall fuel (`max_result_bytes`); its error type is private.
 const FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
-/// A plugin's returned error, its message cut to `max_error_bytes`.
-fn returned(instance: &str, call: &'static str, limits: &Limits, error: wt::Error) -> PluginError {
-    let error = match error {
-        wt::Error::InvalidConfig(m) => format!("invalid config: {m}"),
-        wt::Error::Unavailable(m) => format!("device unavailable: {m}"),
-        wt::Error::Timeout(m) => format!("device timeout: {m}"),
-        wt::Error::Protocol(m) => format!("protocol error: {m}"),
-        wt::Error::Unsupported(m) => format!("unsupported: {m}"),
-        wt::Error::Other(m) => m,
-    };
+/// A plugin's returned error (as `convert` words it), cut to `max_error_bytes`.
+fn returned(instance: &str, call: &'static str, limits: &Limits, error: String) -> PluginError {
     PluginError::Returned {
         instance: instance.to_string(),
         call,
@@ -138,33 +146,117 @@ fn returned(instance: &str, call: &'static str, limits: &Limits, error: wt::Erro
     }
 }
 
-impl LoadedDriver {
-    /// Builds a fresh instance in its own store and calls its `init`.
-    pub async fn start(
-        &self,
-        instance: &str,
-        sandbox: &Sandbox,
-        config_json: &str,
-    ) -> Result<DriverInstance, PluginError> {
-        let mut store = new_store(self.pre.engine(), instance, sandbox)?;
-        let plugin = guarded(
-            instance,
-            &sandbox.limits,
-            "instantiate",
-            self.pre.instantiate_async(&mut store),
-        )
+/// Instantiates a component in a fresh store under the instantiate deadline.
+async fn instantiate<T>(
+    instance: &str,
+    sandbox: &Sandbox,
+    engine: &wasmtime::Engine,
+    make: impl AsyncFnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+) -> Result<(Store<HostState>, T), PluginError> {
+    let mut store = new_store(engine, instance, sandbox)?;
+    let exports = guarded(instance, &sandbox.limits, "instantiate", make(&mut store))
         .await
         .map_err(|e| PluginError::Instantiate {
             instance: instance.to_string(),
             message: e.to_string(),
         })?;
+    Ok((store, exports))
+}
+
+/// The error for declarations past `max_channels`.
+fn table_full(instance: &str, call: &'static str, full: TableFull) -> PluginError {
+    PluginError::Oversized {
+        instance: instance.to_string(),
+        call,
+        message: format!("more channels than max_channels = {}", full.max),
+    }
+}
+
+/// Samples from 0.1.0 readings, learning their names into `table`.
+fn learned(
+    review: &mut Review,
+    table: &mut ChannelTable,
+    stage: usize,
+    readings: Vec<v0_1::types::Reading>,
+    now: u64,
+) -> Vec<Sample> {
+    let mut samples = Vec::with_capacity(readings.len());
+    for r in readings {
+        let value = v1::value(r.value);
+        match table.learn(stage, &r.channel, r.unit.as_deref(), &value) {
+            Ok(channel) => samples.push(Sample {
+                channel,
+                value,
+                ts_ns: r.timestamp_ns.unwrap_or(now),
+                quality: v1::quality(r.quality),
+            }),
+            Err(why) => review.reject(|| why),
+        }
+    }
+    samples
+}
+
+/// Samples from a 0.2.0 batch, after appending its `added` channels.
+fn declared(
+    instance: &str,
+    call: &'static str,
+    review: &mut Review,
+    table: &mut ChannelTable,
+    stage: usize,
+    batch: v0_2::types::Batch,
+) -> Result<Vec<Sample>, PluginError> {
+    if !batch.added.is_empty() {
+        let refused = table
+            .declare(stage, batch.added.into_iter().map(convert::channel))
+            .map_err(|full| table_full(instance, call, full))?;
+        review.refused_channels(refused);
+    }
+    let ts = batch.timestamp_ns.unwrap_or_else(now_ns);
+    Ok(batch
+        .readings
+        .into_iter()
+        .map(|r| Sample {
+            channel: r.channel,
+            value: v2::value(r.value),
+            ts_ns: r.timestamp_ns.unwrap_or(ts),
+            quality: v2::quality(r.quality),
+        })
+        .collect())
+}
+
+impl LoadedDriver {
+    /// Builds a fresh instance in its own store and calls its `init`; a
+    /// 0.2.0 driver's channels start `table`.
+    pub async fn start(
+        &self,
+        instance: &str,
+        sandbox: &Sandbox,
+        config_json: &str,
+        table: &mut ChannelTable,
+    ) -> Result<DriverInstance, PluginError> {
+        let (store, plugin) = match &self.pre {
+            DriverPre::V1(pre) => {
+                let (store, p) = instantiate(instance, sandbox, pre.engine(), async |s| {
+                    pre.instantiate_async(s).await
+                })
+                .await?;
+                (store, DriverExports::V1(p))
+            }
+            DriverPre::V2(pre) => {
+                let (store, p) = instantiate(instance, sandbox, pre.engine(), async |s| {
+                    pre.instantiate_async(s).await
+                })
+                .await?;
+                (store, DriverExports::V2(p))
+            }
+        };
         let mut driver = DriverInstance {
             store,
             plugin,
             limits: sandbox.limits,
             checked: Checked::default(),
         };
-        driver.init(config_json).await?;
+        driver.init(config_json, table).await?;
         Ok(driver)
     }
 }
@@ -175,37 +267,74 @@ impl DriverInstance {
         self.store.data().instance.clone()
     }
 
-    async fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
-        let name = self.arm();
-        let iface = self.plugin.ferrule_plugin_driver();
-        guarded(
-            &name,
-            &self.limits,
-            "init",
-            iface.call_init(&mut self.store, config_json),
-        )
-        .await?
-        .map_err(|e| returned(&name, "init", &self.limits, e))
+    /// The ABI the driver was built against.
+    pub fn abi(&self) -> Abi {
+        match self.plugin {
+            DriverExports::V1(_) => Abi::V0_1,
+            DriverExports::V2(_) => Abi::V0_2,
+        }
     }
 
-    /// Polls the device; readings without a timestamp get the current time.
-    pub async fn poll(&mut self) -> Result<Vec<Reading>, PluginError> {
+    async fn init(
+        &mut self,
+        config_json: &str,
+        table: &mut ChannelTable,
+    ) -> Result<(), PluginError> {
         let name = self.arm();
-        let iface = self.plugin.ferrule_plugin_driver();
-        let readings = guarded(
-            &name,
-            &self.limits,
-            "poll",
-            iface.call_poll(&mut self.store),
-        )
-        .await?
-        .map_err(|e| returned(&name, "poll", &self.limits, e))?;
-        validate::check_sizes(&name, "poll", &self.limits, &readings)?;
-        let now = now_ns();
-        let stamped = readings.into_iter().map(|r| from_wit(r, now)).collect();
-        let (readings, checked) = validate::accept_readings(&name, "poll", stamped);
-        self.checked.add(checked);
-        Ok(readings)
+        let limits = &self.limits;
+        let store = &mut self.store;
+        match &self.plugin {
+            DriverExports::V1(p) => {
+                let iface = p.ferrule_plugin_driver();
+                guarded(&name, limits, "init", iface.call_init(store, config_json))
+                    .await?
+                    .map_err(|e| returned(&name, "init", limits, v1::error_message(e)))
+            }
+            DriverExports::V2(p) => {
+                let iface = p.ferrule_plugin_driver();
+                let channels = guarded(&name, limits, "init", iface.call_init(store, config_json))
+                    .await?
+                    .map_err(|e| returned(&name, "init", limits, v2::error_message(e)))?;
+                let mut review = Review::default();
+                let refused = table
+                    .declare(0, channels.into_iter().map(convert::channel))
+                    .map_err(|full| table_full(&name, "init", full))?;
+                review.refused_channels(refused);
+                self.checked.add(review.finish(&name, "init"));
+                Ok(())
+            }
+        }
+    }
+
+    /// Polls the device. Readings without a timestamp get the batch's, or
+    /// the current time; names of a 0.1.0 driver's readings are learned
+    /// into `table`.
+    pub async fn poll(&mut self, table: &mut ChannelTable) -> Result<Vec<Sample>, PluginError> {
+        let name = self.arm();
+        let limits = &self.limits;
+        let store = &mut self.store;
+        let mut review = Review::default();
+        let samples = match &self.plugin {
+            DriverExports::V1(p) => {
+                let iface = p.ferrule_plugin_driver();
+                let readings = guarded(&name, limits, "poll", iface.call_poll(store))
+                    .await?
+                    .map_err(|e| returned(&name, "poll", limits, v1::error_message(e)))?;
+                validate::check_sizes_v1(&name, "poll", limits, &readings)?;
+                learned(&mut review, table, 0, readings, now_ns())
+            }
+            DriverExports::V2(p) => {
+                let iface = p.ferrule_plugin_driver();
+                let batch = guarded(&name, limits, "poll", iface.call_poll(store))
+                    .await?
+                    .map_err(|e| returned(&name, "poll", limits, v2::error_message(e)))?;
+                validate::check_sizes_v2(&name, "poll", limits, &batch)?;
+                declared(&name, "poll", &mut review, table, 0, batch)?
+            }
+        };
+        let samples = validate::accept_samples(&mut review, table, samples);
+        self.checked.add(review.finish(&name, "poll"));
+        Ok(samples)
     }
 
     /// What the output checks did since the last call of this.
@@ -219,64 +348,113 @@ impl DriverInstance {
     }
 
     /// Writes `value` to the device's `channel` (a command from the cloud).
-    pub async fn write(&mut self, channel: &str, value: Value) -> Result<(), PluginError> {
+    /// A 0.2.0 driver is called only for a channel it declared writable.
+    pub async fn write(
+        &mut self,
+        table: &ChannelTable,
+        channel: &str,
+        value: Value,
+    ) -> Result<(), PluginError> {
         let name = self.arm();
-        let iface = self.plugin.ferrule_plugin_driver();
-        guarded(
-            &name,
-            &self.limits,
-            "write",
-            iface.call_write(&mut self.store, channel, &to_wit_value(value)),
-        )
-        .await?
-        .map_err(|e| returned(&name, "write", &self.limits, e))
+        let limits = &self.limits;
+        let store = &mut self.store;
+        match &self.plugin {
+            DriverExports::V1(p) => {
+                let iface = p.ferrule_plugin_driver();
+                let value = v1::to_value(value);
+                guarded(
+                    &name,
+                    limits,
+                    "write",
+                    iface.call_write(store, channel, &value),
+                )
+                .await?
+                .map_err(|e| returned(&name, "write", limits, v1::error_message(e)))
+            }
+            DriverExports::V2(p) => {
+                let refused = |read_only| PluginError::NotWritable {
+                    instance: name.clone(),
+                    channel: channel.to_string(),
+                    read_only,
+                };
+                let index = match table.driver_channel(channel) {
+                    None => return Err(refused(false)),
+                    Some((_, c)) if !c.writable => return Err(refused(true)),
+                    Some((index, _)) => index,
+                };
+                let iface = p.ferrule_plugin_driver();
+                let value = v2::to_value(value);
+                guarded(
+                    &name,
+                    limits,
+                    "write",
+                    iface.call_write(store, index, &value),
+                )
+                .await?
+                .map_err(|e| returned(&name, "write", limits, v2::error_message(e)))
+            }
+        }
     }
 
     /// Asks the driver about its device; the answer is checked against the
     /// status limits.
     pub async fn status(&mut self) -> Result<DeviceStatus, PluginError> {
         let name = self.arm();
-        let iface = self.plugin.ferrule_plugin_driver();
-        let s = guarded(
-            &name,
-            &self.limits,
-            "status",
-            iface.call_status(&mut self.store),
-        )
-        .await?;
-        let (status, checked) = validate::accept_status(&name, &self.limits, s)?;
+        let limits = &self.limits;
+        let store = &mut self.store;
+        let s = match &self.plugin {
+            DriverExports::V1(p) => {
+                let iface = p.ferrule_plugin_driver();
+                v1::status(guarded(&name, limits, "status", iface.call_status(store)).await?)
+            }
+            DriverExports::V2(p) => {
+                let iface = p.ferrule_plugin_driver();
+                v2::status(guarded(&name, limits, "status", iface.call_status(store)).await?)
+            }
+        };
+        let (status, checked) = validate::accept_status(&name, limits, s)?;
         self.checked.add(checked);
         Ok(status)
     }
 }
 
 impl LoadedProcessor {
-    /// Builds a fresh instance in its own store and calls its `init`.
+    /// Builds a fresh instance in its own store and calls its `init`; a
+    /// 0.2.0 processor sees `table` and appends the channels it derives.
+    /// `stage` is its place in the chain, 1 for the first.
     pub async fn start(
         &self,
         instance: &str,
         sandbox: &Sandbox,
         config_json: &str,
+        table: &mut ChannelTable,
+        stage: usize,
     ) -> Result<ProcessorInstance, PluginError> {
-        let mut store = new_store(self.pre.engine(), instance, sandbox)?;
-        let plugin = guarded(
-            instance,
-            &sandbox.limits,
-            "instantiate",
-            self.pre.instantiate_async(&mut store),
-        )
-        .await
-        .map_err(|e| PluginError::Instantiate {
-            instance: instance.to_string(),
-            message: e.to_string(),
-        })?;
+        let (store, plugin) = match &self.pre {
+            ProcessorPre::V1(pre) => {
+                let (store, p) = instantiate(instance, sandbox, pre.engine(), async |s| {
+                    pre.instantiate_async(s).await
+                })
+                .await?;
+                (store, ProcessorExports::V1(p))
+            }
+            ProcessorPre::V2(pre) => {
+                let (store, p) = instantiate(instance, sandbox, pre.engine(), async |s| {
+                    pre.instantiate_async(s).await
+                })
+                .await?;
+                (store, ProcessorExports::V2(p))
+            }
+        };
         let mut processor = ProcessorInstance {
             store,
             plugin,
             limits: sandbox.limits,
             checked: Checked::default(),
+            stage,
+            seen: 0,
         };
-        processor.init(config_json).await?;
+        processor.init(config_json, table).await?;
         Ok(processor)
     }
 }
@@ -287,43 +465,92 @@ impl ProcessorInstance {
         self.store.data().limits.memory_bytes
     }
 
+    /// The ABI the processor was built against.
+    pub fn abi(&self) -> Abi {
+        match self.plugin {
+            ProcessorExports::V1(_) => Abi::V0_1,
+            ProcessorExports::V2(_) => Abi::V0_2,
+        }
+    }
+
     fn arm(&mut self) -> String {
         self.store.set_epoch_deadline(1);
         self.store.data().instance.clone()
     }
 
-    async fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
+    async fn init(
+        &mut self,
+        config_json: &str,
+        table: &mut ChannelTable,
+    ) -> Result<(), PluginError> {
         let name = self.arm();
-        let iface = self.plugin.ferrule_plugin_processor();
-        guarded(
-            &name,
-            &self.limits,
-            "init",
-            iface.call_init(&mut self.store, config_json),
-        )
-        .await?
-        .map_err(|e| returned(&name, "init", &self.limits, e))
+        let limits = &self.limits;
+        let store = &mut self.store;
+        match &self.plugin {
+            ProcessorExports::V1(p) => {
+                let iface = p.ferrule_plugin_processor();
+                guarded(&name, limits, "init", iface.call_init(store, config_json))
+                    .await?
+                    .map_err(|e| returned(&name, "init", limits, v1::error_message(e)))
+            }
+            ProcessorExports::V2(p) => {
+                let iface = p.ferrule_plugin_processor();
+                let known: Vec<_> = table.since(0).map(convert::to_channel).collect();
+                let call = iface.call_init(store, config_json, &known);
+                let derived = guarded(&name, limits, "init", call)
+                    .await?
+                    .map_err(|e| returned(&name, "init", limits, v2::error_message(e)))?;
+                let mut review = Review::default();
+                let refused = table
+                    .declare(self.stage, derived.into_iter().map(convert::channel))
+                    .map_err(|full| table_full(&name, "init", full))?;
+                review.refused_channels(refused);
+                self.seen = table.len();
+                self.checked.add(review.finish(&name, "init"));
+                Ok(())
+            }
+        }
     }
 
-    /// Runs the processor on a batch; what it returns is checked like a poll's.
-    pub async fn process(&mut self, batch: Vec<Reading>) -> Result<Vec<Reading>, PluginError> {
+    /// Runs the processor on a batch; what it returns is checked like a
+    /// poll's.
+    pub async fn process(
+        &mut self,
+        table: &mut ChannelTable,
+        batch: Vec<Sample>,
+    ) -> Result<Vec<Sample>, PluginError> {
         let name = self.arm();
-        let iface = self.plugin.ferrule_plugin_processor();
-        let input: Vec<wt::Reading> = batch.into_iter().map(to_wit).collect();
-        let output = guarded(
-            &name,
-            &self.limits,
-            "process",
-            iface.call_process(&mut self.store, &input),
-        )
-        .await?
-        .map_err(|e| returned(&name, "process", &self.limits, e))?;
-        validate::check_sizes(&name, "process", &self.limits, &output)?;
-        let now = now_ns();
-        let stamped = output.into_iter().map(|r| from_wit(r, now)).collect();
-        let (readings, checked) = validate::accept_readings(&name, "process", stamped);
-        self.checked.add(checked);
-        Ok(readings)
+        let limits = &self.limits;
+        let store = &mut self.store;
+        let stage = self.stage;
+        let mut review = Review::default();
+        let samples = match &self.plugin {
+            ProcessorExports::V1(p) => {
+                let iface = p.ferrule_plugin_processor();
+                let input: Vec<v0_1::types::Reading> =
+                    batch.into_iter().filter_map(|s| to_v1(table, s)).collect();
+                let output = guarded(&name, limits, "process", iface.call_process(store, &input))
+                    .await?
+                    .map_err(|e| returned(&name, "process", limits, v1::error_message(e)))?;
+                validate::check_sizes_v1(&name, "process", limits, &output)?;
+                learned(&mut review, table, stage, output, now_ns())
+            }
+            ProcessorExports::V2(p) => {
+                let iface = p.ferrule_plugin_processor();
+                let input = to_v2(table, self.seen, batch);
+                self.seen = table.len();
+                let output = guarded(&name, limits, "process", iface.call_process(store, &input))
+                    .await?
+                    .map_err(|e| returned(&name, "process", limits, v2::error_message(e)))?;
+                validate::check_sizes_v2(&name, "process", limits, &output)?;
+                let samples = declared(&name, "process", &mut review, table, stage, output)?;
+                self.seen = table.len();
+                samples
+            }
+        };
+        let samples = validate::accept_samples(&mut review, table, samples);
+        self.checked.add(review.finish(&name, "process"));
+        Ok(samples)
     }
 
     /// What the output checks did since the last call of this.
@@ -332,46 +559,40 @@ impl ProcessorInstance {
     }
 }
 
-fn from_wit(r: wt::Reading, default_ts_ns: u64) -> Reading {
-    Reading {
-        channel: r.channel,
-        value: match r.value {
-            wt::Value::Float(v) => Value::Float(v),
-            wt::Value::Int(v) => Value::Int(v),
-            wt::Value::Boolean(v) => Value::Bool(v),
-            wt::Value::Text(v) => Value::Text(v),
-            wt::Value::Bytes(v) => Value::Bytes(v),
-        },
-        ts_ns: r.timestamp_ns.unwrap_or(default_ts_ns),
-        quality: match r.quality {
-            wt::Quality::Good => Quality::Good,
-            wt::Quality::Uncertain => Quality::Uncertain,
-            wt::Quality::Bad => Quality::Bad,
-        },
-        unit: r.unit,
-    }
+/// A sample as a 0.1.0 processor takes it: by name, with its timestamp.
+fn to_v1(table: &ChannelTable, s: Sample) -> Option<v0_1::types::Reading> {
+    let c = table.get(s.channel)?;
+    Some(v0_1::types::Reading {
+        channel: c.name.clone(),
+        value: v1::to_value(s.value),
+        timestamp_ns: Some(s.ts_ns),
+        quality: v1::to_quality(s.quality),
+        unit: c.unit.clone(),
+    })
 }
 
-fn to_wit_value(value: Value) -> wt::Value {
-    match value {
-        Value::Float(v) => wt::Value::Float(v),
-        Value::Int(v) => wt::Value::Int(v),
-        Value::Bool(v) => wt::Value::Boolean(v),
-        Value::Text(v) => wt::Value::Text(v),
-        Value::Bytes(v) => wt::Value::Bytes(v),
-    }
-}
-
-fn to_wit(r: Reading) -> wt::Reading {
-    wt::Reading {
-        channel: r.channel,
-        value: to_wit_value(r.value),
-        timestamp_ns: Some(r.ts_ns),
-        quality: match r.quality {
-            Quality::Good => wt::Quality::Good,
-            Quality::Uncertain => wt::Quality::Uncertain,
-            Quality::Bad => wt::Quality::Bad,
-        },
-        unit: r.unit,
+/// A batch as a 0.2.0 processor takes it: the channels added since it last
+/// looked, and one timestamp for the batch when every sample shares it.
+fn to_v2(table: &ChannelTable, seen: usize, samples: Vec<Sample>) -> v0_2::types::Batch {
+    let shared = samples
+        .first()
+        .map(|s| s.ts_ns)
+        .filter(|ts| samples.iter().all(|s| s.ts_ns == *ts));
+    v0_2::types::Batch {
+        added: table.since(seen).map(convert::to_channel).collect(),
+        timestamp_ns: shared,
+        readings: samples
+            .into_iter()
+            .map(|s| v0_2::types::Reading {
+                channel: s.channel,
+                timestamp_ns: if shared.is_some() {
+                    None
+                } else {
+                    Some(s.ts_ns)
+                },
+                value: v2::to_value(s.value),
+                quality: v2::to_quality(s.quality),
+            })
+            .collect(),
     }
 }

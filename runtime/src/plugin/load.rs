@@ -5,10 +5,51 @@ use std::path::{Path, PathBuf};
 
 use wasmtime::component::{Component, InstancePre};
 
-use super::bindings::driver::DriverPluginPre;
-use super::bindings::processor::ProcessorPluginPre;
+use super::bindings::{v0_1, v0_2};
 use super::host::HostState;
 use super::{PluginEngine, PluginError, WIT_PACKAGE};
+
+/// The `ferrule:plugin` ABI versions this runtime loads, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Abi {
+    /// `ferrule:plugin@0.1.0`: readings carry their channel name and unit.
+    V0_1,
+    /// `ferrule:plugin@0.2.0`: channels declared once, readings by index.
+    V0_2,
+}
+
+impl Abi {
+    /// Every version, oldest first.
+    pub const ALL: [Abi; 2] = [Abi::V0_1, Abi::V0_2];
+
+    /// The package version, e.g. `0.2.0`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Abi::V0_1 => "0.1.0",
+            Abi::V0_2 => "0.2.0",
+        }
+    }
+}
+
+impl std::fmt::Display for Abi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ferrule:plugin@{}", self.version())
+    }
+}
+
+/// A driver component linked against the host, per ABI version.
+#[derive(Clone)]
+pub(super) enum DriverPre {
+    V1(v0_1::driver::DriverPluginPre<HostState>),
+    V2(v0_2::driver::DriverPluginPre<HostState>),
+}
+
+/// A processor component linked against the host, per ABI version.
+#[derive(Clone)]
+pub(super) enum ProcessorPre {
+    V1(v0_1::processor::ProcessorPluginPre<HostState>),
+    V2(v0_2::processor::ProcessorPluginPre<HostState>),
+}
 
 /// Which world a component must export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,20 +80,28 @@ impl PluginKind {
 #[derive(Clone)]
 pub struct LoadedDriver {
     pub(super) path: PathBuf,
-    pub(super) pre: DriverPluginPre<HostState>,
+    pub(super) pre: DriverPre,
 }
 
 /// A compiled, type-checked processor component.
 #[derive(Clone)]
 pub struct LoadedProcessor {
     pub(super) path: PathBuf,
-    pub(super) pre: ProcessorPluginPre<HostState>,
+    pub(super) pre: ProcessorPre,
 }
 
 impl LoadedDriver {
     /// The component file it was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The ABI it was built against.
+    pub fn abi(&self) -> Abi {
+        match self.pre {
+            DriverPre::V1(_) => Abi::V0_1,
+            DriverPre::V2(_) => Abi::V0_2,
+        }
     }
 }
 
@@ -61,17 +110,30 @@ impl LoadedProcessor {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The ABI it was built against.
+    pub fn abi(&self) -> Abi {
+        match self.pre {
+            ProcessorPre::V1(_) => Abi::V0_1,
+            ProcessorPre::V2(_) => Abi::V0_2,
+        }
+    }
 }
 
 impl PluginEngine {
-    /// Loads (or reads from the compile cache) a driver component and links
-    /// it against the host; any world but the driver's is refused.
+    /// Loads (or reads from the compile cache) a driver component of any
+    /// ABI version this runtime knows and links it against the host; any
+    /// world but the driver's is refused.
     pub fn load_driver(&self, path: &Path) -> Result<LoadedDriver, PluginError> {
-        let pre = self.link(path, PluginKind::Driver)?;
-        let pre = DriverPluginPre::new(pre).map_err(|e| PluginError::WrongWorld {
+        let (abi, pre) = self.link(path, PluginKind::Driver)?;
+        let mismatch = |e: wasmtime::Error| PluginError::WrongWorld {
             path: path.to_path_buf(),
-            message: format!("does not match the driver-plugin world of {WIT_PACKAGE}: {e}"),
-        })?;
+            message: format!("does not match the driver-plugin world of {abi}: {e}"),
+        };
+        let pre = match abi {
+            Abi::V0_1 => DriverPre::V1(v0_1::driver::DriverPluginPre::new(pre).map_err(mismatch)?),
+            Abi::V0_2 => DriverPre::V2(v0_2::driver::DriverPluginPre::new(pre).map_err(mismatch)?),
+        };
         Ok(LoadedDriver {
             path: path.to_path_buf(),
             pre,
@@ -80,26 +142,40 @@ impl PluginEngine {
 
     /// Loads a processor component, like [`PluginEngine::load_driver`].
     pub fn load_processor(&self, path: &Path) -> Result<LoadedProcessor, PluginError> {
-        let pre = self.link(path, PluginKind::Processor)?;
-        let pre = ProcessorPluginPre::new(pre).map_err(|e| PluginError::WrongWorld {
+        let (abi, pre) = self.link(path, PluginKind::Processor)?;
+        let mismatch = |e: wasmtime::Error| PluginError::WrongWorld {
             path: path.to_path_buf(),
-            message: format!("does not match the processor-plugin world of {WIT_PACKAGE}: {e}"),
-        })?;
+            message: format!("does not match the processor-plugin world of {abi}: {e}"),
+        };
+        let pre = match abi {
+            Abi::V0_1 => {
+                ProcessorPre::V1(v0_1::processor::ProcessorPluginPre::new(pre).map_err(mismatch)?)
+            }
+            Abi::V0_2 => {
+                ProcessorPre::V2(v0_2::processor::ProcessorPluginPre::new(pre).map_err(mismatch)?)
+            }
+        };
         Ok(LoadedProcessor {
             path: path.to_path_buf(),
             pre,
         })
     }
 
-    fn link(&self, path: &Path, kind: PluginKind) -> Result<InstancePre<HostState>, PluginError> {
+    fn link(
+        &self,
+        path: &Path,
+        kind: PluginKind,
+    ) -> Result<(Abi, InstancePre<HostState>), PluginError> {
         let component = self.compile(path)?;
-        self.check_world(path, &component, kind)?;
-        self.linker
+        let abi = self.check_world(path, &component, kind)?;
+        let pre = self
+            .linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Link {
                 path: path.to_path_buf(),
                 message: format!("needs an import ferrule does not provide: {e}"),
-            })
+            })?;
+        Ok((abi, pre))
     }
 
     fn compile(&self, path: &Path) -> Result<Component, PluginError> {
@@ -133,31 +209,38 @@ impl PluginEngine {
         Ok(component)
     }
 
-    /// Says which world a component was built for when it is not the one
-    /// expected, including a different version of the WIT package.
+    /// The ABI version of the `kind` world a component exports, or an error
+    /// saying which world it was built for when it is not one this runtime
+    /// loads (another kind, or an unknown version of the package).
     fn check_world(
         &self,
         path: &Path,
         component: &Component,
         kind: PluginKind,
-    ) -> Result<(), PluginError> {
+    ) -> Result<Abi, PluginError> {
         let ty = component.component_type();
         let exports: Vec<String> = ty
             .exports(&self.engine)
             .map(|(name, _)| name.to_string())
             .collect();
         let wanted = format!("ferrule:plugin/{}@", kind.interface());
-        let version = WIT_PACKAGE.rsplit('@').next().unwrap_or_default();
-        if exports.iter().any(|e| *e == format!("{wanted}{version}")) {
-            return Ok(());
+        // The newest first: a component exporting two versions is run as the newer.
+        for abi in Abi::ALL.into_iter().rev() {
+            if exports
+                .iter()
+                .any(|e| *e == format!("{wanted}{}", abi.version()))
+            {
+                return Ok(abi);
+            }
         }
         let wrong = |message: String| PluginError::WrongWorld {
             path: path.to_path_buf(),
             message,
         };
+        let known = Abi::ALL.map(|a| a.version()).join(", ");
         if let Some(found) = exports.iter().find(|e| e.starts_with(&wanted)) {
             return Err(wrong(format!(
-                "built against ferrule:plugin@{}, but this runtime supports {WIT_PACKAGE}; rebuild it with a matching ferrule-sdk",
+                "built against ferrule:plugin@{}, but this runtime loads {known} only (newest: {WIT_PACKAGE}); rebuild it with a matching ferrule-sdk or upgrade ferrule",
                 found.rsplit('@').next().unwrap_or("?")
             )));
         }
@@ -170,7 +253,7 @@ impl PluginEngine {
             )));
         }
         Err(wrong(format!(
-            "does not export {wanted}{version}, so it is not a {} plugin (it exports: {})",
+            "does not export {wanted}{{{known}}}, so it is not a {} plugin (it exports: {})",
             kind.interface(),
             if exports.is_empty() {
                 "nothing".to_string()

@@ -19,6 +19,8 @@
 mod bindings;
 mod budget;
 mod cache;
+mod channels;
+mod convert;
 mod error;
 mod host;
 mod instance;
@@ -38,19 +40,24 @@ use wasmtime::{
 
 pub use budget::BudgetCounters;
 pub use cache::Source as CompiledFrom;
+pub use channels::{Channel, ChannelTable, Sample, ValueType};
 pub use error::PluginError;
 pub use instance::{DeviceStatus, DriverInstance, ProcessorInstance};
-pub use load::{LoadedDriver, LoadedProcessor, PluginKind};
+pub use load::{Abi, LoadedDriver, LoadedProcessor, PluginKind};
 pub use sandbox::{Capabilities, Limits, Sandbox};
-pub use validate::{Checked as OutputChecked, MAX_TIMESTAMP_NS, MIN_TIMESTAMP_NS, cut as cut_text};
+pub use validate::{
+    Checked as OutputChecked, MAX_TIMESTAMP_NS, MIN_TIMESTAMP_NS, Review as OutputReview,
+    cut as cut_text, dedupe_names,
+};
 
 use host::HostState;
 
 /// How often the engine's epoch advances; the granularity of call deadlines.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The WIT package version this runtime implements.
-pub const WIT_PACKAGE: &str = "ferrule:plugin@0.1.0";
+/// The newest WIT package version this runtime implements; it also loads
+/// every older one ([`Abi::ALL`]).
+pub const WIT_PACKAGE: &str = "ferrule:plugin@0.2.0";
 
 /// How the engine is set up.
 #[derive(Debug, Clone, Default)]
@@ -127,11 +134,11 @@ impl PluginEngine {
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
-        bindings::host::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(|e| PluginError::Engine(e.to_string()))?;
+        type Data = wasmtime::component::HasSelf<HostState>;
+        bindings::v0_1::host::add_to_linker::<HostState, Data>(&mut linker, |state| state)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        bindings::v0_2::host::add_to_linker::<HostState, Data>(&mut linker, |state| state)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
         budget::add_to_linker(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));

@@ -22,6 +22,8 @@ pub struct Limits {
     pub max_readings: usize,
     /// Longest string or byte value (channel, unit, text, bytes).
     pub max_value_bytes: usize,
+    /// Most channels in a driver's channel table.
+    pub max_channels: usize,
     /// Log lines per second (host log, stdout, stderr together).
     pub log_lines_per_s: u32,
     /// Most bytes copied out of the plugin in one call, checked against the

@@ -12,8 +12,16 @@
 //! What the WIT allows but a consumer cannot use is handled per reading
 //! and counted ([`Checked`]), so one bad reading never costs the batch:
 //!
-//! - a channel name that is empty or holds control characters: the
-//!   reading is **rejected**;
+//! - a channel declaration (0.2.0) whose name is empty, holds control
+//!   characters, is declared twice by the same stage, or whose strings
+//!   pass `max_value_bytes`: the channel is **refused** (it keeps its
+//!   index) and its readings are rejected; past `max_channels` the call is
+//!   refused;
+//! - a reading of an index not in the table, or a value of another type
+//!   than its channel declares (except text in a `bad` reading: the reason
+//!   it is bad): the reading is **rejected**;
+//! - a channel name in a 0.1.0 reading that is empty or holds control
+//!   characters: the reading is **rejected**;
 //! - a second reading with the same channel and timestamp in one batch
 //!   (the same instant measured twice, so one of them is wrong): the
 //!   later one is **rejected**; the same channel at different timestamps
@@ -28,10 +36,11 @@
 use std::collections::HashSet;
 
 use super::PluginError;
-use super::bindings::types as wt;
+use super::bindings::{v0_1, v0_2};
+use super::channels::{ChannelTable, Sample, ValueType, shown};
 use super::instance::DeviceStatus;
 use super::sandbox::Limits;
-use crate::reading::{Quality, Reading};
+use crate::reading::{Quality, Reading, Value};
 
 /// Earliest timestamp taken as real: 2000-01-01T00:00:00Z.
 pub const MIN_TIMESTAMP_NS: u64 = 946_684_800 * 1_000_000_000;
@@ -41,12 +50,15 @@ pub const MAX_TIMESTAMP_NS: u64 = 7_258_118_400 * 1_000_000_000;
 /// What the checks did to one call's output; added to the driver's counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Checked {
-    /// Readings left out: a bad channel name or a duplicate.
+    /// Readings left out: a bad or unknown channel, a value of another
+    /// type than its channel declares, or a duplicate.
     pub readings_rejected: u64,
     /// Readings kept with quality `bad` for a timestamp outside 2000–2200.
     pub timestamps_flagged: u64,
     /// Status fields reported as absent for a value outside 0–100.
     pub status_fields_rejected: u64,
+    /// Channel declarations refused (their readings are rejected).
+    pub channels_refused: u64,
 }
 
 impl Checked {
@@ -55,6 +67,50 @@ impl Checked {
         self.readings_rejected += other.readings_rejected;
         self.timestamps_flagged += other.timestamps_flagged;
         self.status_fields_rejected += other.status_fields_rejected;
+        self.channels_refused += other.channels_refused;
+    }
+}
+
+/// One call's checks: the counts and the first problem, logged once.
+#[derive(Debug, Default)]
+pub struct Review {
+    checked: Checked,
+    first_problem: Option<String>,
+}
+
+impl Review {
+    /// A reading left out, and why.
+    pub fn reject(&mut self, why: impl FnOnce() -> String) {
+        self.checked.readings_rejected += 1;
+        if self.first_problem.is_none() {
+            self.first_problem = Some(why());
+        }
+    }
+
+    /// Channel declarations refused.
+    pub fn refused_channels(&mut self, reasons: Vec<String>) {
+        self.checked.channels_refused += reasons.len() as u64;
+        if self.first_problem.is_none() {
+            self.first_problem = reasons.into_iter().next();
+        }
+    }
+
+    /// The counts; logs one line naming the plugin if anything was
+    /// rejected or flagged.
+    pub fn finish(self, instance: &str, call: &'static str) -> Checked {
+        let c = self.checked;
+        if c.readings_rejected > 0 || c.timestamps_flagged > 0 || c.channels_refused > 0 {
+            tracing::warn!(
+                plugin = instance,
+                call,
+                rejected = c.readings_rejected,
+                flagged_bad_timestamp = c.timestamps_flagged,
+                channels_refused = c.channels_refused,
+                first_rejection = self.first_problem.as_deref().unwrap_or(""),
+                "plugin output checked: readings rejected or flagged"
+            );
+        }
+        c
     }
 }
 
@@ -66,110 +122,192 @@ fn refuse(instance: &str, call: &'static str, message: String) -> PluginError {
     }
 }
 
-/// A short, printable form of something a plugin named, for messages.
-fn shown(name: &str) -> String {
-    name.chars().take(40).flat_map(char::escape_debug).collect()
-}
-
-/// Refuses readings beyond the instance's limits, naming what was too big.
-pub fn check_sizes(
+fn check_count(
     instance: &str,
     call: &'static str,
-    limits: &Limits,
-    readings: &[wt::Reading],
+    what: &str,
+    count: usize,
+    max: usize,
+    limit: &str,
 ) -> Result<(), PluginError> {
-    if readings.len() > limits.max_readings {
+    if count > max {
         return Err(refuse(
             instance,
             call,
-            format!(
-                "{} readings, more than max_readings = {}",
-                readings.len(),
-                limits.max_readings
-            ),
+            format!("{count} {what}, more than {limit} = {max}"),
         ));
-    }
-    let max = limits.max_value_bytes;
-    for r in readings {
-        let value_len = match &r.value {
-            wt::Value::Text(t) => t.len(),
-            wt::Value::Bytes(b) => b.len(),
-            _ => 0,
-        };
-        let unit_len = r.unit.as_ref().map_or(0, String::len);
-        for (what, len) in [
-            ("channel name", r.channel.len()),
-            ("value", value_len),
-            ("unit", unit_len),
-        ] {
-            if len > max {
-                return Err(refuse(
-                    instance,
-                    call,
-                    format!(
-                        "{what} of {len} bytes in channel \"{}\", more than max_value_bytes = {max}",
-                        shown(&r.channel)
-                    ),
-                ));
-            }
-        }
     }
     Ok(())
 }
 
-/// Why a channel name cannot be used, if it cannot.
-fn bad_channel(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("empty channel name")
-    } else if name.chars().any(char::is_control) {
-        Some("control character in channel name")
-    } else {
-        None
-    }
-}
-
-/// Applies the reading rules above to stamped readings; logs one line per
-/// call naming the plugin when anything was rejected or flagged.
-pub fn accept_readings(
+fn check_len(
     instance: &str,
     call: &'static str,
-    readings: Vec<Reading>,
-) -> (Vec<Reading>, Checked) {
-    let mut checked = Checked::default();
-    let mut first_problem: Option<String> = None;
-    let mut seen: HashSet<(String, u64)> = HashSet::with_capacity(readings.len());
-    let mut kept = Vec::with_capacity(readings.len());
-    for mut r in readings {
-        let problem = bad_channel(&r.channel).map(str::to_string).or_else(|| {
-            (!seen.insert((r.channel.clone(), r.ts_ns))).then(|| {
-                format!(
-                    "second reading of channel \"{}\" at the same timestamp",
-                    shown(&r.channel)
-                )
-            })
-        });
-        if let Some(problem) = problem {
-            checked.readings_rejected += 1;
-            first_problem.get_or_insert(problem);
+    limits: &Limits,
+    what: &str,
+    len: usize,
+    channel: &dyn Fn() -> String,
+) -> Result<(), PluginError> {
+    let max = limits.max_value_bytes;
+    if len > max {
+        return Err(refuse(
+            instance,
+            call,
+            format!(
+                "{what} of {len} bytes in channel \"{}\", more than max_value_bytes = {max}",
+                channel()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses 0.1.0 readings beyond the instance's limits, naming what was too big.
+pub fn check_sizes_v1(
+    instance: &str,
+    call: &'static str,
+    limits: &Limits,
+    readings: &[v0_1::types::Reading],
+) -> Result<(), PluginError> {
+    use v0_1::types::Value as V;
+    let n = readings.len();
+    check_count(
+        instance,
+        call,
+        "readings",
+        n,
+        limits.max_readings,
+        "max_readings",
+    )?;
+    for r in readings {
+        let value_len = match &r.value {
+            V::Text(t) => t.len(),
+            V::Bytes(b) => b.len(),
+            _ => 0,
+        };
+        let unit_len = r.unit.as_ref().map_or(0, String::len);
+        let name = || shown(&r.channel);
+        check_len(
+            instance,
+            call,
+            limits,
+            "channel name",
+            r.channel.len(),
+            &name,
+        )?;
+        check_len(instance, call, limits, "value", value_len, &name)?;
+        check_len(instance, call, limits, "unit", unit_len, &name)?;
+    }
+    Ok(())
+}
+
+/// Refuses a 0.2.0 batch beyond the instance's limits. Channel strings are
+/// checked when they are declared (a long one is refused, not the call).
+pub fn check_sizes_v2(
+    instance: &str,
+    call: &'static str,
+    limits: &Limits,
+    batch: &v0_2::types::Batch,
+) -> Result<(), PluginError> {
+    use v0_2::types::Value as V;
+    let n = batch.readings.len();
+    check_count(
+        instance,
+        call,
+        "readings",
+        n,
+        limits.max_readings,
+        "max_readings",
+    )?;
+    let added = batch.added.len();
+    check_count(
+        instance,
+        call,
+        "channels added",
+        added,
+        limits.max_channels,
+        "max_channels",
+    )?;
+    for r in &batch.readings {
+        let value_len = match &r.value {
+            V::Text(t) => t.len(),
+            V::Bytes(b) => b.len(),
+            _ => 0,
+        };
+        let index = || format!("#{}", r.channel);
+        check_len(instance, call, limits, "value", value_len, &index)?;
+    }
+    Ok(())
+}
+
+/// Applies the reading rules above to stamped samples of `table`.
+pub fn accept_samples(
+    review: &mut Review,
+    table: &ChannelTable,
+    samples: Vec<Sample>,
+) -> Vec<Sample> {
+    let mut seen: HashSet<(u32, u64)> = HashSet::with_capacity(samples.len());
+    let mut kept = Vec::with_capacity(samples.len());
+    for mut s in samples {
+        if let Some(why) = table.refusal(s.channel) {
+            review.reject(|| why);
             continue;
         }
-        if !(MIN_TIMESTAMP_NS..=MAX_TIMESTAMP_NS).contains(&r.ts_ns) {
-            checked.timestamps_flagged += 1;
-            r.quality = Quality::Bad;
+        // A `bad` reading may carry its reason as text, whatever the type.
+        let reason = s.quality == Quality::Bad && matches!(s.value, Value::Text(_));
+        if let Some(c) = table.get(s.channel)
+            && c.declared
+            && !reason
+            && ValueType::of(&s.value) != c.value_type
+        {
+            review.reject(|| {
+                format!(
+                    "channel \"{}\" declares {:?} values, got {:?}",
+                    shown(&c.name),
+                    c.value_type,
+                    ValueType::of(&s.value)
+                )
+            });
+            continue;
         }
-        kept.push(r);
+        if !seen.insert((s.channel, s.ts_ns)) {
+            review.reject(|| {
+                let name = table.get(s.channel).map_or("?", |c| c.name.as_str());
+                format!(
+                    "second reading of channel \"{}\" at the same timestamp",
+                    shown(name)
+                )
+            });
+            continue;
+        }
+        if !(MIN_TIMESTAMP_NS..=MAX_TIMESTAMP_NS).contains(&s.ts_ns) {
+            review.checked.timestamps_flagged += 1;
+            s.quality = Quality::Bad;
+        }
+        kept.push(s);
     }
-    if checked.readings_rejected > 0 || checked.timestamps_flagged > 0 {
-        tracing::warn!(
-            plugin = instance,
-            call,
-            rejected = checked.readings_rejected,
-            flagged_bad_timestamp = checked.timestamps_flagged,
-            first_rejection = first_problem.as_deref().unwrap_or(""),
-            "plugin output checked: readings rejected or flagged"
-        );
+    kept
+}
+
+/// Drops the later of two finished readings with the same name and
+/// timestamp: possible only when a processor redeclared a channel name
+/// and passed both on.
+pub fn dedupe_names(review: &mut Review, readings: Vec<Reading>) -> Vec<Reading> {
+    let mut seen: HashSet<(String, u64)> = HashSet::with_capacity(readings.len());
+    let mut kept = Vec::with_capacity(readings.len());
+    for r in readings {
+        if seen.insert((r.channel.clone(), r.ts_ns)) {
+            kept.push(r);
+        } else {
+            review.reject(|| {
+                format!(
+                    "two channels named \"{}\" at the same timestamp",
+                    shown(&r.channel)
+                )
+            });
+        }
     }
-    (kept, checked)
+    kept
 }
 
 /// Checks a device status against the status limits (an error of the
@@ -177,7 +315,7 @@ pub fn accept_readings(
 pub fn accept_status(
     instance: &str,
     limits: &Limits,
-    s: wt::DeviceStatus,
+    s: DeviceStatus,
 ) -> Result<(DeviceStatus, Checked), PluginError> {
     let max = limits.max_status_value_bytes;
     if s.extra.len() > limits.max_status_entries {
@@ -256,48 +394,64 @@ pub fn cut(text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::Value;
+    const NOW: u64 = 1_795_450_000_000_000_000;
 
-    fn reading(channel: &str, ts_ns: u64) -> Reading {
-        Reading {
-            channel: channel.into(),
-            value: Value::Int(1),
+    fn sample(channel: u32, value: Value, ts_ns: u64) -> Sample {
+        Sample {
+            channel,
+            value,
             ts_ns,
             quality: Quality::Good,
-            unit: None,
         }
     }
 
-    const NOW: u64 = 1_795_450_000_000_000_000;
+    fn table() -> ChannelTable {
+        use super::super::channels::Channel;
+        let mut table = ChannelTable::new(16, 64);
+        let int = |name: &str| Channel {
+            declared: true,
+            ..Channel::learned(name, None, &Value::Int(0))
+        };
+        let refused = table
+            .declare(0, [int("a"), int(""), int("old"), int("future"), int("b")])
+            .unwrap();
+        assert_eq!(refused.len(), 1);
+        table
+    }
 
     #[test]
-    fn bad_names_and_same_instant_duplicates_are_rejected_and_bad_clocks_flagged() {
-        let (kept, checked) = accept_readings(
-            "p",
-            "poll",
+    fn unknown_refused_mistyped_and_same_instant_samples_are_rejected_and_bad_clocks_flagged() {
+        let table = table();
+        let mut review = Review::default();
+        let kept = accept_samples(
+            &mut review,
+            &table,
             vec![
-                reading("a", NOW),
-                reading("", NOW),
-                reading("tab\there", NOW),
-                reading("a", NOW),
-                reading("a", NOW + 1),
-                reading("old", 0),
-                reading("future", MAX_TIMESTAMP_NS + 1),
-                reading("b", NOW),
+                sample(0, Value::Int(1), NOW),
+                sample(1, Value::Int(1), NOW),
+                sample(0, Value::Int(2), NOW),
+                sample(0, Value::Int(3), NOW + 1),
+                sample(4, Value::Float(1.0), NOW),
+                sample(9, Value::Int(1), NOW),
+                sample(2, Value::Int(1), 0),
+                sample(3, Value::Int(1), MAX_TIMESTAMP_NS + 1),
+                sample(4, Value::Int(1), NOW),
+                Sample {
+                    quality: Quality::Bad,
+                    ..sample(0, Value::Text("device exception".into()), NOW + 2)
+                },
             ],
         );
-        let names: Vec<(&str, Quality)> = kept
-            .iter()
-            .map(|r| (r.channel.as_str(), r.quality))
-            .collect();
+        let got: Vec<(u32, Quality)> = kept.iter().map(|s| (s.channel, s.quality)).collect();
         assert_eq!(
-            names,
+            got,
             [
-                ("a", Quality::Good),
-                ("a", Quality::Good),
-                ("old", Quality::Bad),
-                ("future", Quality::Bad),
-                ("b", Quality::Good)
+                (0, Quality::Good),
+                (0, Quality::Good),
+                (2, Quality::Bad),
+                (3, Quality::Bad),
+                (4, Quality::Good),
+                (0, Quality::Bad)
             ]
         );
         assert_eq!(
@@ -306,22 +460,41 @@ mod tests {
             "timestamp kept as given"
         );
         assert_eq!(
-            checked,
+            review.finish("p", "poll"),
             Checked {
-                readings_rejected: 3,
+                readings_rejected: 4,
                 timestamps_flagged: 2,
-                status_fields_rejected: 0
+                status_fields_rejected: 0,
+                channels_refused: 0,
             }
         );
     }
 
-    fn status(
-        battery: Option<u8>,
-        signal: Option<u8>,
-        extra: usize,
-        len: usize,
-    ) -> wt::DeviceStatus {
-        wt::DeviceStatus {
+    #[test]
+    fn finished_readings_of_one_name_at_one_instant_keep_the_first() {
+        let reading = |channel: &str, unit: &str, ts_ns| Reading {
+            channel: channel.into(),
+            value: Value::Int(1),
+            ts_ns,
+            quality: Quality::Good,
+            unit: Some(unit.into()),
+        };
+        let mut review = Review::default();
+        let kept = dedupe_names(
+            &mut review,
+            vec![
+                reading("t", "degC", NOW),
+                reading("t", "degF", NOW),
+                reading("t", "degF", NOW + 1),
+            ],
+        );
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].unit.as_deref(), Some("degC"));
+        assert_eq!(review.finish("p", "chain").readings_rejected, 1);
+    }
+
+    fn status(battery: Option<u8>, signal: Option<u8>, extra: usize, len: usize) -> DeviceStatus {
+        DeviceStatus {
             connected: true,
             firmware: Some("1.0".into()),
             battery_percent: battery,

@@ -153,6 +153,13 @@ pub struct DriverFigures {
     /// value outside 0–100.
     #[serde(default)]
     pub status_fields_rejected: u64,
+    /// Channel declarations refused (an empty or control-character name,
+    /// one declared twice by a stage, a string past `max_value_bytes`).
+    #[serde(default)]
+    pub channels_refused: u64,
+    /// Channels in the driver's channel table (declared or learned).
+    #[serde(default)]
+    pub channels: u64,
     /// Files, directories and sockets the driver and its processors hold open.
     #[serde(default)]
     pub open_files: u64,
@@ -451,6 +458,8 @@ fn driver_figures((name, c): &(String, Arc<DriverCounters>)) -> DriverFigures {
         readings_rejected: c.readings_rejected.load(Ordering::Relaxed),
         timestamps_flagged: c.timestamps_flagged.load(Ordering::Relaxed),
         status_fields_rejected: c.status_fields_rejected.load(Ordering::Relaxed),
+        channels_refused: c.channels_refused.load(Ordering::Relaxed),
+        channels: c.channels.load(Ordering::Relaxed),
         open_files: sum(|b| &b.open_files),
         open_refused: sum(|b| &b.open_refused),
         data_dir_bytes: sum(|b| &b.data_dir_bytes),

@@ -13,12 +13,20 @@ use quote::quote;
 use syn::{Item, parse_macro_input};
 
 const WIT_FILES: [&str; 5] = [
-    include_str!("../../../wit/types.wit"),
-    include_str!("../../../wit/host.wit"),
-    include_str!("../../../wit/driver.wit"),
-    include_str!("../../../wit/processor.wit"),
-    include_str!("../../../wit/worlds.wit"),
+    include_str!("../../../wit/0.2.0/types.wit"),
+    include_str!("../../../wit/0.2.0/host.wit"),
+    include_str!("../../../wit/0.2.0/driver.wit"),
+    include_str!("../../../wit/0.2.0/processor.wit"),
+    include_str!("../../../wit/0.2.0/worlds.wit"),
 ];
+
+/// The world the SDK itself generates its data types from: the plugin
+/// worlds' `types` interface, once, so every plugin's glue reuses them.
+const SDK_TYPES_WORLD: &str = "
+world sdk-types {
+    import types;
+}
+";
 
 /// Joins the WIT files into one document with a single package line, as
 /// wit-bindgen's `inline` option wants.
@@ -33,7 +41,24 @@ fn wit_document() -> String {
             out.push('\n');
         }
     }
+    out.push_str(SDK_TYPES_WORLD);
     out
+}
+
+/// The SDK's data types (`Value`, `Quality`, `Error`, ...), generated from
+/// the WIT once inside `ferrule_sdk`; not for plugin crates.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __sdk_types(_: TokenStream) -> TokenStream {
+    let wit = wit_document();
+    quote! {
+        ::wit_bindgen::generate!({
+            inline: #wit,
+            world: "sdk-types",
+            additional_derives: [PartialEq],
+        });
+    }
+    .into()
 }
 
 /// Marks the type that implements `ferrule_sdk::Driver` and exports it as
@@ -100,138 +125,73 @@ fn bindings(world: &str) -> TokenStream2 {
             inline: #wit,
             world: #world,
             runtime_path: "::ferrule_sdk::__private::wit_bindgen::rt",
+            with: {
+                "ferrule:plugin/types@0.2.0": ::ferrule_sdk::__private::types,
+            },
         });
     }
 }
 
-/// Conversions between the SDK's types and the generated `types` interface.
-fn conversions() -> TokenStream2 {
+/// The host's log function, for the SDK's logger.
+fn host_log() -> TokenStream2 {
     quote! {
-        use ferrule::plugin::types as wt;
         use ::ferrule_sdk as sdk;
 
-        fn level_from_sdk(level: sdk::log::Level) -> ferrule::plugin::host::Level {
+        fn log_to_host(level: sdk::log::Level, message: &str) {
             use ferrule::plugin::host::Level as L;
-            match level {
+            let level = match level {
                 sdk::log::Level::Trace => L::Trace,
                 sdk::log::Level::Debug => L::Debug,
                 sdk::log::Level::Info => L::Info,
                 sdk::log::Level::Warn => L::Warn,
                 sdk::log::Level::Error => L::Error,
-            }
-        }
-
-        fn log_to_host(level: sdk::log::Level, message: &str) {
-            ferrule::plugin::host::log(level_from_sdk(level), message);
-        }
-
-        fn value_to_wit(value: sdk::Value) -> wt::Value {
-            match value {
-                sdk::Value::Float(v) => wt::Value::Float(v),
-                sdk::Value::Int(v) => wt::Value::Int(v),
-                sdk::Value::Bool(v) => wt::Value::Boolean(v),
-                sdk::Value::Text(v) => wt::Value::Text(v),
-                sdk::Value::Bytes(v) => wt::Value::Bytes(v),
-            }
-        }
-
-        #[allow(dead_code)]
-        fn value_from_wit(value: wt::Value) -> sdk::Value {
-            match value {
-                wt::Value::Float(v) => sdk::Value::Float(v),
-                wt::Value::Int(v) => sdk::Value::Int(v),
-                wt::Value::Boolean(v) => sdk::Value::Bool(v),
-                wt::Value::Text(v) => sdk::Value::Text(v),
-                wt::Value::Bytes(v) => sdk::Value::Bytes(v),
-            }
-        }
-
-        fn quality_to_wit(quality: sdk::Quality) -> wt::Quality {
-            match quality {
-                sdk::Quality::Good => wt::Quality::Good,
-                sdk::Quality::Uncertain => wt::Quality::Uncertain,
-                sdk::Quality::Bad => wt::Quality::Bad,
-            }
-        }
-
-        fn reading_to_wit(r: sdk::Reading) -> wt::Reading {
-            wt::Reading {
-                channel: r.channel,
-                value: value_to_wit(r.value),
-                timestamp_ns: r.timestamp_ns,
-                quality: quality_to_wit(r.quality),
-                unit: r.unit,
-            }
-        }
-
-        fn error_to_wit(e: sdk::Error) -> wt::Error {
-            match e {
-                sdk::Error::InvalidConfig(m) => wt::Error::InvalidConfig(m),
-                sdk::Error::Unavailable(m) => wt::Error::Unavailable(m),
-                sdk::Error::Timeout(m) => wt::Error::Timeout(m),
-                sdk::Error::Protocol(m) => wt::Error::Protocol(m),
-                sdk::Error::Unsupported(m) => wt::Error::Unsupported(m),
-                sdk::Error::Other(m) => wt::Error::Other(m),
-            }
-        }
-
-        fn readings_to_wit(readings: Vec<sdk::Reading>) -> Vec<wt::Reading> {
-            readings.into_iter().map(reading_to_wit).collect()
+            };
+            ferrule::plugin::host::log(level, message);
         }
     }
 }
 
 fn driver_glue(self_ty: &TokenStream2) -> TokenStream2 {
     let bindings = bindings("driver-plugin");
-    let conversions = conversions();
+    let host_log = host_log();
     quote! {
         #[doc(hidden)]
         #[allow(clippy::all, unused_imports, non_snake_case)]
         mod __ferrule_driver_glue {
             #bindings
-            #conversions
+            #host_log
 
             use exports::ferrule::plugin::driver::Guest;
+            use sdk::__private::types as wt;
             type Plugin = super::#self_ty;
 
             ::std::thread_local! {
-                static INSTANCE: sdk::__private::Slot<Plugin> = const { sdk::__private::Slot::new() };
+                static INSTANCE: sdk::__private::Slot<sdk::__private::DriverState<Plugin>> =
+                    const { sdk::__private::Slot::new() };
             }
 
             struct Export;
 
             impl Guest for Export {
-                fn init(config: String) -> Result<(), wt::Error> {
+                fn init(config: String) -> Result<Vec<wt::Channel>, wt::Error> {
                     sdk::__private::install_logger(log_to_host);
-                    let plugin = sdk::__private::new_driver::<Plugin>(&config).map_err(error_to_wit)?;
-                    INSTANCE.with(|slot| slot.set(plugin));
-                    Ok(())
+                    let (state, channels) = sdk::__private::DriverState::<Plugin>::init(&config)?;
+                    INSTANCE.with(|slot| slot.set(state));
+                    Ok(channels)
                 }
 
-                fn poll() -> Result<Vec<wt::Reading>, wt::Error> {
-                    INSTANCE
-                        .with(|slot| slot.with(|p| <Plugin as sdk::Driver>::poll(p)))
-                        .map(readings_to_wit)
-                        .map_err(error_to_wit)
+                fn poll() -> Result<wt::Batch, wt::Error> {
+                    INSTANCE.with(|slot| slot.with(|s| s.poll()))
                 }
 
-                fn write(channel: String, value: wt::Value) -> Result<(), wt::Error> {
-                    INSTANCE
-                        .with(|slot| slot.with(|p| <Plugin as sdk::Driver>::write(p, &channel, value_from_wit(value))))
-                        .map_err(error_to_wit)
+                fn write(channel: u32, value: wt::Value) -> Result<(), wt::Error> {
+                    INSTANCE.with(|slot| slot.with(|s| s.write(channel, value)))
                 }
 
                 fn status() -> wt::DeviceStatus {
-                    let status = INSTANCE
-                        .with(|slot| slot.with(|p| Ok(<Plugin as sdk::Driver>::status(p))))
-                        .unwrap_or_else(|_| sdk::DeviceStatus::disconnected());
-                    wt::DeviceStatus {
-                        connected: status.connected,
-                        firmware: status.firmware,
-                        battery_percent: status.battery_percent,
-                        signal_quality: status.signal_quality,
-                        extra: status.extra,
-                    }
+                    INSTANCE
+                        .with(|slot| slot.with(|s| Ok(s.status())))
+                        .unwrap_or_else(|_| sdk::DeviceStatus::disconnected())
                 }
             }
 
@@ -242,51 +202,35 @@ fn driver_glue(self_ty: &TokenStream2) -> TokenStream2 {
 
 fn processor_glue(self_ty: &TokenStream2) -> TokenStream2 {
     let bindings = bindings("processor-plugin");
-    let conversions = conversions();
+    let host_log = host_log();
     quote! {
         #[doc(hidden)]
         #[allow(clippy::all, unused_imports, non_snake_case)]
         mod __ferrule_processor_glue {
             #bindings
-            #conversions
+            #host_log
 
             use exports::ferrule::plugin::processor::Guest;
+            use sdk::__private::types as wt;
             type Plugin = super::#self_ty;
 
             ::std::thread_local! {
-                static INSTANCE: sdk::__private::Slot<Plugin> = const { sdk::__private::Slot::new() };
-            }
-
-            fn reading_from_wit(r: wt::Reading) -> sdk::Reading {
-                sdk::Reading {
-                    channel: r.channel,
-                    value: value_from_wit(r.value),
-                    timestamp_ns: r.timestamp_ns,
-                    quality: match r.quality {
-                        wt::Quality::Good => sdk::Quality::Good,
-                        wt::Quality::Uncertain => sdk::Quality::Uncertain,
-                        wt::Quality::Bad => sdk::Quality::Bad,
-                    },
-                    unit: r.unit,
-                }
+                static INSTANCE: sdk::__private::Slot<sdk::__private::ProcessorState<Plugin>> =
+                    const { sdk::__private::Slot::new() };
             }
 
             struct Export;
 
             impl Guest for Export {
-                fn init(config: String) -> Result<(), wt::Error> {
+                fn init(config: String, channels: Vec<wt::Channel>) -> Result<Vec<wt::Channel>, wt::Error> {
                     sdk::__private::install_logger(log_to_host);
-                    let plugin = sdk::__private::new_processor::<Plugin>(&config).map_err(error_to_wit)?;
-                    INSTANCE.with(|slot| slot.set(plugin));
-                    Ok(())
+                    let (state, derived) = sdk::__private::ProcessorState::<Plugin>::init(&config, channels)?;
+                    INSTANCE.with(|slot| slot.set(state));
+                    Ok(derived)
                 }
 
-                fn process(batch: Vec<wt::Reading>) -> Result<Vec<wt::Reading>, wt::Error> {
-                    let batch: Vec<sdk::Reading> = batch.into_iter().map(reading_from_wit).collect();
-                    INSTANCE
-                        .with(|slot| slot.with(|p| <Plugin as sdk::Processor>::process(p, batch)))
-                        .map(readings_to_wit)
-                        .map_err(error_to_wit)
+                fn process(batch: wt::Batch) -> Result<wt::Batch, wt::Error> {
+                    INSTANCE.with(|slot| slot.with(|s| s.process(batch)))
                 }
             }
 

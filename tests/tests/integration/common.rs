@@ -11,7 +11,15 @@ pub fn sim_scale_config(
     port: u16,
     interval_ms: u64,
 ) -> anyhow::Result<GatewayToml> {
-    let scale = PluginToml::new("scale", &plugin("scale")?).config(
+    let sim = sim_with_scale("sim-1", &plugin("sim")?, &plugin("scale")?, interval_ms);
+    Ok(gateway_toml(&dir.join("data"), pki, port).driver(sim))
+}
+
+/// A `sim` driver called `name` (built from `sim`) with a counter "count"
+/// and a sine "temperature" in degC, 20 ± 5, scaled by the `scale` built
+/// from `scale`: count → count * 2 + 1, temperature → temperature_f in degF.
+pub fn sim_with_scale(name: &str, sim: &Path, scale: &Path, interval_ms: u64) -> PluginToml {
+    let scale = PluginToml::new("scale", scale).config(
         "channels",
         table([
             ("count", table([("gain", 2.0), ("offset", 1.0)])),
@@ -26,7 +34,7 @@ pub fn sim_scale_config(
             ),
         ]),
     );
-    let sim = PluginToml::new("sim-1", &plugin("sim")?)
+    PluginToml::new(name, sim)
         .set("interval_ms", interval_ms as i64)
         .config(
             "channels",
@@ -42,8 +50,7 @@ pub fn sim_scale_config(
                 ]),
             ]),
         )
-        .processor(scale);
-    Ok(gateway_toml(&dir.join("data"), pki, port).driver(sim))
+        .processor(scale)
 }
 
 /// A gateway with one `sim` driver of `channels` counter channels (so each

@@ -187,7 +187,11 @@ async fn odd_values_are_published_and_exported_faithfully_and_broken_promises_ar
     let br = driver(last, "bad-readings");
     let polls = br["polls_ok"].as_u64().unwrap_or(0);
     assert!(polls > 0, "{last}");
-    assert_eq!(br["readings_rejected"].as_u64(), Some(3 * polls), "{br}");
+    // Empty and control-character names (declared, refused), the same
+    // instant twice, an index not in the table, a text value for the
+    // integer channel "good".
+    assert_eq!(br["readings_rejected"].as_u64(), Some(5 * polls), "{br}");
+    assert_eq!(br["channels_refused"].as_u64(), Some(2), "{br}");
     assert_eq!(br["timestamps_flagged"].as_u64(), Some(2 * polls), "{br}");
     let bs = driver(last, "bad-status");
     assert!(

@@ -1,6 +1,7 @@
 //! ferrule's integration tests: one test binary, a module per area.
 //! Every test starts its own peers on loopback and stops them.
 
+mod abi;
 mod bad_input;
 mod common;
 mod compile_cache;
