@@ -188,51 +188,47 @@ fn test(root: &Path) -> anyhow::Result<()> {
     }
     // Dependencies no source file uses, in every workspace below the root.
     run(root, &mut Command::new(ensure_machete(root)?))?;
-    run(
-        root,
-        cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
-    )?;
+    // Clippy runs as the compiler of the workspace's own crates while they
+    // are built for the tests (what `cargo clippy` does, with a build
+    // instead of a check), so the dependencies — wasmtime above all — are
+    // compiled once instead of once to check and once to build.
+    let linted = |dir: &Path, args: &[&str]| {
+        let mut command = cargo();
+        command.args(args);
+        linted_env(&mut command);
+        run(dir, &mut command)
+    };
+    // Every target of every crate, linted; the ferrule binary the
+    // integration tests run is among them.
+    linted(root, &["build", "--workspace", "--all-targets"])?;
+    // The plugin workspaces have no test targets: their release build is
+    // every target there is.
     for ws in PLUGIN_WORKSPACES {
-        run(
-            &root.join(ws),
-            cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
-        )?;
+        linted(&root.join(ws), &["build", "--release"])?;
     }
-    build_plugins(root)?;
-    // The integration tests run the real binary; cargo test does not build
-    // another package's binary for them.
-    run(root, cargo().args(["build", "-p", "ferrule", "--bins"]))?;
     // Every test must run here: one that needs something the machine
     // lacks (a tmpfs mount) fails instead of skipping itself.
-    run(
-        root,
-        cargo()
-            .env(FULL_SUITE_ENV, "1")
-            .args(["test", "--workspace", "--", "--skip", "sandbox::"]),
-    )?;
+    let mut command = cargo();
+    command
+        .env(FULL_SUITE_ENV, "1")
+        .args(["test", "--workspace", "--", "--skip", "sandbox::"]);
+    linted_env(&mut command);
+    run(root, &mut command)?;
     // The sandbox tests check rates and deadlines (their issue asks for it);
     // they run alone, one at a time, so other tests don't share the cores.
-    run(
-        root,
-        cargo().args([
-            "test",
-            "-p",
-            "ferrule-tests",
-            "--test",
-            "integration",
-            "sandbox::",
-            "--",
-            "--test-threads",
-            "1",
-        ]),
-    )?;
+    let mut command = cargo();
+    command.args([
+        "test",
+        "--workspace",
+        "--test",
+        "integration",
+        "sandbox::",
+        "--",
+        "--test-threads",
+        "1",
+    ]);
+    linted_env(&mut command);
+    run(root, &mut command)?;
     eprintln!(
         "xtask: all checks passed in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -274,6 +270,25 @@ fn build_plugins(root: &Path) -> anyhow::Result<()> {
         run(&root.join(ws), cargo().args(["build", "--release"]))?;
     }
     Ok(())
+}
+
+/// The environment under which cargo runs clippy as the compiler of the
+/// workspace's own crates (see `test`). Every build in one `cargo xtask
+/// test` uses it, so none rebuilds what another built.
+fn linted_env(command: &mut Command) {
+    command.env("RUSTC_WORKSPACE_WRAPPER", clippy_driver()).env(
+        "CLIPPY_ARGS",
+        "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+    );
+}
+
+/// clippy-driver from the toolchain running this cargo, else from `PATH`.
+fn clippy_driver() -> PathBuf {
+    std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .map(|cargo| cargo.with_file_name("clippy-driver"))
+        .filter(|driver| driver.is_file())
+        .unwrap_or_else(|| PathBuf::from("clippy-driver"))
 }
 
 /// The cargo-machete release the unused-dependency check runs.
