@@ -479,6 +479,10 @@ pub fn sim_driver(
     Ok(driver)
 }
 
+/// Overrides `[queue] commit_linger_ms` in every benchmark gateway, for
+/// measuring what the linger costs and gains (the default is what ships).
+pub const LINGER_ENV: &str = "FERRULE_BENCH_COMMIT_LINGER_MS";
+
 /// A gateway running `drivers`, connected like every test gateway, with
 /// `max_inflight` messages in flight at most.
 pub fn gateway_of(
@@ -487,18 +491,16 @@ pub fn gateway_of(
     port: u16,
     max_inflight: u16,
     drivers: impl IntoIterator<Item = PluginToml>,
-) -> String {
-    drivers
-        .into_iter()
-        .fold(
-            ferrule_tests::gateway_toml(data_dir, pki, port).set(
-                "mqtt",
-                "max_inflight",
-                i64::from(max_inflight),
-            ),
-            GatewayToml::driver,
-        )
-        .render()
+) -> GatewayToml {
+    let mut gateway = ferrule_tests::gateway_toml(data_dir, pki, port).set(
+        "mqtt",
+        "max_inflight",
+        i64::from(max_inflight),
+    );
+    if let Some(ms) = std::env::var(LINGER_ENV).ok().and_then(|v| v.parse::<i64>().ok()) {
+        gateway = gateway.set("queue", "commit_linger_ms", ms);
+    }
+    drivers.into_iter().fold(gateway, GatewayToml::driver)
 }
 
 /// Starts the release (or test-profile) `ferrule` binary on `config`,

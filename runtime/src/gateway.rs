@@ -335,6 +335,7 @@ pub fn queue_options(config: &Config) -> QueueOptions {
         },
         max_age: config.queue.max_age_s.map(Duration::from_secs),
         max_group: None,
+        commit_linger: Duration::from_millis(config.queue.commit_linger_ms),
     }
 }
 
@@ -488,6 +489,7 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
                 when_full: FullPolicy::DropOldest,
                 max_age: None,
                 max_group: None,
+                commit_linger: Duration::ZERO,
             },
         ) {
             Ok(q) => Some(q),

@@ -19,7 +19,7 @@ const LIVE_DRIVERS: usize = 10;
 const CHANNELS: usize = 100;
 
 fn config(dir: &std::path::Path, pki: &Pki, port: u16, drivers: Vec<PluginToml>) -> String {
-    bench::gateway_of(&dir.join("data"), pki, port, 64, drivers)
+    bench::gateway_of(&dir.join("data"), pki, port, 64, drivers).render()
 }
 
 #[tokio::main]

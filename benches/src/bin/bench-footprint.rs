@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|d| bench::sim_driver(&format!("sim-{d}"), CHANNELS, INTERVAL_MS, 1))
             .collect::<anyhow::Result<Vec<_>>>()?;
         // The default in-flight window.
-        let config = bench::gateway_of(&data, &pki, port, 32, sims);
+        let config = bench::gateway_of(&data, &pki, port, 32, sims).render();
         let path = dir.path().join(format!("footprint-{drivers}.toml"));
         std::fs::write(&path, config)?;
         let mut ferrule =

@@ -93,7 +93,7 @@ async fn run_ferrule(
             .config("channels", toml::Value::Array(channels.clone()))
     });
     // The default in-flight window.
-    let config = bench::gateway_of(&dir.join("ferrule-data"), pki, port, 32, drivers);
+    let config = bench::gateway_of(&dir.join("ferrule-data"), pki, port, 32, drivers).render();
     let path = dir.join("ferrule-gateways.toml");
     std::fs::write(&path, config)?;
     let mut ferrule = bench::start_ferrule(dir, &path, "ferrule-gateways.log")?;

@@ -77,7 +77,8 @@ async fn main() -> anyhow::Result<()> {
         port,
         32,
         [bench::sim_driver("sim-1", CHANNELS, INTERVAL_MS, 1)?],
-    );
+    )
+    .render();
     let config_path = dir.path().join("latency.toml");
     std::fs::write(&config_path, config)?;
     let mut ferrule = bench::start_ferrule(dir.path(), &config_path, "ferrule.log")?;

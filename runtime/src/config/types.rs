@@ -153,7 +153,7 @@ fn default_reconnect_max_ms() -> u64 {
 }
 
 /// `[queue]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// The redb file; defaults to `{data_dir}/queue.redb`.
@@ -165,6 +165,28 @@ pub struct QueueConfig {
     pub when_full: WhenFull,
     /// Entries older than this many seconds are dropped (counted); kept forever when absent.
     pub max_age_s: Option<u64>,
+    /// Milliseconds an append that finds the queue idle waits for others
+    /// to share its commit (and fsync); 0 commits at once.
+    #[serde(default = "default_commit_linger_ms")]
+    pub commit_linger_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            path: None,
+            max_bytes: None,
+            when_full: WhenFull::default(),
+            max_age_s: None,
+            commit_linger_ms: default_commit_linger_ms(),
+        }
+    }
+}
+
+/// `queue.commit_linger_ms` unless set: see BENCHMARKS.md (latency and e2e)
+/// for what it was chosen from.
+pub fn default_commit_linger_ms() -> u64 {
+    1
 }
 
 /// `queue.when_full`: what happens when the queue reaches `max_bytes`.

@@ -1,6 +1,9 @@
 //! The pipeline: one task per driver instance polls it on its interval,
-//! runs the batch through the driver's processor chain, and appends the
-//! result to the queue.
+//! runs the batch through the driver's processor chain, writes it as the
+//! queue stores it (names and units from the chain's channel table, escaped
+//! once per channel), and hands it to the queue. The driver polls again
+//! while its last [`CAPTURE_WINDOW`] batches are being committed; a full
+//! window waits for the oldest commit, and batches commit in poll order.
 //!
 //! The supervisor: a plugin instance that traps, overruns its deadline or
 //! returns output beyond its limits — or a chain that cannot be started
@@ -11,6 +14,7 @@
 //! drivers or the publisher. A poll or process call that returns an error
 //! is logged and counted, and the driver is polled again on the next tick.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,8 +29,8 @@ use crate::plugin::{
     BudgetCounters, ChannelTable, DriverInstance, LoadedDriver, LoadedProcessor, OutputChecked,
     OutputReview, PluginError, ProcessorInstance, Sandbox, dedupe_names,
 };
-use crate::queue::Queue;
-use crate::reading::{Batch, Reading, now_ns};
+use crate::queue::{Entry, Queue, QueueError, Submitted};
+use crate::reading::{BatchJson, PreparedBatch, now_ns};
 
 /// A plugin ready to instantiate, with its instance name, sandbox and config.
 #[derive(Clone)]
@@ -178,6 +182,8 @@ pub struct Chain {
     /// Readings the finished batch's checks rejected (two channels of one
     /// name at one instant).
     checked: OutputChecked,
+    /// The driver's name as a JSON string, for every batch.
+    driver_json: Vec<u8>,
 }
 
 impl DriverSpec {
@@ -203,6 +209,7 @@ impl DriverSpec {
             processors,
             channels,
             checked: OutputChecked::default(),
+            driver_json: serde_json::to_vec(&d.name).unwrap_or_default(),
         })
     }
 }
@@ -247,13 +254,15 @@ impl Chain {
         all
     }
 
-    /// Polls once and runs the chain; `Ok(None)` when the poll produced nothing.
+    /// Polls once and runs the chain; `Ok(None)` when the poll produced
+    /// nothing. The batch comes written as the queue stores it: names and
+    /// units from the channel table's prepared JSON.
     /// `deltas` (one per processor) records what the chain did.
     pub async fn poll_once(
         &mut self,
         driver: &str,
         deltas: &mut [ProcessorDelta],
-    ) -> Result<Option<Batch>, PluginError> {
+    ) -> Result<Option<PreparedBatch>, PluginError> {
         let mut samples = self.driver.poll(&mut self.channels).await?;
         for (i, processor) in self.processors.iter_mut().enumerate() {
             if samples.is_empty() {
@@ -277,20 +286,18 @@ impl Chain {
             return Ok(None);
         }
         let table = &self.channels;
-        let mut readings: Vec<Reading> = samples
-            .into_iter()
-            .filter_map(|s| table.reading(s))
-            .collect();
         if table.has_shared_names() {
             let mut review = OutputReview::default();
-            readings = dedupe_names(&mut review, readings);
+            samples = dedupe_names(&mut review, table, samples);
             self.checked.add(review.finish(driver, "chain"));
         }
-        Ok(Some(Batch {
-            driver: driver.to_string(),
-            captured_ns: now_ns(),
-            readings,
-        }))
+        let mut json = BatchJson::new(&self.driver_json, now_ns(), samples.len());
+        for s in &samples {
+            if let Some(channel) = table.json(s.channel) {
+                json.push(channel, &s.value, s.ts_ns, s.quality);
+            }
+        }
+        Ok(Some(json.finish()))
     }
 }
 
@@ -314,9 +321,17 @@ pub async fn run_driver(
     let mut ticker = tokio::time::interval(spec.interval);
     // Keep the configured cadence: a late tick does not shift the ones after it.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Batches handed to the queue whose commit is not confirmed yet.
+    let mut window: VecDeque<Submitted> = VecDeque::with_capacity(CAPTURE_WINDOW);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            outcome = oldest_commit(&mut window), if !window.is_empty() => {
+                window.pop_front();
+                record_commit(&name, &counters, outcome);
+                settle_ready(&name, &counters, &mut window);
+                continue;
+            }
             Some(write) = commands.recv() => {
                 let outcome = match chain.as_mut() {
                     None => Err("the driver is restarting; try again shortly".to_string()),
@@ -380,7 +395,7 @@ pub async fn run_driver(
                     counters.polls_ok.fetch_add(1, Ordering::Relaxed);
                     counters
                         .readings
-                        .fetch_add(batch.readings.len() as u64, Ordering::Relaxed);
+                        .fetch_add(batch.readings as u64, Ordering::Relaxed);
                 }
                 Ok(None) => {
                     counters.polls_ok.fetch_add(1, Ordering::Relaxed);
@@ -405,8 +420,10 @@ pub async fn run_driver(
                     // A status beyond its limits costs the instance like any
                     // other output; the poll's batch is still captured first.
                     counters.failed(&e);
-                    if let Ok(Some(batch)) = polled {
-                        append_batch(&name, &queue, &counters, batch, &shutdown).await;
+                    if let Ok(Some(batch)) = polled
+                        && !capture(&name, &queue, &counters, &mut window, batch, &shutdown).await
+                    {
+                        return;
                     }
                     polled = Err(e);
                 }
@@ -414,7 +431,7 @@ pub async fn run_driver(
         }
         match polled {
             Ok(Some(batch)) => {
-                if !append_batch(&name, &queue, &counters, batch, &shutdown).await {
+                if !capture(&name, &queue, &counters, &mut window, batch, &shutdown).await {
                     return;
                 }
                 restarts.reset();
@@ -441,28 +458,69 @@ pub async fn run_driver(
 /// its polls start or stop failing.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
-/// Appends a batch to the queue; false when shutdown came first. Under
-/// `when_full = block` the append waits for space, and shutdown must still
-/// be able to stop the driver.
-async fn append_batch(
+/// Batches one driver may have handed to the queue before their commit is
+/// confirmed: it polls again while they are written (each is still durable
+/// before the publisher sees it, and they commit in order). A full window
+/// waits for the oldest commit before the next batch goes in.
+pub const CAPTURE_WINDOW: usize = 4;
+
+/// Hands a batch to the queue, first waiting for room in the window; false
+/// when shutdown came first. Under `when_full = block` the hand-over waits
+/// for space, and shutdown must still be able to stop the driver. Batches
+/// already handed over are committed whatever happens to the driver.
+async fn capture(
     driver: &str,
     queue: &Queue,
     counters: &DriverCounters,
-    batch: Batch,
+    window: &mut VecDeque<Submitted>,
+    batch: PreparedBatch,
     shutdown: &CancellationToken,
 ) -> bool {
-    let appended = tokio::select! {
-        result = queue.append(batch) => result,
+    while window.len() >= CAPTURE_WINDOW {
+        let outcome = tokio::select! {
+            outcome = oldest_commit(window) => outcome,
+            _ = shutdown.cancelled() => return false,
+        };
+        window.pop_front();
+        record_commit(driver, counters, outcome);
+    }
+    let submitted = tokio::select! {
+        result = queue.submit_entry(Entry::Prepared(batch)) => result,
         _ = shutdown.cancelled() => return false,
     };
-    match appended {
+    match submitted {
+        Ok(s) => window.push_back(s),
+        Err(e) => tracing::error!(driver = %driver, error = %e, "batch not captured"),
+    }
+    settle_ready(driver, counters, window);
+    true
+}
+
+/// The commit outcome of the oldest batch in the window (left in place:
+/// the caller pops it, so a cancelled wait loses nothing).
+async fn oldest_commit(window: &mut VecDeque<Submitted>) -> Result<u64, QueueError> {
+    match window.front_mut() {
+        Some(front) => front.committed_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts the batches at the front of the window whose commit is known.
+fn settle_ready(driver: &str, counters: &DriverCounters, window: &mut VecDeque<Submitted>) {
+    while let Some(outcome) = window.front_mut().and_then(Submitted::try_committed) {
+        window.pop_front();
+        record_commit(driver, counters, outcome);
+    }
+}
+
+fn record_commit(driver: &str, counters: &DriverCounters, outcome: Result<u64, QueueError>) {
+    match outcome {
         Ok(seq) => {
             counters.batches_queued.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(driver = %driver, seq, "batch captured");
         }
         Err(e) => tracing::error!(driver = %driver, error = %e, "batch not captured"),
     }
-    true
 }
 
 /// Asks the driver about its device and stores the answer for telemetry;

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::reading::{Quality, Reading, Value};
+use crate::reading::{ChannelJson, Quality, Reading, Value};
 
 /// Which value case a channel's readings carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -86,6 +86,8 @@ impl Channel {
 #[derive(Debug, Clone)]
 struct Entry {
     channel: Channel,
+    /// Its readings' JSON around the value, escaped once.
+    json: ChannelJson,
     /// 0 for the driver, 1.. for the processors in chain order.
     stage: usize,
     /// Why it cannot be used, if its declaration broke a rule.
@@ -244,6 +246,7 @@ impl ChannelTable {
             indices.push(index);
         }
         self.entries.push(Entry {
+            json: ChannelJson::new(&channel.name, channel.unit.as_deref()),
             channel,
             stage,
             refused,
@@ -294,6 +297,11 @@ impl ChannelTable {
             let e = self.entries.get(i as usize)?;
             (e.stage == 0).then_some((i, &e.channel))
         })
+    }
+
+    /// The prepared JSON of the channel at `index`.
+    pub fn json(&self, index: u32) -> Option<&ChannelJson> {
+        self.entries.get(index as usize).map(|e| &e.json)
     }
 
     /// The named reading a sample stands for.

@@ -1,6 +1,7 @@
 //! Live plugin instances and the guarded calls into them.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use wasmtime::{Store, Trap};
 
@@ -12,6 +13,7 @@ use super::host::HostState;
 use super::load::{Abi, DriverPre, LoadedDriver, LoadedProcessor, ProcessorPre};
 use super::sandbox::Limits;
 use super::sandbox::Sandbox;
+use super::ticker::Ticker;
 use super::validate::{self, Checked, Review};
 use crate::reading::{Value, now_ns};
 
@@ -45,6 +47,7 @@ enum ProcessorExports {
 /// A running driver: its own store, memory and budgets.
 pub struct DriverInstance {
     store: Store<HostState>,
+    ticker: Arc<Ticker>,
     plugin: DriverExports,
     limits: Limits,
     checked: Checked,
@@ -53,6 +56,7 @@ pub struct DriverInstance {
 /// A running processor: its own store, memory and budgets.
 pub struct ProcessorInstance {
     store: Store<HostState>,
+    ticker: Arc<Ticker>,
     plugin: ProcessorExports,
     limits: Limits,
     checked: Checked,
@@ -87,11 +91,14 @@ fn new_store(
 /// of the deadline whether the plugin spins or waits; the call is then
 /// dropped and the instance must be rebuilt.
 async fn guarded<T>(
+    ticker: &Arc<Ticker>,
     store_instance: &str,
     limits: &Limits,
     call: &'static str,
     fut: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<T, PluginError> {
+    // The epoch advances only while some call holds a guard.
+    let _running = ticker.call();
     let limit = limits.timeout;
     let timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
     let started = std::time::Instant::now();
@@ -148,13 +155,15 @@ fn returned(instance: &str, call: &'static str, limits: &Limits, error: String) 
 
 /// Instantiates a component in a fresh store under the instantiate deadline.
 async fn instantiate<T>(
+    ticker: &Arc<Ticker>,
     instance: &str,
     sandbox: &Sandbox,
     engine: &wasmtime::Engine,
     make: impl AsyncFnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
 ) -> Result<(Store<HostState>, T), PluginError> {
     let mut store = new_store(engine, instance, sandbox)?;
-    let exports = guarded(instance, &sandbox.limits, "instantiate", make(&mut store))
+    let call = make(&mut store);
+    let exports = guarded(ticker, instance, &sandbox.limits, "instantiate", call)
         .await
         .map_err(|e| PluginError::Instantiate {
             instance: instance.to_string(),
@@ -236,22 +245,25 @@ impl LoadedDriver {
     ) -> Result<DriverInstance, PluginError> {
         let (store, plugin) = match &self.pre {
             DriverPre::V1(pre) => {
-                let (store, p) = instantiate(instance, sandbox, pre.engine(), async |s| {
-                    pre.instantiate_async(s).await
-                })
-                .await?;
+                let (store, p) =
+                    instantiate(&self.ticker, instance, sandbox, pre.engine(), async |s| {
+                        pre.instantiate_async(s).await
+                    })
+                    .await?;
                 (store, DriverExports::V1(p))
             }
             DriverPre::V2(pre) => {
-                let (store, p) = instantiate(instance, sandbox, pre.engine(), async |s| {
-                    pre.instantiate_async(s).await
-                })
-                .await?;
+                let (store, p) =
+                    instantiate(&self.ticker, instance, sandbox, pre.engine(), async |s| {
+                        pre.instantiate_async(s).await
+                    })
+                    .await?;
                 (store, DriverExports::V2(p))
             }
         };
         let mut driver = DriverInstance {
             store,
+            ticker: self.ticker.clone(),
             plugin,
             limits: sandbox.limits,
             checked: Checked::default(),
@@ -283,18 +295,31 @@ impl DriverInstance {
         let name = self.arm();
         let limits = &self.limits;
         let store = &mut self.store;
+        let ticker = &self.ticker;
         match &self.plugin {
             DriverExports::V1(p) => {
                 let iface = p.ferrule_plugin_driver();
-                guarded(&name, limits, "init", iface.call_init(store, config_json))
-                    .await?
-                    .map_err(|e| returned(&name, "init", limits, v1::error_message(e)))
+                guarded(
+                    ticker,
+                    &name,
+                    limits,
+                    "init",
+                    iface.call_init(store, config_json),
+                )
+                .await?
+                .map_err(|e| returned(&name, "init", limits, v1::error_message(e)))
             }
             DriverExports::V2(p) => {
                 let iface = p.ferrule_plugin_driver();
-                let channels = guarded(&name, limits, "init", iface.call_init(store, config_json))
-                    .await?
-                    .map_err(|e| returned(&name, "init", limits, v2::error_message(e)))?;
+                let channels = guarded(
+                    ticker,
+                    &name,
+                    limits,
+                    "init",
+                    iface.call_init(store, config_json),
+                )
+                .await?
+                .map_err(|e| returned(&name, "init", limits, v2::error_message(e)))?;
                 let mut review = Review::default();
                 let refused = table
                     .declare(0, channels.into_iter().map(convert::channel))
@@ -313,11 +338,12 @@ impl DriverInstance {
         let name = self.arm();
         let limits = &self.limits;
         let store = &mut self.store;
+        let ticker = &self.ticker;
         let mut review = Review::default();
         let samples = match &self.plugin {
             DriverExports::V1(p) => {
                 let iface = p.ferrule_plugin_driver();
-                let readings = guarded(&name, limits, "poll", iface.call_poll(store))
+                let readings = guarded(ticker, &name, limits, "poll", iface.call_poll(store))
                     .await?
                     .map_err(|e| returned(&name, "poll", limits, v1::error_message(e)))?;
                 validate::check_sizes_v1(&name, "poll", limits, &readings)?;
@@ -325,7 +351,7 @@ impl DriverInstance {
             }
             DriverExports::V2(p) => {
                 let iface = p.ferrule_plugin_driver();
-                let batch = guarded(&name, limits, "poll", iface.call_poll(store))
+                let batch = guarded(ticker, &name, limits, "poll", iface.call_poll(store))
                     .await?
                     .map_err(|e| returned(&name, "poll", limits, v2::error_message(e)))?;
                 validate::check_sizes_v2(&name, "poll", limits, &batch)?;
@@ -358,11 +384,13 @@ impl DriverInstance {
         let name = self.arm();
         let limits = &self.limits;
         let store = &mut self.store;
+        let ticker = &self.ticker;
         match &self.plugin {
             DriverExports::V1(p) => {
                 let iface = p.ferrule_plugin_driver();
                 let value = v1::to_value(value);
                 guarded(
+                    ticker,
                     &name,
                     limits,
                     "write",
@@ -385,6 +413,7 @@ impl DriverInstance {
                 let iface = p.ferrule_plugin_driver();
                 let value = v2::to_value(value);
                 guarded(
+                    ticker,
                     &name,
                     limits,
                     "write",
@@ -402,14 +431,19 @@ impl DriverInstance {
         let name = self.arm();
         let limits = &self.limits;
         let store = &mut self.store;
+        let ticker = &self.ticker;
         let s = match &self.plugin {
             DriverExports::V1(p) => {
                 let iface = p.ferrule_plugin_driver();
-                v1::status(guarded(&name, limits, "status", iface.call_status(store)).await?)
+                v1::status(
+                    guarded(ticker, &name, limits, "status", iface.call_status(store)).await?,
+                )
             }
             DriverExports::V2(p) => {
                 let iface = p.ferrule_plugin_driver();
-                v2::status(guarded(&name, limits, "status", iface.call_status(store)).await?)
+                v2::status(
+                    guarded(ticker, &name, limits, "status", iface.call_status(store)).await?,
+                )
             }
         };
         let (status, checked) = validate::accept_status(&name, limits, s)?;
@@ -432,22 +466,25 @@ impl LoadedProcessor {
     ) -> Result<ProcessorInstance, PluginError> {
         let (store, plugin) = match &self.pre {
             ProcessorPre::V1(pre) => {
-                let (store, p) = instantiate(instance, sandbox, pre.engine(), async |s| {
-                    pre.instantiate_async(s).await
-                })
-                .await?;
+                let (store, p) =
+                    instantiate(&self.ticker, instance, sandbox, pre.engine(), async |s| {
+                        pre.instantiate_async(s).await
+                    })
+                    .await?;
                 (store, ProcessorExports::V1(p))
             }
             ProcessorPre::V2(pre) => {
-                let (store, p) = instantiate(instance, sandbox, pre.engine(), async |s| {
-                    pre.instantiate_async(s).await
-                })
-                .await?;
+                let (store, p) =
+                    instantiate(&self.ticker, instance, sandbox, pre.engine(), async |s| {
+                        pre.instantiate_async(s).await
+                    })
+                    .await?;
                 (store, ProcessorExports::V2(p))
             }
         };
         let mut processor = ProcessorInstance {
             store,
+            ticker: self.ticker.clone(),
             plugin,
             limits: sandbox.limits,
             checked: Checked::default(),
@@ -486,18 +523,25 @@ impl ProcessorInstance {
         let name = self.arm();
         let limits = &self.limits;
         let store = &mut self.store;
+        let ticker = &self.ticker;
         match &self.plugin {
             ProcessorExports::V1(p) => {
                 let iface = p.ferrule_plugin_processor();
-                guarded(&name, limits, "init", iface.call_init(store, config_json))
-                    .await?
-                    .map_err(|e| returned(&name, "init", limits, v1::error_message(e)))
+                guarded(
+                    ticker,
+                    &name,
+                    limits,
+                    "init",
+                    iface.call_init(store, config_json),
+                )
+                .await?
+                .map_err(|e| returned(&name, "init", limits, v1::error_message(e)))
             }
             ProcessorExports::V2(p) => {
                 let iface = p.ferrule_plugin_processor();
                 let known: Vec<_> = table.since(0).map(convert::to_channel).collect();
                 let call = iface.call_init(store, config_json, &known);
-                let derived = guarded(&name, limits, "init", call)
+                let derived = guarded(ticker, &name, limits, "init", call)
                     .await?
                     .map_err(|e| returned(&name, "init", limits, v2::error_message(e)))?;
                 let mut review = Review::default();
@@ -522,6 +566,7 @@ impl ProcessorInstance {
         let name = self.arm();
         let limits = &self.limits;
         let store = &mut self.store;
+        let ticker = &self.ticker;
         let stage = self.stage;
         let mut review = Review::default();
         let samples = match &self.plugin {
@@ -529,9 +574,15 @@ impl ProcessorInstance {
                 let iface = p.ferrule_plugin_processor();
                 let input: Vec<v0_1::types::Reading> =
                     batch.into_iter().filter_map(|s| to_v1(table, s)).collect();
-                let output = guarded(&name, limits, "process", iface.call_process(store, &input))
-                    .await?
-                    .map_err(|e| returned(&name, "process", limits, v1::error_message(e)))?;
+                let output = guarded(
+                    ticker,
+                    &name,
+                    limits,
+                    "process",
+                    iface.call_process(store, &input),
+                )
+                .await?
+                .map_err(|e| returned(&name, "process", limits, v1::error_message(e)))?;
                 validate::check_sizes_v1(&name, "process", limits, &output)?;
                 learned(&mut review, table, stage, output, now_ns())
             }
@@ -539,9 +590,15 @@ impl ProcessorInstance {
                 let iface = p.ferrule_plugin_processor();
                 let input = to_v2(table, self.seen, batch);
                 self.seen = table.len();
-                let output = guarded(&name, limits, "process", iface.call_process(store, &input))
-                    .await?
-                    .map_err(|e| returned(&name, "process", limits, v2::error_message(e)))?;
+                let output = guarded(
+                    ticker,
+                    &name,
+                    limits,
+                    "process",
+                    iface.call_process(store, &input),
+                )
+                .await?
+                .map_err(|e| returned(&name, "process", limits, v2::error_message(e)))?;
                 validate::check_sizes_v2(&name, "process", limits, &output)?;
                 let samples = declared(&name, "process", &mut review, table, stage, output)?;
                 self.seen = table.len();

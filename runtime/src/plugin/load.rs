@@ -2,11 +2,13 @@
 //! clear error for each way the file can be wrong.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use wasmtime::component::{Component, InstancePre};
 
 use super::bindings::{v0_1, v0_2};
 use super::host::HostState;
+use super::ticker::Ticker;
 use super::{PluginEngine, PluginError, WIT_PACKAGE};
 
 /// The `ferrule:plugin` ABI versions this runtime loads, oldest first.
@@ -81,6 +83,7 @@ impl PluginKind {
 pub struct LoadedDriver {
     pub(super) path: PathBuf,
     pub(super) pre: DriverPre,
+    pub(super) ticker: Arc<Ticker>,
 }
 
 /// A compiled, type-checked processor component.
@@ -88,6 +91,7 @@ pub struct LoadedDriver {
 pub struct LoadedProcessor {
     pub(super) path: PathBuf,
     pub(super) pre: ProcessorPre,
+    pub(super) ticker: Arc<Ticker>,
 }
 
 impl LoadedDriver {
@@ -137,6 +141,7 @@ impl PluginEngine {
         Ok(LoadedDriver {
             path: path.to_path_buf(),
             pre,
+            ticker: self.ticker.clone(),
         })
     }
 
@@ -158,6 +163,7 @@ impl PluginEngine {
         Ok(LoadedProcessor {
             path: path.to_path_buf(),
             pre,
+            ticker: self.ticker.clone(),
         })
     }
 

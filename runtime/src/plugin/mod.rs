@@ -27,10 +27,10 @@ mod instance;
 mod load;
 mod output;
 mod sandbox;
+mod ticker;
 mod validate;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::Linker;
@@ -52,7 +52,8 @@ pub use validate::{
 
 use host::HostState;
 
-/// How often the engine's epoch advances; the granularity of call deadlines.
+/// How often the engine's epoch advances while a plugin call runs; the
+/// granularity of call deadlines.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The newest WIT package version this runtime implements; it also loads
@@ -74,7 +75,7 @@ pub struct EngineSettings {
 pub struct PluginEngine {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<ticker::Ticker>,
     cache: Option<cache::CompileCache>,
 }
 
@@ -141,32 +142,27 @@ impl PluginEngine {
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         budget::add_to_linker(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let weak = engine.weak();
-        let stop = ticker_stop.clone();
-        std::thread::Builder::new()
-            .name("ferrule-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
+        let ticker = ticker::Ticker::start(&engine)
             .map_err(|e| PluginError::Engine(format!("cannot start epoch thread: {e}")))?;
         Ok(PluginEngine {
             engine,
             linker: Arc::new(linker),
-            ticker_stop,
+            ticker,
             cache,
         })
     }
 }
 
+impl PluginEngine {
+    /// Epoch ticks since the engine started; they happen only while a
+    /// plugin call runs.
+    pub fn epoch_ticks(&self) -> u64 {
+        self.ticker.ticks()
+    }
+}
+
 impl Drop for PluginEngine {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }

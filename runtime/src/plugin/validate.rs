@@ -40,7 +40,7 @@ use super::bindings::{v0_1, v0_2};
 use super::channels::{ChannelTable, Sample, ValueType, shown};
 use super::instance::DeviceStatus;
 use super::sandbox::Limits;
-use crate::reading::{Quality, Reading, Value};
+use crate::reading::{Quality, Value};
 
 /// Earliest timestamp taken as real: 2000-01-01T00:00:00Z.
 pub const MIN_TIMESTAMP_NS: u64 = 946_684_800 * 1_000_000_000;
@@ -292,17 +292,22 @@ pub fn accept_samples(
 /// Drops the later of two finished readings with the same name and
 /// timestamp: possible only when a processor redeclared a channel name
 /// and passed both on.
-pub fn dedupe_names(review: &mut Review, readings: Vec<Reading>) -> Vec<Reading> {
-    let mut seen: HashSet<(String, u64)> = HashSet::with_capacity(readings.len());
-    let mut kept = Vec::with_capacity(readings.len());
-    for r in readings {
-        if seen.insert((r.channel.clone(), r.ts_ns)) {
-            kept.push(r);
+pub fn dedupe_names(
+    review: &mut Review,
+    table: &ChannelTable,
+    samples: Vec<Sample>,
+) -> Vec<Sample> {
+    let mut seen: HashSet<(&str, u64)> = HashSet::with_capacity(samples.len());
+    let mut kept = Vec::with_capacity(samples.len());
+    for s in samples {
+        let name = table.get(s.channel).map_or("", |c| c.name.as_str());
+        if seen.insert((name, s.ts_ns)) {
+            kept.push(s);
         } else {
             review.reject(|| {
                 format!(
                     "two channels named \"{}\" at the same timestamp",
-                    shown(&r.channel)
+                    shown(name)
                 )
             });
         }
@@ -472,24 +477,23 @@ mod tests {
 
     #[test]
     fn finished_readings_of_one_name_at_one_instant_keep_the_first() {
-        let reading = |channel: &str, unit: &str, ts_ns| Reading {
-            channel: channel.into(),
-            value: Value::Int(1),
-            ts_ns,
-            quality: Quality::Good,
-            unit: Some(unit.into()),
-        };
+        use super::super::channels::Channel;
+        let mut table = ChannelTable::new(8, 64);
+        let t = |unit: &str| Channel::learned("t", Some(unit), &Value::Int(1));
+        table.declare(0, [t("degC")]).unwrap();
+        table.declare(1, [t("degF")]).unwrap();
         let mut review = Review::default();
         let kept = dedupe_names(
             &mut review,
+            &table,
             vec![
-                reading("t", "degC", NOW),
-                reading("t", "degF", NOW),
-                reading("t", "degF", NOW + 1),
+                sample(0, Value::Int(1), NOW),
+                sample(1, Value::Int(1), NOW),
+                sample(1, Value::Int(1), NOW + 1),
             ],
         );
-        assert_eq!(kept.len(), 2);
-        assert_eq!(kept[0].unit.as_deref(), Some("degC"));
+        let got: Vec<(u32, u64)> = kept.iter().map(|s| (s.channel, s.ts_ns)).collect();
+        assert_eq!(got, [(0, NOW), (1, NOW + 1)]);
         assert_eq!(review.finish("p", "chain").readings_rejected, 1);
     }
 

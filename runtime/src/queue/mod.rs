@@ -108,6 +108,9 @@ pub struct QueueOptions {
     /// Most appends per commit; `None` means [`MAX_GROUP`]. `Some(1)` gives
     /// one fsync per batch, which the queue benchmark compares against.
     pub max_group: Option<usize>,
+    /// How long an append that finds the writer idle waits for others to
+    /// share its commit (and fsync); zero commits at once.
+    pub commit_linger: Duration,
 }
 
 /// An entry as stored, for the publisher: the batch's JSON, decoded only
@@ -125,6 +128,9 @@ pub struct StoredEntry {
 pub enum Entry {
     /// A driver's batch of readings.
     Batch(Batch),
+    /// A driver's batch, already written as the JSON a [`Batch`] becomes
+    /// (by [`crate::reading::BatchJson`]).
+    Prepared(crate::reading::PreparedBatch),
     /// A telemetry snapshot: its JSON object, as published.
     Telemetry(String),
 }
@@ -177,6 +183,16 @@ impl StoredEntry {
     pub fn kind(&self) -> Result<EntryKind, QueueError> {
         if self.json.first() != Some(&b'{') {
             return Err(self.corrupt("not a JSON object"));
+        }
+        // A batch is stored with its driver first: read just that name,
+        // not the whole entry.
+        if let Some(rest) = self.json.strip_prefix(br#"{"driver":"#)
+            && let Some(Ok(driver)) = serde_json::Deserializer::from_slice(rest)
+                .into_iter::<String>()
+                .next()
+            && driver != OLD_TELEMETRY_DRIVER
+        {
+            return Ok(EntryKind::Batch { driver });
         }
         let head: Head<'_> = serde_json::from_slice(&self.json).map_err(|e| self.corrupt(e))?;
         match (head.kind.as_deref(), head.driver) {
@@ -286,6 +302,34 @@ pub struct QueueHealth {
     pub blocked_ms_total: u64,
     /// Commits that failed and were retried.
     pub commit_retries: u64,
+}
+
+/// An entry handed to the writer, not yet known to be durable.
+#[derive(Debug)]
+pub struct Submitted(oneshot::Receiver<Result<u64, QueueError>>);
+
+impl Submitted {
+    /// Its sequence number once it is committed (fsynced), or why it was
+    /// not. Dropping a `Submitted` does not withdraw the entry: the writer
+    /// commits it all the same.
+    pub async fn committed(self) -> Result<u64, QueueError> {
+        self.0.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Like [`Submitted::committed`], by reference: a wait that is
+    /// cancelled can be taken up again.
+    pub async fn committed_mut(&mut self) -> Result<u64, QueueError> {
+        (&mut self.0).await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// The outcome if the commit has happened, without waiting.
+    pub fn try_committed(&mut self) -> Option<Result<u64, QueueError>> {
+        match self.0.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(QueueError::Closed)),
+        }
+    }
 }
 
 /// A handle to the queue; cheap to clone. The file is closed (and the
@@ -411,6 +455,21 @@ impl Queue {
 
     /// Commits an entry of any kind durably and returns its sequence number.
     pub async fn append_entry(&self, entry: Entry) -> Result<u64, QueueError> {
+        self.submit_entry(entry).await?.committed().await
+    }
+
+    /// Hands a batch to the writer and returns once it is queued for the
+    /// next commit, not once it is durable: [`Submitted::committed`] says
+    /// that. Batches submitted in order are committed in order (their
+    /// sequence numbers increase), so a driver may poll again while its
+    /// previous batches are being written. Waits while `MAX_WAITING`
+    /// appends are already waiting for the writer.
+    pub async fn submit(&self, batch: Batch) -> Result<Submitted, QueueError> {
+        self.submit_entry(Entry::Batch(batch)).await
+    }
+
+    /// [`Queue::submit`] for an entry of any kind.
+    pub async fn submit_entry(&self, entry: Entry) -> Result<Submitted, QueueError> {
         let encoded = store::encode_entry(&entry)?;
         // The entry is in `encoded` now; waiting for the writer holds one
         // copy of it, not two.
@@ -428,7 +487,7 @@ impl Queue {
             reply,
             _slot: slot,
         }))?;
-        answer.await.map_err(|_| QueueError::Closed)?
+        Ok(Submitted(answer))
     }
 
     /// The highest sequence number committed so far; changes on every commit.

@@ -33,12 +33,14 @@ pub(super) fn storage(e: impl std::fmt::Display) -> QueueError {
 pub(super) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, QueueError> {
     let (captured_ns, size_hint) = match entry {
         Entry::Batch(batch) => (batch.captured_ns, 64 + batch.readings.len() * 96),
+        Entry::Prepared(prepared) => (prepared.captured_ns, prepared.json.len()),
         Entry::Telemetry(json) => (now_ns(), json.len() + 40),
     };
     let mut out = Vec::with_capacity(HEADER + size_hint);
     out.extend_from_slice(&captured_ns.to_le_bytes());
     match entry {
         Entry::Batch(batch) => serde_json::to_writer(&mut out, batch).map_err(storage)?,
+        Entry::Prepared(prepared) => out.extend_from_slice(&prepared.json),
         Entry::Telemetry(json) => {
             // Checked, so a stored entry is always one JSON object.
             serde_json::from_str::<&serde_json::value::RawValue>(json).map_err(storage)?;

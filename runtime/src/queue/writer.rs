@@ -3,8 +3,11 @@
 //! as the size policy allows in one transaction, commits it with
 //! `Durability::Immediate`, and only then answers. Deletions of delivered
 //! entries alone do not start a commit at once: they wait up to
-//! `REMOVE_LINGER` to share the next append's fsync. A failed commit keeps
-//! everything pending and is retried after reopening the file.
+//! `REMOVE_LINGER` to share the next append's fsync. An append that finds
+//! the writer idle may wait up to `commit_linger` for more to share its
+//! commit; appends that arrive while a commit runs are taken together by
+//! the next one without waiting. A failed commit keeps everything pending
+//! and is retried after reopening the file.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -137,7 +140,14 @@ impl Writer {
                     wait = wait.min(REMOVE_LINGER.saturating_sub(since.elapsed()));
                 }
                 match rx.recv_timeout(wait) {
-                    Ok(request) => self.take(request),
+                    Ok(request) => {
+                        self.take(request);
+                        // The writer was idle: an append may wait a little
+                        // for others to share its commit.
+                        if !self.appends.is_empty() && !self.linger(rx) {
+                            open = false;
+                        }
+                    }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => open = false,
                 }
@@ -178,6 +188,28 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Gathers more requests for up to the configured linger, or until a
+    /// commit's worth of appends waits; false if the queue was closed.
+    fn linger(&mut self, rx: &Receiver<Request>) -> bool {
+        let linger = self.shared.options.commit_linger;
+        if linger.is_zero() {
+            return true;
+        }
+        let deadline = Instant::now() + linger;
+        while self.appends.len() < self.shared.options.max_group.unwrap_or(MAX_GROUP) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(left) {
+                Ok(request) => self.take(request),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        true
     }
 
     /// Whether pending deletions should be committed without waiting for

@@ -91,6 +91,13 @@ pub struct ProcessFigures {
     pub cpu_percent: f32,
     /// Resident memory, in bytes.
     pub rss_bytes: u64,
+    /// Times a thread of the process gave up the CPU to wait (a hand-over
+    /// between threads, an fsync, an idle wait), since it started.
+    #[serde(default)]
+    pub voluntary_context_switches: u64,
+    /// Times a thread of the process was preempted, since it started.
+    #[serde(default)]
+    pub involuntary_context_switches: u64,
 }
 
 /// The machine's load, memory, disk, temperature and network.
@@ -342,10 +349,13 @@ impl Collector {
     }
 
     fn process(&mut self) -> ProcessFigures {
+        let (voluntary_context_switches, involuntary_context_switches) = context_switches();
         let Some(pid) = self.pid else {
             return ProcessFigures {
                 cpu_percent: 0.0,
                 rss_bytes: 0,
+                voluntary_context_switches,
+                involuntary_context_switches,
             };
         };
         self.system.refresh_processes_specifics(
@@ -359,10 +369,14 @@ impl Collector {
             Some(p) => ProcessFigures {
                 cpu_percent: p.cpu_usage(),
                 rss_bytes: p.memory(),
+                voluntary_context_switches,
+                involuntary_context_switches,
             },
             None => ProcessFigures {
                 cpu_percent: 0.0,
                 rss_bytes: 0,
+                voluntary_context_switches,
+                involuntary_context_switches,
             },
         }
     }
@@ -397,6 +411,22 @@ fn free_space(dir: &Path) -> Option<u64> {
         .filter(|d| dir.starts_with(d.mount_point()))
         .max_by_key(|d| d.mount_point().as_os_str().len())
         .map(sysinfo::Disk::available_space)
+}
+
+/// Voluntary and involuntary context switches of the whole process since
+/// it started (`getrusage`); zeros where the OS does not say.
+fn context_switches() -> (u64, u64) {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage writes only the struct it is given, which is
+        // plain data and zeroed first.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+            let n = |v: libc::c_long| u64::try_from(v).unwrap_or(0);
+            return (n(usage.ru_nvcsw), n(usage.ru_nivcsw));
+        }
+    }
+    (0, 0)
 }
 
 /// Total bytes (received, sent) of the non-loopback interfaces.
