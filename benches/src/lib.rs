@@ -347,9 +347,15 @@ pub async fn measure(pids: &[u32], window: Duration) -> anyhow::Result<Usage> {
 /// the broker, simulators and the measuring process on the second. `None`
 /// on a machine with one core or without `taskset`.
 pub fn cores() -> Option<(usize, usize)> {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let taskset = Path::new("/usr/bin/taskset").is_file() || Path::new("/bin/taskset").is_file();
-    (n >= 2 && taskset).then_some((0, 1))
+    // Decided once, before anything is pinned: once the measuring process
+    // is pinned to one core, it would see only that one.
+    static CORES: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let taskset =
+            Path::new("/usr/bin/taskset").is_file() || Path::new("/bin/taskset").is_file();
+        (n >= 2 && taskset).then_some((0, 1))
+    })
 }
 
 /// Pins every thread of `pid` to `core` (threads it starts later inherit
@@ -497,7 +503,10 @@ pub fn gateway_of(
         "max_inflight",
         i64::from(max_inflight),
     );
-    if let Some(ms) = std::env::var(LINGER_ENV).ok().and_then(|v| v.parse::<i64>().ok()) {
+    if let Some(ms) = std::env::var(LINGER_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
         gateway = gateway.set("queue", "commit_linger_ms", ms);
     }
     drivers.into_iter().fold(gateway, GatewayToml::driver)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, MqttProtocol, PluginLimits, WhenFull};
+use crate::config::{Config, MqttProtocol, PayloadFormatConfig, PluginLimits, WhenFull};
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
 use crate::plugin::{
     Capabilities, EngineSettings, Limits, LoadedDriver, LoadedProcessor, PluginEngine, PluginError,
@@ -18,6 +18,7 @@ use crate::plugin::{
 };
 use crate::publish::{self, Protocol, PublisherSettings, PublisherStats, TlsFiles, Topics};
 use crate::queue::{FullPolicy, Queue, QueueError, QueueOptions};
+use crate::reading::PayloadFormat;
 use crate::remote;
 use crate::telemetry;
 
@@ -224,6 +225,10 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
             },
             processors,
             interval: Duration::from_millis(*d.interval_ms.get_ref()),
+            format: match config.mqtt.payload_format {
+                PayloadFormatConfig::Readings => PayloadFormat::Readings,
+                PayloadFormatConfig::Compact => PayloadFormat::Compact,
+            },
             restart_min: Duration::from_millis(config.runtime.restart_min_ms.max(1)),
             restart_max: Duration::from_millis(
                 config

@@ -146,6 +146,9 @@ mod float_repr {
 pub struct ChannelJson {
     head: Box<[u8]>,
     tail: Box<[u8]>,
+    /// Its entry in a compact message's channel list, without the type and
+    /// the closing brace: `{"channel":"t","unit":"degC"`.
+    decl: Box<[u8]>,
 }
 
 impl ChannelJson {
@@ -160,9 +163,16 @@ impl ChannelJson {
             json_string(&mut tail, unit);
         }
         tail.push(b'}');
+        let mut decl = b"{\"channel\":".to_vec();
+        json_string(&mut decl, name);
+        if let Some(unit) = unit {
+            decl.extend_from_slice(b",\"unit\":");
+            json_string(&mut decl, unit);
+        }
         ChannelJson {
             head: head.into(),
             tail: tail.into(),
+            decl: decl.into(),
         }
     }
 }
@@ -170,6 +180,302 @@ impl ChannelJson {
 fn json_string(out: &mut Vec<u8>, text: &str) {
     // Writing a str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// The `type` a value is written with.
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Float(_) => "float",
+        Value::Int(_) => "int",
+        Value::Bool(_) => "bool",
+        Value::Text(_) => "text",
+        Value::Bytes(_) => "bytes",
+    }
+}
+
+/// A value's JSON as [`Value`]'s `value` field holds it.
+fn write_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Float(v) => {
+            if v.is_finite() {
+                let _ = serde_json::to_writer(&mut *out, v);
+            } else if v.is_nan() {
+                json_string(out, float_repr::NAN);
+            } else if *v > 0.0 {
+                json_string(out, float_repr::INF);
+            } else {
+                json_string(out, float_repr::NEG_INF);
+            }
+        }
+        Value::Int(v) => {
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+        Value::Bool(v) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
+        Value::Text(v) => json_string(out, v),
+        Value::Bytes(v) => {
+            use base64::Engine as _;
+            out.push(b'"');
+            let start = out.len();
+            out.resize(start + v.len().div_ceil(3) * 4, 0);
+            let written = base64::engine::general_purpose::STANDARD
+                .encode_slice(v, &mut out[start..])
+                .unwrap_or(0);
+            out.truncate(start + written);
+            out.push(b'"');
+        }
+    }
+}
+
+/// How a batch is written into the queue and published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PayloadFormat {
+    /// One object per reading, with its channel, unit, type, value,
+    /// timestamp and quality (the default).
+    #[default]
+    Readings,
+    /// The message's channels listed once, each reading an array
+    /// `[channel, value, ts_ns?, quality?]` (see the README).
+    Compact,
+}
+
+/// A batch written in either [`PayloadFormat`].
+#[derive(Debug)]
+pub enum BatchWriter {
+    /// The readings format.
+    Readings(BatchJson),
+    /// The compact format.
+    Compact(CompactJson),
+}
+
+impl BatchWriter {
+    /// A batch of the driver whose name is `driver_json` (a JSON string).
+    pub fn new(
+        format: PayloadFormat,
+        driver_json: &[u8],
+        captured_ns: u64,
+        readings: usize,
+    ) -> Self {
+        match format {
+            PayloadFormat::Readings => {
+                BatchWriter::Readings(BatchJson::new(driver_json, captured_ns, readings))
+            }
+            PayloadFormat::Compact => {
+                BatchWriter::Compact(CompactJson::new(driver_json, captured_ns, readings))
+            }
+        }
+    }
+
+    /// Appends a reading of the channel at table `index`, described by `channel`.
+    pub fn push(
+        &mut self,
+        index: u32,
+        channel: &ChannelJson,
+        value: &Value,
+        ts_ns: u64,
+        quality: Quality,
+    ) {
+        match self {
+            BatchWriter::Readings(w) => w.push(channel, value, ts_ns, quality),
+            BatchWriter::Compact(w) => w.push(index, channel, value, ts_ns, quality),
+        }
+    }
+
+    /// The finished batch.
+    pub fn finish(self) -> PreparedBatch {
+        match self {
+            BatchWriter::Readings(w) => w.finish(),
+            BatchWriter::Compact(w) => w.finish(),
+        }
+    }
+}
+
+/// A batch in the compact format: `{"driver":…,"captured_ns":…,
+/// "format":"compact","ts_ns":…,"channels":[…],"readings":[[…],…]}`.
+#[derive(Debug)]
+pub struct CompactJson {
+    head: Vec<u8>,
+    channels: Vec<u8>,
+    readings: Vec<u8>,
+    count: usize,
+    captured_ns: u64,
+    /// The message's timestamp: the first reading's.
+    ts_ns: Option<u64>,
+    /// By channel table index: its position in this message's list, and
+    /// the type it was listed with.
+    local: Vec<Option<(u32, &'static str)>>,
+    listed: u32,
+}
+
+impl CompactJson {
+    fn new(driver_json: &[u8], captured_ns: u64, readings: usize) -> CompactJson {
+        let mut head = Vec::with_capacity(64);
+        head.extend_from_slice(b"{\"driver\":");
+        head.extend_from_slice(driver_json);
+        head.extend_from_slice(b",\"captured_ns\":");
+        let _ = serde_json::to_writer(&mut head, &captured_ns);
+        head.extend_from_slice(b",\"format\":\"compact\"");
+        CompactJson {
+            head,
+            channels: Vec::with_capacity(readings * 32),
+            readings: Vec::with_capacity(readings * 24),
+            count: 0,
+            captured_ns,
+            ts_ns: None,
+            local: Vec::new(),
+            listed: 0,
+        }
+    }
+
+    fn push(
+        &mut self,
+        index: u32,
+        channel: &ChannelJson,
+        value: &Value,
+        ts_ns: u64,
+        quality: Quality,
+    ) {
+        let i = index as usize;
+        if self.local.len() <= i {
+            self.local.resize(i + 1, None);
+        }
+        let (position, listed_type) = match self.local[i] {
+            Some(known) => known,
+            None => {
+                let kind = type_name(value);
+                if self.listed > 0 {
+                    self.channels.push(b',');
+                }
+                self.channels.extend_from_slice(&channel.decl);
+                self.channels.extend_from_slice(b",\"type\":\"");
+                self.channels.extend_from_slice(kind.as_bytes());
+                self.channels.extend_from_slice(b"\"}");
+                let known = (self.listed, kind);
+                self.local[i] = Some(known);
+                self.listed += 1;
+                known
+            }
+        };
+        let message_ts = *self.ts_ns.get_or_insert(ts_ns);
+        let out = &mut self.readings;
+        if self.count > 0 {
+            out.push(b',');
+        }
+        self.count += 1;
+        out.push(b'[');
+        let _ = serde_json::to_writer(&mut *out, &position);
+        out.push(b',');
+        if type_name(value) == listed_type {
+            write_value(out, value);
+        } else {
+            out.extend_from_slice(b"{\"type\":\"");
+            out.extend_from_slice(type_name(value).as_bytes());
+            out.extend_from_slice(b"\",\"value\":");
+            write_value(out, value);
+            out.push(b'}');
+        }
+        if ts_ns != message_ts || quality != Quality::Good {
+            out.push(b',');
+            let _ = serde_json::to_writer(&mut *out, &ts_ns);
+        }
+        match quality {
+            Quality::Good => {}
+            Quality::Uncertain => out.extend_from_slice(b",\"uncertain\""),
+            Quality::Bad => out.extend_from_slice(b",\"bad\""),
+        }
+        out.push(b']');
+    }
+
+    fn finish(self) -> PreparedBatch {
+        let mut json = self.head;
+        json.reserve(self.channels.len() + self.readings.len() + 64);
+        json.extend_from_slice(b",\"ts_ns\":");
+        let _ = serde_json::to_writer(&mut json, &self.ts_ns.unwrap_or(self.captured_ns));
+        json.extend_from_slice(b",\"channels\":[");
+        json.extend_from_slice(&self.channels);
+        json.extend_from_slice(b"],\"readings\":[");
+        json.extend_from_slice(&self.readings);
+        json.extend_from_slice(b"]}");
+        PreparedBatch {
+            captured_ns: self.captured_ns,
+            readings: self.count,
+            json,
+        }
+    }
+}
+
+/// A compact batch as stored, read back into a [`Batch`] (to split it
+/// into parts or export it).
+#[derive(Debug, Deserialize)]
+struct CompactBody {
+    driver: String,
+    captured_ns: u64,
+    ts_ns: u64,
+    channels: Vec<CompactChannel>,
+    readings: Vec<CompactReading>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompactChannel {
+    channel: String,
+    #[serde(default)]
+    unit: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// `[position, value]`, `[position, value, ts_ns]` or
+/// `[position, value, ts_ns, quality]`.
+#[derive(Debug, Deserialize)]
+struct CompactReading(
+    usize,
+    serde_json::Value,
+    #[serde(default)] Option<u64>,
+    #[serde(default)] Option<Quality>,
+);
+
+impl Batch {
+    /// Reads a batch in either payload format.
+    pub fn from_json(json: &[u8]) -> Result<Batch, serde_json::Error> {
+        match serde_json::from_slice::<Batch>(json) {
+            Ok(batch) => Ok(batch),
+            Err(first) => match serde_json::from_slice::<CompactBody>(json) {
+                Ok(compact) => compact.into_batch().map_err(serde::de::Error::custom),
+                Err(_) => Err(first),
+            },
+        }
+    }
+}
+
+impl CompactBody {
+    fn into_batch(self) -> Result<Batch, String> {
+        let mut readings = Vec::with_capacity(self.readings.len());
+        for CompactReading(position, value, ts_ns, quality) in self.readings {
+            let channel = self.channels.get(position).ok_or_else(|| {
+                format!(
+                    "reading of channel {position}, but the message lists {}",
+                    self.channels.len()
+                )
+            })?;
+            // A value of another type than its channel's is written typed.
+            let typed = match value {
+                serde_json::Value::Object(_) => value,
+                bare => serde_json::json!({ "type": channel.kind, "value": bare }),
+            };
+            let value: Value = serde_json::from_value(typed).map_err(|e| e.to_string())?;
+            readings.push(Reading {
+                channel: channel.channel.clone(),
+                value,
+                ts_ns: ts_ns.unwrap_or(self.ts_ns),
+                quality: quality.unwrap_or(Quality::Good),
+                unit: channel.unit.clone(),
+            });
+        }
+        Ok(Batch {
+            driver: self.driver,
+            captured_ns: self.captured_ns,
+            readings,
+        })
+    }
 }
 
 /// A batch written as the JSON its [`Batch`] serializes to, byte for byte,
@@ -220,43 +526,10 @@ impl BatchJson {
         }
         self.readings += 1;
         out.extend_from_slice(&channel.head);
-        match value {
-            Value::Float(v) => {
-                out.extend_from_slice(b"\"type\":\"float\",\"value\":");
-                if v.is_finite() {
-                    let _ = serde_json::to_writer(&mut *out, v);
-                } else if v.is_nan() {
-                    json_string(out, float_repr::NAN);
-                } else if *v > 0.0 {
-                    json_string(out, float_repr::INF);
-                } else {
-                    json_string(out, float_repr::NEG_INF);
-                }
-            }
-            Value::Int(v) => {
-                out.extend_from_slice(b"\"type\":\"int\",\"value\":");
-                let _ = serde_json::to_writer(&mut *out, v);
-            }
-            Value::Bool(v) => {
-                out.extend_from_slice(b"\"type\":\"bool\",\"value\":");
-                out.extend_from_slice(if *v { b"true" } else { b"false" });
-            }
-            Value::Text(v) => {
-                out.extend_from_slice(b"\"type\":\"text\",\"value\":");
-                json_string(out, v);
-            }
-            Value::Bytes(v) => {
-                use base64::Engine as _;
-                out.extend_from_slice(b"\"type\":\"bytes\",\"value\":\"");
-                let start = out.len();
-                out.resize(start + v.len().div_ceil(3) * 4, 0);
-                let written = base64::engine::general_purpose::STANDARD
-                    .encode_slice(v, &mut out[start..])
-                    .unwrap_or(0);
-                out.truncate(start + written);
-                out.push(b'"');
-            }
-        }
+        out.extend_from_slice(b"\"type\":\"");
+        out.extend_from_slice(type_name(value).as_bytes());
+        out.extend_from_slice(b"\",\"value\":");
+        write_value(out, value);
         out.extend_from_slice(b",\"ts_ns\":");
         let _ = serde_json::to_writer(&mut *out, &ts_ns);
         out.extend_from_slice(match quality {
@@ -356,6 +629,32 @@ mod tests {
             prop_assert_eq!(String::from_utf8_lossy(&prepared.json), String::from_utf8_lossy(&serde));
         }
 
+        /// A compact batch reads back as the batch it was written from,
+        /// whatever mix of channels, types, timestamps and qualities.
+        #[test]
+        fn compact_batches_read_back_as_written(driver in ".{1,10}", captured_ns in any::<u64>(), readings in proptest::collection::vec(reading(), 0..12)) {
+            let batch = Batch { driver, captured_ns, readings };
+            let mut driver_json = Vec::new();
+            json_string(&mut driver_json, &batch.driver);
+            let mut writer = BatchWriter::new(PayloadFormat::Compact, &driver_json, captured_ns, batch.readings.len());
+            let mut table: Vec<(String, Option<String>)> = Vec::new();
+            for r in &batch.readings {
+                let key = (r.channel.clone(), r.unit.clone());
+                let index = match table.iter().position(|k| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        table.push(key);
+                        table.len() - 1
+                    }
+                };
+                let channel = ChannelJson::new(&r.channel, r.unit.as_deref());
+                writer.push(index as u32, &channel, &r.value, r.ts_ns, r.quality);
+            }
+            let prepared = writer.finish();
+            let back = Batch::from_json(&prepared.json).unwrap();
+            prop_assert!(same_batch(&back, &batch), "{} -> {:?} != {:?}", String::from_utf8_lossy(&prepared.json), back, batch);
+        }
+
         #[test]
         fn batches_round_trip_through_json(driver in "[a-z0-9-]{1,10}", captured_ns in any::<u64>(), readings in proptest::collection::vec(reading(), 0..8)) {
             let batch = Batch { driver, captured_ns, readings };
@@ -402,6 +701,26 @@ mod tests {
                     && x.quality == y.quality
                     && x.unit == y.unit
             })
+    }
+
+    #[test]
+    fn a_compact_batch_lists_each_channel_once_and_omits_what_is_shared() {
+        let mut writer = BatchWriter::new(PayloadFormat::Compact, br#""plc""#, 5, 4);
+        let t = ChannelJson::new("t", Some("degC"));
+        let on = ChannelJson::new("on", None);
+        writer.push(7, &t, &Value::Float(21.5), 100, Quality::Good);
+        writer.push(2, &on, &Value::Bool(true), 100, Quality::Good);
+        writer.push(7, &t, &Value::Float(21.6), 200, Quality::Good);
+        writer.push(7, &t, &Value::Text("sensor open".into()), 100, Quality::Bad);
+        let json = String::from_utf8(writer.finish().json).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"driver":"plc","captured_ns":5,"format":"compact","ts_ns":100,"#,
+                r#""channels":[{"channel":"t","unit":"degC","type":"float"},{"channel":"on","type":"bool"}],"#,
+                r#""readings":[[0,21.5],[1,true],[0,21.6,200],[0,{"type":"text","value":"sensor open"},100,"bad"]]}"#
+            )
+        );
     }
 
     #[test]

@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
             bench::percentile(&floor, p),
         );
         if p == 99.0 {
-            figure.at_most(50.0);
+            figure.at_most(10.0);
         }
     }
     report.compare(

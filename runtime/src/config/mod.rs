@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
 pub use types::{
-    Config, DriverConfig, GatewayConfig, LimitsOverride, MqttConfig, MqttProtocol, PluginLimits,
-    ProcessorConfig, QueueConfig, RuntimeConfig, TelemetryConfig, WhenFull,
+    Config, DriverConfig, GatewayConfig, LimitsOverride, MqttConfig, MqttProtocol,
+    PayloadFormatConfig, PluginLimits, ProcessorConfig, QueueConfig, RuntimeConfig,
+    TelemetryConfig, WhenFull,
 };
 
 /// The smallest `mqtt.max_packet_size` accepted: room for the topic, the

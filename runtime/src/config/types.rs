@@ -78,6 +78,11 @@ pub struct MqttConfig {
     /// MQTT protocol version: "3.1.1" (default) or "5".
     #[serde(default)]
     pub protocol: MqttProtocol,
+    /// How data messages carry their readings: "readings" (default, one
+    /// object per reading) or "compact" (channels listed once per message,
+    /// readings as arrays). Applies to batches captured from then on.
+    #[serde(default)]
+    pub payload_format: PayloadFormatConfig,
     /// Start each connection with a clean session (default). With `false`
     /// the broker keeps the session (subscriptions, QoS 1 messages for this
     /// gateway) across disconnects; for MQTT 5 for `session_expiry_s`.
@@ -187,6 +192,17 @@ impl Default for QueueConfig {
 /// for what it was chosen from.
 pub fn default_commit_linger_ms() -> u64 {
     1
+}
+
+/// `mqtt.payload_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadFormatConfig {
+    /// One object per reading.
+    #[default]
+    Readings,
+    /// Channels once per message, readings as arrays.
+    Compact,
 }
 
 /// `queue.when_full`: what happens when the queue reaches `max_bytes`.

@@ -2,8 +2,9 @@
 //! runs the batch through the driver's processor chain, writes it as the
 //! queue stores it (names and units from the chain's channel table, escaped
 //! once per channel), and hands it to the queue. The driver polls again
-//! while its last [`CAPTURE_WINDOW`] batches are being committed; a full
-//! window waits for the oldest commit, and batches commit in poll order.
+//! while its last batches are being committed (at most [`CAPTURE_WINDOW`]
+//! of them and [`CAPTURE_WINDOW_BYTES`]); a full window waits for the
+//! oldest commit, and batches commit in poll order.
 //!
 //! The supervisor: a plugin instance that traps, overruns its deadline or
 //! returns output beyond its limits — or a chain that cannot be started
@@ -30,7 +31,7 @@ use crate::plugin::{
     OutputReview, PluginError, ProcessorInstance, Sandbox, dedupe_names,
 };
 use crate::queue::{Entry, Queue, QueueError, Submitted};
-use crate::reading::{BatchJson, PreparedBatch, now_ns};
+use crate::reading::{BatchWriter, PayloadFormat, PreparedBatch, now_ns};
 
 /// A plugin ready to instantiate, with its instance name, sandbox and config.
 #[derive(Clone)]
@@ -58,6 +59,8 @@ pub struct DriverSpec {
     pub restart_min: Duration,
     /// Longest delay between rebuilds.
     pub restart_max: Duration,
+    /// How its batches are written.
+    pub format: PayloadFormat,
 }
 
 /// Counters of one driver's pipeline, for logs and telemetry.
@@ -184,6 +187,7 @@ pub struct Chain {
     checked: OutputChecked,
     /// The driver's name as a JSON string, for every batch.
     driver_json: Vec<u8>,
+    format: PayloadFormat,
 }
 
 impl DriverSpec {
@@ -210,6 +214,7 @@ impl DriverSpec {
             channels,
             checked: OutputChecked::default(),
             driver_json: serde_json::to_vec(&d.name).unwrap_or_default(),
+            format: self.format,
         })
     }
 }
@@ -291,10 +296,10 @@ impl Chain {
             samples = dedupe_names(&mut review, table, samples);
             self.checked.add(review.finish(driver, "chain"));
         }
-        let mut json = BatchJson::new(&self.driver_json, now_ns(), samples.len());
+        let mut json = BatchWriter::new(self.format, &self.driver_json, now_ns(), samples.len());
         for s in &samples {
             if let Some(channel) = table.json(s.channel) {
-                json.push(channel, &s.value, s.ts_ns, s.quality);
+                json.push(s.channel, channel, &s.value, s.ts_ns, s.quality);
             }
         }
         Ok(Some(json.finish()))
@@ -318,18 +323,21 @@ pub async fn run_driver(
     // Whether the last poll succeeded; the device's status is logged when it changes.
     let mut last_ok: Option<bool> = None;
     let mut last_status = tokio::time::Instant::now();
-    let mut ticker = tokio::time::interval(spec.interval);
+    // Drivers start at a random point of their interval, so many drivers
+    // on one interval do not all poll (and commit) at the same instant.
+    let phase = spec.interval.mul_f64(fastrand::f64());
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, spec.interval);
     // Keep the configured cadence: a late tick does not shift the ones after it.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // Batches handed to the queue whose commit is not confirmed yet.
-    let mut window: VecDeque<Submitted> = VecDeque::with_capacity(CAPTURE_WINDOW);
+    let mut window = Window::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            outcome = oldest_commit(&mut window), if !window.is_empty() => {
-                window.pop_front();
+            outcome = window.oldest(), if !window.is_empty() => {
+                window.pop();
                 record_commit(&name, &counters, outcome);
-                settle_ready(&name, &counters, &mut window);
+                window.settle_ready(&name, &counters);
                 continue;
             }
             Some(write) = commands.recv() => {
@@ -462,7 +470,64 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// confirmed: it polls again while they are written (each is still durable
 /// before the publisher sees it, and they commit in order). A full window
 /// waits for the oldest commit before the next batch goes in.
-pub const CAPTURE_WINDOW: usize = 4;
+pub const CAPTURE_WINDOW: usize = 16;
+
+/// Bytes of uncommitted batches one driver may have handed over; a batch
+/// that would pass it waits for room, unless the window is empty (so a
+/// driver returning large batches keeps one or two in flight, not 16).
+pub const CAPTURE_WINDOW_BYTES: usize = 1 << 20;
+
+/// A driver's batches handed to the queue whose commit is not confirmed yet.
+#[derive(Debug, Default)]
+struct Window {
+    pending: VecDeque<(Submitted, usize)>,
+    bytes: usize,
+}
+
+impl Window {
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Whether a batch of `bytes` must wait for the oldest commit first.
+    fn full_for(&self, bytes: usize) -> bool {
+        !self.pending.is_empty()
+            && (self.pending.len() >= CAPTURE_WINDOW
+                || self.bytes.saturating_add(bytes) > CAPTURE_WINDOW_BYTES)
+    }
+
+    fn push(&mut self, submitted: Submitted, bytes: usize) {
+        self.bytes += bytes;
+        self.pending.push_back((submitted, bytes));
+    }
+
+    fn pop(&mut self) {
+        if let Some((_, bytes)) = self.pending.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
+    /// The commit outcome of the oldest batch (left in place: the caller
+    /// pops it, so a cancelled wait loses nothing).
+    async fn oldest(&mut self) -> Result<u64, QueueError> {
+        match self.pending.front_mut() {
+            Some((front, _)) => front.committed_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Counts the batches at the front whose commit is known.
+    fn settle_ready(&mut self, driver: &str, counters: &DriverCounters) {
+        while let Some(outcome) = self
+            .pending
+            .front_mut()
+            .and_then(|(front, _)| front.try_committed())
+        {
+            self.pop();
+            record_commit(driver, counters, outcome);
+        }
+    }
+}
 
 /// Hands a batch to the queue, first waiting for room in the window; false
 /// when shutdown came first. Under `when_full = block` the hand-over waits
@@ -472,16 +537,17 @@ async fn capture(
     driver: &str,
     queue: &Queue,
     counters: &DriverCounters,
-    window: &mut VecDeque<Submitted>,
+    window: &mut Window,
     batch: PreparedBatch,
     shutdown: &CancellationToken,
 ) -> bool {
-    while window.len() >= CAPTURE_WINDOW {
+    let bytes = batch.json.len();
+    while window.full_for(bytes) {
         let outcome = tokio::select! {
-            outcome = oldest_commit(window) => outcome,
+            outcome = window.oldest() => outcome,
             _ = shutdown.cancelled() => return false,
         };
-        window.pop_front();
+        window.pop();
         record_commit(driver, counters, outcome);
     }
     let submitted = tokio::select! {
@@ -489,28 +555,11 @@ async fn capture(
         _ = shutdown.cancelled() => return false,
     };
     match submitted {
-        Ok(s) => window.push_back(s),
+        Ok(s) => window.push(s, bytes),
         Err(e) => tracing::error!(driver = %driver, error = %e, "batch not captured"),
     }
-    settle_ready(driver, counters, window);
+    window.settle_ready(driver, counters);
     true
-}
-
-/// The commit outcome of the oldest batch in the window (left in place:
-/// the caller pops it, so a cancelled wait loses nothing).
-async fn oldest_commit(window: &mut VecDeque<Submitted>) -> Result<u64, QueueError> {
-    match window.front_mut() {
-        Some(front) => front.committed_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Counts the batches at the front of the window whose commit is known.
-fn settle_ready(driver: &str, counters: &DriverCounters, window: &mut VecDeque<Submitted>) {
-    while let Some(outcome) = window.front_mut().and_then(Submitted::try_committed) {
-        window.pop_front();
-        record_commit(driver, counters, outcome);
-    }
 }
 
 fn record_commit(driver: &str, counters: &DriverCounters, outcome: Result<u64, QueueError>) {

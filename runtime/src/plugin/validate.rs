@@ -246,7 +246,7 @@ pub fn accept_samples(
     table: &ChannelTable,
     samples: Vec<Sample>,
 ) -> Vec<Sample> {
-    let mut seen: HashSet<(u32, u64)> = HashSet::with_capacity(samples.len());
+    let mut seen = Seen::new(table.len());
     let mut kept = Vec::with_capacity(samples.len());
     for mut s in samples {
         if let Some(why) = table.refusal(s.channel) {
@@ -270,7 +270,7 @@ pub fn accept_samples(
             });
             continue;
         }
-        if !seen.insert((s.channel, s.ts_ns)) {
+        if !seen.insert(s.channel, s.ts_ns) {
             review.reject(|| {
                 let name = table.get(s.channel).map_or("?", |c| c.name.as_str());
                 format!(
@@ -287,6 +287,49 @@ pub fn accept_samples(
         kept.push(s);
     }
     kept
+}
+
+/// The (channel, timestamp) pairs of a batch seen so far. Most batches
+/// stamp every reading alike, so it starts as one bit per channel for the
+/// first timestamp, and turns into a set of pairs at the first other one.
+enum Seen {
+    Bits { ts: Option<u64>, bits: Vec<u64> },
+    Pairs(HashSet<(u32, u64)>),
+}
+
+impl Seen {
+    fn new(channels: usize) -> Seen {
+        Seen::Bits {
+            ts: None,
+            bits: vec![0; channels.div_ceil(64)],
+        }
+    }
+
+    /// Adds a pair; false if it was already there.
+    fn insert(&mut self, channel: u32, ts_ns: u64) -> bool {
+        if let Seen::Bits { ts, bits } = self {
+            let (word, bit) = (channel as usize / 64, 1u64 << (channel % 64));
+            if *ts.get_or_insert(ts_ns) == ts_ns && word < bits.len() {
+                let fresh = bits[word] & bit == 0;
+                bits[word] |= bit;
+                return fresh;
+            }
+            let first = ts.unwrap_or(ts_ns);
+            let mut pairs = HashSet::new();
+            for (w, word) in bits.iter().enumerate() {
+                for b in 0..64 {
+                    if word & (1 << b) != 0 {
+                        pairs.insert((u32::try_from(w * 64 + b).unwrap_or(u32::MAX), first));
+                    }
+                }
+            }
+            *self = Seen::Pairs(pairs);
+        }
+        match self {
+            Seen::Pairs(pairs) => pairs.insert((channel, ts_ns)),
+            Seen::Bits { .. } => true,
+        }
+    }
 }
 
 /// Drops the later of two finished readings with the same name and
@@ -473,6 +516,20 @@ mod tests {
                 channels_refused: 0,
             }
         );
+    }
+
+    #[test]
+    fn seen_pairs_switch_from_bits_to_a_set_without_forgetting() {
+        let mut seen = Seen::new(130);
+        assert!(seen.insert(3, 10));
+        assert!(seen.insert(129, 10));
+        assert!(!seen.insert(3, 10));
+        // Another timestamp, and an index past the bits: a set from here on.
+        assert!(seen.insert(3, 11));
+        assert!(!seen.insert(129, 10), "remembered across the switch");
+        assert!(!seen.insert(3, 11));
+        assert!(seen.insert(500, 10));
+        assert!(!seen.insert(500, 10));
     }
 
     #[test]

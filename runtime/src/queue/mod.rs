@@ -175,7 +175,7 @@ impl StoredEntry {
 
     /// The whole batch.
     pub fn batch(&self) -> Result<Batch, QueueError> {
-        serde_json::from_slice(&self.json).map_err(|e| self.corrupt(e))
+        Batch::from_json(&self.json).map_err(|e| self.corrupt(e))
     }
 
     /// What the entry is; fails unless it is one well-formed JSON object

@@ -56,7 +56,7 @@ pub(super) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, QueueError> {
 
 pub(super) fn decode_entry(seq: u64, bytes: &[u8]) -> Result<Batch, QueueError> {
     let json = entry_json(seq, bytes)?;
-    serde_json::from_slice(json).map_err(|e| QueueError::Corrupt {
+    Batch::from_json(json).map_err(|e| QueueError::Corrupt {
         seq,
         message: e.to_string(),
     })

@@ -445,3 +445,46 @@ async fn telemetry_entries_are_typed_and_old_wrapped_snapshots_still_read() {
     let err = unknown.kind().unwrap_err().to_string();
     assert!(err.contains("\"audit\"") && err.contains('9'), "{err}");
 }
+
+#[tokio::test]
+async fn batches_submitted_before_their_commits_commit_in_submission_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(&dir.path().join("q.redb"), QueueOptions::default()).unwrap();
+    // Hand over six batches without waiting for any commit, as a driver
+    // polling on does; dropping one handle does not withdraw its batch.
+    let mut handles = Vec::new();
+    for n in 0..6 {
+        handles.push(queue.submit(batch("d", n)).await.unwrap());
+    }
+    let dropped = handles.remove(2);
+    drop(dropped);
+    let mut seqs = Vec::new();
+    for h in handles {
+        seqs.push(h.committed().await.unwrap());
+    }
+    assert_eq!(seqs, [1, 2, 4, 5, 6]);
+    let read = queue.read_from(0, 100).unwrap();
+    let values: Vec<Value> = read
+        .iter()
+        .map(|(_, b)| b.readings[0].value.clone())
+        .collect();
+    assert_eq!(values, (0..6).map(Value::Int).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn an_append_that_finds_the_writer_idle_lingers_for_company() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = QueueOptions {
+        // Long enough that the second batch surely arrives within it.
+        commit_linger: Duration::from_millis(500),
+        ..QueueOptions::default()
+    };
+    let queue = Queue::open(&dir.path().join("q.redb"), options).unwrap();
+    let mut committed = queue.committed();
+    let first = queue.submit(batch("d", 0)).await.unwrap();
+    let second = queue.submit(batch("d", 1)).await.unwrap();
+    committed.changed().await.unwrap();
+    assert_eq!(*committed.borrow(), 2, "both batches shared one commit");
+    assert_eq!(first.committed().await.unwrap(), 1);
+    assert_eq!(second.committed().await.unwrap(), 2);
+}

@@ -244,3 +244,52 @@ async fn sigterm_publishes_offline_and_exits_zero() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `payload_format = "compact"`: the same scaled readings arrive with the
+/// channels listed once per message and readings as arrays.
+#[tokio::test]
+async fn compact_payloads_list_channels_once_and_carry_the_same_readings() -> anyhow::Result<()> {
+    let (dir, pki, port, _broker, mut sub) =
+        Rig::start("", "ferrule/gw-test/data/#").await?.into_parts();
+    let config = dir.path().join("gateway.toml");
+    let text = sim_scale_config(dir.path(), &pki, port, 100)?
+        .set("mqtt", "payload_format", "compact")
+        .render();
+    std::fs::write(&config, text)?;
+    let mut ferrule = start_ferrule(dir.path(), &["run", config.to_str().unwrap_or_default()])?;
+    let mut seqs = Vec::new();
+    while seqs.len() < 5 {
+        let m = sub
+            .next(Duration::from_secs(30), "compact data messages")
+            .await;
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => anyhow::bail!("{e}; ferrule log:\n{}", ferrule.log_text()),
+        };
+        let v = m.json()?;
+        assert_eq!(v["format"], "compact", "{v}");
+        assert_eq!(v["driver"], "sim-1");
+        seqs.push(v["seq"].as_u64().unwrap_or_default());
+        assert_eq!(
+            v["channels"],
+            serde_json::json!([
+                {"channel": "count", "type": "float"},
+                {"channel": "temperature_f", "unit": "degF", "type": "float"}
+            ]),
+            "{v}"
+        );
+        let readings = v["readings"].as_array().cloned().unwrap_or_default();
+        assert_eq!(readings.len(), 2, "{v}");
+        // One timestamp for the poll, good quality: [channel, value] only.
+        assert_eq!(readings[0].as_array().map(Vec::len), Some(2), "{v}");
+        assert_eq!(readings[0][0], 0);
+        let count = readings[0][1].as_f64().unwrap_or(f64::NAN);
+        assert_eq!(count, 2.0 * (seqs.len() - 1) as f64 + 1.0, "{v}");
+        let f = readings[1][1].as_f64().unwrap_or(f64::NAN);
+        assert!((58.9..=77.1).contains(&f), "temperature_f {f}");
+        assert!(v["ts_ns"].as_u64().unwrap_or(0) > 0);
+    }
+    assert_eq!(seqs, (1..=5).collect::<Vec<u64>>());
+    ferrule.kill9();
+    Ok(())
+}
