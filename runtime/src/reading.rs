@@ -226,6 +226,17 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
+/// `{"driver":…,"captured_ns":…` in a buffer of `capacity`: how every
+/// stored batch begins (the publisher reads the driver from there).
+fn batch_head(driver_json: &[u8], captured_ns: u64, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(b"{\"driver\":");
+    out.extend_from_slice(driver_json);
+    out.extend_from_slice(b",\"captured_ns\":");
+    let _ = serde_json::to_writer(&mut out, &captured_ns);
+    out
+}
+
 /// How a batch is written into the queue and published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PayloadFormat {
@@ -308,11 +319,7 @@ pub struct CompactJson {
 
 impl CompactJson {
     fn new(driver_json: &[u8], captured_ns: u64, readings: usize) -> CompactJson {
-        let mut head = Vec::with_capacity(64);
-        head.extend_from_slice(b"{\"driver\":");
-        head.extend_from_slice(driver_json);
-        head.extend_from_slice(b",\"captured_ns\":");
-        let _ = serde_json::to_writer(&mut head, &captured_ns);
+        let mut head = batch_head(driver_json, captured_ns, 64);
         head.extend_from_slice(b",\"format\":\"compact\"");
         CompactJson {
             head,
@@ -505,11 +512,7 @@ impl BatchJson {
     /// driver's name as a JSON string (quotes included), `readings` a
     /// capacity hint.
     pub fn new(driver_json: &[u8], captured_ns: u64, readings: usize) -> BatchJson {
-        let mut out = Vec::with_capacity(64 + readings * 96);
-        out.extend_from_slice(b"{\"driver\":");
-        out.extend_from_slice(driver_json);
-        out.extend_from_slice(b",\"captured_ns\":");
-        let _ = serde_json::to_writer(&mut out, &captured_ns);
+        let mut out = batch_head(driver_json, captured_ns, 64 + readings * 96);
         out.extend_from_slice(b",\"readings\":[");
         BatchJson {
             out,

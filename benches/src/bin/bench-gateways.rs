@@ -436,6 +436,9 @@ async fn main() -> anyhow::Result<()> {
                     "polled on time",
                     EXPECTED_PER_S,
                 );
+                // Node-RED keeps nothing on disk and publishes a bare array:
+                // a quarter of its CPU (issue 16); a fifth of the others'.
+                let cpu_target = if name == "Node-RED" { 0.25 } else { 0.2 };
                 report
                     .compare(
                         &format!("CPU: ferrule vs {name}"),
@@ -444,7 +447,7 @@ async fn main() -> anyhow::Result<()> {
                         name,
                         theirs.usage.cpu_percent(),
                     )
-                    .ratio_at_most(0.2);
+                    .ratio_at_most(cpu_target);
                 report
                     .compare(
                         &format!("RSS: ferrule vs {name}"),

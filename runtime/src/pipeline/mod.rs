@@ -323,10 +323,9 @@ pub async fn run_driver(
     // Whether the last poll succeeded; the device's status is logged when it changes.
     let mut last_ok: Option<bool> = None;
     let mut last_status = tokio::time::Instant::now();
-    // Drivers start at a random point of their interval, so many drivers
-    // on one interval do not all poll (and commit) at the same instant.
-    let phase = spec.interval.mul_f64(fastrand::f64());
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, spec.interval);
+    // Drivers on one interval poll together, so their batches share a
+    // commit (one fsync) instead of paying one each.
+    let mut ticker = tokio::time::interval_at(aligned_start(spec.interval), spec.interval);
     // Keep the configured cadence: a late tick does not shift the ones after it.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // Batches handed to the queue whose commit is not confirmed yet.
@@ -460,6 +459,21 @@ pub async fn run_driver(
             }
         }
     }
+}
+
+/// The first tick of a driver polled every `interval`: the next multiple of
+/// `interval` since the process's first driver started, so that drivers on
+/// one interval (or on multiples of it) poll in the same instant, whenever
+/// each was started or rebuilt.
+fn aligned_start(interval: Duration) -> tokio::time::Instant {
+    static BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(tokio::time::Instant::now);
+    let now = tokio::time::Instant::now();
+    let period = interval.as_nanos().max(1);
+    let since = now.duration_since(base).as_nanos();
+    let periods = since.div_ceil(period);
+    let offset = u64::try_from(periods.saturating_mul(period)).unwrap_or(u64::MAX);
+    base + Duration::from_nanos(offset)
 }
 
 /// How often a driver's `status()` is asked for telemetry, besides when

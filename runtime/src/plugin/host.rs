@@ -70,8 +70,6 @@ impl wasmtime::ResourceLimiter for Limits {
 }
 
 pub struct HostState {
-    /// The configured instance name, used to tag everything it logs.
-    pub instance: String,
     pub limits: Limits,
     pub log: PluginLog,
     wasi: WasiCtx,
@@ -111,7 +109,6 @@ impl HostState {
                 })?;
         }
         Ok(HostState {
-            instance: instance.to_string(),
             limits: Limits {
                 inner: StoreLimitsBuilder::new()
                     .memory_size(memory_bytes)

@@ -7,7 +7,7 @@ use wasmtime::{Store, Trap};
 
 use super::PluginError;
 use super::bindings::{v0_1, v0_2};
-use super::channels::{ChannelTable, Sample, TableFull};
+use super::channels::{ChannelTable, Sample};
 use super::convert::{self, v1, v2};
 use super::host::HostState;
 use super::load::{Abi, DriverPre, LoadedDriver, LoadedProcessor, ProcessorPre};
@@ -44,22 +44,27 @@ enum ProcessorExports {
     V2(v0_2::processor::ProcessorPlugin),
 }
 
-/// A running driver: its own store, memory and budgets.
-pub struct DriverInstance {
+/// What every live instance has: its store, the ticker its calls hold,
+/// its limits and what the output checks counted.
+struct Running {
     store: Store<HostState>,
     ticker: Arc<Ticker>,
-    plugin: DriverExports,
     limits: Limits,
     checked: Checked,
+    /// The configured instance name, for errors.
+    name: String,
+}
+
+/// A running driver: its own store, memory and budgets.
+pub struct DriverInstance {
+    run: Running,
+    plugin: DriverExports,
 }
 
 /// A running processor: its own store, memory and budgets.
 pub struct ProcessorInstance {
-    store: Store<HostState>,
-    ticker: Arc<Ticker>,
+    run: Running,
     plugin: ProcessorExports,
-    limits: Limits,
-    checked: Checked,
     /// Its place in the chain: 1 for the first processor.
     stage: usize,
     /// How much of the channel table it has been told about (0.2.0).
@@ -144,40 +149,123 @@ async fn guarded<T>(
 /// hostcall fuel (`max_result_bytes`); its error type is private.
 const FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
-/// A plugin's returned error (as `convert` words it), cut to `max_error_bytes`.
-fn returned(instance: &str, call: &'static str, limits: &Limits, error: String) -> PluginError {
-    PluginError::Returned {
-        instance: instance.to_string(),
-        call,
-        error: validate::cut(error, limits.max_error_bytes),
+impl Running {
+    /// Instantiates a component in a fresh store under the instantiate
+    /// deadline.
+    async fn start<T>(
+        ticker: &Arc<Ticker>,
+        instance: &str,
+        sandbox: &Sandbox,
+        engine: &wasmtime::Engine,
+        make: impl AsyncFnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<(Running, T), PluginError> {
+        let mut store = new_store(engine, instance, sandbox)?;
+        let call = make(&mut store);
+        let exports = guarded(ticker, instance, &sandbox.limits, "instantiate", call)
+            .await
+            .map_err(|e| PluginError::Instantiate {
+                instance: instance.to_string(),
+                message: e.to_string(),
+            })?;
+        let run = Running {
+            store,
+            ticker: ticker.clone(),
+            limits: sandbox.limits,
+            checked: Checked::default(),
+            name: instance.to_string(),
+        };
+        Ok((run, exports))
     }
-}
 
-/// Instantiates a component in a fresh store under the instantiate deadline.
-async fn instantiate<T>(
-    ticker: &Arc<Ticker>,
-    instance: &str,
-    sandbox: &Sandbox,
-    engine: &wasmtime::Engine,
-    make: impl AsyncFnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
-) -> Result<(Store<HostState>, T), PluginError> {
-    let mut store = new_store(engine, instance, sandbox)?;
-    let call = make(&mut store);
-    let exports = guarded(ticker, instance, &sandbox.limits, "instantiate", call)
-        .await
-        .map_err(|e| PluginError::Instantiate {
-            instance: instance.to_string(),
-            message: e.to_string(),
-        })?;
-    Ok((store, exports))
-}
+    /// Runs one export under the deadline; an error the plugin returns is
+    /// worded by `message` and cut to `max_error_bytes`.
+    async fn call<T, E>(
+        &mut self,
+        call: &'static str,
+        make: impl AsyncFnOnce(&mut Store<HostState>) -> wasmtime::Result<Result<T, E>>,
+        message: impl FnOnce(E) -> String,
+    ) -> Result<T, PluginError> {
+        self.infallible(call, make)
+            .await?
+            .map_err(|e| PluginError::Returned {
+                instance: self.name.clone(),
+                call,
+                error: validate::cut(message(e), self.limits.max_error_bytes),
+            })
+    }
 
-/// The error for declarations past `max_channels`.
-fn table_full(instance: &str, call: &'static str, full: TableFull) -> PluginError {
-    PluginError::Oversized {
-        instance: instance.to_string(),
-        call,
-        message: format!("more channels than max_channels = {}", full.max),
+    /// Runs one export that cannot return an error of its own.
+    async fn infallible<T>(
+        &mut self,
+        call: &'static str,
+        make: impl AsyncFnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, PluginError> {
+        self.store.set_epoch_deadline(1);
+        let fut = make(&mut self.store);
+        guarded(&self.ticker, &self.name, &self.limits, call, fut).await
+    }
+
+    /// Appends declared channels to `table`, counting the refused ones.
+    fn declare(
+        &self,
+        call: &'static str,
+        review: &mut Review,
+        table: &mut ChannelTable,
+        stage: usize,
+        channels: Vec<v0_2::types::Channel>,
+    ) -> Result<(), PluginError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let refused = table
+            .declare(stage, channels.into_iter().map(convert::channel))
+            .map_err(|full| PluginError::Oversized {
+                instance: self.name.clone(),
+                call,
+                message: format!("more channels than max_channels = {}", full.max),
+            })?;
+        review.refused_channels(refused);
+        Ok(())
+    }
+
+    /// Samples from a 0.2.0 batch, after appending its `added` channels.
+    fn declared(
+        &self,
+        call: &'static str,
+        review: &mut Review,
+        table: &mut ChannelTable,
+        stage: usize,
+        batch: v0_2::types::Batch,
+    ) -> Result<Vec<Sample>, PluginError> {
+        self.declare(call, review, table, stage, batch.added)?;
+        let ts = batch.timestamp_ns.unwrap_or_else(now_ns);
+        Ok(batch
+            .readings
+            .into_iter()
+            .map(|r| Sample {
+                channel: r.channel,
+                value: v2::value(r.value),
+                ts_ns: r.timestamp_ns.unwrap_or(ts),
+                quality: v2::quality(r.quality),
+            })
+            .collect())
+    }
+
+    /// Checks `samples` against `table`; what the checks did is counted.
+    fn accept(
+        &mut self,
+        call: &'static str,
+        mut review: Review,
+        table: &ChannelTable,
+        samples: Vec<Sample>,
+    ) -> Vec<Sample> {
+        let samples = validate::accept_samples(&mut review, table, samples);
+        self.checked.add(review.finish(&self.name, call));
+        samples
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.store.data().limits.memory_bytes
     }
 }
 
@@ -205,34 +293,6 @@ fn learned(
     samples
 }
 
-/// Samples from a 0.2.0 batch, after appending its `added` channels.
-fn declared(
-    instance: &str,
-    call: &'static str,
-    review: &mut Review,
-    table: &mut ChannelTable,
-    stage: usize,
-    batch: v0_2::types::Batch,
-) -> Result<Vec<Sample>, PluginError> {
-    if !batch.added.is_empty() {
-        let refused = table
-            .declare(stage, batch.added.into_iter().map(convert::channel))
-            .map_err(|full| table_full(instance, call, full))?;
-        review.refused_channels(refused);
-    }
-    let ts = batch.timestamp_ns.unwrap_or_else(now_ns);
-    Ok(batch
-        .readings
-        .into_iter()
-        .map(|r| Sample {
-            channel: r.channel,
-            value: v2::value(r.value),
-            ts_ns: r.timestamp_ns.unwrap_or(ts),
-            quality: v2::quality(r.quality),
-        })
-        .collect())
-}
-
 impl LoadedDriver {
     /// Builds a fresh instance in its own store and calls its `init`; a
     /// 0.2.0 driver's channels start `table`.
@@ -243,42 +303,26 @@ impl LoadedDriver {
         config_json: &str,
         table: &mut ChannelTable,
     ) -> Result<DriverInstance, PluginError> {
-        let (store, plugin) = match &self.pre {
+        let t = &self.ticker;
+        let (run, plugin) = match &self.pre {
             DriverPre::V1(pre) => {
-                let (store, p) =
-                    instantiate(&self.ticker, instance, sandbox, pre.engine(), async |s| {
-                        pre.instantiate_async(s).await
-                    })
-                    .await?;
-                (store, DriverExports::V1(p))
+                let make = async |s: &mut Store<HostState>| pre.instantiate_async(s).await;
+                let (run, p) = Running::start(t, instance, sandbox, pre.engine(), make).await?;
+                (run, DriverExports::V1(p))
             }
             DriverPre::V2(pre) => {
-                let (store, p) =
-                    instantiate(&self.ticker, instance, sandbox, pre.engine(), async |s| {
-                        pre.instantiate_async(s).await
-                    })
-                    .await?;
-                (store, DriverExports::V2(p))
+                let make = async |s: &mut Store<HostState>| pre.instantiate_async(s).await;
+                let (run, p) = Running::start(t, instance, sandbox, pre.engine(), make).await?;
+                (run, DriverExports::V2(p))
             }
         };
-        let mut driver = DriverInstance {
-            store,
-            ticker: self.ticker.clone(),
-            plugin,
-            limits: sandbox.limits,
-            checked: Checked::default(),
-        };
+        let mut driver = DriverInstance { run, plugin };
         driver.init(config_json, table).await?;
         Ok(driver)
     }
 }
 
 impl DriverInstance {
-    fn arm(&mut self) -> String {
-        self.store.set_epoch_deadline(1);
-        self.store.data().instance.clone()
-    }
-
     /// The ABI the driver was built against.
     pub fn abi(&self) -> Abi {
         match self.plugin {
@@ -287,45 +331,21 @@ impl DriverInstance {
         }
     }
 
-    async fn init(
-        &mut self,
-        config_json: &str,
-        table: &mut ChannelTable,
-    ) -> Result<(), PluginError> {
-        let name = self.arm();
-        let limits = &self.limits;
-        let store = &mut self.store;
-        let ticker = &self.ticker;
+    async fn init(&mut self, config: &str, table: &mut ChannelTable) -> Result<(), PluginError> {
+        let run = &mut self.run;
         match &self.plugin {
             DriverExports::V1(p) => {
-                let iface = p.ferrule_plugin_driver();
-                guarded(
-                    ticker,
-                    &name,
-                    limits,
-                    "init",
-                    iface.call_init(store, config_json),
-                )
-                .await?
-                .map_err(|e| returned(&name, "init", limits, v1::error_message(e)))
+                let i = p.ferrule_plugin_driver();
+                let make = async |s: &mut Store<HostState>| i.call_init(s, config).await;
+                run.call("init", make, v1::error_message).await
             }
             DriverExports::V2(p) => {
-                let iface = p.ferrule_plugin_driver();
-                let channels = guarded(
-                    ticker,
-                    &name,
-                    limits,
-                    "init",
-                    iface.call_init(store, config_json),
-                )
-                .await?
-                .map_err(|e| returned(&name, "init", limits, v2::error_message(e)))?;
+                let i = p.ferrule_plugin_driver();
+                let make = async |s: &mut Store<HostState>| i.call_init(s, config).await;
+                let channels = run.call("init", make, v2::error_message).await?;
                 let mut review = Review::default();
-                let refused = table
-                    .declare(0, channels.into_iter().map(convert::channel))
-                    .map_err(|full| table_full(&name, "init", full))?;
-                review.refused_channels(refused);
-                self.checked.add(review.finish(&name, "init"));
+                run.declare("init", &mut review, table, 0, channels)?;
+                run.checked.add(review.finish(&run.name, "init"));
                 Ok(())
             }
         }
@@ -335,42 +355,35 @@ impl DriverInstance {
     /// the current time; names of a 0.1.0 driver's readings are learned
     /// into `table`.
     pub async fn poll(&mut self, table: &mut ChannelTable) -> Result<Vec<Sample>, PluginError> {
-        let name = self.arm();
-        let limits = &self.limits;
-        let store = &mut self.store;
-        let ticker = &self.ticker;
+        let run = &mut self.run;
         let mut review = Review::default();
         let samples = match &self.plugin {
             DriverExports::V1(p) => {
-                let iface = p.ferrule_plugin_driver();
-                let readings = guarded(ticker, &name, limits, "poll", iface.call_poll(store))
-                    .await?
-                    .map_err(|e| returned(&name, "poll", limits, v1::error_message(e)))?;
-                validate::check_sizes_v1(&name, "poll", limits, &readings)?;
+                let i = p.ferrule_plugin_driver();
+                let make = async |s: &mut Store<HostState>| i.call_poll(s).await;
+                let readings = run.call("poll", make, v1::error_message).await?;
+                validate::check_sizes_v1(&run.name, "poll", &run.limits, &readings)?;
                 learned(&mut review, table, 0, readings, now_ns())
             }
             DriverExports::V2(p) => {
-                let iface = p.ferrule_plugin_driver();
-                let batch = guarded(ticker, &name, limits, "poll", iface.call_poll(store))
-                    .await?
-                    .map_err(|e| returned(&name, "poll", limits, v2::error_message(e)))?;
-                validate::check_sizes_v2(&name, "poll", limits, &batch)?;
-                declared(&name, "poll", &mut review, table, 0, batch)?
+                let i = p.ferrule_plugin_driver();
+                let make = async |s: &mut Store<HostState>| i.call_poll(s).await;
+                let batch = run.call("poll", make, v2::error_message).await?;
+                validate::check_sizes_v2(&run.name, "poll", &run.limits, &batch)?;
+                run.declared("poll", &mut review, table, 0, batch)?
             }
         };
-        let samples = validate::accept_samples(&mut review, table, samples);
-        self.checked.add(review.finish(&name, "poll"));
-        Ok(samples)
+        Ok(run.accept("poll", review, table, samples))
     }
 
     /// What the output checks did since the last call of this.
     pub fn take_checked(&mut self) -> Checked {
-        std::mem::take(&mut self.checked)
+        std::mem::take(&mut self.run.checked)
     }
 
     /// Bytes of linear memory the instance holds now.
     pub fn memory_bytes(&self) -> usize {
-        self.store.data().limits.memory_bytes
+        self.run.memory_bytes()
     }
 
     /// Writes `value` to the device's `channel` (a command from the cloud).
@@ -381,27 +394,17 @@ impl DriverInstance {
         channel: &str,
         value: Value,
     ) -> Result<(), PluginError> {
-        let name = self.arm();
-        let limits = &self.limits;
-        let store = &mut self.store;
-        let ticker = &self.ticker;
+        let run = &mut self.run;
         match &self.plugin {
             DriverExports::V1(p) => {
-                let iface = p.ferrule_plugin_driver();
+                let i = p.ferrule_plugin_driver();
                 let value = v1::to_value(value);
-                guarded(
-                    ticker,
-                    &name,
-                    limits,
-                    "write",
-                    iface.call_write(store, channel, &value),
-                )
-                .await?
-                .map_err(|e| returned(&name, "write", limits, v1::error_message(e)))
+                let make = async |s: &mut Store<HostState>| i.call_write(s, channel, &value).await;
+                run.call("write", make, v1::error_message).await
             }
             DriverExports::V2(p) => {
                 let refused = |read_only| PluginError::NotWritable {
-                    instance: name.clone(),
+                    instance: run.name.clone(),
                     channel: channel.to_string(),
                     read_only,
                 };
@@ -410,17 +413,10 @@ impl DriverInstance {
                     Some((_, c)) if !c.writable => return Err(refused(true)),
                     Some((index, _)) => index,
                 };
-                let iface = p.ferrule_plugin_driver();
+                let i = p.ferrule_plugin_driver();
                 let value = v2::to_value(value);
-                guarded(
-                    ticker,
-                    &name,
-                    limits,
-                    "write",
-                    iface.call_write(store, index, &value),
-                )
-                .await?
-                .map_err(|e| returned(&name, "write", limits, v2::error_message(e)))
+                let make = async |s: &mut Store<HostState>| i.call_write(s, index, &value).await;
+                run.call("write", make, v2::error_message).await
             }
         }
     }
@@ -428,26 +424,21 @@ impl DriverInstance {
     /// Asks the driver about its device; the answer is checked against the
     /// status limits.
     pub async fn status(&mut self) -> Result<DeviceStatus, PluginError> {
-        let name = self.arm();
-        let limits = &self.limits;
-        let store = &mut self.store;
-        let ticker = &self.ticker;
+        let run = &mut self.run;
         let s = match &self.plugin {
             DriverExports::V1(p) => {
-                let iface = p.ferrule_plugin_driver();
-                v1::status(
-                    guarded(ticker, &name, limits, "status", iface.call_status(store)).await?,
-                )
+                let i = p.ferrule_plugin_driver();
+                let make = async |s: &mut Store<HostState>| i.call_status(s).await;
+                v1::status(run.infallible("status", make).await?)
             }
             DriverExports::V2(p) => {
-                let iface = p.ferrule_plugin_driver();
-                v2::status(
-                    guarded(ticker, &name, limits, "status", iface.call_status(store)).await?,
-                )
+                let i = p.ferrule_plugin_driver();
+                let make = async |s: &mut Store<HostState>| i.call_status(s).await;
+                v2::status(run.infallible("status", make).await?)
             }
         };
-        let (status, checked) = validate::accept_status(&name, limits, s)?;
-        self.checked.add(checked);
+        let (status, checked) = validate::accept_status(&run.name, &run.limits, s)?;
+        run.checked.add(checked);
         Ok(status)
     }
 }
@@ -464,30 +455,22 @@ impl LoadedProcessor {
         table: &mut ChannelTable,
         stage: usize,
     ) -> Result<ProcessorInstance, PluginError> {
-        let (store, plugin) = match &self.pre {
+        let t = &self.ticker;
+        let (run, plugin) = match &self.pre {
             ProcessorPre::V1(pre) => {
-                let (store, p) =
-                    instantiate(&self.ticker, instance, sandbox, pre.engine(), async |s| {
-                        pre.instantiate_async(s).await
-                    })
-                    .await?;
-                (store, ProcessorExports::V1(p))
+                let make = async |s: &mut Store<HostState>| pre.instantiate_async(s).await;
+                let (run, p) = Running::start(t, instance, sandbox, pre.engine(), make).await?;
+                (run, ProcessorExports::V1(p))
             }
             ProcessorPre::V2(pre) => {
-                let (store, p) =
-                    instantiate(&self.ticker, instance, sandbox, pre.engine(), async |s| {
-                        pre.instantiate_async(s).await
-                    })
-                    .await?;
-                (store, ProcessorExports::V2(p))
+                let make = async |s: &mut Store<HostState>| pre.instantiate_async(s).await;
+                let (run, p) = Running::start(t, instance, sandbox, pre.engine(), make).await?;
+                (run, ProcessorExports::V2(p))
             }
         };
         let mut processor = ProcessorInstance {
-            store,
-            ticker: self.ticker.clone(),
+            run,
             plugin,
-            limits: sandbox.limits,
-            checked: Checked::default(),
             stage,
             seen: 0,
         };
@@ -499,7 +482,7 @@ impl LoadedProcessor {
 impl ProcessorInstance {
     /// Bytes of linear memory the instance holds now.
     pub fn memory_bytes(&self) -> usize {
-        self.store.data().limits.memory_bytes
+        self.run.memory_bytes()
     }
 
     /// The ABI the processor was built against.
@@ -510,47 +493,23 @@ impl ProcessorInstance {
         }
     }
 
-    fn arm(&mut self) -> String {
-        self.store.set_epoch_deadline(1);
-        self.store.data().instance.clone()
-    }
-
-    async fn init(
-        &mut self,
-        config_json: &str,
-        table: &mut ChannelTable,
-    ) -> Result<(), PluginError> {
-        let name = self.arm();
-        let limits = &self.limits;
-        let store = &mut self.store;
-        let ticker = &self.ticker;
+    async fn init(&mut self, config: &str, table: &mut ChannelTable) -> Result<(), PluginError> {
+        let run = &mut self.run;
         match &self.plugin {
             ProcessorExports::V1(p) => {
-                let iface = p.ferrule_plugin_processor();
-                guarded(
-                    ticker,
-                    &name,
-                    limits,
-                    "init",
-                    iface.call_init(store, config_json),
-                )
-                .await?
-                .map_err(|e| returned(&name, "init", limits, v1::error_message(e)))
+                let i = p.ferrule_plugin_processor();
+                let make = async |s: &mut Store<HostState>| i.call_init(s, config).await;
+                run.call("init", make, v1::error_message).await
             }
             ProcessorExports::V2(p) => {
-                let iface = p.ferrule_plugin_processor();
+                let i = p.ferrule_plugin_processor();
                 let known: Vec<_> = table.since(0).map(convert::to_channel).collect();
-                let call = iface.call_init(store, config_json, &known);
-                let derived = guarded(ticker, &name, limits, "init", call)
-                    .await?
-                    .map_err(|e| returned(&name, "init", limits, v2::error_message(e)))?;
+                let make = async |s: &mut Store<HostState>| i.call_init(s, config, &known).await;
+                let derived = run.call("init", make, v2::error_message).await?;
                 let mut review = Review::default();
-                let refused = table
-                    .declare(self.stage, derived.into_iter().map(convert::channel))
-                    .map_err(|full| table_full(&name, "init", full))?;
-                review.refused_channels(refused);
+                run.declare("init", &mut review, table, self.stage, derived)?;
                 self.seen = table.len();
-                self.checked.add(review.finish(&name, "init"));
+                run.checked.add(review.finish(&run.name, "init"));
                 Ok(())
             }
         }
@@ -563,56 +522,37 @@ impl ProcessorInstance {
         table: &mut ChannelTable,
         batch: Vec<Sample>,
     ) -> Result<Vec<Sample>, PluginError> {
-        let name = self.arm();
-        let limits = &self.limits;
-        let store = &mut self.store;
-        let ticker = &self.ticker;
+        let run = &mut self.run;
         let stage = self.stage;
         let mut review = Review::default();
         let samples = match &self.plugin {
             ProcessorExports::V1(p) => {
-                let iface = p.ferrule_plugin_processor();
+                let i = p.ferrule_plugin_processor();
                 let input: Vec<v0_1::types::Reading> =
                     batch.into_iter().filter_map(|s| to_v1(table, s)).collect();
-                let output = guarded(
-                    ticker,
-                    &name,
-                    limits,
-                    "process",
-                    iface.call_process(store, &input),
-                )
-                .await?
-                .map_err(|e| returned(&name, "process", limits, v1::error_message(e)))?;
-                validate::check_sizes_v1(&name, "process", limits, &output)?;
+                let make = async |s: &mut Store<HostState>| i.call_process(s, &input).await;
+                let output = run.call("process", make, v1::error_message).await?;
+                validate::check_sizes_v1(&run.name, "process", &run.limits, &output)?;
                 learned(&mut review, table, stage, output, now_ns())
             }
             ProcessorExports::V2(p) => {
-                let iface = p.ferrule_plugin_processor();
+                let i = p.ferrule_plugin_processor();
                 let input = to_v2(table, self.seen, batch);
                 self.seen = table.len();
-                let output = guarded(
-                    ticker,
-                    &name,
-                    limits,
-                    "process",
-                    iface.call_process(store, &input),
-                )
-                .await?
-                .map_err(|e| returned(&name, "process", limits, v2::error_message(e)))?;
-                validate::check_sizes_v2(&name, "process", limits, &output)?;
-                let samples = declared(&name, "process", &mut review, table, stage, output)?;
+                let make = async |s: &mut Store<HostState>| i.call_process(s, &input).await;
+                let output = run.call("process", make, v2::error_message).await?;
+                validate::check_sizes_v2(&run.name, "process", &run.limits, &output)?;
+                let samples = run.declared("process", &mut review, table, stage, output)?;
                 self.seen = table.len();
                 samples
             }
         };
-        let samples = validate::accept_samples(&mut review, table, samples);
-        self.checked.add(review.finish(&name, "process"));
-        Ok(samples)
+        Ok(run.accept("process", review, table, samples))
     }
 
     /// What the output checks did since the last call of this.
     pub fn take_checked(&mut self) -> Checked {
-        std::mem::take(&mut self.checked)
+        std::mem::take(&mut self.run.checked)
     }
 }
 

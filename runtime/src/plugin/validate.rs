@@ -162,6 +162,22 @@ fn check_len(
     Ok(())
 }
 
+fn check_readings(
+    instance: &str,
+    call: &'static str,
+    limits: &Limits,
+    n: usize,
+) -> Result<(), PluginError> {
+    check_count(
+        instance,
+        call,
+        "readings",
+        n,
+        limits.max_readings,
+        "max_readings",
+    )
+}
+
 /// Refuses 0.1.0 readings beyond the instance's limits, naming what was too big.
 pub fn check_sizes_v1(
     instance: &str,
@@ -170,15 +186,7 @@ pub fn check_sizes_v1(
     readings: &[v0_1::types::Reading],
 ) -> Result<(), PluginError> {
     use v0_1::types::Value as V;
-    let n = readings.len();
-    check_count(
-        instance,
-        call,
-        "readings",
-        n,
-        limits.max_readings,
-        "max_readings",
-    )?;
+    check_readings(instance, call, limits, readings.len())?;
     for r in readings {
         let value_len = match &r.value {
             V::Text(t) => t.len(),
@@ -210,15 +218,7 @@ pub fn check_sizes_v2(
     batch: &v0_2::types::Batch,
 ) -> Result<(), PluginError> {
     use v0_2::types::Value as V;
-    let n = batch.readings.len();
-    check_count(
-        instance,
-        call,
-        "readings",
-        n,
-        limits.max_readings,
-        "max_readings",
-    )?;
+    check_readings(instance, call, limits, batch.readings.len())?;
     let added = batch.added.len();
     check_count(
         instance,
