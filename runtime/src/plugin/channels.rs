@@ -66,6 +66,15 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// Bytes of its name, unit, description and address.
+    fn text_len(&self) -> usize {
+        [&self.unit, &self.description, &self.address]
+            .iter()
+            .map(|t| t.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+            + self.name.len()
+    }
+
     /// A channel learned from a 0.1.0 reading: its name, unit and the case
     /// of its first value.
     pub fn learned(name: &str, unit: Option<&str>, value: &Value) -> Channel {
@@ -114,6 +123,23 @@ pub struct TableFull {
     pub max: usize,
 }
 
+impl std::fmt::Display for TableFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "more channels than max_channels = {}, or more than {} bytes of their names, units, descriptions and addresses",
+            self.max,
+            self.max.saturating_mul(TEXT_PER_CHANNEL)
+        )
+    }
+}
+
+/// Bytes of channel text (name, unit, description, address together) a
+/// table holds per channel of `max_channels`, on average: one channel may
+/// use more, but the table as a whole stays bounded however a plugin
+/// spreads its declarations over its calls.
+pub const TEXT_PER_CHANNEL: usize = 256;
+
 /// One chain's channels, shared by its driver and processors.
 #[derive(Debug, Clone)]
 pub struct ChannelTable {
@@ -122,6 +148,8 @@ pub struct ChannelTable {
     by_name: HashMap<String, Vec<u32>>,
     max: usize,
     max_text: usize,
+    /// Bytes of channel text held, against `max * TEXT_PER_CHANNEL`.
+    text_bytes: usize,
     /// Whether two entries share a name (a processor redeclared one), so
     /// the finished batch needs a by-name duplicate check.
     shared_names: bool,
@@ -136,8 +164,16 @@ impl ChannelTable {
             by_name: HashMap::new(),
             max,
             max_text,
+            text_bytes: 0,
             shared_names: false,
         }
+    }
+
+    /// Whether `channel` fits the table's limits: its count and its text.
+    fn has_room(&self, channel: &Channel) -> bool {
+        self.entries.len() < self.max
+            && self.text_bytes.saturating_add(channel.text_len())
+                <= self.max.saturating_mul(TEXT_PER_CHANNEL)
     }
 
     /// How many channels it holds.
@@ -186,7 +222,7 @@ impl ChannelTable {
     ) -> Result<Vec<String>, TableFull> {
         let mut refusals = Vec::new();
         for channel in channels {
-            if self.entries.len() >= self.max {
+            if !self.has_room(&channel) {
                 return Err(TableFull { max: self.max });
             }
             let refused = self.declaration_problem(stage, &channel);
@@ -240,6 +276,7 @@ impl ChannelTable {
 
     fn push(&mut self, stage: usize, channel: Channel, refused: Option<String>) -> u32 {
         let index = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        self.text_bytes += channel.text_len();
         if refused.is_none() {
             let indices = self.by_name.entry(channel.name.clone()).or_default();
             self.shared_names |= !indices.is_empty();
@@ -281,14 +318,15 @@ impl ChannelTable {
         if let Some(why) = bad_name(name) {
             return Err(why.to_string());
         }
-        if self.entries.len() >= self.max {
+        let channel = Channel::learned(name, unit, value);
+        if !self.has_room(&channel) {
             return Err(format!(
-                "channel \"{}\" is new and the table is full (max_channels = {})",
+                "channel \"{}\" is new and the table is full ({})",
                 shown(name),
-                self.max
+                TableFull { max: self.max }
             ));
         }
-        Ok(self.push(stage, Channel::learned(name, unit, value), None))
+        Ok(self.push(stage, channel, None))
     }
 
     /// The driver's channel called `name`, for a write from the cloud.
@@ -405,6 +443,25 @@ mod tests {
         assert_eq!(
             table.declare(0, [declared("z", ValueType::Int)]),
             Err(TableFull { max: 3 })
+        );
+        // Room for channels, but not for their text: 2 x 256 bytes in all.
+        let mut wordy = ChannelTable::new(2, 1024);
+        let long = |name: &str| Channel {
+            description: Some("d".repeat(300)),
+            ..declared(name, ValueType::Int)
+        };
+        assert!(wordy.declare(0, [long("a")]).is_ok());
+        assert_eq!(wordy.declare(0, [long("b")]), Err(TableFull { max: 2 }));
+        assert!(
+            wordy
+                .learn(0, &"c".repeat(300), None, &v)
+                .unwrap_err()
+                .contains("bytes")
+        );
+        assert_eq!(
+            wordy.learn(0, "c", None, &v),
+            Ok(1),
+            "a short name still fits"
         );
     }
 }

@@ -222,7 +222,7 @@ impl Running {
             .map_err(|full| PluginError::Oversized {
                 instance: self.name.clone(),
                 call,
-                message: format!("more channels than max_channels = {}", full.max),
+                message: full.to_string(),
             })?;
         review.refused_channels(refused);
         Ok(())
