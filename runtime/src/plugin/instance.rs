@@ -293,6 +293,16 @@ fn learned(
     samples
 }
 
+/// Instantiates any ABI version's pre-instance `$pre` in a fresh store
+/// and wraps its exports in `$variant`.
+macro_rules! start_as {
+    ($ticker:expr, $instance:expr, $sandbox:expr, $pre:expr, $variant:path) => {{
+        let make = async |s: &mut Store<HostState>| $pre.instantiate_async(s).await;
+        let (run, p) = Running::start($ticker, $instance, $sandbox, $pre.engine(), make).await?;
+        (run, $variant(p))
+    }};
+}
+
 impl LoadedDriver {
     /// Builds a fresh instance in its own store and calls its `init`; a
     /// 0.2.0 driver's channels start `table`.
@@ -305,16 +315,8 @@ impl LoadedDriver {
     ) -> Result<DriverInstance, PluginError> {
         let t = &self.ticker;
         let (run, plugin) = match &self.pre {
-            DriverPre::V1(pre) => {
-                let make = async |s: &mut Store<HostState>| pre.instantiate_async(s).await;
-                let (run, p) = Running::start(t, instance, sandbox, pre.engine(), make).await?;
-                (run, DriverExports::V1(p))
-            }
-            DriverPre::V2(pre) => {
-                let make = async |s: &mut Store<HostState>| pre.instantiate_async(s).await;
-                let (run, p) = Running::start(t, instance, sandbox, pre.engine(), make).await?;
-                (run, DriverExports::V2(p))
-            }
+            DriverPre::V1(pre) => start_as!(t, instance, sandbox, pre, DriverExports::V1),
+            DriverPre::V2(pre) => start_as!(t, instance, sandbox, pre, DriverExports::V2),
         };
         let mut driver = DriverInstance { run, plugin };
         driver.init(config_json, table).await?;
@@ -457,16 +459,8 @@ impl LoadedProcessor {
     ) -> Result<ProcessorInstance, PluginError> {
         let t = &self.ticker;
         let (run, plugin) = match &self.pre {
-            ProcessorPre::V1(pre) => {
-                let make = async |s: &mut Store<HostState>| pre.instantiate_async(s).await;
-                let (run, p) = Running::start(t, instance, sandbox, pre.engine(), make).await?;
-                (run, ProcessorExports::V1(p))
-            }
-            ProcessorPre::V2(pre) => {
-                let make = async |s: &mut Store<HostState>| pre.instantiate_async(s).await;
-                let (run, p) = Running::start(t, instance, sandbox, pre.engine(), make).await?;
-                (run, ProcessorExports::V2(p))
-            }
+            ProcessorPre::V1(pre) => start_as!(t, instance, sandbox, pre, ProcessorExports::V1),
+            ProcessorPre::V2(pre) => start_as!(t, instance, sandbox, pre, ProcessorExports::V2),
         };
         let mut processor = ProcessorInstance {
             run,
