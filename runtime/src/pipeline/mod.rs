@@ -461,17 +461,18 @@ pub async fn run_driver(
     }
 }
 
-/// The first tick of a driver polled every `interval`: the next multiple of
-/// `interval` since the process's first driver started, so that drivers on
-/// one interval (or on multiples of it) poll in the same instant, whenever
-/// each was started or rebuilt.
+/// The first tick of a driver polled every `interval`: the last multiple
+/// of `interval` since the process's first driver started (now or a moment
+/// ago, so the first poll is at once), so that drivers on one interval (or
+/// on multiples of it) poll in the same instant from then on, whenever each
+/// was started.
 fn aligned_start(interval: Duration) -> tokio::time::Instant {
     static BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let base = *BASE.get_or_init(tokio::time::Instant::now);
     let now = tokio::time::Instant::now();
     let period = interval.as_nanos().max(1);
     let since = now.duration_since(base).as_nanos();
-    let periods = since.div_ceil(period);
+    let periods = since / period;
     let offset = u64::try_from(periods.saturating_mul(period)).unwrap_or(u64::MAX);
     base + Duration::from_nanos(offset)
 }
@@ -636,5 +637,24 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> boo
     tokio::select! {
         _ = tokio::time::sleep(delay) => shutdown.is_cancelled(),
         _ = shutdown.cancelled() => true,
+    }
+}
+
+#[cfg(test)]
+mod tick_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drivers_started_apart_poll_at_once_and_then_together() {
+        let hour = Duration::from_secs(3600);
+        let first = aligned_start(hour);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let later = aligned_start(hour);
+        let now = tokio::time::Instant::now();
+        assert!(
+            first <= now && later <= now,
+            "the first poll is due at once"
+        );
+        assert_eq!(first, later, "then they tick on the same instants");
     }
 }
