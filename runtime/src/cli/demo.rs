@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferrule::config::Config;
 use ferrule::dev::certs::DevCa;
-use ferrule::dev::config::{GatewayToml, PluginToml, table};
+use ferrule::dev::config::{GatewayToml, PluginToml, fahrenheit_rule, table};
 use ferrule::dev::net::{free_port, wait_for_port};
 use ferrule::gateway;
 use ferrule::publish::{TlsFiles, tls};
@@ -207,15 +207,7 @@ fn demo_config(
         .processor(
             PluginToml::new("to-fahrenheit", &plugins.join("scale.wasm")).config(
                 "channels",
-                table([(
-                    "temperature",
-                    table([
-                        ("gain", toml::Value::from(1.8)),
-                        ("offset", 32.0.into()),
-                        ("rename", "temperature_f".into()),
-                        ("unit", "degF".into()),
-                    ]),
-                )]),
+                table([("temperature", fahrenheit_rule("temperature_f"))]),
             ),
         );
     GatewayToml::new(GATEWAY, Path::new("data"))

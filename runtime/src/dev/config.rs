@@ -172,6 +172,17 @@ pub fn table<K: Into<String>, V: Into<Value>>(pairs: impl IntoIterator<Item = (K
     )
 }
 
+/// The `scale` processor's rule that turns a channel in degC into the
+/// channel `rename` in degF (gain 1.8, offset 32).
+pub fn fahrenheit_rule(rename: &str) -> Value {
+    table([
+        ("gain", Value::from(1.8)),
+        ("offset", 32.0.into()),
+        ("rename", rename.into()),
+        ("unit", "degF".into()),
+    ])
+}
+
 fn path(p: &Path) -> Value {
     p.display().to_string().into()
 }

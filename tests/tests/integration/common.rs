@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use ferrule::dev::config::table;
+use ferrule::dev::config::{fahrenheit_rule, table};
 use ferrule_tests::{GatewayToml, Pki, PluginToml, gateway_toml, plugin};
 
 /// A gateway config with one `sim` driver (a counter and a sine) scaled by
@@ -23,15 +23,7 @@ pub fn sim_with_scale(name: &str, sim: &Path, scale: &Path, interval_ms: u64) ->
         "channels",
         table([
             ("count", table([("gain", 2.0), ("offset", 1.0)])),
-            (
-                "temperature",
-                table([
-                    ("gain", toml::Value::from(1.8)),
-                    ("offset", 32.0.into()),
-                    ("rename", "temperature_f".into()),
-                    ("unit", "degF".into()),
-                ]),
-            ),
+            ("temperature", fahrenheit_rule("temperature_f")),
         ]),
     );
     PluginToml::new(name, sim)
