@@ -543,16 +543,6 @@ impl BatchJson {
         out.extend_from_slice(&channel.tail);
     }
 
-    /// Readings pushed so far.
-    pub fn len(&self) -> usize {
-        self.readings
-    }
-
-    /// Whether none was pushed.
-    pub fn is_empty(&self) -> bool {
-        self.readings == 0
-    }
-
     /// The finished batch.
     pub fn finish(mut self) -> PreparedBatch {
         self.out.extend_from_slice(b"]}");

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::reading::{ChannelJson, Quality, Reading, Value};
+use crate::reading::{ChannelJson, Quality, Value};
 
 /// Which value case a channel's readings carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -340,18 +340,6 @@ impl ChannelTable {
     /// The prepared JSON of the channel at `index`.
     pub fn json(&self, index: u32) -> Option<&ChannelJson> {
         self.entries.get(index as usize).map(|e| &e.json)
-    }
-
-    /// The named reading a sample stands for.
-    pub fn reading(&self, sample: Sample) -> Option<Reading> {
-        let c = self.get(sample.channel)?;
-        Some(Reading {
-            channel: c.name.clone(),
-            value: sample.value,
-            ts_ns: sample.ts_ns,
-            quality: sample.quality,
-            unit: c.unit.clone(),
-        })
     }
 }
 

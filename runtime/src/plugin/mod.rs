@@ -153,14 +153,6 @@ impl PluginEngine {
     }
 }
 
-impl PluginEngine {
-    /// Epoch ticks since the engine started; they happen only while a
-    /// plugin call runs.
-    pub fn epoch_ticks(&self) -> u64 {
-        self.ticker.ticks()
-    }
-}
-
 impl Drop for PluginEngine {
     fn drop(&mut self) {
         self.ticker.stop();
