@@ -32,6 +32,39 @@ pub fn run_for(full: Duration) -> Duration {
     }
 }
 
+/// How long a part lets the system settle, then measures; about a second
+/// each in smoke mode.
+#[derive(Clone, Copy, Debug)]
+pub struct Span {
+    /// Settling time before measuring.
+    pub warmup: Duration,
+    /// The measuring window.
+    pub window: Duration,
+}
+
+impl Span {
+    /// `warmup` then `window` seconds (see [`run_for`]).
+    pub fn secs(warmup: u64, window: u64) -> Span {
+        Span {
+            warmup: run_for(Duration::from_secs(warmup)),
+            window: run_for(Duration::from_secs(window)),
+        }
+    }
+
+    /// Warm-up and window together.
+    pub fn total(&self) -> Duration {
+        self.warmup + self.window
+    }
+}
+
+/// For method lines: "10 s after 3 s".
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (window, warmup) = (self.window.as_secs_f64(), self.warmup.as_secs_f64());
+        write!(f, "{window:.0} s after {warmup:.0} s")
+    }
+}
+
 /// `full` normally, `small` in smoke mode (counts: backlog sizes, calls).
 pub fn scaled<T>(full: T, small: T) -> T {
     if smoke() { small } else { full }
@@ -163,6 +196,13 @@ impl Report {
             },
             started: std::time::Instant::now(),
         }
+    }
+
+    /// [`Report::new`], with the measuring process pinned ([`pin_self`]).
+    pub fn pinned(part: &str, title: &str) -> anyhow::Result<Report> {
+        let mut report = Report::new(part, title);
+        pin_self(&mut report)?;
+        Ok(report)
     }
 
     /// A line on how the part measures (setup, durations, pinning).
@@ -375,7 +415,7 @@ pub fn pin(pid: u32, core: usize) -> anyhow::Result<()> {
 
 /// Pins the measuring process itself to the second core (with the broker),
 /// and says how cores are used, for the report.
-pub fn pin_self(report: &mut Report) -> anyhow::Result<()> {
+fn pin_self(report: &mut Report) -> anyhow::Result<()> {
     match cores() {
         Some((gateway, rest)) => {
             pin(std::process::id(), rest)?;

@@ -249,6 +249,19 @@ pub enum PayloadFormat {
     Compact,
 }
 
+/// A reading by channel index, as it passes between a chain's stages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Index into the chain's channel table.
+    pub channel: u32,
+    /// The value.
+    pub value: Value,
+    /// Nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// How far it can be trusted.
+    pub quality: Quality,
+}
+
 /// A batch written in either [`PayloadFormat`].
 #[derive(Debug)]
 pub enum BatchWriter {
@@ -276,18 +289,11 @@ impl BatchWriter {
         }
     }
 
-    /// Appends a reading of the channel at table `index`, described by `channel`.
-    pub fn push(
-        &mut self,
-        index: u32,
-        channel: &ChannelJson,
-        value: &Value,
-        ts_ns: u64,
-        quality: Quality,
-    ) {
+    /// Appends `sample`, a reading of the channel `channel` describes.
+    pub fn push(&mut self, channel: &ChannelJson, sample: &Sample) {
         match self {
-            BatchWriter::Readings(w) => w.push(channel, value, ts_ns, quality),
-            BatchWriter::Compact(w) => w.push(index, channel, value, ts_ns, quality),
+            BatchWriter::Readings(w) => w.push(channel, sample),
+            BatchWriter::Compact(w) => w.push(channel, sample),
         }
     }
 
@@ -333,14 +339,13 @@ impl CompactJson {
         }
     }
 
-    fn push(
-        &mut self,
-        index: u32,
-        channel: &ChannelJson,
-        value: &Value,
-        ts_ns: u64,
-        quality: Quality,
-    ) {
+    fn push(&mut self, channel: &ChannelJson, sample: &Sample) {
+        let Sample {
+            channel: index,
+            ref value,
+            ts_ns,
+            quality,
+        } = *sample;
         let i = index as usize;
         if self.local.len() <= i {
             self.local.resize(i + 1, None);
@@ -521,8 +526,14 @@ impl BatchJson {
         }
     }
 
-    /// Appends one reading of the channel `channel` describes.
-    pub fn push(&mut self, channel: &ChannelJson, value: &Value, ts_ns: u64, quality: Quality) {
+    /// Appends `sample`, a reading of the channel `channel` describes.
+    pub fn push(&mut self, channel: &ChannelJson, sample: &Sample) {
+        let Sample {
+            ref value,
+            ts_ns,
+            quality,
+            ..
+        } = *sample;
         let out = &mut self.out;
         if self.readings > 0 {
             out.push(b',');
@@ -614,7 +625,7 @@ mod tests {
             let mut prepared = BatchJson::new(&driver_json, captured_ns, batch.readings.len());
             for r in &batch.readings {
                 let channel = ChannelJson::new(&r.channel, r.unit.as_deref());
-                prepared.push(&channel, &r.value, r.ts_ns, r.quality);
+                prepared.push(&channel, &sample(0, r.value.clone(), r.ts_ns, r.quality));
             }
             let prepared = prepared.finish();
             prop_assert_eq!(prepared.readings, batch.readings.len());
@@ -641,7 +652,7 @@ mod tests {
                     }
                 };
                 let channel = ChannelJson::new(&r.channel, r.unit.as_deref());
-                writer.push(index as u32, &channel, &r.value, r.ts_ns, r.quality);
+                writer.push(&channel, &sample(index as u32, r.value.clone(), r.ts_ns, r.quality));
             }
             let prepared = writer.finish();
             let back = Batch::from_json(&prepared.json).unwrap();
@@ -696,15 +707,27 @@ mod tests {
             })
     }
 
+    fn sample(channel: u32, value: Value, ts_ns: u64, quality: Quality) -> Sample {
+        Sample {
+            channel,
+            value,
+            ts_ns,
+            quality,
+        }
+    }
+
     #[test]
     fn a_compact_batch_lists_each_channel_once_and_omits_what_is_shared() {
         let mut writer = BatchWriter::new(PayloadFormat::Compact, br#""plc""#, 5, 4);
         let t = ChannelJson::new("t", Some("degC"));
         let on = ChannelJson::new("on", None);
-        writer.push(7, &t, &Value::Float(21.5), 100, Quality::Good);
-        writer.push(2, &on, &Value::Bool(true), 100, Quality::Good);
-        writer.push(7, &t, &Value::Float(21.6), 200, Quality::Good);
-        writer.push(7, &t, &Value::Text("sensor open".into()), 100, Quality::Bad);
+        writer.push(&t, &sample(7, Value::Float(21.5), 100, Quality::Good));
+        writer.push(&on, &sample(2, Value::Bool(true), 100, Quality::Good));
+        writer.push(&t, &sample(7, Value::Float(21.6), 200, Quality::Good));
+        writer.push(
+            &t,
+            &sample(7, Value::Text("sensor open".into()), 100, Quality::Bad),
+        );
         let json = String::from_utf8(writer.finish().json).unwrap();
         assert_eq!(
             json,

@@ -24,11 +24,10 @@ fn config(dir: &std::path::Path, pki: &Pki, port: u16, drivers: Vec<PluginToml>)
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut report = Report::new(
+    let mut report = Report::pinned(
         "backlog",
         "backlog drain after an outage (1,000,000 readings queued) vs the capture rate",
-    );
-    bench::pin_self(&mut report)?;
+    )?;
     let target_readings: u64 = bench::scaled(1_000_000, 20_000);
     report.method(format!(
         "capture (baseline): ferrule with no broker, {FILL_DRIVERS} sim drivers x {CHANNELS} channels every 1 ms, each through a scale processor, until {target_readings} readings are queued; rate from the queue depth read by `ferrule queue stats` while it runs"

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferrule_benches::{self as bench, Report, Tally};
+use ferrule_benches::{self as bench, Report, Span, Tally};
 use ferrule_tests::{Pki, Subscriber};
 
 /// ferrule's voluntary context switches, from its telemetry snapshots.
@@ -57,17 +57,13 @@ const INFLIGHT: u16 = 64;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut report = Report::new(
+    let mut report = Report::pinned(
         "e2e",
         "end-to-end throughput: sim driver → scale processor → queue (fsync) → mosquitto over TLS, QoS 1",
-    );
-    bench::pin_self(&mut report)?;
-    let warmup = bench::run_for(Duration::from_secs(3));
-    let window = bench::run_for(Duration::from_secs(10));
+    )?;
+    let span = Span::secs(3, 10);
     report.method(format!(
-        "ferrule: {DRIVERS} sim drivers x {CHANNELS} channels polled every 1 ms, each through one scale processor (every channel), queue with an fsync per commit (group commit), max_inflight {INFLIGHT}; counted at a TLS subscriber for {:.0} s after {:.0} s of warm-up",
-        window.as_secs_f64(),
-        warmup.as_secs_f64()
+        "ferrule: {DRIVERS} sim drivers x {CHANNELS} channels polled every 1 ms, each through one scale processor (every channel), queue with an fsync per commit (group commit), max_inflight {INFLIGHT}; counted at a TLS subscriber for {span} of warm-up"
     ));
     report.method(format!(
         "baseline: bare-publisher (rumqttc, same TLS settings and TCP_NODELAY, in-flight {INFLIGHT}) replaying payloads ferrule sent, as fast as acknowledged, same window"
@@ -92,10 +88,10 @@ async fn main() -> anyhow::Result<()> {
     let pid = ferrule.child.id();
     bench::pin_gateway(pid)?;
     bench::first_arrival("ferrule", || tally.now().0 > 0, &ferrule).await?;
-    tokio::time::sleep(warmup).await;
+    tokio::time::sleep(span.warmup).await;
     let (m0, r0) = tally.now();
     let window_start = ferrule::reading::now_ns() / 1_000_000;
-    let usage = bench::measure(&[pid], window).await?;
+    let usage = bench::measure(&[pid], span.window).await?;
     let (m1, r1) = tally.now();
     let window_end = ferrule::reading::now_ns() / 1_000_000;
     ferrule.terminate(Duration::from_secs(20))?;
@@ -120,16 +116,16 @@ async fn main() -> anyhow::Result<()> {
         port,
         "bench/bare",
         INFLIGHT,
-        warmup + window + Duration::from_secs(1),
+        span.total() + Duration::from_secs(1),
     )?
     .arg("--payloads")
     .arg(&payloads)
     .spawn()?;
     let bare_pid = bare.id();
     bench::pin_gateway(bare_pid)?;
-    tokio::time::sleep(warmup).await;
+    tokio::time::sleep(span.warmup).await;
     let (b0, br0) = bare_tally.now();
-    let bare_usage = bench::measure(&[bare_pid], window).await?;
+    let bare_usage = bench::measure(&[bare_pid], span.window).await?;
     let (b1, br1) = bare_tally.now();
     let output = tokio::task::spawn_blocking(move || bare.wait_with_output()).await??;
     anyhow::ensure!(

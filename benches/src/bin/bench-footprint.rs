@@ -7,24 +7,20 @@
 
 use std::time::Duration;
 
-use ferrule_benches::{self as bench, Report, Usage};
+use ferrule_benches::{self as bench, Report, Span, Usage};
 
 const CHANNELS: usize = 10;
 const INTERVAL_MS: u64 = 1000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut report = Report::new(
+    let mut report = Report::pinned(
         "footprint",
         "idle footprint: RSS and CPU with 1, 10 and 50 drivers",
-    );
-    bench::pin_self(&mut report)?;
-    let warmup = bench::run_for(Duration::from_secs(5));
-    let window = bench::run_for(Duration::from_secs(10));
+    )?;
+    let span = Span::secs(5, 10);
     report.method(format!(
-        "ferrule (release) with N sim drivers of {CHANNELS} channels every {INTERVAL_MS} ms, each with a scale processor (2N plugin instances), telemetry every 60 s, connected to mosquitto over mutual TLS; RSS sampled every second and CPU time over {:.0} s after {:.0} s of start-up",
-        window.as_secs_f64(),
-        warmup.as_secs_f64()
+        "ferrule (release) with N sim drivers of {CHANNELS} channels every {INTERVAL_MS} ms, each with a scale processor (2N plugin instances), telemetry every 60 s, connected to mosquitto over mutual TLS; RSS sampled every second and CPU time over {span} of start-up"
     ));
     report.method(
         "baseline: bare-publisher (rumqttc + rustls, no plugins, no queue) sending one 10-reading message a second, same window",
@@ -36,13 +32,13 @@ async fn main() -> anyhow::Result<()> {
         port,
         "bench/bare",
         64,
-        warmup + window + Duration::from_secs(1),
+        span.total() + Duration::from_secs(1),
     )?
     .args(["--rate", "1", "--readings", "10"])
     .spawn()?;
     bench::pin_gateway(bare.id())?;
-    tokio::time::sleep(warmup).await;
-    let base = bench::measure(&[bare.id()], window).await?;
+    tokio::time::sleep(span.warmup).await;
+    let base = bench::measure(&[bare.id()], span.window).await?;
     let output = tokio::task::spawn_blocking(move || bare.wait_with_output()).await??;
     anyhow::ensure!(
         output.status.success(),
@@ -64,8 +60,8 @@ async fn main() -> anyhow::Result<()> {
             bench::start_ferrule(dir.path(), &path, &format!("ferrule-{drivers}.log"))?;
         let pid = ferrule.child.id();
         bench::pin_gateway(pid)?;
-        tokio::time::sleep(warmup).await;
-        let usage = bench::measure(&[pid], window).await?;
+        tokio::time::sleep(span.warmup).await;
+        let usage = bench::measure(&[pid], span.window).await?;
         ferrule.terminate(Duration::from_secs(10))?;
         results.push((drivers, usage));
     }

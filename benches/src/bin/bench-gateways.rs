@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferrule::dev::config::table;
-use ferrule_benches::{self as bench, Report, Tally, Usage};
+use ferrule_benches::{self as bench, Report, Span, Tally, Usage};
 use ferrule_tests::net::ModbusSim;
 use ferrule_tests::{Pki, PluginToml, Process, Subscriber, free_port, plugin, queue_stats};
 use serde_json::json;
@@ -44,19 +44,29 @@ fn peers_dir() -> PathBuf {
         .unwrap_or_else(|| ferrule_tests::target_dir().join("bench-peers"))
 }
 
-/// Waits for the first reading, then `warmup`, then measures `window`.
+/// What every gateway under test is given: a work folder, the broker's PKI
+/// and port, the Modbus devices and how long to measure.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    dir: &'a Path,
+    pki: &'a Pki,
+    port: u16,
+    sim: &'a ModbusSim,
+    span: Span,
+}
+
+/// Waits for the first reading, then `span.warmup`, then measures `span.window`.
 async fn observe(
     name: &str,
     process: &Process,
     tally: &Tally,
-    warmup: Duration,
-    window: Duration,
+    span: Span,
 ) -> anyhow::Result<Outcome> {
     let pid = process.child.id();
     bench::first_arrival(name, || tally.now().1 > 0, process).await?;
-    tokio::time::sleep(warmup).await;
+    tokio::time::sleep(span.warmup).await;
     let (_, r0) = tally.now();
-    let usage = bench::measure(&[pid], window).await?;
+    let usage = bench::measure(&[pid], span.window).await?;
     let (_, r1) = tally.now();
     Ok(Outcome {
         usage,
@@ -65,15 +75,8 @@ async fn observe(
 }
 
 /// ferrule: returns the outcome and (captured, delivered, still queued).
-async fn run_ferrule(
-    dir: &Path,
-    pki: &Pki,
-    port: u16,
-    sim: &ModbusSim,
-    warmup: Duration,
-    window: Duration,
-) -> anyhow::Result<(Outcome, u64, u64, u64)> {
-    let mut sub = Subscriber::connect(pki, port, "ferrule/gw-test/data/#").await?;
+async fn run_ferrule(job: &Job<'_>) -> anyhow::Result<(Outcome, u64, u64, u64)> {
+    let mut sub = Subscriber::connect(job.pki, job.port, "ferrule/gw-test/data/#").await?;
     let tally = Tally::start(&mut sub, |_| true, bench::readings_in, 0);
     let channels: Vec<toml::Value> = (0..REGISTERS)
         .map(|i| {
@@ -86,19 +89,26 @@ async fn run_ferrule(
         })
         .collect();
     let modbus = plugin("modbus_tcp")?;
-    let drivers = sim.ports.iter().enumerate().map(|(d, device_port)| {
+    let drivers = job.sim.ports.iter().enumerate().map(|(d, device_port)| {
         PluginToml::new(&format!("dev{d}"), &modbus)
             .set("device", format!("127.0.0.1:{device_port}"))
             .set("interval_ms", INTERVAL_MS as i64)
             .config("channels", toml::Value::Array(channels.clone()))
     });
     // The default in-flight window.
-    let config = bench::gateway_of(&dir.join("ferrule-data"), pki, port, 32, drivers).render();
-    let path = dir.join("ferrule-gateways.toml");
+    let config = bench::gateway_of(
+        &job.dir.join("ferrule-data"),
+        job.pki,
+        job.port,
+        32,
+        drivers,
+    )
+    .render();
+    let path = job.dir.join("ferrule-gateways.toml");
     std::fs::write(&path, config)?;
-    let mut ferrule = bench::start_ferrule(dir, &path, "ferrule-gateways.log")?;
+    let mut ferrule = bench::start_ferrule(job.dir, &path, "ferrule-gateways.log")?;
     bench::pin_gateway(ferrule.child.id())?;
-    let outcome = observe("ferrule", &ferrule, &tally, warmup, window).await?;
+    let outcome = observe("ferrule", &ferrule, &tally, job.span).await?;
     ferrule.terminate(Duration::from_secs(20))?;
     // What is still in flight after the stop reaches the subscriber now.
     let mut delivered = tally.now().1;
@@ -110,7 +120,7 @@ async fn run_ferrule(
         }
         delivered = now;
     }
-    let stats = queue_stats(dir, &path)?;
+    let stats = queue_stats(job.dir, &path)?;
     let entries = stats["next_seq"].as_u64().unwrap_or(1).saturating_sub(1);
     let queued = stats["depth"].as_u64().unwrap_or(0) * REGISTERS as u64;
     Ok((outcome, entries * REGISTERS as u64, delivered, queued))
@@ -156,14 +166,7 @@ fn node_red_flow(pki: &Pki, port: u16, sim: &ModbusSim) -> serde_json::Value {
     serde_json::Value::Array(flow)
 }
 
-async fn run_node_red(
-    dir: &Path,
-    pki: &Pki,
-    port: u16,
-    sim: &ModbusSim,
-    warmup: Duration,
-    window: Duration,
-) -> anyhow::Result<Outcome> {
+async fn run_node_red(job: &Job<'_>) -> anyhow::Result<Outcome> {
     let home = peers_dir().join("node-red");
     let red = home.join("node_modules/node-red/red.js");
     anyhow::ensure!(
@@ -171,12 +174,12 @@ async fn run_node_red(
         "Node-RED is not installed at {} (`cargo xtask bench gateways` installs it)",
         home.display()
     );
-    let flow = dir.join("nodered-flows.json");
+    let flow = job.dir.join("nodered-flows.json");
     std::fs::write(
         &flow,
-        serde_json::to_vec_pretty(&node_red_flow(pki, port, sim))?,
+        serde_json::to_vec_pretty(&node_red_flow(job.pki, job.port, job.sim))?,
     )?;
-    let settings = dir.join("nodered-settings.js");
+    let settings = job.dir.join("nodered-settings.js");
     std::fs::write(
         &settings,
         format!(
@@ -186,7 +189,7 @@ async fn run_node_red(
             home = json!(home),
         ),
     )?;
-    let mut sub = Subscriber::connect(pki, port, "nodered/#").await?;
+    let mut sub = Subscriber::connect(job.pki, job.port, "nodered/#").await?;
     let tally = Tally::start(&mut sub, |_| true, values_in_node_red, 0);
     let mut command = std::process::Command::new("node");
     command
@@ -195,10 +198,11 @@ async fn run_node_red(
         .arg(&settings)
         .arg("--userDir")
         .arg(&home)
-        .current_dir(dir);
-    let mut node_red = ferrule_tests::spawn_logged("Node-RED", command, dir.join("nodered.log"))?;
+        .current_dir(job.dir);
+    let mut node_red =
+        ferrule_tests::spawn_logged("Node-RED", command, job.dir.join("nodered.log"))?;
     bench::pin_gateway(node_red.child.id())?;
-    let outcome = observe("Node-RED", &node_red, &tally, warmup, window).await;
+    let outcome = observe("Node-RED", &node_red, &tally, job.span).await;
     node_red.terminate(Duration::from_secs(10))?;
     outcome
 }
@@ -300,25 +304,18 @@ fn thingsboard_config(
     Ok(config)
 }
 
-async fn run_thingsboard(
-    dir: &Path,
-    pki: &Pki,
-    port: u16,
-    sim: &ModbusSim,
-    warmup: Duration,
-    window: Duration,
-) -> anyhow::Result<Outcome> {
+async fn run_thingsboard(job: &Job<'_>) -> anyhow::Result<Outcome> {
     let python = peers_dir().join("tb-venv/bin/python");
     anyhow::ensure!(
         python.is_file(),
         "ThingsBoard IoT Gateway is not installed at {} (`cargo xtask bench gateways` installs it)",
         python.display()
     );
-    let config = thingsboard_config(dir, pki, port, sim)?;
+    let config = thingsboard_config(job.dir, job.pki, job.port, job.sim)?;
     // The gateway publishes device data only after the platform has
     // answered its `getSessionLimits` RPC; mosquitto is not ThingsBoard, so
     // this process answers it as a platform without rate limits would.
-    let mut rpc = Subscriber::connect(pki, port, "v1/devices/me/rpc/request/+").await?;
+    let mut rpc = Subscriber::connect(job.pki, job.port, "v1/devices/me/rpc/request/+").await?;
     let responder_client = rpc.client.clone();
     let (_, empty) = tokio::sync::mpsc::unbounded_channel();
     let mut requests = std::mem::replace(&mut rpc.messages, empty);
@@ -341,19 +338,22 @@ async fn run_thingsboard(
             }
         }
     });
-    let mut sub = Subscriber::connect(pki, port, "v1/gateway/telemetry").await?;
+    let mut sub = Subscriber::connect(job.pki, job.port, "v1/gateway/telemetry").await?;
     let tally = Tally::start(&mut sub, |_| true, values_in_thingsboard, 0);
-    let workdir = dir.join("tb-run");
+    let workdir = job.dir.join("tb-run");
     std::fs::create_dir_all(&workdir)?;
     let mut command = std::process::Command::new(&python);
     command
         .arg(ferrule_tests::workspace_root().join("tests/peers/tb_gateway.py"))
         .env("TB_GW_CONFIG_DIR", format!("{}/", config.display()))
         .current_dir(&workdir);
-    let mut gateway =
-        ferrule_tests::spawn_logged("ThingsBoard gateway", command, dir.join("tb-gateway.log"))?;
+    let mut gateway = ferrule_tests::spawn_logged(
+        "ThingsBoard gateway",
+        command,
+        job.dir.join("tb-gateway.log"),
+    )?;
     bench::pin_gateway(gateway.child.id())?;
-    let outcome = observe("ThingsBoard gateway", &gateway, &tally, warmup, window).await;
+    let outcome = observe("ThingsBoard gateway", &gateway, &tally, job.span).await;
     gateway.terminate(Duration::from_secs(15))?;
     responder.abort();
     drop(rpc);
@@ -362,17 +362,13 @@ async fn run_thingsboard(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut report = Report::new(
+    let mut report = Report::pinned(
         "gateways",
         "the same Modbus → MQTT job on ferrule, Node-RED and ThingsBoard IoT Gateway",
-    );
-    bench::pin_self(&mut report)?;
-    let warmup = bench::run_for(Duration::from_secs(5));
-    let window = bench::run_for(Duration::from_secs(60));
+    )?;
+    let span = Span::secs(5, 60);
     report.method(format!(
-        "job: {DEVICES} pymodbus 3.8 devices (one process), {REGISTERS} holding registers each, polled every {INTERVAL_MS} ms = {EXPECTED_PER_S:.0} readings/s, published to mosquitto over TLS 1.2 with client certificates, QoS 1; each gateway alone, {:.0} s window after its first reading + {:.0} s",
-        window.as_secs_f64(),
-        warmup.as_secs_f64()
+        "job: {DEVICES} pymodbus 3.8 devices (one process), {REGISTERS} holding registers each, polled every {INTERVAL_MS} ms = {EXPECTED_PER_S:.0} readings/s, published to mosquitto over TLS 1.2 with client certificates, QoS 1; each gateway alone, a window of {span} past its first reading"
     ));
     report.method("ferrule: 10 modbus-tcp drivers (one 100-register read per poll), queue with an fsync per commit, logging at info");
     report.method("Node-RED 4.1.15 + node-red-contrib-modbus 5.23.3: 10 Modbus-Read nodes (100 registers, 100 ms) → function node {device, ts, values} → MQTT out (QoS 1, TLS), logging at info");
@@ -385,10 +381,16 @@ async fn main() -> anyhow::Result<()> {
         .context("cannot start the Modbus devices")?;
     bench::pin_peer(sim.process.child.id())?;
 
-    let (ours, captured, delivered, queued) =
-        run_ferrule(dir.path(), &pki, port, &sim, warmup, window).await?;
-    let node_red = run_node_red(dir.path(), &pki, port, &sim, warmup, window).await;
-    let thingsboard = run_thingsboard(dir.path(), &pki, port, &sim, warmup, window).await;
+    let job = Job {
+        dir: dir.path(),
+        pki: &pki,
+        port,
+        sim: &sim,
+        span,
+    };
+    let (ours, captured, delivered, queued) = run_ferrule(&job).await?;
+    let node_red = run_node_red(&job).await;
+    let thingsboard = run_thingsboard(&job).await;
 
     report.figure("ferrule CPU", ours.usage.cpu_percent(), "% of one core");
     report.figure("ferrule RSS", ours.usage.rss_mean_kib / 1024.0, "MiB");

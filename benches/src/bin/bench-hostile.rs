@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferrule_benches::{self as bench, Report};
+use ferrule_benches::{self as bench, Report, Span};
 use ferrule_tests::{GatewayToml, PluginToml, Subscriber, gateway_toml, hostile_driver, rss_peak};
 
 /// The history cap of the telemetry phase.
@@ -27,19 +27,15 @@ const HISTORY_CAP: u64 = 4 << 20;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut report = Report::new(
+    let mut report = Report::pinned(
         "hostile",
         "hostile plugins: host memory and telemetry files at the default limits",
-    );
-    bench::pin_self(&mut report)?;
-    let warmup = bench::run_for(Duration::from_secs(5));
-    let window = bench::run_for(Duration::from_secs(15));
+    )?;
+    let span = Span::secs(5, 15);
     // Long enough for a few snapshots even in smoke mode.
     let churn = bench::scaled(Duration::from_secs(30), Duration::from_secs(3));
     report.method(format!(
-        "ferrule (release), 8 hostile drivers polled every second, connected to mosquitto over mutual TLS; peak RSS sampled every 10 ms over {:.0} s after {:.0} s of start-up",
-        window.as_secs_f64(),
-        warmup.as_secs_f64()
+        "ferrule (release), 8 hostile drivers polled every second, connected to mosquitto over mutual TLS; peak RSS sampled every 10 ms over {span} of start-up"
     ));
     report.method(
         "largest: each driver returns 31 text readings of 64 KiB (~2 MiB, under max_result_bytes), a status of 64 pairs of 1 KiB and a firmware of 1 KiB, and logs 4 KiB per poll; baseline: the same 8 drivers returning one integer reading",
@@ -70,8 +66,8 @@ async fn main() -> anyhow::Result<()> {
         let mut ferrule = bench::start_ferrule(dir.path(), &path, &format!("ferrule-{name}.log"))?;
         let pid = ferrule.child.id();
         bench::pin_gateway(pid)?;
-        tokio::time::sleep(warmup).await;
-        let peak = rss_peak(pid, window).await??;
+        tokio::time::sleep(span.warmup).await;
+        let peak = rss_peak(pid, span.window).await??;
         anyhow::ensure!(
             ferrule.child.try_wait()?.is_none(),
             "ferrule stopped with the {name} outputs:\n{}",

@@ -10,18 +10,14 @@
 use std::time::{Duration, Instant};
 
 use ferrule::reading::now_ns;
-use ferrule_benches::{self as bench, Report};
+use ferrule_benches::{self as bench, Report, Span};
 use ferrule_tests::Subscriber;
 
 const CHANNELS: usize = 10;
 const INTERVAL_MS: u64 = 10;
 
-/// Latencies (ms) of every reading received for `window` after `warmup`.
-async fn collect(
-    sub: &mut Subscriber,
-    warmup: Duration,
-    window: Duration,
-) -> anyhow::Result<Vec<f64>> {
+/// Latencies (ms) of every reading received in `span.window` after `span.warmup`.
+async fn collect(sub: &mut Subscriber, span: Span) -> anyhow::Result<Vec<f64>> {
     // The window starts with the first message (start-up is not latency).
     let first = tokio::time::timeout(Duration::from_secs(90), sub.messages.recv())
         .await
@@ -29,14 +25,14 @@ async fn collect(
     anyhow::ensure!(first.is_some(), "subscriber closed");
     let start = Instant::now();
     let mut latencies = Vec::new();
-    while start.elapsed() < warmup + window {
+    while start.elapsed() < span.total() {
         let Ok(Some(m)) =
             tokio::time::timeout(Duration::from_millis(200), sub.messages.recv()).await
         else {
             continue;
         };
         let arrived = now_ns();
-        if start.elapsed() < warmup {
+        if start.elapsed() < span.warmup {
             continue;
         }
         let message = m.json()?;
@@ -52,17 +48,13 @@ async fn collect(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut report = Report::new(
+    let mut report = Report::pinned(
         "latency",
         "latency from reading timestamp to subscriber at 1,000 readings/s",
-    );
-    bench::pin_self(&mut report)?;
-    let warmup = bench::run_for(Duration::from_secs(2));
-    let window = bench::run_for(Duration::from_secs(20));
+    )?;
+    let span = Span::secs(2, 20);
     report.method(format!(
-        "ferrule: one sim driver, {CHANNELS} channels every {INTERVAL_MS} ms (1,000 readings/s), one scale processor, queue with an fsync per commit, QoS 1 over mutual TLS; every reading's arrival time at a subscriber minus its timestamp, over {:.0} s after {:.0} s of warm-up",
-        window.as_secs_f64(),
-        warmup.as_secs_f64()
+        "ferrule: one sim driver, {CHANNELS} channels every {INTERVAL_MS} ms (1,000 readings/s), one scale processor, queue with an fsync per commit, QoS 1 over mutual TLS; every reading's arrival time at a subscriber minus its timestamp, over {span} of warm-up"
     ));
     report.method(
         "baseline: bare-publisher (rumqttc, same TLS settings) sending 100 messages/s of 10 readings stamped when sent, same broker and subscriber",
@@ -83,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&config_path, config)?;
     let mut ferrule = bench::start_ferrule(dir.path(), &config_path, "ferrule.log")?;
     bench::pin_gateway(ferrule.child.id())?;
-    let ours = collect(&mut sub, warmup, window).await?;
+    let ours = collect(&mut sub, span).await?;
     ferrule.terminate(Duration::from_secs(10))?;
     anyhow::ensure!(
         !ours.is_empty(),
@@ -97,12 +89,12 @@ async fn main() -> anyhow::Result<()> {
         port,
         "bench/bare",
         64,
-        warmup + window + Duration::from_millis(500),
+        span.total() + Duration::from_millis(500),
     )?
     .args(["--rate", "100", "--readings", &CHANNELS.to_string()])
     .spawn()?;
     bench::pin_gateway(bare.id())?;
-    let floor = collect(&mut bare_sub, warmup, window).await?;
+    let floor = collect(&mut bare_sub, span).await?;
     let output = tokio::task::spawn_blocking(move || bare.wait_with_output()).await??;
     anyhow::ensure!(
         output.status.success() && !floor.is_empty(),
@@ -110,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let readings_per_s = ours.len() as f64 / window.as_secs_f64();
+    let readings_per_s = ours.len() as f64 / span.window.as_secs_f64();
     report.figure("readings measured per second", readings_per_s, "readings/s");
     for (name, p) in [("p50", 50.0), ("p99", 99.0)] {
         let figure = report.compare(

@@ -216,186 +216,77 @@ pub enum WhenFull {
     Block,
 }
 
-/// Sandbox limits for one plugin instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginLimits {
+/// Declares the plugin sandbox limits once: [`PluginLimits`] (each key
+/// with its default), and [`LimitsOverride`], the same keys optional, which
+/// a plugin's own `[plugins.limits]` table sets over the global `[limits]`.
+macro_rules! plugin_limits {
+    ($($(#[doc = $doc:literal])* $name:ident: $ty:ty = $default:expr,)*) => {
+        /// Sandbox limits for one plugin instance.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct PluginLimits {
+            $($(#[doc = $doc])* pub $name: $ty,)*
+        }
+
+        impl Default for PluginLimits {
+            fn default() -> Self {
+                PluginLimits { $($name: $default,)* }
+            }
+        }
+
+        /// Per-plugin overrides of the global `[limits]`; unset keys inherit.
+        #[derive(Debug, Clone, Copy, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct LimitsOverride {
+            $(#[doc = concat!("Overrides `", stringify!($name), "`.")] pub $name: Option<$ty>,)*
+        }
+
+        impl PluginLimits {
+            /// These limits with `over`'s keys replacing theirs.
+            pub fn with(self, over: Option<LimitsOverride>) -> PluginLimits {
+                let Some(o) = over else {
+                    return self;
+                };
+                PluginLimits { $($name: o.$name.unwrap_or(self.$name),)* }
+            }
+        }
+    };
+}
+
+plugin_limits! {
     /// Linear memory, in MiB.
-    #[serde(default = "default_memory_mb")]
-    pub memory_mb: u64,
+    memory_mb: u64 = 64,
     /// Longest a single call (init, poll, process, ...) may run.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
+    timeout_ms: u64 = 1_000,
     /// Most readings one `poll` or `process` may return.
-    #[serde(default = "default_max_readings")]
-    pub max_readings: usize,
+    max_readings: usize = 10_000,
     /// Longest string or byte value (channel, unit, text, bytes), in bytes.
-    #[serde(default = "default_max_value_bytes")]
-    pub max_value_bytes: usize,
+    max_value_bytes: usize = 64 * 1024,
     /// Most channels in a driver's channel table (declared by the driver
     /// and its processors, or learned from the names in older plugins'
     /// readings).
-    #[serde(default = "default_max_channels")]
-    pub max_channels: usize,
+    max_channels: usize = 4_096,
     /// Log lines (host log, stdout, stderr together) per second; bursts of
     /// twice that pass, the rest are dropped and counted.
-    #[serde(default = "default_log_lines_per_s")]
-    pub log_lines_per_s: u32,
+    log_lines_per_s: u32 = 20,
     /// Most bytes the host copies out of the plugin in one call: a result
     /// (every reading's record, its strings and bytes), a device status, or
     /// the arguments of one call the plugin makes to the host (a log line,
     /// a file write). Checked against the lengths in the plugin's memory
     /// before anything is copied.
-    #[serde(default = "default_max_result_bytes")]
-    pub max_result_bytes: usize,
+    max_result_bytes: usize = 2 << 20,
     /// Most `extra` pairs in one device status.
-    #[serde(default = "default_max_status_entries")]
-    pub max_status_entries: usize,
+    max_status_entries: usize = 64,
     /// Longest firmware string, `extra` key or `extra` value of a device status.
-    #[serde(default = "default_max_status_value_bytes")]
-    pub max_status_value_bytes: usize,
+    max_status_value_bytes: usize = 1024,
     /// Longest log line kept; longer lines are cut.
-    #[serde(default = "default_max_log_bytes")]
-    pub max_log_bytes: usize,
+    max_log_bytes: usize = 4096,
     /// Longest error message kept from a plugin; longer ones are cut.
-    #[serde(default = "default_max_error_bytes")]
-    pub max_error_bytes: usize,
+    max_error_bytes: usize = 1024,
     /// Files, directories and sockets one instance may hold open at once.
-    #[serde(default = "default_max_open_files")]
-    pub max_open_files: usize,
+    max_open_files: usize = 32,
     /// Bytes the plugin's `data_dir` may hold (files and directories).
-    #[serde(default = "default_data_dir_quota_mb")]
-    pub data_dir_quota_mb: u64,
-}
-
-impl Default for PluginLimits {
-    fn default() -> Self {
-        PluginLimits {
-            memory_mb: default_memory_mb(),
-            timeout_ms: default_timeout_ms(),
-            max_readings: default_max_readings(),
-            max_value_bytes: default_max_value_bytes(),
-            max_channels: default_max_channels(),
-            log_lines_per_s: default_log_lines_per_s(),
-            max_result_bytes: default_max_result_bytes(),
-            max_status_entries: default_max_status_entries(),
-            max_status_value_bytes: default_max_status_value_bytes(),
-            max_log_bytes: default_max_log_bytes(),
-            max_error_bytes: default_max_error_bytes(),
-            max_open_files: default_max_open_files(),
-            data_dir_quota_mb: default_data_dir_quota_mb(),
-        }
-    }
-}
-
-/// Per-plugin overrides of the global `[limits]`; unset keys inherit.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsOverride {
-    /// Overrides `memory_mb`.
-    pub memory_mb: Option<u64>,
-    /// Overrides `timeout_ms`.
-    pub timeout_ms: Option<u64>,
-    /// Overrides `max_readings`.
-    pub max_readings: Option<usize>,
-    /// Overrides `max_value_bytes`.
-    pub max_value_bytes: Option<usize>,
-    /// Overrides `max_channels`.
-    pub max_channels: Option<usize>,
-    /// Overrides `log_lines_per_s`.
-    pub log_lines_per_s: Option<u32>,
-    /// Overrides `max_result_bytes`.
-    pub max_result_bytes: Option<usize>,
-    /// Overrides `max_status_entries`.
-    pub max_status_entries: Option<usize>,
-    /// Overrides `max_status_value_bytes`.
-    pub max_status_value_bytes: Option<usize>,
-    /// Overrides `max_log_bytes`.
-    pub max_log_bytes: Option<usize>,
-    /// Overrides `max_error_bytes`.
-    pub max_error_bytes: Option<usize>,
-    /// Overrides `max_open_files`.
-    pub max_open_files: Option<usize>,
-    /// Overrides `data_dir_quota_mb`.
-    pub data_dir_quota_mb: Option<u64>,
-}
-
-impl PluginLimits {
-    /// These limits with `over`'s keys replacing theirs.
-    pub fn with(self, over: Option<LimitsOverride>) -> PluginLimits {
-        let Some(o) = over else {
-            return self;
-        };
-        PluginLimits {
-            memory_mb: o.memory_mb.unwrap_or(self.memory_mb),
-            timeout_ms: o.timeout_ms.unwrap_or(self.timeout_ms),
-            max_readings: o.max_readings.unwrap_or(self.max_readings),
-            max_value_bytes: o.max_value_bytes.unwrap_or(self.max_value_bytes),
-            max_channels: o.max_channels.unwrap_or(self.max_channels),
-            log_lines_per_s: o.log_lines_per_s.unwrap_or(self.log_lines_per_s),
-            max_result_bytes: o.max_result_bytes.unwrap_or(self.max_result_bytes),
-            max_status_entries: o.max_status_entries.unwrap_or(self.max_status_entries),
-            max_status_value_bytes: o
-                .max_status_value_bytes
-                .unwrap_or(self.max_status_value_bytes),
-            max_log_bytes: o.max_log_bytes.unwrap_or(self.max_log_bytes),
-            max_error_bytes: o.max_error_bytes.unwrap_or(self.max_error_bytes),
-            max_open_files: o.max_open_files.unwrap_or(self.max_open_files),
-            data_dir_quota_mb: o.data_dir_quota_mb.unwrap_or(self.data_dir_quota_mb),
-        }
-    }
-}
-
-fn default_memory_mb() -> u64 {
-    64
-}
-
-fn default_timeout_ms() -> u64 {
-    1_000
-}
-
-fn default_max_readings() -> usize {
-    10_000
-}
-
-fn default_max_value_bytes() -> usize {
-    64 * 1024
-}
-
-fn default_max_channels() -> usize {
-    4_096
-}
-
-fn default_log_lines_per_s() -> u32 {
-    20
-}
-
-fn default_max_result_bytes() -> usize {
-    2 << 20
-}
-
-fn default_max_status_entries() -> usize {
-    64
-}
-
-fn default_max_status_value_bytes() -> usize {
-    1024
-}
-
-fn default_max_log_bytes() -> usize {
-    4096
-}
-
-fn default_max_error_bytes() -> usize {
-    1024
-}
-
-fn default_max_open_files() -> usize {
-    32
-}
-
-fn default_data_dir_quota_mb() -> u64 {
-    64
+    data_dir_quota_mb: u64 = 64,
 }
 
 /// The gateway's reports on itself (schema in docs/telemetry.md).

@@ -107,7 +107,7 @@ impl DevCa {
 
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server(&self, file_stem: &str, names: &[&str]) -> Result<CertFiles, CertError> {
-        self.issue(file_stem, names, ExtendedKeyUsagePurpose::ServerAuth, None)
+        self.issue(Leaf::server(file_stem, names))
     }
 
     /// A server certificate for `names` for an existing key (PKCS#8 PEM;
@@ -119,24 +119,15 @@ impl DevCa {
         key_pem: &str,
     ) -> Result<CertFiles, CertError> {
         let key = KeyPair::from_pem(key_pem)?;
-        self.issue_for(
-            key,
-            file_stem,
-            names,
-            ExtendedKeyUsagePurpose::ServerAuth,
-            None,
-            |_| {},
-        )
+        self.issue(Leaf {
+            key: Some(key),
+            ..Leaf::server(file_stem, names)
+        })
     }
 
     /// A client certificate with common name `cn`.
     pub fn client(&self, file_stem: &str, cn: &str) -> Result<CertFiles, CertError> {
-        self.issue(
-            file_stem,
-            &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            Some(cn),
-        )
+        self.issue(Leaf::client(file_stem, cn))
     }
 
     /// A client certificate with common name `cn`, valid from now for `validity`.
@@ -146,13 +137,10 @@ impl DevCa {
         cn: &str,
         validity: Duration,
     ) -> Result<CertFiles, CertError> {
-        self.valid_for(
-            file_stem,
-            &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            Some(cn),
-            validity,
-        )
+        self.issue(Leaf {
+            validity: Some(validity),
+            ..Leaf::client(file_stem, cn)
+        })
     }
 
     /// A server certificate valid for `names` from now for `validity`.
@@ -162,72 +150,35 @@ impl DevCa {
         names: &[&str],
         validity: Duration,
     ) -> Result<CertFiles, CertError> {
-        self.valid_for(
-            file_stem,
-            names,
-            ExtendedKeyUsagePurpose::ServerAuth,
-            None,
-            validity,
-        )
-    }
-
-    fn valid_for(
-        &self,
-        file_stem: &str,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-        cn: Option<&str>,
-        validity: Duration,
-    ) -> Result<CertFiles, CertError> {
-        let now = time_now();
-        self.issue_with(file_stem, names, usage, cn, |p| {
-            p.not_before = now - time::Duration::minutes(5);
-            p.not_after = now + time::Duration::try_from(validity).unwrap_or(time::Duration::ZERO);
+        self.issue(Leaf {
+            validity: Some(validity),
+            ..Leaf::server(file_stem, names)
         })
     }
 
-    fn issue(
-        &self,
-        file_stem: &str,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-        cn: Option<&str>,
-    ) -> Result<CertFiles, CertError> {
-        self.issue_with(file_stem, names, usage, cn, |_| {})
-    }
-
-    fn issue_with(
-        &self,
-        file_stem: &str,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-        cn: Option<&str>,
-        adjust: impl FnOnce(&mut CertificateParams),
-    ) -> Result<CertFiles, CertError> {
-        self.issue_for(KeyPair::generate()?, file_stem, names, usage, cn, adjust)
-    }
-
-    fn issue_for(
-        &self,
-        key: KeyPair,
-        file_stem: &str,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-        cn: Option<&str>,
-        adjust: impl FnOnce(&mut CertificateParams),
-    ) -> Result<CertFiles, CertError> {
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    fn issue(&self, leaf: Leaf<'_>) -> Result<CertFiles, CertError> {
+        let key = match leaf.key {
+            Some(key) => key,
+            None => KeyPair::generate()?,
+        };
+        let names: Vec<String> = leaf.names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names)?;
         params
             .distinguished_name
-            .push(DnType::CommonName, cn.unwrap_or(file_stem));
-        params.extended_key_usages = vec![usage];
+            .push(DnType::CommonName, leaf.cn.unwrap_or(leaf.file_stem));
+        params.extended_key_usages = vec![leaf.usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         params.serial_number = Some(SerialNumber::from(serial));
-        adjust(&mut params);
+        if let Some(validity) = leaf.validity {
+            let now = time_now();
+            params.not_before = now - time::Duration::minutes(5);
+            params.not_after =
+                now + time::Duration::try_from(validity).unwrap_or(time::Duration::ZERO);
+        }
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer)?;
+        let file_stem = leaf.file_stem;
         let files = CertFiles {
             cert: self.dir.join(format!("{file_stem}.pem")),
             key: self.dir.join(format!("{file_stem}.key")),
@@ -236,6 +187,45 @@ impl DevCa {
         write_file(&files.cert, &cert.pem())?;
         write_file(&files.key, &key.serialize_pem())?;
         Ok(files)
+    }
+}
+
+/// What a leaf certificate is issued for.
+struct Leaf<'a> {
+    /// Names its files `{file_stem}.pem` and `.key`; its common name unless
+    /// `cn` is given.
+    file_stem: &'a str,
+    /// Subject alternative names (DNS names or IP addresses).
+    names: &'a [&'a str],
+    usage: ExtendedKeyUsagePurpose,
+    cn: Option<&'a str>,
+    /// An existing key; a new one is made if `None`.
+    key: Option<KeyPair>,
+    /// Valid from now for this long; rcgen's default span if `None`.
+    validity: Option<Duration>,
+}
+
+impl<'a> Leaf<'a> {
+    fn server(file_stem: &'a str, names: &'a [&'a str]) -> Leaf<'a> {
+        Leaf {
+            file_stem,
+            names,
+            usage: ExtendedKeyUsagePurpose::ServerAuth,
+            cn: None,
+            key: None,
+            validity: None,
+        }
+    }
+
+    fn client(file_stem: &'a str, cn: &'a str) -> Leaf<'a> {
+        Leaf {
+            file_stem,
+            names: &[],
+            usage: ExtendedKeyUsagePurpose::ClientAuth,
+            cn: Some(cn),
+            key: None,
+            validity: None,
+        }
     }
 }
 

@@ -299,7 +299,7 @@ impl Chain {
         let mut json = BatchWriter::new(self.format, &self.driver_json, now_ns(), samples.len());
         for s in &samples {
             if let Some(channel) = table.json(s.channel) {
-                json.push(s.channel, channel, &s.value, s.ts_ns, s.quality);
+                json.push(channel, s);
             }
         }
         Ok(Some(json.finish()))

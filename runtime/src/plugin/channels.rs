@@ -12,7 +12,8 @@
 
 use std::collections::HashMap;
 
-use crate::reading::{ChannelJson, Quality, Value};
+pub use crate::reading::Sample;
+use crate::reading::{ChannelJson, Value};
 
 /// Which value case a channel's readings carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -101,19 +102,6 @@ struct Entry {
     stage: usize,
     /// Why it cannot be used, if its declaration broke a rule.
     refused: Option<String>,
-}
-
-/// A reading by channel index, as it passes between a chain's stages.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// Index into the chain's [`ChannelTable`].
-    pub channel: u32,
-    /// The value.
-    pub value: Value,
-    /// Nanoseconds since the Unix epoch.
-    pub ts_ns: u64,
-    /// How far it can be trusted.
-    pub quality: Quality,
 }
 
 /// Why a declaration could not be taken at all (the call is refused).
