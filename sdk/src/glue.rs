@@ -3,25 +3,73 @@
 
 use crate::channels::{ChannelId, ChannelRef, Channels, Reading};
 use crate::types::generated as wt;
-use crate::{DeviceStatus, Driver, Error, Processor};
+use crate::{DeviceStatus, Driver, Error, Processor, Quality, Value};
 
 /// Readings as a wire batch; names not in `table` are declared in `added`.
+/// The batch carries the readings' timestamp when they share one; good
+/// floats and integers at the batch's time go in its columns.
 fn to_batch(table: &mut Channels, readings: Vec<Reading>) -> wt::Batch {
-    let mut added = Vec::new();
-    let readings = readings
-        .into_iter()
-        .map(|r| wt::Reading {
-            channel: table.resolve(&r, &mut added),
-            value: r.value,
-            timestamp_ns: r.timestamp_ns,
-            quality: r.quality,
-        })
-        .collect();
-    wt::Batch {
-        added,
-        timestamp_ns: None,
-        readings,
+    let first = readings.first().and_then(|r| r.timestamp_ns);
+    let shared = first.filter(|_| readings.iter().all(|r| r.timestamp_ns == first));
+    let mut batch = wt::Batch {
+        added: Vec::new(),
+        timestamp_ns: shared,
+        readings: Vec::new(),
+        floats: wt::FloatColumns {
+            channels: Vec::with_capacity(readings.len()),
+            values: Vec::with_capacity(readings.len()),
+        },
+        ints: wt::IntColumns {
+            channels: Vec::new(),
+            values: Vec::new(),
+        },
+    };
+    for r in readings {
+        let channel = table.resolve(&r, &mut batch.added);
+        let at_batch_time = r.timestamp_ns.is_none() || r.timestamp_ns == shared;
+        match (r.value, at_batch_time && r.quality == Quality::Good) {
+            (Value::Float(v), true) => {
+                batch.floats.channels.push(channel);
+                batch.floats.values.push(v);
+            }
+            (Value::Int(v), true) => {
+                batch.ints.channels.push(channel);
+                batch.ints.values.push(v);
+            }
+            (value, _) => batch.readings.push(wt::Reading {
+                channel,
+                value,
+                timestamp_ns: r.timestamp_ns.filter(|_| !at_batch_time),
+                quality: r.quality,
+            }),
+        }
     }
+    batch
+}
+
+/// The readings of a wire batch, by index, each with its timestamp.
+fn from_batch(batch: wt::Batch) -> Vec<Reading> {
+    let shared = batch.timestamp_ns;
+    let at = |channel, value, timestamp_ns, quality| Reading {
+        channel: ChannelRef::Id(ChannelId::at(channel)),
+        value,
+        timestamp_ns,
+        quality,
+        unit: None,
+    };
+    let (floats, ints) = (batch.floats, batch.ints);
+    let mut readings =
+        Vec::with_capacity(batch.readings.len() + floats.values.len() + ints.values.len());
+    readings.extend(
+        (batch.readings.into_iter())
+            .map(|r| at(r.channel, r.value, r.timestamp_ns.or(shared), r.quality)),
+    );
+    let good = |c, v| at(c, v, shared, Quality::Good);
+    let floats = floats.channels.into_iter().zip(floats.values);
+    readings.extend(floats.map(|(c, v)| good(c, Value::Float(v))));
+    let ints = ints.channels.into_iter().zip(ints.values);
+    readings.extend(ints.map(|(c, v)| good(c, Value::Int(v))));
+    readings
 }
 
 /// A driver and its channel table.
@@ -77,20 +125,9 @@ impl<P: Processor> ProcessorState<P> {
     }
 
     /// Runs the processor on one wire batch.
-    pub fn process(&mut self, batch: wt::Batch) -> Result<wt::Batch, Error> {
-        self.channels.extend(batch.added);
-        let shared = batch.timestamp_ns;
-        let readings = batch
-            .readings
-            .into_iter()
-            .map(|r| Reading {
-                channel: ChannelRef::Id(ChannelId::at(r.channel)),
-                value: r.value,
-                timestamp_ns: r.timestamp_ns.or(shared),
-                quality: r.quality,
-                unit: None,
-            })
-            .collect();
+    pub fn process(&mut self, mut batch: wt::Batch) -> Result<wt::Batch, Error> {
+        self.channels.extend(std::mem::take(&mut batch.added));
+        let readings = from_batch(batch);
         let out = self.plugin.process(readings, &self.channels)?;
         Ok(to_batch(&mut self.channels, out))
     }
@@ -131,12 +168,14 @@ mod tests {
         assert_eq!(first.added[0].name, "a");
         assert_eq!(first.added[0].unit.as_deref(), Some("degC"));
         assert_eq!(first.added[0].value_type, ValueType::Float);
-        assert_eq!(first.readings[0].channel, 0);
+        assert_eq!(first.floats.channels, [0]);
         let second = d.poll().unwrap();
         let added: Vec<&str> = second.added.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(added, ["b"]);
-        let indices: Vec<u32> = second.readings.iter().map(|r| r.channel).collect();
-        assert_eq!(indices, [0, 1]);
+        assert_eq!(
+            (second.floats.channels, second.ints.channels),
+            (vec![0], vec![1])
+        );
         assert!(d.poll().unwrap().added.is_empty());
         // A write by index reaches the driver by name.
         let e = d.write(1, Value::Int(7)).unwrap_err();
@@ -186,6 +225,57 @@ mod tests {
         assert_eq!(got, [(1, None), (0, Some(5))]);
     }
 
+    #[test]
+    fn good_numbers_at_the_batch_time_go_in_columns_and_read_back_the_same() {
+        let mut table: Channels = [
+            Channel::new("t", ValueType::Float),
+            Channel::new("n", ValueType::Int),
+            Channel::new("s", ValueType::Text),
+        ]
+        .into_iter()
+        .collect();
+        let readings = vec![
+            Reading::new(ChannelId::at(0), 1.5).at(9),
+            Reading::new(ChannelId::at(1), 7).at(9),
+            Reading::new(ChannelId::at(2), "open").at(9),
+            Reading::new(ChannelId::at(0), 2.5)
+                .at(9)
+                .with_quality(Quality::Bad),
+        ];
+        let batch = to_batch(&mut table, readings.clone());
+        assert_eq!(batch.timestamp_ns, Some(9));
+        assert_eq!(
+            (&batch.floats.channels, &batch.floats.values),
+            (&vec![0], &vec![1.5])
+        );
+        assert_eq!(
+            (&batch.ints.channels, &batch.ints.values),
+            (&vec![1], &vec![7])
+        );
+        let rest: Vec<(u32, Option<u64>)> = batch
+            .readings
+            .iter()
+            .map(|r| (r.channel, r.timestamp_ns))
+            .collect();
+        assert_eq!(rest, [(2, None), (0, None)]);
+        // Back in batch order: `readings`, then `floats`, then `ints`.
+        let back = from_batch(batch);
+        let order = [2, 3, 0, 1];
+        assert_eq!(back, order.map(|i| readings[i].clone()));
+        // Readings at different times keep their own; unstamped ones
+        // still go in columns, at the time the runtime receives them.
+        let mixed = to_batch(
+            &mut table,
+            vec![
+                Reading::new(ChannelId::at(0), 1.0).at(5),
+                Reading::new(ChannelId::at(1), 2),
+            ],
+        );
+        assert_eq!(mixed.timestamp_ns, None);
+        assert_eq!(mixed.readings[0].timestamp_ns, Some(5));
+        assert_eq!(mixed.ints.channels, [1]);
+    }
+
     /// Doubles "t" into a derived "t2" and drops the rest.
     struct Double {
         t: Option<ChannelId>,
@@ -229,6 +319,22 @@ mod tests {
         }
     }
 
+    fn wire_batch(added: Vec<Channel>, ts: Option<u64>, readings: Vec<wt::Reading>) -> wt::Batch {
+        wt::Batch {
+            added,
+            timestamp_ns: ts,
+            readings,
+            floats: wt::FloatColumns {
+                channels: Vec::new(),
+                values: Vec::new(),
+            },
+            ints: wt::IntColumns {
+                channels: Vec::new(),
+                values: Vec::new(),
+            },
+        }
+    }
+
     fn wire(channel: u32, value: Value, ts: Option<u64>) -> wt::Reading {
         wt::Reading {
             channel,
@@ -247,29 +353,28 @@ mod tests {
         let (mut p, derived) = ProcessorState::<Double>::init("{}", input).unwrap();
         assert_eq!(derived.len(), 1);
         let out = p
-            .process(wt::Batch {
-                added: Vec::new(),
-                timestamp_ns: Some(42),
-                readings: vec![
+            .process(wire_batch(
+                Vec::new(),
+                Some(42),
+                vec![
                     wire(0, Value::Int(1), None),
                     wire(1, Value::Float(1.5), None),
                 ],
-            })
+            ))
             .unwrap();
-        assert!(out.added.is_empty());
-        assert_eq!(out.readings.len(), 1);
+        assert!(out.added.is_empty() && out.readings.is_empty());
+        assert_eq!(out.timestamp_ns, Some(42));
         assert_eq!(
-            (out.readings[0].channel, out.readings[0].timestamp_ns),
-            (2, Some(42))
+            (out.floats.channels, out.floats.values),
+            (vec![2], vec![3.0])
         );
-        assert_eq!(out.readings[0].value, Value::Float(3.0));
         // The driver grew a channel ("late", index 3): it arrives in `added`.
         let out = p
-            .process(wt::Batch {
-                added: vec![Channel::new("late", ValueType::Int)],
-                timestamp_ns: None,
-                readings: vec![wire(3, Value::Int(9), Some(7))],
-            })
+            .process(wire_batch(
+                vec![Channel::new("late", ValueType::Int)],
+                None,
+                vec![wire(3, Value::Int(9), Some(7))],
+            ))
             .unwrap();
         let added: Vec<&str> = out.added.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(added, ["late-copy"]);

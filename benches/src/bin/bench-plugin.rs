@@ -197,11 +197,13 @@ async fn main() -> anyhow::Result<()> {
         cache_dir: None,
     })?;
     if let Ok(calls) = std::env::var("BENCH_PROFILE_POLLS") {
-        // For profilers: only the 100-reading wasm poll, this many times.
+        // For profilers: only the wasm poll (of BENCH_PROFILE_CHANNELS
+        // readings, default 100), this many times.
         let calls: u32 = calls.parse()?;
+        let channels = std::env::var("BENCH_PROFILE_CHANNELS").map_or(Ok(100), |n| n.parse())?;
         let loaded = engine.load_driver(&plugin("sim")?)?;
         let sandbox = Sandbox::unprivileged(gateway::plugin_limits(&PluginLimits::default()));
-        wasm_poll_ns(&loaded, &sandbox, &bench::sim_config_json(100), calls).await?;
+        wasm_poll_ns(&loaded, &sandbox, &bench::sim_config_json(channels), calls).await?;
         return Ok(());
     }
     let mut report = Report::new(

@@ -144,13 +144,9 @@ impl Generator {
                 // Reduce the phase before sin(): epoch seconds times 2π would
                 // lose precision and take libm's slow large-argument path.
                 Signal::Sine => Value::Float(
-                    c.offset
-                        + c.amplitude
-                            * (std::f64::consts::TAU * t.rem_euclid(c.period_s) / c.period_s).sin(),
+                    c.offset + c.amplitude * (std::f64::consts::TAU * cycle(t, c.period_s)).sin(),
                 ),
-                Signal::Ramp => {
-                    Value::Float(c.offset + c.amplitude * (t % c.period_s) / c.period_s)
-                }
+                Signal::Ramp => Value::Float(c.offset + c.amplitude * cycle(t, c.period_s)),
                 Signal::RandomWalk => {
                     let step = (self.rng.next_unit() * 2.0 - 1.0) * c.step;
                     ch.state =
@@ -191,4 +187,15 @@ impl XorShift {
         self.0 = x;
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// How far `t` is into its current period, from 0 up to (not including) 1.
+///
+/// By floor rather than `%` (fmod): WebAssembly has no remainder
+/// instruction for floats, and libm's fmod takes one step per bit of
+/// `t / period` (about 25 for epoch seconds). The subtraction is exact;
+/// the division rounds by well under a microsecond's worth of phase.
+fn cycle(t: f64, period: f64) -> f64 {
+    let x = t / period;
+    x - x.floor()
 }

@@ -179,6 +179,15 @@ impl ChannelTable {
         self.entries.get(index as usize).map(|e| &e.channel)
     }
 
+    /// The channel at `index` if readings of it may be taken (it is in the
+    /// table and was not refused); [`ChannelTable::refusal`] says why not.
+    pub fn usable(&self, index: u32) -> Option<&Channel> {
+        match self.entries.get(index as usize) {
+            Some(e) if e.refused.is_none() => Some(&e.channel),
+            _ => None,
+        }
+    }
+
     /// The channels from `from` on, for a stage that has seen those before.
     pub fn since(&self, from: usize) -> impl Iterator<Item = &Channel> {
         self.entries.iter().skip(from).map(|e| &e.channel)

@@ -15,7 +15,7 @@ use super::sandbox::Limits;
 use super::sandbox::Sandbox;
 use super::ticker::Ticker;
 use super::validate::{self, Checked, Review};
-use crate::reading::{Value, now_ns};
+use crate::reading::{Quality, Value, now_ns};
 
 /// What a driver reports about its device.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -239,19 +239,32 @@ impl Running {
     ) -> Result<Vec<Sample>, PluginError> {
         self.declare(call, review, table, stage, batch.added)?;
         let ts = batch.timestamp_ns.unwrap_or_else(now_ns);
-        Ok(batch
-            .readings
-            .into_iter()
-            .map(|r| Sample {
-                channel: r.channel,
-                value: v2::value(r.value),
-                ts_ns: r.timestamp_ns.unwrap_or(ts),
-                quality: v2::quality(r.quality),
-            })
-            .collect())
+        let (floats, ints) = (batch.floats, batch.ints);
+        let mut samples =
+            Vec::with_capacity(batch.readings.len() + floats.values.len() + ints.values.len());
+        samples.extend(batch.readings.into_iter().map(|r| Sample {
+            channel: r.channel,
+            value: v2::value(r.value),
+            ts_ns: r.timestamp_ns.unwrap_or(ts),
+            quality: v2::quality(r.quality),
+        }));
+        let good = |channel, value| Sample {
+            channel,
+            value,
+            ts_ns: ts,
+            quality: Quality::Good,
+        };
+        let floats = floats.channels.into_iter().zip(floats.values);
+        samples.extend(floats.map(|(c, v)| good(c, Value::Float(v))));
+        let ints = ints.channels.into_iter().zip(ints.values);
+        samples.extend(ints.map(|(c, v)| good(c, Value::Int(v))));
+        Ok(samples)
     }
 
-    /// Checks `samples` against `table`; what the checks did is counted.
+    /// Checks `samples` against `table` (what the checks did is counted)
+    /// and puts them in channel-table order, then oldest first, whatever
+    /// order the plugin returned them in (a 0.2.0 batch's numbers cross in
+    /// columns apart from the rest).
     fn accept(
         &mut self,
         call: &'static str,
@@ -259,7 +272,8 @@ impl Running {
         table: &ChannelTable,
         samples: Vec<Sample>,
     ) -> Vec<Sample> {
-        let samples = validate::accept_samples(&mut review, table, samples);
+        let mut samples = validate::accept_samples(&mut review, table, samples);
+        samples.sort_unstable_by_key(|s| (s.channel, s.ts_ns));
         self.checked.add(review.finish(&self.name, call));
         samples
     }
@@ -563,27 +577,48 @@ fn to_v1(table: &ChannelTable, s: Sample) -> Option<v0_1::types::Reading> {
 }
 
 /// A batch as a 0.2.0 processor takes it: the channels added since it last
-/// looked, and one timestamp for the batch when every sample shares it.
+/// looked, and one timestamp for the batch when every sample shares it; good
+/// floats and integers at that time go in its columns.
 fn to_v2(table: &ChannelTable, seen: usize, samples: Vec<Sample>) -> v0_2::types::Batch {
+    use v0_2::types::{FloatColumns, IntColumns, Reading};
     let shared = samples
         .first()
         .map(|s| s.ts_ns)
         .filter(|ts| samples.iter().all(|s| s.ts_ns == *ts));
-    v0_2::types::Batch {
+    let mut batch = v0_2::types::Batch {
         added: table.since(seen).map(convert::to_channel).collect(),
         timestamp_ns: shared,
-        readings: samples
-            .into_iter()
-            .map(|s| v0_2::types::Reading {
+        readings: Vec::new(),
+        floats: FloatColumns {
+            channels: Vec::new(),
+            values: Vec::new(),
+        },
+        ints: IntColumns {
+            channels: Vec::new(),
+            values: Vec::new(),
+        },
+    };
+    for s in samples {
+        match (s.value, shared.is_some() && s.quality == Quality::Good) {
+            (Value::Float(v), true) => {
+                batch.floats.channels.push(s.channel);
+                batch.floats.values.push(v);
+            }
+            (Value::Int(v), true) => {
+                batch.ints.channels.push(s.channel);
+                batch.ints.values.push(v);
+            }
+            (value, _) => batch.readings.push(Reading {
                 channel: s.channel,
                 timestamp_ns: if shared.is_some() {
                     None
                 } else {
                     Some(s.ts_ns)
                 },
-                value: v2::to_value(s.value),
+                value: v2::to_value(value),
                 quality: v2::to_quality(s.quality),
-            })
-            .collect(),
+            }),
+        }
     }
+    batch
 }

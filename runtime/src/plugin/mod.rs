@@ -84,6 +84,11 @@ fn engine_config(settings: &EngineSettings, pooling: bool) -> EngineConfig {
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.max_wasm_stack(512 * 1024);
+    // For plugin authors profiling with `perf`: names compiled plugin
+    // functions in /tmp/perf-<pid>.map.
+    if std::env::var_os("FERRULE_WASM_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling && settings.max_instances > 0 {
         let n = settings.max_instances;
         let mut pool = PoolingAllocationConfig::default();

@@ -17,6 +17,9 @@ use super::EPOCH_TICK;
 struct State {
     /// Plugin calls running now.
     active: usize,
+    /// The thread waits on the condition variable (and needs a wake-up
+    /// to tick again); a notify costs a system call, so only then.
+    waiting: bool,
     stopped: bool,
 }
 
@@ -62,10 +65,12 @@ impl Ticker {
             {
                 let mut state = self.lock();
                 while state.active == 0 && !state.stopped {
+                    state.waiting = true;
                     state = self
                         .wake
                         .wait(state)
                         .unwrap_or_else(PoisonError::into_inner);
+                    state.waiting = false;
                 }
                 if state.stopped {
                     return;
@@ -84,7 +89,8 @@ impl Ticker {
     pub fn call(self: &Arc<Self>) -> CallGuard {
         let mut state = self.lock();
         state.active += 1;
-        if state.active == 1 {
+        if state.waiting {
+            state.waiting = false;
             self.wake.notify_one();
         }
         CallGuard(self.clone())
@@ -98,7 +104,9 @@ impl Ticker {
 
     /// Ends the thread.
     pub fn stop(&self) {
-        self.lock().stopped = true;
+        let mut state = self.lock();
+        state.stopped = true;
+        state.waiting = false;
         self.wake.notify_one();
     }
 }

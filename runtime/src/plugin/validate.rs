@@ -218,7 +218,25 @@ pub fn check_sizes_v2(
     batch: &v0_2::types::Batch,
 ) -> Result<(), PluginError> {
     use v0_2::types::Value as V;
-    check_readings(instance, call, limits, batch.readings.len())?;
+    let columns = [
+        (
+            "floats",
+            batch.floats.channels.len(),
+            batch.floats.values.len(),
+        ),
+        ("ints", batch.ints.channels.len(), batch.ints.values.len()),
+    ];
+    for (name, channels, values) in columns {
+        if channels != values {
+            return Err(refuse(
+                instance,
+                call,
+                format!("{name}: {channels} channels but {values} values"),
+            ));
+        }
+    }
+    let n = batch.readings.len() + batch.floats.values.len() + batch.ints.values.len();
+    check_readings(instance, call, limits, n)?;
     let added = batch.added.len();
     check_count(
         instance,
@@ -244,49 +262,44 @@ pub fn check_sizes_v2(
 pub fn accept_samples(
     review: &mut Review,
     table: &ChannelTable,
-    samples: Vec<Sample>,
+    mut samples: Vec<Sample>,
 ) -> Vec<Sample> {
     let mut seen = Seen::new(table.len());
-    let mut kept = Vec::with_capacity(samples.len());
-    for mut s in samples {
-        if let Some(why) = table.refusal(s.channel) {
+    samples.retain_mut(|s| {
+        let Some(c) = table.usable(s.channel) else {
+            let why = table.refusal(s.channel).unwrap_or_default();
             review.reject(|| why);
-            continue;
-        }
+            return false;
+        };
         // A `bad` reading may carry its reason as text, whatever the type.
         let reason = s.quality == Quality::Bad && matches!(s.value, Value::Text(_));
-        if let Some(c) = table.get(s.channel)
-            && c.declared
-            && !reason
-            && ValueType::of(&s.value) != c.value_type
-        {
+        let value_type = ValueType::of(&s.value);
+        if c.declared && !reason && value_type != c.value_type {
             review.reject(|| {
                 format!(
-                    "channel \"{}\" declares {:?} values, got {:?}",
+                    "channel \"{}\" declares {:?} values, got {value_type:?}",
                     shown(&c.name),
                     c.value_type,
-                    ValueType::of(&s.value)
                 )
             });
-            continue;
+            return false;
         }
         if !seen.insert(s.channel, s.ts_ns) {
             review.reject(|| {
-                let name = table.get(s.channel).map_or("?", |c| c.name.as_str());
                 format!(
                     "second reading of channel \"{}\" at the same timestamp",
-                    shown(name)
+                    shown(&c.name)
                 )
             });
-            continue;
+            return false;
         }
         if !(MIN_TIMESTAMP_NS..=MAX_TIMESTAMP_NS).contains(&s.ts_ns) {
             review.checked.timestamps_flagged += 1;
             s.quality = Quality::Bad;
         }
-        kept.push(s);
-    }
-    kept
+        true
+    });
+    samples
 }
 
 /// The (channel, timestamp) pairs of a batch seen so far. Most batches
