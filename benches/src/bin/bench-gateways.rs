@@ -389,8 +389,13 @@ async fn main() -> anyhow::Result<()> {
         span,
     };
     let (ours, captured, delivered, queued) = run_ferrule(&job).await?;
-    let node_red = run_node_red(&job).await;
-    let thingsboard = run_thingsboard(&job).await;
+    // For profiling ferrule alone: BENCH_GATEWAYS_ONLY_FERRULE=1.
+    let (node_red, thingsboard) = if std::env::var_os("BENCH_GATEWAYS_ONLY_FERRULE").is_some() {
+        let skipped = || Err(anyhow::anyhow!("skipped (BENCH_GATEWAYS_ONLY_FERRULE)"));
+        (skipped(), skipped())
+    } else {
+        (run_node_red(&job).await, run_thingsboard(&job).await)
+    };
 
     report.figure("ferrule CPU", ours.usage.cpu_percent(), "% of one core");
     report.figure("ferrule RSS", ours.usage.rss_mean_kib / 1024.0, "MiB");

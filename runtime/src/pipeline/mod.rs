@@ -383,6 +383,9 @@ pub async fn run_driver(
             }
             continue;
         };
+        // Until this poll's batch is handed over, a commit the queue is
+        // lingering over waits for it (drivers polled together, one fsync).
+        let expected = queue.expect();
         let mut deltas = vec![ProcessorDelta::default(); counters.processors.len()];
         let polled = live.poll_once(&name, &mut deltas).await;
         {
@@ -438,13 +441,17 @@ pub async fn run_driver(
         }
         match polled {
             Ok(Some(batch)) => {
-                if !capture(&name, &queue, &counters, &mut window, batch, &shutdown).await {
+                let captured =
+                    capture(&name, &queue, &counters, &mut window, batch, &shutdown).await;
+                drop(expected);
+                if !captured {
                     return;
                 }
                 restarts.reset();
             }
-            Ok(None) => {}
+            Ok(None) => drop(expected),
             Err(e) => {
+                drop(expected);
                 if e.instance_lost() {
                     counters.restarts.fetch_add(1, Ordering::Relaxed);
                     let delay = restarts.next_delay();

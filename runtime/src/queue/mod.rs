@@ -62,6 +62,7 @@ mod store;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -108,8 +109,9 @@ pub struct QueueOptions {
     /// Most appends per commit; `None` means [`MAX_GROUP`]. `Some(1)` gives
     /// one fsync per batch, which the queue benchmark compares against.
     pub max_group: Option<usize>,
-    /// How long an append that finds the writer idle waits for others to
-    /// share its commit (and fsync); zero commits at once.
+    /// How long an append that finds the writer idle may wait for the
+    /// batches still expected ([`Queue::expect`]) to share its commit (and
+    /// fsync); zero commits at once. With none expected it commits at once.
     pub commit_linger: Duration,
 }
 
@@ -355,6 +357,10 @@ struct Shared {
     /// the writer drops entries at the cap, so an entry is never both handed
     /// over and counted as dropped.
     handover: Mutex<()>,
+    /// Batches on their way: polls under way, each holding an [`Expected`].
+    coming: std::sync::atomic::AtomicUsize,
+    /// The writer is lingering for them; the last [`Expected`] to go wakes it.
+    lingering: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -375,6 +381,26 @@ impl Drop for Inner {
         self.requests.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+    }
+}
+
+/// A batch on its way to the queue; see [`Queue::expect`].
+pub struct Expected {
+    shared: Arc<Shared>,
+    requests: Option<std::sync::mpsc::Sender<writer::Request>>,
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        // Sequentially consistent with the writer's `lingering` then
+        // `coming`: either it sees none coming, or this sees it lingering.
+        let last = self.shared.coming.fetch_sub(1, Ordering::SeqCst) == 1;
+        if last
+            && self.shared.lingering.load(Ordering::SeqCst)
+            && let Some(requests) = &self.requests
+        {
+            let _ = requests.send(writer::Request::Nudge);
         }
     }
 }
@@ -430,6 +456,8 @@ impl Queue {
             closing: std::sync::atomic::AtomicBool::new(false),
             sent_below: std::sync::atomic::AtomicU64::new(0),
             handover: Mutex::new(()),
+            coming: std::sync::atomic::AtomicUsize::new(0),
+            lingering: std::sync::atomic::AtomicBool::new(false),
         });
         let (committed_tx, committed) = watch::channel(next_seq - 1);
         let (requests, writer) = writer::spawn(shared.clone(), next_seq, bytes, committed_tx)
@@ -526,6 +554,19 @@ impl Queue {
             }
             Ok(out)
         })
+    }
+
+    /// Says a batch is on its way (a driver's poll has started). Until the
+    /// guard drops, an append that finds the writer idle waits for it (up
+    /// to `commit_linger`), so batches polled together share one commit;
+    /// with nothing expected, an append is committed at once. Drop the
+    /// guard once the batch is submitted or the poll gave none.
+    pub fn expect(&self) -> Expected {
+        self.inner.shared.coming.fetch_add(1, Ordering::SeqCst);
+        Expected {
+            shared: self.inner.shared.clone(),
+            requests: self.inner.requests.clone(),
+        }
     }
 
     fn send(&self, request: writer::Request) -> Result<(), QueueError> {

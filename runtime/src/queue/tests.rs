@@ -472,19 +472,35 @@ async fn batches_submitted_before_their_commits_commit_in_submission_order() {
 }
 
 #[tokio::test]
-async fn an_append_that_finds_the_writer_idle_lingers_for_company() {
+async fn an_append_that_finds_the_writer_idle_lingers_only_for_expected_batches() {
     let dir = tempfile::tempdir().unwrap();
+    let linger = Duration::from_secs(5);
     let options = QueueOptions {
-        // Long enough that the second batch surely arrives within it.
-        commit_linger: Duration::from_millis(500),
+        commit_linger: linger,
         ..QueueOptions::default()
     };
     let queue = Queue::open(&dir.path().join("q.redb"), options).unwrap();
     let mut committed = queue.committed();
+
+    // Two polls under way: the first batch waits for the second.
+    let (one, two) = (queue.expect(), queue.expect());
     let first = queue.submit(batch("d", 0)).await.unwrap();
+    drop(one);
     let second = queue.submit(batch("d", 1)).await.unwrap();
+    let started = std::time::Instant::now();
+    drop(two);
     committed.changed().await.unwrap();
     assert_eq!(*committed.borrow(), 2, "both batches shared one commit");
     assert_eq!(first.committed().await.unwrap(), 1);
     assert_eq!(second.committed().await.unwrap(), 2);
+    assert!(
+        started.elapsed() < linger,
+        "the last expected batch ends the wait"
+    );
+
+    // Nothing expected: committed at once, not after the linger.
+    let started = std::time::Instant::now();
+    let third = queue.submit(batch("d", 2)).await.unwrap();
+    assert_eq!(third.committed().await.unwrap(), 3);
+    assert!(started.elapsed() < linger, "nothing to wait for");
 }

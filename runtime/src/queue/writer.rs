@@ -4,10 +4,11 @@
 //! `Durability::Immediate`, and only then answers. Deletions of delivered
 //! entries alone do not start a commit at once: they wait up to
 //! `REMOVE_LINGER` to share the next append's fsync. An append that finds
-//! the writer idle may wait up to `commit_linger` for more to share its
-//! commit; appends that arrive while a commit runs are taken together by
-//! the next one without waiting. A failed commit keeps everything pending
-//! and is retried after reopening the file.
+//! the writer idle may wait up to `commit_linger` for the batches still
+//! expected (polls under way) to share its commit; appends that arrive
+//! while a commit runs are taken together by the next one without waiting.
+//! A failed commit keeps everything pending and is retried after reopening
+//! the file.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub(super) enum Request {
         seqs: Vec<u64>,
         done: Option<oneshot::Sender<Result<(), QueueError>>>,
     },
+    /// The last expected batch was submitted, or will not come.
+    Nudge,
 }
 
 pub(super) struct Append {
@@ -190,26 +193,34 @@ impl Writer {
         }
     }
 
-    /// Gathers more requests for up to the configured linger, or until a
-    /// commit's worth of appends waits; false if the queue was closed.
+    /// Gathers the batches still expected ([`super::Queue::expect`]) for
+    /// up to the configured linger, or until a commit's worth of appends
+    /// waits; false if the queue was closed.
     fn linger(&mut self, rx: &Receiver<Request>) -> bool {
         let linger = self.shared.options.commit_linger;
         if linger.is_zero() {
             return true;
         }
         let deadline = Instant::now() + linger;
-        while self.appends.len() < self.shared.options.max_group.unwrap_or(MAX_GROUP) {
+        let max_group = self.shared.options.max_group.unwrap_or(MAX_GROUP);
+        // Before `coming` is read: see `Expected`'s drop.
+        self.shared.lingering.store(true, Ordering::SeqCst);
+        let open = loop {
+            if self.appends.len() >= max_group || self.shared.coming.load(Ordering::SeqCst) == 0 {
+                break true;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break;
+                break true;
             }
             match rx.recv_timeout(left) {
                 Ok(request) => self.take(request),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => return false,
+                Err(RecvTimeoutError::Timeout) => break true,
+                Err(RecvTimeoutError::Disconnected) => break false,
             }
-        }
-        true
+        };
+        self.shared.lingering.store(false, Ordering::SeqCst);
+        open
     }
 
     /// Whether pending deletions should be committed without waiting for
@@ -236,6 +247,7 @@ impl Writer {
                     self.remove_waiters.push(done);
                 }
             }
+            Request::Nudge => {}
         }
     }
 
