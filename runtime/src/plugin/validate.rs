@@ -580,6 +580,36 @@ mod tests {
     }
 
     #[test]
+    fn ragged_columns_and_too_many_readings_across_lists_refuse_the_call() {
+        use v0_2::types::{Batch, FloatColumns, IntColumns};
+        let mut limits = crate::gateway::plugin_limits(&crate::config::PluginLimits::default());
+        limits.max_readings = 4;
+        let batch = |float_channels: usize, floats: usize, ints: usize| Batch {
+            added: Vec::new(),
+            timestamp_ns: None,
+            readings: Vec::new(),
+            floats: FloatColumns {
+                channels: (0..float_channels as u32).collect(),
+                values: vec![1.0; floats],
+            },
+            ints: IntColumns {
+                channels: (0..ints as u32).collect(),
+                values: vec![1; ints],
+            },
+        };
+        assert!(check_sizes_v2("p", "poll", &limits, &batch(2, 2, 2)).is_ok());
+        let e = check_sizes_v2("p", "poll", &limits, &batch(3, 2, 0)).unwrap_err();
+        assert!(e.instance_lost(), "{e}");
+        assert!(
+            e.to_string().contains("floats: 3 channels but 2 values"),
+            "{e}"
+        );
+        // Columns count against max_readings with the rest.
+        let e = check_sizes_v2("p", "poll", &limits, &batch(3, 3, 2)).unwrap_err();
+        assert!(e.to_string().contains("5 readings"), "{e}");
+    }
+
+    #[test]
     fn status_percentages_over_100_are_rejected_and_oversized_statuses_refused() {
         let limits = crate::gateway::plugin_limits(&crate::config::PluginLimits::default());
         let (s, checked) = accept_status("p", &limits, status(Some(250), Some(100), 1, 1)).unwrap();
