@@ -357,6 +357,13 @@ struct Shared {
     /// the writer drops entries at the cap, so an entry is never both handed
     /// over and counted as dropped.
     handover: Mutex<()>,
+    /// Batches on their way, for the writer's linger.
+    gate: Arc<Gate>,
+}
+
+/// What the writer's linger and the [`Expected`] guards share.
+#[derive(Default)]
+struct Gate {
     /// Batches on their way: polls under way, each holding an [`Expected`].
     coming: std::sync::atomic::AtomicUsize,
     /// The writer is lingering for them; the last [`Expected`] to go wakes it.
@@ -387,18 +394,21 @@ impl Drop for Inner {
 
 /// A batch on its way to the queue; see [`Queue::expect`].
 pub struct Expected {
-    shared: Arc<Shared>,
-    requests: Option<std::sync::mpsc::Sender<writer::Request>>,
+    gate: Arc<Gate>,
+    /// Weak, so a guard keeps neither the writer's channel (closing it is
+    /// what ends the writer when the queue is dropped) nor the file open.
+    inner: std::sync::Weak<Inner>,
 }
 
 impl Drop for Expected {
     fn drop(&mut self) {
         // Sequentially consistent with the writer's `lingering` then
         // `coming`: either it sees none coming, or this sees it lingering.
-        let last = self.shared.coming.fetch_sub(1, Ordering::SeqCst) == 1;
+        let last = self.gate.coming.fetch_sub(1, Ordering::SeqCst) == 1;
         if last
-            && self.shared.lingering.load(Ordering::SeqCst)
-            && let Some(requests) = &self.requests
+            && self.gate.lingering.load(Ordering::SeqCst)
+            && let Some(inner) = self.inner.upgrade()
+            && let Some(requests) = &inner.requests
         {
             let _ = requests.send(writer::Request::Nudge);
         }
@@ -456,8 +466,7 @@ impl Queue {
             closing: std::sync::atomic::AtomicBool::new(false),
             sent_below: std::sync::atomic::AtomicU64::new(0),
             handover: Mutex::new(()),
-            coming: std::sync::atomic::AtomicUsize::new(0),
-            lingering: std::sync::atomic::AtomicBool::new(false),
+            gate: Arc::default(),
         });
         let (committed_tx, committed) = watch::channel(next_seq - 1);
         let (requests, writer) = writer::spawn(shared.clone(), next_seq, bytes, committed_tx)
@@ -562,10 +571,11 @@ impl Queue {
     /// with nothing expected, an append is committed at once. Drop the
     /// guard once the batch is submitted or the poll gave none.
     pub fn expect(&self) -> Expected {
-        self.inner.shared.coming.fetch_add(1, Ordering::SeqCst);
+        let gate = self.inner.shared.gate.clone();
+        gate.coming.fetch_add(1, Ordering::SeqCst);
         Expected {
-            shared: self.inner.shared.clone(),
-            requests: self.inner.requests.clone(),
+            gate,
+            inner: Arc::downgrade(&self.inner),
         }
     }
 

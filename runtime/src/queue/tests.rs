@@ -504,3 +504,17 @@ async fn an_append_that_finds_the_writer_idle_lingers_only_for_expected_batches(
     assert_eq!(third.committed().await.unwrap(), 3);
     assert!(started.elapsed() < linger, "nothing to wait for");
 }
+
+#[tokio::test]
+async fn a_queue_dropped_while_a_batch_is_expected_closes_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+    let pending = queue.expect();
+    // The guard must not keep the writer alive: dropping the queue ends it
+    // and releases the file (this returns), while the guard still lives.
+    drop(queue);
+    let reopened = Queue::open(&path, QueueOptions::default()).unwrap();
+    drop(pending);
+    assert_eq!(*reopened.committed().borrow(), 0);
+}

@@ -204,9 +204,11 @@ impl Writer {
         let deadline = Instant::now() + linger;
         let max_group = self.shared.options.max_group.unwrap_or(MAX_GROUP);
         // Before `coming` is read: see `Expected`'s drop.
-        self.shared.lingering.store(true, Ordering::SeqCst);
+        self.shared.gate.lingering.store(true, Ordering::SeqCst);
         let open = loop {
-            if self.appends.len() >= max_group || self.shared.coming.load(Ordering::SeqCst) == 0 {
+            if self.appends.len() >= max_group
+                || self.shared.gate.coming.load(Ordering::SeqCst) == 0
+            {
                 break true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -219,7 +221,7 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break false,
             }
         };
-        self.shared.lingering.store(false, Ordering::SeqCst);
+        self.shared.gate.lingering.store(false, Ordering::SeqCst);
         open
     }
 
