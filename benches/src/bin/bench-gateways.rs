@@ -14,6 +14,8 @@
 //! Node-RED and ThingsBoard gateway are installed by `cargo xtask bench`
 //! under `target/bench-peers` (`FERRULE_BENCH_PEERS`); a missing one is
 //! reported, not faked. Prints figures; asserts nothing.
+//! `BENCH_GATEWAYS_ONLY_FERRULE=1` runs ferrule's part alone (to profile
+//! it; the peers are then reported as skipped).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
