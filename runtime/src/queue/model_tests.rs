@@ -2,7 +2,9 @@
 //! of sequences already gone, and fire-and-forget ones as the publisher
 //! sends them) and close/reopen cycles. After every step the queue holds
 //! exactly the model's entries, its byte count matches them, and sequence
-//! numbers only ever grow.
+//! numbers only ever grow. A publisher reads along (`read_for_send`, from
+//! memory or from the file), sometimes starting over as after a
+//! reconnect, and always gets exactly the model's entries from its cursor.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +24,10 @@ enum Op {
     AckUnknown(u64),
     /// Acknowledge without waiting, as the publisher does.
     AckLater(usize),
+    /// The publisher reads up to this many entries from its cursor.
+    Send(usize),
+    /// The publisher starts over from the oldest entry (a reconnect).
+    Resend,
     Reopen,
 }
 
@@ -32,6 +38,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), 1usize..5).prop_map(|(a, b)| Op::AckMany(a, b)),
         1 => (0u64..200).prop_map(Op::AckUnknown),
         1 => any::<usize>().prop_map(Op::AckLater),
+        2 => (1usize..5).prop_map(Op::Send),
+        1 => Just(Op::Resend),
         1 => Just(Op::Reopen),
     ]
 }
@@ -64,6 +72,7 @@ proptest! {
         let mut model: BTreeMap<u64, Batch> = BTreeMap::new();
         let mut highest = 0u64;
         let mut tag = 0u64;
+        let mut cursor = 0u64;
         for op in ops {
             let q = queue.as_ref().unwrap();
             match op {
@@ -98,8 +107,25 @@ proptest! {
                 Op::AckUnknown(seq) => {
                     rt.block_on(q.remove(vec![seq + 1000])).unwrap();
                 }
+                Op::Send(max) => {
+                    let sent: Vec<(u64, Batch)> = q
+                        .read_for_send(cursor, max)
+                        .unwrap()
+                        .into_iter()
+                        .map(|(seq, e)| (seq, e.batch().unwrap()))
+                        .collect();
+                    let expected: Vec<(u64, Batch)> =
+                        model.range(cursor..).take(max).map(|(s, b)| (*s, b.clone())).collect();
+                    prop_assert_eq!(&sent, &expected, "read for sending from {}", cursor);
+                    if let Some((last, _)) = sent.last() {
+                        cursor = last + 1;
+                    }
+                }
+                Op::Resend => cursor = 0,
                 Op::Reopen => {
-                    // Close (joining the writer) before opening again.
+                    // Close (joining the writer) before opening again; the
+                    // publisher starts over too.
+                    cursor = 0;
                     drop(queue.take());
                     queue = Some(Queue::open(&path, QueueOptions::default()).unwrap());
                     let actual: BTreeMap<u64, Batch> =

@@ -177,6 +177,17 @@ async fn drop_oldest_keeps_the_newest_and_counts_exactly_what_it_dropped() {
         .map(|(s, _)| s)
         .collect();
     assert_eq!(seqs, vec![16, 17, 18, 19, 20], "the newest are all there");
+    // The publisher, reading from memory or from the file, never gets a
+    // dropped entry.
+    for from in [1, 3, 16] {
+        let sent: Vec<u64> = queue
+            .read_for_send(from, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(sent, vec![16, 17, 18, 19, 20], "reading from {from}");
+    }
 }
 
 #[tokio::test]
@@ -239,6 +250,13 @@ async fn retention_drops_entries_older_than_max_age_and_counts_them() {
         (1, 4, Some(5))
     );
     assert_eq!(stats.bytes, fresh_len);
+    let sent: Vec<u64> = queue
+        .read_for_send(1, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(sent, vec![5], "expired entries are not sent");
 }
 
 #[tokio::test]
