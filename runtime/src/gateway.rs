@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, MqttProtocol, PayloadFormatConfig, PluginLimits, WhenFull};
+use crate::config::{
+    Config, DriverConfig, MqttProtocol, PayloadFormatConfig, PluginLimits, WhenFull,
+};
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
 use crate::plugin::{
     Capabilities, EngineSettings, Limits, LoadedDriver, LoadedProcessor, PluginEngine, PluginError,
@@ -41,6 +43,14 @@ pub enum StartError {
         driver: String,
         /// What failed.
         source: PluginError,
+    },
+    /// The `[trust]` keys cannot be read.
+    #[error("{}: trust: {message}", config.display())]
+    Trust {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        message: String,
     },
     /// A plugin's `[config]` table cannot be written as JSON.
     #[error("{}: {what}: config cannot be passed to the plugin as JSON: {message}", config.display())]
@@ -148,6 +158,9 @@ pub struct Prepared {
     pub config: Config,
     /// Each driver's spec and its started chain, or why it did not start.
     pub drivers: Vec<(DriverSpec, Result<Chain, StartError>)>,
+    /// Drivers whose plugins could not be loaded (refused by `[trust]`,
+    /// missing, not a plugin), by name: they do not run; the others do.
+    pub refused: Vec<(String, StartError)>,
     _engine: PluginEngine,
 }
 
@@ -164,78 +177,29 @@ fn to_json(config: &Config, what: &str, table: &toml::Value) -> Result<String, S
 /// touches the network; a plugin file that cannot be loaded is an error.
 pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     let data_root = config.resolve(&config.gateway.data_dir);
-    let engine = PluginEngine::with_settings(&engine_settings(&config, &data_root))?;
+    let trust = config.trust_policy().map_err(|message| StartError::Trust {
+        config: config.source.clone(),
+        message,
+    })?;
+    let engine =
+        PluginEngine::with_settings(&engine_settings(&config, &data_root))?.with_trust(trust);
     let mut drivers = Vec::with_capacity(config.drivers.len());
     // Each plugin file is compiled (or read from the cache) once, however
     // many instances use it.
     let mut driver_files: HashMap<PathBuf, LoadedDriver> = HashMap::new();
     let mut processor_files: HashMap<PathBuf, LoadedProcessor> = HashMap::new();
+    let mut refused = Vec::new();
     for d in &config.drivers {
         let name = d.name.get_ref().clone();
-        let limits = config.limits.with(d.limits);
-        let loaded = load_once(&mut driver_files, config.resolve(d.plugin.get_ref()), |p| {
-            engine.load_driver(p)
-        })?;
-        let mut processors = Vec::with_capacity(d.processors.len());
-        for p in &d.processors {
-            let instance = format!("{name}/{}", p.name.get_ref());
-            let sandbox = Sandbox::new(
-                &instance,
-                plugin_limits(&limits.with(p.limits)),
-                &capabilities(&p.allow_net, p.allow_dns, p.data_dir, None),
-                &data_root,
-            )?;
-            let loaded = load_once(
-                &mut processor_files,
-                config.resolve(p.plugin.get_ref()),
-                |path| engine.load_processor(path),
-            )?;
-            processors.push(PluginSpec {
-                loaded,
-                sandbox,
-                config_json: to_json(&config, &format!("processor {instance}"), &p.config)?,
-                name: instance,
-            });
-        }
-        let mut plugin_config = d.config.clone();
-        if let (Some(device), toml::Value::Table(table)) = (&d.device, &mut plugin_config) {
-            // Resolved here, by the host, so the plugin needs no name lookup
-            // of its own; the sandbox allows the same address.
-            let resolved =
-                resolve_device(device.get_ref()).map_err(|message| StartError::Device {
-                    config: config.source.clone(),
-                    driver: name.clone(),
-                    device: device.get_ref().clone(),
-                    message,
-                })?;
-            table.insert("device".to_string(), toml::Value::String(resolved));
-        }
-        let sandbox = Sandbox::new(
-            &name,
-            plugin_limits(&limits),
-            &capabilities(&d.allow_net, d.allow_dns, d.data_dir, d.device.as_ref()),
-            &data_root,
-        )?;
-        let spec = DriverSpec {
-            driver: PluginSpec {
-                loaded,
-                sandbox,
-                config_json: to_json(&config, &format!("driver {name}"), &plugin_config)?,
-                name: name.clone(),
-            },
-            processors,
-            interval: Duration::from_millis(*d.interval_ms.get_ref()),
-            format: match config.mqtt.payload_format {
-                PayloadFormatConfig::Readings => PayloadFormat::Readings,
-                PayloadFormatConfig::Compact => PayloadFormat::Compact,
-            },
-            restart_min: Duration::from_millis(config.runtime.restart_min_ms.max(1)),
-            restart_max: Duration::from_millis(
-                config
-                    .runtime
-                    .restart_max_ms
-                    .max(config.runtime.restart_min_ms.max(1)),
-            ),
+        let files = (&mut driver_files, &mut processor_files);
+        let spec = match driver_spec(&config, &engine, &data_root, d, files) {
+            Ok(spec) => spec,
+            Err(e) => {
+                // One driver's plugin (refused, missing, broken) never
+                // keeps the others from starting.
+                refused.push((name, e));
+                continue;
+            }
         };
         let chain = spec.start().await.map_err(|source| StartError::Driver {
             config: config.source.clone(),
@@ -247,8 +211,89 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     Ok(Prepared {
         config,
         drivers,
+        refused,
         _engine: engine,
     })
+}
+
+/// The loaded plugins, sandboxes and settings of driver `d` (each plugin
+/// file loaded once across drivers).
+fn driver_spec(
+    config: &Config,
+    engine: &PluginEngine,
+    data_root: &Path,
+    d: &DriverConfig,
+    (driver_files, processor_files): (
+        &mut HashMap<PathBuf, LoadedDriver>,
+        &mut HashMap<PathBuf, LoadedProcessor>,
+    ),
+) -> Result<DriverSpec, StartError> {
+    let name = d.name.get_ref().clone();
+    let limits = config.limits.with(d.limits);
+    let loaded = load_once(driver_files, config.resolve(d.plugin.get_ref()), |p| {
+        engine.load_driver(p)
+    })?;
+    let mut processors = Vec::with_capacity(d.processors.len());
+    for p in &d.processors {
+        let instance = format!("{name}/{}", p.name.get_ref());
+        let sandbox = Sandbox::new(
+            &instance,
+            plugin_limits(&limits.with(p.limits)),
+            &capabilities(&p.allow_net, p.allow_dns, p.data_dir, None),
+            data_root,
+        )?;
+        let loaded = load_once(
+            processor_files,
+            config.resolve(p.plugin.get_ref()),
+            |path| engine.load_processor(path),
+        )?;
+        processors.push(PluginSpec {
+            loaded,
+            sandbox,
+            config_json: to_json(config, &format!("processor {instance}"), &p.config)?,
+            name: instance,
+        });
+    }
+    let mut plugin_config = d.config.clone();
+    if let (Some(device), toml::Value::Table(table)) = (&d.device, &mut plugin_config) {
+        // Resolved here, by the host, so the plugin needs no name lookup
+        // of its own; the sandbox allows the same address.
+        let resolved = resolve_device(device.get_ref()).map_err(|message| StartError::Device {
+            config: config.source.clone(),
+            driver: name.clone(),
+            device: device.get_ref().clone(),
+            message,
+        })?;
+        table.insert("device".to_string(), toml::Value::String(resolved));
+    }
+    let sandbox = Sandbox::new(
+        &name,
+        plugin_limits(&limits),
+        &capabilities(&d.allow_net, d.allow_dns, d.data_dir, d.device.as_ref()),
+        data_root,
+    )?;
+    let spec = DriverSpec {
+        driver: PluginSpec {
+            loaded,
+            sandbox,
+            config_json: to_json(config, &format!("driver {name}"), &plugin_config)?,
+            name: name.clone(),
+        },
+        processors,
+        interval: Duration::from_millis(*d.interval_ms.get_ref()),
+        format: match config.mqtt.payload_format {
+            PayloadFormatConfig::Readings => PayloadFormat::Readings,
+            PayloadFormatConfig::Compact => PayloadFormat::Compact,
+        },
+        restart_min: Duration::from_millis(config.runtime.restart_min_ms.max(1)),
+        restart_max: Duration::from_millis(
+            config
+                .runtime
+                .restart_max_ms
+                .max(config.runtime.restart_min_ms.max(1)),
+        ),
+    };
+    Ok(spec)
 }
 
 /// `host:port` resolved to its first address, as `ip:port`.
@@ -451,8 +496,17 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
     let Prepared {
         config,
         drivers,
+        refused,
         _engine,
     } = prepared;
+    for (driver, e) in &refused {
+        tracing::error!(driver = %driver, error = %e, "driver NOT started: its plugin could not be loaded; the other drivers run");
+    }
+    if drivers.is_empty()
+        && let Some((_, e)) = refused.into_iter().next()
+    {
+        return Err(e);
+    }
     reserve_descriptors(
         &config,
         &drivers.iter().map(|(spec, _)| spec).collect::<Vec<_>>(),
@@ -519,7 +573,12 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
                 collector: telemetry::Collector::new(
                     config.gateway.id.get_ref(),
                     &config.resolve(&config.gateway.data_dir),
-                ),
+                )
+                .with_config(telemetry::ConfigFigures {
+                    file: config.source.display().to_string(),
+                    sha256: config.sha256.clone(),
+                    loaded_ms: config.loaded_ms,
+                }),
                 interval: Duration::from_secs(config.telemetry.interval_s),
                 drivers: counters,
                 publisher: publisher_stats,

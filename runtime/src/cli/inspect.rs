@@ -130,6 +130,14 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         println!("telemetry    none kept yet (ferrule run writes it every telemetry.interval_s)");
         return Ok(());
     };
+    if let Some(c) = &s.config {
+        println!(
+            "config       {} (sha256 {}), loaded {} ago",
+            c.file,
+            c.sha256,
+            age(c.loaded_ms)
+        );
+    }
     println!(
         "as of        {} ago (uptime {})",
         age(s.ts_ms),
@@ -188,6 +196,25 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<()> {
                 .map(|e| format!("; last error: {e}"))
                 .unwrap_or_default()
         );
+        let plugins = d
+            .plugin
+            .iter()
+            .chain(d.processors.iter().filter_map(|p| p.plugin.as_ref()));
+        for p in plugins {
+            let identity = match (&p.name, &p.version) {
+                (Some(n), Some(v)) => format!("{n} {v}, "),
+                _ => String::new(),
+            };
+            println!(
+                "    plugin {} ({}, {identity}{}, sha256 {})",
+                p.file,
+                p.abi,
+                p.signer
+                    .as_ref()
+                    .map_or("UNSIGNED".to_string(), |k| format!("signed by key id {k}")),
+                p.sha256
+            );
+        }
     }
     Ok(())
 }

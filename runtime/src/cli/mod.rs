@@ -2,6 +2,7 @@
 
 pub mod demo;
 mod inspect;
+mod plugin;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,6 +48,11 @@ pub enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// Sign, verify and inspect plugin files; make publisher keys.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
     },
     /// Run a self-contained demo: embedded TLS broker, sim driver, scale processor.
     Demo {
@@ -116,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => run_gateway(&config).await,
         Command::Check { config } => check(&config).await,
         Command::Queue { command } => queue(command),
+        Command::Plugin { command } => plugin::run(command),
         Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
         Command::Telemetry {
             command:
@@ -186,6 +193,12 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     let prepared = gateway::prepare(config)
         .await
         .with_context(|| format!("{}: check failed", path.display()))?;
+    if !prepared.refused.is_empty() {
+        let lines: Vec<String> = (prepared.refused.iter())
+            .map(|(driver, e)| format!("driver {driver}: {e}"))
+            .collect();
+        anyhow::bail!("{}", lines.join("\n"));
+    }
     for (_, chain) in &prepared.drivers {
         if let Err(e) = chain {
             anyhow::bail!("{e}");
@@ -194,17 +207,19 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     for (spec, chain) in &prepared.drivers {
         let channels = chain.as_ref().map_or(0, |c| c.channels().len());
         println!(
-            "driver {:<16} {}  {}, {channels} channel(s) declared or seen at init",
+            "driver {:<16} {}  {}, {channels} channel(s) declared or seen at init; {}",
             spec.driver.name,
             spec.driver.loaded.path().display(),
             spec.driver.loaded.abi(),
+            plugin::origin(spec.driver.loaded.provenance()),
         );
         for p in &spec.processors {
             println!(
-                "  processor {:<22} {}  {}",
+                "  processor {:<22} {}  {}; {}",
                 p.name,
                 p.loaded.path().display(),
                 p.loaded.abi(),
+                plugin::origin(p.loaded.provenance()),
             );
         }
     }

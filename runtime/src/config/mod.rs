@@ -53,8 +53,21 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         config.source = path.to_path_buf();
         config.base_dir = base;
+        config.sha256 = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        config.loaded_ms = crate::reading::now_ns() / 1_000_000;
         config.validate(text)?;
         Ok(config)
+    }
+
+    /// The `[trust]` policy, with the key files read.
+    pub fn trust_policy(&self) -> Result<crate::plugin::trust::TrustPolicy, String> {
+        let files: Vec<PathBuf> = (self.trust.publisher_keys.iter())
+            .map(|k| self.resolve(Path::new(k.get_ref())))
+            .collect();
+        crate::plugin::trust::TrustPolicy::from_files(&files, self.trust.require_signed)
     }
 
     /// Resolves a path from the config file against the file's directory.
@@ -141,6 +154,12 @@ impl Config {
                     ),
                 ));
             }
+        }
+        for key in &self.trust.publisher_keys {
+            let resolved = self.resolve(Path::new(key.get_ref()));
+            crate::plugin::trust::key_id(&resolved).map_err(|message| {
+                self.invalid(text, key.span(), format!("trust.publisher_keys: {message}"))
+            })?;
         }
         if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
             return Err(ConfigError::Invalid {

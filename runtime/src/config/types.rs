@@ -23,6 +23,9 @@ pub struct Config {
     /// `[telemetry]`: the gateway's reports on itself.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// `[trust]`: whose plugins this gateway runs.
+    #[serde(default)]
+    pub trust: TrustConfig,
     /// The `[[driver]]` tables, in order.
     #[serde(rename = "driver", default)]
     pub drivers: Vec<DriverConfig>,
@@ -32,6 +35,12 @@ pub struct Config {
     /// Directory relative paths are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// SHA-256 of the config's text, hex.
+    #[serde(skip)]
+    pub sha256: String,
+    /// When it was read, in milliseconds since the Unix epoch.
+    #[serde(skip)]
+    pub loaded_ms: u64,
 }
 
 /// `[gateway]`.
@@ -352,6 +361,18 @@ fn default_max_snapshot_bytes() -> u64 {
 
 fn default_max_history_bytes() -> u64 {
     32 << 20
+}
+
+/// `[trust]`: the publisher keys whose signed plugins run here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Ed25519 public key files (PEM), relative to the config file.
+    #[serde(default)]
+    pub publisher_keys: Vec<Spanned<String>>,
+    /// Refuse plugins without a valid signature by one of the keys; on by
+    /// default once a key is configured.
+    pub require_signed: Option<bool>,
 }
 
 /// Runtime-wide settings.

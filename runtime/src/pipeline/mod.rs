@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::remote;
+use crate::telemetry::PluginFigures;
 
 use crate::plugin::{
     BudgetCounters, ChannelTable, DriverInstance, LoadedDriver, LoadedProcessor, OutputChecked,
@@ -98,6 +99,8 @@ pub struct DriverCounters {
     pub channels: AtomicU64,
     /// Descriptor and data dir budgets of the driver and its processors.
     pub budgets: Vec<Arc<BudgetCounters>>,
+    /// The driver's plugin file and where it came from.
+    pub plugin: Option<PluginFigures>,
     /// Held while a poll's figures are applied and while telemetry reads
     /// them, so a snapshot always sees whole polls.
     whole: std::sync::Mutex<()>,
@@ -125,6 +128,8 @@ pub struct ProcessorCounters {
     pub batches_out: AtomicU64,
     /// Calls that failed (returned an error, trapped, timed out, oversized).
     pub errors: AtomicU64,
+    /// Its plugin file and where it came from.
+    pub plugin: Option<PluginFigures>,
 }
 
 impl DriverCounters {
@@ -143,9 +148,19 @@ impl DriverCounters {
                 .iter()
                 .map(|p| ProcessorCounters {
                     name: p.name.clone(),
+                    plugin: Some(PluginFigures::of(
+                        p.loaded.path(),
+                        p.loaded.abi(),
+                        p.loaded.provenance(),
+                    )),
                     ..ProcessorCounters::default()
                 })
                 .collect(),
+            plugin: Some(PluginFigures::of(
+                spec.driver.loaded.path(),
+                spec.driver.loaded.abi(),
+                spec.driver.loaded.provenance(),
+            )),
             budgets: std::iter::once(&spec.driver.sandbox)
                 .chain(spec.processors.iter().map(|p| &p.sandbox))
                 .map(|s| s.budget_counters.clone())

@@ -28,6 +28,14 @@ pub enum PluginError {
         /// The plugin file.
         path: PathBuf,
     },
+    /// The plugin's signature or identity does not satisfy `[trust]`.
+    #[error("{}: refused: {refusal}", path.display())]
+    Untrusted {
+        /// The plugin file.
+        path: PathBuf,
+        /// Why.
+        refusal: super::trust::Refusal,
+    },
     /// The component did not validate or compile.
     #[error("{}: invalid component: {message}", path.display())]
     Compile {

@@ -9,6 +9,7 @@ use wasmtime::component::{Component, InstancePre};
 use super::bindings::{v0_1, v0_2};
 use super::host::HostState;
 use super::ticker::Ticker;
+use super::trust::Provenance;
 use super::{PluginEngine, PluginError, WIT_PACKAGE};
 
 /// The `ferrule:plugin` ABI versions this runtime loads, oldest first.
@@ -33,6 +34,12 @@ impl Abi {
     }
 }
 
+impl serde::Serialize for Abi {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl std::fmt::Display for Abi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ferrule:plugin@{}", self.version())
@@ -54,7 +61,8 @@ pub(super) enum ProcessorPre {
 }
 
 /// Which world a component must export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PluginKind {
     /// A driver (`driver-plugin` world).
     Driver,
@@ -63,7 +71,8 @@ pub enum PluginKind {
 }
 
 impl PluginKind {
-    fn interface(self) -> &'static str {
+    /// `driver` or `processor`.
+    pub fn interface(self) -> &'static str {
         match self {
             PluginKind::Driver => "driver",
             PluginKind::Processor => "processor",
@@ -78,10 +87,22 @@ impl PluginKind {
     }
 }
 
+/// What a component says about itself ([`PluginEngine::describe`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Description {
+    /// The plugin world and ABI it exports, if it is a ferrule plugin.
+    pub world: Option<(PluginKind, Abi)>,
+    /// Its exports' names.
+    pub exports: Vec<String>,
+    /// Its imports' names.
+    pub imports: Vec<String>,
+}
+
 /// A compiled, type-checked driver component, ready to instantiate many times.
 #[derive(Clone)]
 pub struct LoadedDriver {
     pub(super) path: PathBuf,
+    pub(super) provenance: Provenance,
     pub(super) pre: DriverPre,
     pub(super) ticker: Arc<Ticker>,
 }
@@ -90,6 +111,7 @@ pub struct LoadedDriver {
 #[derive(Clone)]
 pub struct LoadedProcessor {
     pub(super) path: PathBuf,
+    pub(super) provenance: Provenance,
     pub(super) pre: ProcessorPre,
     pub(super) ticker: Arc<Ticker>,
 }
@@ -98,6 +120,11 @@ impl LoadedDriver {
     /// The component file it was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Its hash, signer and signed identity.
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
     }
 
     /// The ABI it was built against.
@@ -115,6 +142,11 @@ impl LoadedProcessor {
         &self.path
     }
 
+    /// Its hash, signer and signed identity.
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+
     /// The ABI it was built against.
     pub fn abi(&self) -> Abi {
         match self.pre {
@@ -129,7 +161,7 @@ impl PluginEngine {
     /// ABI version this runtime knows and links it against the host; any
     /// world but the driver's is refused.
     pub fn load_driver(&self, path: &Path) -> Result<LoadedDriver, PluginError> {
-        let (abi, pre) = self.link(path, PluginKind::Driver)?;
+        let (abi, pre, provenance) = self.link(path, PluginKind::Driver)?;
         let mismatch = |e: wasmtime::Error| PluginError::WrongWorld {
             path: path.to_path_buf(),
             message: format!("does not match the driver-plugin world of {abi}: {e}"),
@@ -140,6 +172,7 @@ impl PluginEngine {
         };
         Ok(LoadedDriver {
             path: path.to_path_buf(),
+            provenance,
             pre,
             ticker: self.ticker.clone(),
         })
@@ -147,7 +180,7 @@ impl PluginEngine {
 
     /// Loads a processor component, like [`PluginEngine::load_driver`].
     pub fn load_processor(&self, path: &Path) -> Result<LoadedProcessor, PluginError> {
-        let (abi, pre) = self.link(path, PluginKind::Processor)?;
+        let (abi, pre, provenance) = self.link(path, PluginKind::Processor)?;
         let mismatch = |e: wasmtime::Error| PluginError::WrongWorld {
             path: path.to_path_buf(),
             message: format!("does not match the processor-plugin world of {abi}: {e}"),
@@ -162,6 +195,7 @@ impl PluginEngine {
         };
         Ok(LoadedProcessor {
             path: path.to_path_buf(),
+            provenance,
             pre,
             ticker: self.ticker.clone(),
         })
@@ -171,8 +205,8 @@ impl PluginEngine {
         &self,
         path: &Path,
         kind: PluginKind,
-    ) -> Result<(Abi, InstancePre<HostState>), PluginError> {
-        let component = self.compile(path)?;
+    ) -> Result<(Abi, InstancePre<HostState>, Provenance), PluginError> {
+        let (component, provenance) = self.compile(path)?;
         let abi = self.check_world(path, &component, kind)?;
         let pre = self
             .linker
@@ -181,10 +215,12 @@ impl PluginEngine {
                 path: path.to_path_buf(),
                 message: format!("needs an import ferrule does not provide: {e}"),
             })?;
-        Ok((abi, pre))
+        Ok((abi, pre, provenance))
     }
 
-    fn compile(&self, path: &Path) -> Result<Component, PluginError> {
+    /// Reads the file once, checks those bytes against `[trust]`, and
+    /// compiles them (or reads them compiled from the cache).
+    fn compile(&self, path: &Path) -> Result<(Component, Provenance), PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
             path: path.to_path_buf(),
             source,
@@ -202,6 +238,16 @@ impl PluginEngine {
                 });
             }
         }
+        let provenance = self
+            .trust
+            .admit(&bytes)
+            .map_err(|refusal| PluginError::Untrusted {
+                path: path.to_path_buf(),
+                refusal,
+            })?;
+        if provenance.signer.is_none() && !self.trust.key_ids().is_empty() {
+            tracing::warn!(plugin = %path.display(), "plugin runs UNSIGNED: no valid signature by a trusted key ([trust] require_signed = false)");
+        }
         let compile = || Component::new(&self.engine, &bytes);
         let compiled = match &self.cache {
             Some(cache) => cache.get_or_compile(&self.engine, &bytes, compile),
@@ -212,7 +258,37 @@ impl PluginEngine {
             message: format!("{e:#}"),
         })?;
         tracing::debug!(plugin = %path.display(), from = ?source, "component ready");
-        Ok(component)
+        Ok((component, provenance))
+    }
+
+    /// What a component file imports and exports, and which plugin world
+    /// and ABI it is; for `ferrule plugin inspect`. Compiles the file (no
+    /// code runs) without trusting it or touching the cache.
+    pub fn describe(&self, path: &Path) -> Result<Description, PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let component = Component::new(&self.engine, &bytes).map_err(|e| PluginError::Compile {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })?;
+        let ty = component.component_type();
+        let names = |items: &mut dyn Iterator<Item = &str>| items.map(str::to_string).collect();
+        let exports: Vec<String> = names(&mut ty.exports(&self.engine).map(|(n, _)| n));
+        let imports: Vec<String> = names(&mut ty.imports(&self.engine).map(|(n, _)| n));
+        let world = [PluginKind::Driver, PluginKind::Processor]
+            .into_iter()
+            .find_map(|kind| {
+                self.check_world(path, &component, kind)
+                    .ok()
+                    .map(|abi| (kind, abi))
+            });
+        Ok(Description {
+            world,
+            exports,
+            imports,
+        })
     }
 
     /// The ABI version of the `kind` world a component exports, or an error

@@ -28,6 +28,7 @@ mod load;
 mod output;
 mod sandbox;
 mod ticker;
+pub mod trust;
 mod validate;
 
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub use cache::Source as CompiledFrom;
 pub use channels::{Channel, ChannelTable, Sample, ValueType};
 pub use error::PluginError;
 pub use instance::{DeviceStatus, DriverInstance, ProcessorInstance};
-pub use load::{Abi, LoadedDriver, LoadedProcessor, PluginKind};
+pub use load::{Abi, Description, LoadedDriver, LoadedProcessor, PluginKind};
 pub use sandbox::{Capabilities, Limits, Sandbox};
 pub use validate::{
     Checked as OutputChecked, MAX_TIMESTAMP_NS, MIN_TIMESTAMP_NS, Review as OutputReview,
@@ -77,6 +78,9 @@ pub struct PluginEngine {
     linker: Arc<Linker<HostState>>,
     ticker: Arc<ticker::Ticker>,
     cache: Option<cache::CompileCache>,
+    /// Which plugins may load; every file's bytes are checked before they
+    /// are compiled.
+    trust: trust::TrustPolicy,
 }
 
 fn engine_config(settings: &EngineSettings, pooling: bool) -> EngineConfig {
@@ -154,7 +158,14 @@ impl PluginEngine {
             linker: Arc::new(linker),
             ticker,
             cache,
+            trust: trust::TrustPolicy::default(),
         })
+    }
+
+    /// Loads only plugins `policy` admits from now on.
+    pub fn with_trust(mut self, policy: trust::TrustPolicy) -> PluginEngine {
+        self.trust = policy;
+        self
     }
 }
 

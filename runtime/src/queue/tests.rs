@@ -134,20 +134,15 @@ async fn read_from_starts_at_the_oldest_remaining_entry() {
         queue.append(batch("d", n)).await.unwrap();
     }
     queue.remove(vec![1, 2, 4]).await.unwrap();
-    let seqs: Vec<u64> = queue
-        .read_from(0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
+    let seqs = seqs_of(queue.read_from(0, 10).unwrap());
     assert_eq!(seqs, vec![3, 5, 6]);
-    let seqs: Vec<u64> = queue
-        .read_from(4, 1)
-        .unwrap()
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
+    let seqs = seqs_of(queue.read_from(4, 1).unwrap());
     assert_eq!(seqs, vec![5]);
+}
+
+/// The sequence numbers of entries read.
+fn seqs_of<T>(entries: Vec<(u64, T)>) -> Vec<u64> {
+    entries.into_iter().map(|(s, _)| s).collect()
 }
 
 fn encoded_len(b: &Batch) -> u64 {
@@ -170,22 +165,12 @@ async fn drop_oldest_keeps_the_newest_and_counts_exactly_what_it_dropped() {
     assert_eq!(stats.depth, 5);
     assert_eq!(stats.dropped_cap, 15, "every dropped entry counted");
     assert!(stats.bytes <= one * 5 + one / 2);
-    let seqs: Vec<u64> = queue
-        .read_from(0, 100)
-        .unwrap()
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
+    let seqs = seqs_of(queue.read_from(0, 100).unwrap());
     assert_eq!(seqs, vec![16, 17, 18, 19, 20], "the newest are all there");
     // The publisher, reading from memory or from the file, never gets a
     // dropped entry.
     for from in [1, 3, 16] {
-        let sent: Vec<u64> = queue
-            .read_for_send(from, 100)
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        let sent = seqs_of(queue.read_for_send(from, 100).unwrap());
         assert_eq!(sent, vec![16, 17, 18, 19, 20], "reading from {from}");
     }
 }
@@ -250,12 +235,7 @@ async fn retention_drops_entries_older_than_max_age_and_counts_them() {
         (1, 4, Some(5))
     );
     assert_eq!(stats.bytes, fresh_len);
-    let sent: Vec<u64> = queue
-        .read_for_send(1, 10)
-        .unwrap()
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
+    let sent = seqs_of(queue.read_for_send(1, 10).unwrap());
     assert_eq!(sent, vec![5], "expired entries are not sent");
 }
 

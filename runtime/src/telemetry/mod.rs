@@ -53,6 +53,20 @@ pub struct Snapshot {
     /// Telemetry's own bounds.
     #[serde(default)]
     pub telemetry: TelemetryFigures,
+    /// The config the gateway runs.
+    #[serde(default)]
+    pub config: Option<ConfigFigures>,
+}
+
+/// Which config a gateway runs, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFigures {
+    /// The config file.
+    pub file: String,
+    /// SHA-256 of its text, hex.
+    pub sha256: String,
+    /// When it was loaded, in milliseconds since the Unix epoch.
+    pub loaded_ms: u64,
 }
 
 /// What telemetry trimmed and dropped to stay within its budgets.
@@ -186,6 +200,45 @@ pub struct DriverFigures {
     /// The driver's processor chain, in order.
     #[serde(default)]
     pub processors: Vec<ProcessorFigures>,
+    /// The driver's plugin: file, ABI, hash, signer, signed identity.
+    #[serde(default)]
+    pub plugin: Option<PluginFigures>,
+}
+
+/// Which plugin file an instance runs, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginFigures {
+    /// The plugin file, as configured (resolved).
+    pub file: String,
+    /// `ferrule:plugin@0.2.0` or `ferrule:plugin@0.1.0`.
+    pub abi: String,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// The id of the trusted key that signed it; absent when unverified.
+    pub signer: Option<String>,
+    /// The signed plugin name, if the plugin carries one.
+    pub name: Option<String>,
+    /// The signed plugin version, if the plugin carries one.
+    pub version: Option<String>,
+}
+
+impl PluginFigures {
+    /// The figures of a plugin loaded from `file` with `abi`.
+    pub fn of(
+        file: &std::path::Path,
+        abi: crate::plugin::Abi,
+        provenance: &crate::plugin::trust::Provenance,
+    ) -> PluginFigures {
+        let identity = provenance.identity.as_ref();
+        PluginFigures {
+            file: file.display().to_string(),
+            abi: abi.to_string(),
+            sha256: provenance.sha256.clone(),
+            signer: provenance.signer.clone(),
+            name: identity.map(|i| i.name.clone()),
+            version: identity.map(|i| i.version.to_string()),
+        }
+    }
 }
 
 /// A processor's counters since the gateway started.
@@ -199,6 +252,9 @@ pub struct ProcessorFigures {
     pub batches_out: u64,
     /// Calls that failed.
     pub errors: u64,
+    /// The processor's plugin.
+    #[serde(default)]
+    pub plugin: Option<PluginFigures>,
 }
 
 /// What a driver last said about its device (its `status()`).
@@ -297,6 +353,7 @@ pub struct Collector {
     started: Instant,
     system: sysinfo::System,
     pid: Option<sysinfo::Pid>,
+    config: Option<ConfigFigures>,
 }
 
 fn now_ms() -> u64 {
@@ -315,7 +372,14 @@ impl Collector {
             started: Instant::now(),
             system: sysinfo::System::new(),
             pid: sysinfo::get_current_pid().ok(),
+            config: None,
         }
+    }
+
+    /// Reports `config` in every snapshot.
+    pub fn with_config(mut self, config: ConfigFigures) -> Collector {
+        self.config = Some(config);
+        self
     }
 
     /// A snapshot of everything now.
@@ -345,6 +409,7 @@ impl Collector {
             queue: queue_figures(sources.queue.as_ref(), now),
             drivers_omitted: 0,
             telemetry: TelemetryFigures::default(),
+            config: self.config.clone(),
         }
     }
 
@@ -503,8 +568,10 @@ fn driver_figures((name, c): &(String, Arc<DriverCounters>)) -> DriverFigures {
                 batches_in: p.batches_in.load(Ordering::Relaxed),
                 batches_out: p.batches_out.load(Ordering::Relaxed),
                 errors: p.errors.load(Ordering::Relaxed),
+                plugin: p.plugin.clone(),
             })
             .collect(),
+        plugin: c.plugin.clone(),
         device: device.map(|d| DeviceFigures {
             connected: d.connected,
             firmware: d.firmware,

@@ -13,3 +13,4 @@ mod sandbox;
 mod store_forward;
 mod telemetry;
 mod tls_errors;
+mod trust;

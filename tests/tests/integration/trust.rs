@@ -1,0 +1,222 @@
+//! Signed plugins: with `[trust]` publisher keys, a gateway runs the
+//! plugins those keys signed and refuses every other one with its own
+//! reason (unsigned, changed after signing, signed by an unknown key),
+//! while the drivers whose plugins it trusts run on rate.
+
+use std::path::Path;
+
+use sha2::Digest;
+use std::time::{Duration, Instant};
+
+use ferrule_tests::{Rig, gateway_toml, plugin, run_ferrule, start_ferrule};
+
+use crate::common::sim_with_scale;
+
+fn ferrule_ok(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let (ok, out, err) = run_ferrule(dir, args)?;
+    anyhow::ensure!(ok, "ferrule {args:?} failed: {err}");
+    Ok(out)
+}
+
+/// The key id `ferrule plugin keygen` printed.
+fn keygen(dir: &Path, out: &str) -> anyhow::Result<String> {
+    let printed = ferrule_ok(dir, &["plugin", "keygen", "--out", out])?;
+    printed
+        .lines()
+        .find_map(|l| l.strip_prefix("key id"))
+        .map(|id| id.trim().to_string())
+        .ok_or_else(|| anyhow::anyhow!("no key id in {printed}"))
+}
+
+fn sign(dir: &Path, key: &str, from: &Path, to: &str) -> anyhow::Result<()> {
+    let name = from
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let from = from.to_str().unwrap_or_default();
+    let args = [
+        "plugin",
+        "sign",
+        "--key",
+        key,
+        "--name",
+        name,
+        "--version",
+        "0.2.0",
+    ];
+    ferrule_ok(dir, &[&args[..], &["-o", to, from]].concat())?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_plugins_signed_by_a_trusted_key_run_and_each_refusal_says_why() -> anyhow::Result<()>
+{
+    let (dir, pki, port, _broker, mut sub) =
+        Rig::start("", "ferrule/gw-test/data/#").await?.into_parts();
+    let d = dir.path();
+    let trusted = keygen(d, "trusted.key")?;
+    let stranger = keygen(d, "stranger.key")?;
+    assert_ne!(trusted, stranger);
+
+    let (sim, scale) = (plugin("sim")?, plugin("scale")?);
+    sign(d, "trusted.key", &sim, "sim-signed.wasm")?;
+    sign(d, "trusted.key", &scale, "scale-signed.wasm")?;
+    sign(d, "stranger.key", &sim, "sim-stranger.wasm")?;
+    let mut tampered = std::fs::read(d.join("sim-signed.wasm"))?;
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    std::fs::write(d.join("sim-tampered.wasm"), tampered)?;
+
+    // What the signed file says about itself.
+    let seen: serde_json::Value = serde_json::from_str(&ferrule_ok(
+        d,
+        &["plugin", "inspect", "--json", "sim-signed.wasm"],
+    )?)?;
+    assert_eq!(seen["identity"]["name"], "sim", "{seen}");
+    assert_eq!(seen["identity"]["version"], "0.2.0", "{seen}");
+    assert_eq!(seen["signatures"][0], trusted.as_str(), "{seen}");
+    assert_eq!(seen["world"]["kind"], "driver", "{seen}");
+    assert_eq!(seen["world"]["abi"], "ferrule:plugin@0.2.0", "{seen}");
+    let verified = ferrule_ok(
+        d,
+        &[
+            "plugin",
+            "verify",
+            "--key",
+            "trusted.key.pub",
+            "sim-signed.wasm",
+        ],
+    )?;
+    assert!(verified.contains(&trusted), "{verified}");
+
+    let at = |file: &str| d.join(file);
+    let signed_scale = at("scale-signed.wasm");
+    let gateway = gateway_toml(&d.join("data"), &pki, port)
+        .set(
+            "trust",
+            "publisher_keys",
+            toml::Value::Array(vec!["trusted.key.pub".into()]),
+        )
+        .set("telemetry", "interval_s", 1)
+        .driver(sim_with_scale(
+            "good",
+            &at("sim-signed.wasm"),
+            &signed_scale,
+            100,
+        ))
+        .driver(sim_with_scale("unsigned", &sim, &signed_scale, 100))
+        .driver(sim_with_scale(
+            "tampered",
+            &at("sim-tampered.wasm"),
+            &signed_scale,
+            100,
+        ))
+        .driver(sim_with_scale(
+            "stranger",
+            &at("sim-stranger.wasm"),
+            &signed_scale,
+            100,
+        ));
+    std::fs::write(d.join("gateway.toml"), gateway.render())?;
+
+    // `ferrule check` names each refused plugin with its reason.
+    let (ok, out, err) = run_ferrule(d, &["check", "gateway.toml"])?;
+    assert!(!ok, "check passed: {out}");
+    let line = |driver: &str| {
+        err.lines()
+            .find(|l| l.contains(&format!("driver {driver}:")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let sim_path = sim.display().to_string();
+    let refusals = [
+        ("unsigned", [sim_path.as_str(), "not signed", ""]),
+        (
+            "tampered",
+            ["sim-tampered.wasm", "changed after it was signed", &trusted],
+        ),
+        (
+            "stranger",
+            ["sim-stranger.wasm", "does not trust", &stranger],
+        ),
+    ];
+    for (driver, needles) in refusals {
+        let said = line(driver);
+        for needle in needles {
+            assert!(said.contains(needle), "{driver}: {needle:?} not in: {err}");
+        }
+    }
+    assert!(line("good").is_empty(), "{err}");
+
+    // The gateway runs the trusted driver on rate and says why the others
+    // do not run.
+    let mut ferrule = start_ferrule(d, &["run", "gateway.toml"])?;
+    let mut first: Option<Instant> = None;
+    let mut good = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while good < 30 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{good} messages in 60 s; log:\n{}",
+            ferrule.log_text()
+        );
+        let m = sub.next(Duration::from_secs(30), "data messages").await?;
+        let driver = m.json()?["driver"].as_str().unwrap_or_default().to_string();
+        assert_eq!(driver, "good", "a refused driver published");
+        first.get_or_insert_with(Instant::now);
+        good += 1;
+    }
+    let elapsed = first.map(|t| t.elapsed()).unwrap_or_default();
+    // 29 intervals of 100 ms after the first message; generous for a
+    // shared machine, but a stalled driver would take far longer.
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "30 messages took {elapsed:?}"
+    );
+    let log = ferrule.log_text();
+    for driver in ["unsigned", "tampered", "stranger"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("driver NOT started") && l.contains(driver)),
+            "{driver}: {log}"
+        );
+    }
+
+    // Telemetry and `ferrule status` say which plugin runs, who signed it,
+    // and which config is loaded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let (_, out, _) = run_ferrule(d, &["status", "gateway.toml", "--json"])?;
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if status["telemetry"]["drivers"][0]["plugin"].is_object() {
+            break status;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no telemetry: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let t = &status["telemetry"];
+    let driver = &t["drivers"][0];
+    assert_eq!(driver["name"], "good", "{t}");
+    let plugin = &driver["plugin"];
+    assert_eq!(plugin["signer"], trusted.as_str(), "{plugin}");
+    assert_eq!(plugin["name"], "sim", "{plugin}");
+    assert_eq!(plugin["version"], "0.2.0", "{plugin}");
+    assert_eq!(plugin["abi"], "ferrule:plugin@0.2.0", "{plugin}");
+    assert_eq!(plugin["sha256"], seen["sha256"], "{plugin}");
+    let processor = &driver["processors"][0]["plugin"];
+    assert_eq!(processor["name"], "scale", "{processor}");
+    assert_eq!(processor["signer"], trusted.as_str(), "{processor}");
+    let config_text = std::fs::read(d.join("gateway.toml"))?;
+    let config_sha: String = sha2::Sha256::digest(&config_text)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(t["config"]["sha256"], config_sha.as_str(), "{t}");
+    let (_, text, _) = run_ferrule(d, &["status", "gateway.toml"])?;
+    assert!(
+        text.contains(&format!("signed by key id {trusted}")) && text.contains("sim 0.2.0"),
+        "{text}"
+    );
+    ferrule.kill9();
+    Ok(())
+}
