@@ -14,6 +14,7 @@ use crate::config::{
     Config, DriverConfig, MqttProtocol, PayloadFormatConfig, PluginLimits, WhenFull,
 };
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
+use crate::plugin::trust;
 use crate::plugin::{
     Capabilities, EngineSettings, Limits, LoadedDriver, LoadedProcessor, PluginEngine, PluginError,
     Sandbox,
@@ -161,6 +162,9 @@ pub struct Prepared {
     /// Drivers whose plugins could not be loaded (refused by `[trust]`,
     /// missing, not a plugin), by name: they do not run; the others do.
     pub refused: Vec<(String, StartError)>,
+    /// The highest version of each plugin run here; `run` records the
+    /// versions it starts.
+    versions: trust::Versions,
     _engine: PluginEngine,
 }
 
@@ -188,11 +192,12 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     // many instances use it.
     let mut driver_files: HashMap<PathBuf, LoadedDriver> = HashMap::new();
     let mut processor_files: HashMap<PathBuf, LoadedProcessor> = HashMap::new();
+    let versions = trust::Versions::load(&versions_path(&config));
     let mut refused = Vec::new();
     for d in &config.drivers {
         let name = d.name.get_ref().clone();
         let files = (&mut driver_files, &mut processor_files);
-        let spec = match driver_spec(&config, &engine, &data_root, d, files) {
+        let spec = match driver_spec(&config, &engine, &versions, &data_root, d, files) {
             Ok(spec) => spec,
             Err(e) => {
                 // One driver's plugin (refused, missing, broken) never
@@ -212,6 +217,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         config,
         drivers,
         refused,
+        versions,
         _engine: engine,
     })
 }
@@ -221,6 +227,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
 fn driver_spec(
     config: &Config,
     engine: &PluginEngine,
+    versions: &trust::Versions,
     data_root: &Path,
     d: &DriverConfig,
     (driver_files, processor_files): (
@@ -233,6 +240,15 @@ fn driver_spec(
     let loaded = load_once(driver_files, config.resolve(d.plugin.get_ref()), |p| {
         engine.load_driver(p)
     })?;
+    let (path, provenance) = (loaded.path(), loaded.provenance());
+    check_version(
+        versions,
+        path,
+        provenance,
+        &d.plugin_name,
+        d.allow_downgrade,
+        &name,
+    )?;
     let mut processors = Vec::with_capacity(d.processors.len());
     for p in &d.processors {
         let instance = format!("{name}/{}", p.name.get_ref());
@@ -246,6 +262,15 @@ fn driver_spec(
             processor_files,
             config.resolve(p.plugin.get_ref()),
             |path| engine.load_processor(path),
+        )?;
+        let (path, provenance) = (loaded.path(), loaded.provenance());
+        check_version(
+            versions,
+            path,
+            provenance,
+            &p.plugin_name,
+            p.allow_downgrade,
+            &instance,
         )?;
         processors.push(PluginSpec {
             loaded,
@@ -294,6 +319,58 @@ fn driver_spec(
         ),
     };
     Ok(spec)
+}
+
+/// Refuses a plugin not signed as `expected`, or older than a version of
+/// it already run here (unless `allow_downgrade`, which is logged).
+fn check_version(
+    versions: &trust::Versions,
+    path: &Path,
+    provenance: &trust::Provenance,
+    expected: &Option<toml::Spanned<String>>,
+    allow_downgrade: bool,
+    instance: &str,
+) -> Result<(), StartError> {
+    let expected = expected.as_ref().map(|n| n.get_ref().as_str());
+    versions
+        .check(provenance, expected, allow_downgrade)
+        .map_err(|refusal| PluginError::Untrusted {
+            path: path.to_path_buf(),
+            refusal: Box::new(refusal),
+        })?;
+    if let Some(identity) = &provenance.identity
+        && let Some(highest) = versions.highest(&identity.name)
+        && identity.version < *highest
+    {
+        tracing::warn!(plugin = %path.display(), instance, running = %identity, highest = %highest, "DOWNGRADE: running an older version than this gateway already ran (allow_downgrade = true)");
+    }
+    Ok(())
+}
+
+/// Notes the signed versions of every plugin the gateway starts, so an
+/// older one is refused from now on.
+fn record_versions<'a>(
+    versions: &mut trust::Versions,
+    specs: impl Iterator<Item = &'a DriverSpec>,
+) {
+    let mut raised = false;
+    for spec in specs {
+        let loaded = std::iter::once(spec.driver.loaded.provenance())
+            .chain(spec.processors.iter().map(|p| p.loaded.provenance()));
+        for identity in loaded.filter_map(|p| p.identity.as_ref()) {
+            raised |= versions.record(identity);
+        }
+    }
+    if raised && let Err(e) = versions.save() {
+        tracing::error!(error = %e, "cannot record the plugin versions started; rollback protection holds only for those recorded before");
+    }
+}
+
+/// `{data_dir}/plugin-versions.json`: the highest version of each plugin run.
+pub fn versions_path(config: &Config) -> PathBuf {
+    config
+        .resolve(&config.gateway.data_dir)
+        .join("plugin-versions.json")
 }
 
 /// `host:port` resolved to its first address, as `ip:port`.
@@ -497,8 +574,10 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
         config,
         drivers,
         refused,
+        mut versions,
         _engine,
     } = prepared;
+    record_versions(&mut versions, drivers.iter().map(|(spec, _)| spec));
     for (driver, e) in &refused {
         tracing::error!(driver = %driver, error = %e, "driver NOT started: its plugin could not be loaded; the other drivers run");
     }

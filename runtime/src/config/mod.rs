@@ -62,6 +62,18 @@ impl Config {
         Ok(config)
     }
 
+    fn check_plugin_name(
+        &self,
+        text: &str,
+        name: &Option<toml::Spanned<String>>,
+    ) -> Result<(), ConfigError> {
+        match name {
+            Some(n) => crate::plugin::trust::check_name(n.get_ref())
+                .map_err(|message| self.invalid(text, n.span(), format!("plugin_name: {message}"))),
+            None => Ok(()),
+        }
+    }
+
     /// The `[trust]` policy, with the key files read.
     pub fn trust_policy(&self) -> Result<crate::plugin::trust::TrustPolicy, String> {
         let files: Vec<PathBuf> = (self.trust.publisher_keys.iter())
@@ -188,6 +200,7 @@ impl Config {
                 ));
             }
             self.check_plugin_file(text, &driver.plugin)?;
+            self.check_plugin_name(text, &driver.plugin_name)?;
             self.check_addresses(text, &driver.allow_net)?;
             if let Some(device) = &driver.device {
                 self.check_addresses(text, std::slice::from_ref(device))?;
@@ -214,6 +227,7 @@ impl Config {
                     ));
                 }
                 self.check_plugin_file(text, &processor.plugin)?;
+                self.check_plugin_name(text, &processor.plugin_name)?;
                 self.check_addresses(text, &processor.allow_net)?;
             }
         }

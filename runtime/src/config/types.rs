@@ -428,6 +428,12 @@ pub struct DriverConfig {
     pub name: Spanned<String>,
     /// Path of the driver component (`.wasm`).
     pub plugin: Spanned<PathBuf>,
+    /// The name the plugin must be signed as (`ferrule plugin sign --name`).
+    pub plugin_name: Option<Spanned<String>>,
+    /// Run the plugin even if it is an older version than one this gateway
+    /// already ran under the same name (logged).
+    #[serde(default)]
+    pub allow_downgrade: bool,
     /// Time between polls (1000).
     #[serde(default = "default_interval_ms")]
     pub interval_ms: Spanned<u64>,
@@ -473,6 +479,12 @@ pub struct ProcessorConfig {
     pub name: Spanned<String>,
     /// Path of the processor component (`.wasm`).
     pub plugin: Spanned<PathBuf>,
+    /// The name the plugin must be signed as (`ferrule plugin sign --name`).
+    pub plugin_name: Option<Spanned<String>>,
+    /// Run the plugin even if it is an older version than one this gateway
+    /// already ran under the same name (logged).
+    #[serde(default)]
+    pub allow_downgrade: bool,
     /// Passed to the plugin's `init` as JSON.
     #[serde(default = "empty_table")]
     pub config: toml::Value,

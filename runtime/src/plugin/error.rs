@@ -33,8 +33,8 @@ pub enum PluginError {
     Untrusted {
         /// The plugin file.
         path: PathBuf,
-        /// Why.
-        refusal: super::trust::Refusal,
+        /// Why (boxed: it names versions, and errors stay small).
+        refusal: Box<super::trust::Refusal>,
     },
     /// The component did not validate or compile.
     #[error("{}: invalid component: {message}", path.display())]

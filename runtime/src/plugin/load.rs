@@ -243,7 +243,7 @@ impl PluginEngine {
             .admit(&bytes)
             .map_err(|refusal| PluginError::Untrusted {
                 path: path.to_path_buf(),
-                refusal,
+                refusal: Box::new(refusal),
             })?;
         if provenance.signer.is_none() && !self.trust.key_ids().is_empty() {
             tracing::warn!(plugin = %path.display(), "plugin runs UNSIGNED: no valid signature by a trusted key ([trust] require_signed = false)");

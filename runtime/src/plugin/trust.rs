@@ -53,18 +53,20 @@ impl Identity {
     }
 
     fn check(&self) -> Result<(), String> {
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-        if self.name.is_empty()
-            || self.name.len() > MAX_NAME_BYTES
-            || !self.name.chars().all(allowed)
-        {
-            return Err(format!(
-                "plugin name {:?}: expected 1 to {MAX_NAME_BYTES} letters, digits, '-', '_' or '.'",
-                self.name
-            ));
-        }
-        Ok(())
+        check_name(&self.name)
     }
+}
+
+/// Whether `name` may be a plugin's name: 1 to 128 letters, digits, `-`,
+/// `_` or `.`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || !name.chars().all(allowed) {
+        return Err(format!(
+            "plugin name {name:?}: expected 1 to {MAX_NAME_BYTES} letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for Identity {
@@ -100,6 +102,26 @@ pub enum Refusal {
     /// The signature or identity section cannot be read.
     #[error("unreadable {0}")]
     Malformed(String),
+    /// Not signed as the plugin the config names.
+    #[error("signed as {}, but the config expects plugin_name = {expected:?}", found.as_deref().map_or("no plugin name".to_string(), |f| format!("{f:?}")))]
+    WrongName {
+        /// `plugin_name` in the config.
+        expected: String,
+        /// The signed name, if any.
+        found: Option<String>,
+    },
+    /// Older than a version of the same plugin this gateway already ran.
+    #[error(
+        "{name} {version} is older than {name} {highest}, which this gateway already ran (set allow_downgrade = true for this plugin to run it anyway)"
+    )]
+    RolledBack {
+        /// The plugin's signed name.
+        name: String,
+        /// Its signed version.
+        version: semver::Version,
+        /// The highest version run before.
+        highest: semver::Version,
+    },
 }
 
 fn key_ids(ids: &[Option<String>]) -> String {
@@ -291,6 +313,137 @@ impl TrustPolicy {
         } else {
             Ok(provenance(None))
         }
+    }
+}
+
+/// The highest version of each plugin name this gateway has run, kept in
+/// a small JSON file beside the queue (`{"plugins": {"name": "1.2.0"}}`),
+/// replaced atomically. It only ever grows.
+#[derive(Debug, Default)]
+pub struct Versions {
+    path: PathBuf,
+    highest: std::collections::BTreeMap<String, semver::Version>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct VersionsFile {
+    plugins: std::collections::BTreeMap<String, semver::Version>,
+}
+
+/// The largest versions file read.
+const MAX_VERSIONS_BYTES: u64 = 1 << 20;
+
+impl Versions {
+    /// The record at `path`; empty when there is none. A file that cannot
+    /// be read is moved aside (`.unreadable-{ns}`) and reported: the
+    /// gateway keeps capturing, with rollback protection starting over
+    /// from the versions it runs now.
+    pub fn load(path: &Path) -> Versions {
+        let mut versions = Versions {
+            path: path.to_path_buf(),
+            highest: Default::default(),
+        };
+        let read = || -> Result<Option<VersionsFile>, String> {
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(file, MAX_VERSIONS_BYTES + 1),
+                &mut text,
+            )
+            .map_err(|e| e.to_string())?;
+            if text.len() as u64 > MAX_VERSIONS_BYTES {
+                return Err(format!("over {MAX_VERSIONS_BYTES} bytes"));
+            }
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        };
+        match read() {
+            Ok(Some(file)) => versions.highest = file.plugins,
+            Ok(None) => {}
+            Err(e) => {
+                let aside =
+                    path.with_extension(format!("json.unreadable-{}", crate::reading::now_ns()));
+                let moved = std::fs::rename(path, &aside);
+                tracing::error!(file = %path.display(), error = %e, moved_to = %aside.display(), moved = moved.is_ok(), "plugin version record unreadable: rollback protection starts over from the versions running now");
+            }
+        }
+        versions
+    }
+
+    /// The highest version of `name` run so far.
+    pub fn highest(&self, name: &str) -> Option<&semver::Version> {
+        self.highest.get(name)
+    }
+
+    /// Refuses a plugin that is not signed as `expected` (when given), or
+    /// that is older than a version of it already run (unless
+    /// `allow_downgrade`).
+    pub fn check(
+        &self,
+        provenance: &Provenance,
+        expected: Option<&str>,
+        allow_downgrade: bool,
+    ) -> Result<(), Refusal> {
+        let identity = provenance.identity.as_ref();
+        if let Some(expected) = expected
+            && identity.map(|i| i.name.as_str()) != Some(expected)
+        {
+            return Err(Refusal::WrongName {
+                expected: expected.to_string(),
+                found: identity.map(|i| i.name.clone()),
+            });
+        }
+        let Some(identity) = identity else {
+            return Ok(());
+        };
+        match self.highest(&identity.name) {
+            Some(highest) if identity.version < *highest && !allow_downgrade => {
+                Err(Refusal::RolledBack {
+                    name: identity.name.clone(),
+                    version: identity.version.clone(),
+                    highest: highest.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Notes that `identity` runs; true if that raised its highest version.
+    pub fn record(&mut self, identity: &Identity) -> bool {
+        match self.highest.get(&identity.name) {
+            Some(highest) if *highest >= identity.version => false,
+            _ => {
+                (self.highest).insert(identity.name.clone(), identity.version.clone());
+                true
+            }
+        }
+    }
+
+    /// Writes the record (temporary file, fsync, rename).
+    pub fn save(&self) -> std::io::Result<()> {
+        let file = VersionsFile {
+            plugins: self.highest.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&file)?;
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(&text)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     }
 }
 
@@ -488,6 +641,78 @@ mod tests {
             both.admit(&by_stranger).unwrap().signer.as_deref(),
             Some(stranger.id.as_str())
         );
+    }
+
+    fn provenance(name: &str, version: &str) -> Provenance {
+        Provenance {
+            sha256: String::new(),
+            signer: None,
+            identity: Some(Identity::new(name, version).unwrap()),
+        }
+    }
+
+    #[test]
+    fn older_versions_and_wrong_names_are_refused_and_the_record_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugin-versions.json");
+        let mut versions = Versions::load(&path);
+        assert!(
+            versions
+                .check(&provenance("sim", "0.1.0"), None, false)
+                .is_ok()
+        );
+        assert!(versions.record(&Identity::new("sim", "0.2.0").unwrap()));
+        assert!(!versions.record(&Identity::new("sim", "0.1.5").unwrap()));
+        versions.save().unwrap();
+
+        let versions = Versions::load(&path);
+        let old = provenance("sim", "0.1.9");
+        let refused = versions.check(&old, None, false).unwrap_err();
+        assert!(
+            matches!(&refused, Refusal::RolledBack { highest, .. } if highest.to_string() == "0.2.0"),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("allow_downgrade"), "{refused}");
+        assert!(versions.check(&old, None, true).is_ok(), "pinned");
+        assert!(
+            versions
+                .check(&provenance("sim", "0.2.0"), None, false)
+                .is_ok()
+        );
+        assert!(
+            versions
+                .check(&provenance("sim", "0.3.0-rc.1"), None, false)
+                .is_ok()
+        );
+        assert!(
+            versions
+                .check(&provenance("other", "0.0.1"), None, false)
+                .is_ok()
+        );
+        // The name the config expects.
+        assert!(
+            versions
+                .check(&provenance("sim", "0.2.0"), Some("sim"), false)
+                .is_ok()
+        );
+        let wrong = versions
+            .check(&provenance("sim", "0.2.0"), Some("meter"), false)
+            .unwrap_err();
+        assert!(wrong.to_string().contains("\"meter\""), "{wrong}");
+        let unnamed = Provenance {
+            identity: None,
+            ..provenance("x", "1.0.0")
+        };
+        assert!(versions.check(&unnamed, None, false).is_ok());
+        assert!(versions.check(&unnamed, Some("sim"), false).is_err());
+
+        // An unreadable record is set aside; capture goes on.
+        std::fs::write(&path, b"{not json").unwrap();
+        let versions = Versions::load(&path);
+        assert!(versions.highest("sim").is_none());
+        assert!(!path.exists());
+        let aside = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(aside, 1);
     }
 
     #[test]

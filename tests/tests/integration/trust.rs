@@ -1,14 +1,15 @@
 //! Signed plugins: with `[trust]` publisher keys, a gateway runs the
 //! plugins those keys signed and refuses every other one with its own
 //! reason (unsigned, changed after signing, signed by an unknown key),
-//! while the drivers whose plugins it trusts run on rate.
+//! while the drivers whose plugins it trusts run on rate. Once a version
+//! has run, an older one is refused unless the config pins it.
 
 use std::path::Path;
-
-use sha2::Digest;
 use std::time::{Duration, Instant};
 
-use ferrule_tests::{Rig, gateway_toml, plugin, run_ferrule, start_ferrule};
+use sha2::Digest;
+
+use ferrule_tests::{PluginToml, Rig, gateway_toml, plugin, run_ferrule, start_ferrule};
 
 use crate::common::sim_with_scale;
 
@@ -28,7 +29,12 @@ fn keygen(dir: &Path, out: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("no key id in {printed}"))
 }
 
+/// Signs `from` as version 0.2.0 of the plugin its file is named after.
 fn sign(dir: &Path, key: &str, from: &Path, to: &str) -> anyhow::Result<()> {
+    sign_as(dir, key, from, to, "0.2.0")
+}
+
+fn sign_as(dir: &Path, key: &str, from: &Path, to: &str, version: &str) -> anyhow::Result<()> {
     let name = from
         .file_stem()
         .and_then(|s| s.to_str())
@@ -42,7 +48,7 @@ fn sign(dir: &Path, key: &str, from: &Path, to: &str) -> anyhow::Result<()> {
         "--name",
         name,
         "--version",
-        "0.2.0",
+        version,
     ];
     ferrule_ok(dir, &[&args[..], &["-o", to, from]].concat())?;
     Ok(())
@@ -218,5 +224,40 @@ async fn only_plugins_signed_by_a_trusted_key_run_and_each_refusal_says_why() ->
         "{text}"
     );
     ferrule.kill9();
+
+    // The gateway ran sim 0.2.0: sim 0.1.0 is refused from now on, unless
+    // the driver pins it; a driver may insist on the signed name.
+    sign_as(d, "trusted.key", &sim, "sim-old.wasm", "0.1.0")?;
+    let one = |driver: PluginToml| {
+        gateway_toml(&d.join("data"), &pki, port)
+            .set(
+                "trust",
+                "publisher_keys",
+                toml::Value::Array(vec!["trusted.key.pub".into()]),
+            )
+            .driver(driver)
+            .render()
+    };
+    let old = || sim_with_scale("good", &at("sim-old.wasm"), &signed_scale, 100);
+    std::fs::write(d.join("rollback.toml"), one(old()))?;
+    let (ok, _, err) = run_ferrule(d, &["check", "rollback.toml"])?;
+    assert!(
+        !ok && err.contains("sim-old.wasm") && err.contains("sim 0.1.0 is older than sim 0.2.0"),
+        "{err}"
+    );
+    std::fs::write(
+        d.join("pinned.toml"),
+        one(old().set("allow_downgrade", true)),
+    )?;
+    let (ok, out, err) = run_ferrule(d, &["check", "pinned.toml"])?;
+    assert!(ok, "{out}{err}");
+    let named = sim_with_scale("good", &at("sim-signed.wasm"), &signed_scale, 100)
+        .set("plugin_name", "meter");
+    std::fs::write(d.join("named.toml"), one(named))?;
+    let (ok, _, err) = run_ferrule(d, &["check", "named.toml"])?;
+    assert!(
+        !ok && err.contains(r#"signed as "sim", but the config expects plugin_name = "meter""#),
+        "{err}"
+    );
     Ok(())
 }
