@@ -178,7 +178,9 @@ fn to_json(config: &Config, what: &str, table: &toml::Value) -> Result<String, S
 
 /// Loads every plugin (checking it exports the right world), builds each
 /// instance's sandbox and runs its `init` with its config. Nothing here
-/// touches the network; a plugin file that cannot be loaded is an error.
+/// touches the network. A driver whose plugins cannot be loaded (refused
+/// by `[trust]` or the version record, missing, not a plugin) is set aside
+/// in `refused`; the others are prepared.
 pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     let data_root = config.resolve(&config.gateway.data_dir);
     let trust = config.trust_policy().map_err(|message| StartError::Trust {
@@ -361,7 +363,9 @@ fn record_versions<'a>(
             raised |= versions.record(identity);
         }
     }
-    if raised && let Err(e) = versions.save() {
+    if (raised || versions.unreadable())
+        && let Err(e) = versions.save()
+    {
         tracing::error!(error = %e, "cannot record the plugin versions started; rollback protection holds only for those recorded before");
     }
 }
@@ -581,6 +585,12 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
     for (driver, e) in &refused {
         tracing::error!(driver = %driver, error = %e, "driver NOT started: its plugin could not be loaded; the other drivers run");
     }
+    let not_started: Vec<telemetry::NotStarted> = (refused.iter())
+        .map(|(driver, e)| telemetry::NotStarted {
+            name: driver.clone(),
+            error: e.to_string(),
+        })
+        .collect();
     if drivers.is_empty()
         && let Some((_, e)) = refused.into_iter().next()
     {
@@ -657,6 +667,7 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
                     file: config.source.display().to_string(),
                     sha256: config.sha256.clone(),
                     loaded_ms: config.loaded_ms,
+                    not_started,
                 }),
                 interval: Duration::from_secs(config.telemetry.interval_s),
                 drivers: counters,

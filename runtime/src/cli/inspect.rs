@@ -137,6 +137,9 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             c.sha256,
             age(c.loaded_ms)
         );
+        for d in &c.not_started {
+            println!("NOT STARTED  driver {}: {}", d.name, d.error);
+        }
     }
     println!(
         "as of        {} ago (uptime {})",

@@ -323,6 +323,8 @@ impl TrustPolicy {
 pub struct Versions {
     path: PathBuf,
     highest: std::collections::BTreeMap<String, semver::Version>,
+    /// The file was there but could not be read; kept aside on save.
+    unreadable: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -335,13 +337,14 @@ const MAX_VERSIONS_BYTES: u64 = 1 << 20;
 
 impl Versions {
     /// The record at `path`; empty when there is none. A file that cannot
-    /// be read is moved aside (`.unreadable-{ns}`) and reported: the
-    /// gateway keeps capturing, with rollback protection starting over
-    /// from the versions it runs now.
+    /// be read is reported and treated as empty (the gateway keeps
+    /// capturing, rollback protection starting over from the versions it
+    /// runs now); [`Versions::save`] moves it aside (`.unreadable-{ns}`)
+    /// before writing, so reading has no side effects (`ferrule check`).
     pub fn load(path: &Path) -> Versions {
         let mut versions = Versions {
             path: path.to_path_buf(),
-            highest: Default::default(),
+            ..Versions::default()
         };
         let read = || -> Result<Option<VersionsFile>, String> {
             let file = match std::fs::File::open(path) {
@@ -366,13 +369,16 @@ impl Versions {
             Ok(Some(file)) => versions.highest = file.plugins,
             Ok(None) => {}
             Err(e) => {
-                let aside =
-                    path.with_extension(format!("json.unreadable-{}", crate::reading::now_ns()));
-                let moved = std::fs::rename(path, &aside);
-                tracing::error!(file = %path.display(), error = %e, moved_to = %aside.display(), moved = moved.is_ok(), "plugin version record unreadable: rollback protection starts over from the versions running now");
+                tracing::error!(file = %path.display(), error = %e, "plugin version record unreadable: rollback protection starts over from the versions running now");
+                versions.unreadable = true;
             }
         }
         versions
+    }
+
+    /// Whether the file was there but could not be read.
+    pub fn unreadable(&self) -> bool {
+        self.unreadable
     }
 
     /// The highest version of `name` run so far.
@@ -424,8 +430,16 @@ impl Versions {
         }
     }
 
-    /// Writes the record (temporary file, fsync, rename).
-    pub fn save(&self) -> std::io::Result<()> {
+    /// Writes the record (temporary file, fsync, rename), first moving an
+    /// unreadable one aside.
+    pub fn save(&mut self) -> std::io::Result<()> {
+        if self.unreadable {
+            let aside =
+                (self.path).with_extension(format!("json.unreadable-{}", crate::reading::now_ns()));
+            std::fs::rename(&self.path, &aside)?;
+            tracing::warn!(file = %self.path.display(), moved_to = %aside.display(), "unreadable plugin version record kept aside");
+            self.unreadable = false;
+        }
         let file = VersionsFile {
             plugins: self.highest.clone(),
         };
@@ -706,13 +720,19 @@ mod tests {
         assert!(versions.check(&unnamed, None, false).is_ok());
         assert!(versions.check(&unnamed, Some("sim"), false).is_err());
 
-        // An unreadable record is set aside; capture goes on.
+        // An unreadable record reads as empty, untouched until the next
+        // save keeps it aside.
         std::fs::write(&path, b"{not json").unwrap();
-        let versions = Versions::load(&path);
+        let mut versions = Versions::load(&path);
         assert!(versions.highest("sim").is_none());
-        assert!(!path.exists());
-        let aside = std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(aside, 1);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{not json");
+        versions.record(&Identity::new("sim", "0.3.0").unwrap());
+        versions.save().unwrap();
+        assert_eq!(
+            Versions::load(&path).highest("sim").map(|v| v.to_string()),
+            Some("0.3.0".to_string())
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

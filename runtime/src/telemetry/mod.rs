@@ -67,6 +67,19 @@ pub struct ConfigFigures {
     pub sha256: String,
     /// When it was loaded, in milliseconds since the Unix epoch.
     pub loaded_ms: u64,
+    /// Drivers of the config that do not run because their plugins could
+    /// not be loaded (refused by `[trust]`, missing, not a plugin).
+    #[serde(default)]
+    pub not_started: Vec<NotStarted>,
+}
+
+/// A configured driver that does not run, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotStarted {
+    /// The driver's name in the config.
+    pub name: String,
+    /// Why, as logged.
+    pub error: String,
 }
 
 /// What telemetry trimmed and dropped to stay within its budgets.

@@ -218,9 +218,16 @@ async fn only_plugins_signed_by_a_trusted_key_run_and_each_refusal_says_why() ->
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(t["config"]["sha256"], config_sha.as_str(), "{t}");
+    let not_started: Vec<&str> = t["config"]["not_started"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(not_started, ["unsigned", "tampered", "stranger"], "{t}");
     let (_, text, _) = run_ferrule(d, &["status", "gateway.toml"])?;
     assert!(
-        text.contains(&format!("signed by key id {trusted}")) && text.contains("sim 0.2.0"),
+        text.contains(&format!("signed by key id {trusted}"))
+            && text.contains("sim 0.2.0")
+            && text.contains("NOT STARTED  driver tampered: "),
         "{text}"
     );
     ferrule.kill9();
