@@ -688,27 +688,17 @@ mod tests {
         );
         assert!(refused.to_string().contains("allow_downgrade"), "{refused}");
         assert!(versions.check(&old, None, true).is_ok(), "pinned");
-        assert!(
-            versions
-                .check(&provenance("sim", "0.2.0"), None, false)
-                .is_ok()
-        );
-        assert!(
-            versions
-                .check(&provenance("sim", "0.3.0-rc.1"), None, false)
-                .is_ok()
-        );
-        assert!(
-            versions
-                .check(&provenance("other", "0.0.1"), None, false)
-                .is_ok()
-        );
-        // The name the config expects.
-        assert!(
-            versions
-                .check(&provenance("sim", "0.2.0"), Some("sim"), false)
-                .is_ok()
-        );
+        // The same version, newer ones, other plugins, and the name the
+        // config expects all pass.
+        for (name, version, expected) in [
+            ("sim", "0.2.0", None),
+            ("sim", "0.3.0-rc.1", None),
+            ("other", "0.0.1", None),
+            ("sim", "0.2.0", Some("sim")),
+        ] {
+            let checked = versions.check(&provenance(name, version), expected, false);
+            assert!(checked.is_ok(), "{name} {version}: {checked:?}");
+        }
         let wrong = versions
             .check(&provenance("sim", "0.2.0"), Some("meter"), false)
             .unwrap_err();
