@@ -280,8 +280,25 @@ impl TrustPolicy {
     /// Checks a plugin's bytes. A signature by a trusted key that does not
     /// match the content is refused whatever `require_signed` says; an
     /// unsigned plugin, or one signed by unknown keys, runs unverified only
-    /// when signatures are not required.
+    /// when signatures are not required. Without publisher keys, a file
+    /// whose signature or identity section cannot be read runs as it did
+    /// before gateways checked them (unverified, without identity; logged):
+    /// an upgrade never stops a plugin that loaded before.
     pub fn admit(&self, bytes: &[u8]) -> Result<Provenance, Refusal> {
+        match self.admit_checked(bytes) {
+            Err(Refusal::Malformed(why)) if self.keys.is_empty() && !self.require_signed => {
+                tracing::warn!(problem = %why, "plugin's signature or identity section unreadable; running it unverified, without identity");
+                Ok(Provenance {
+                    sha256: hex(&Sha256::digest(bytes)),
+                    signer: None,
+                    identity: None,
+                })
+            }
+            checked => checked,
+        }
+    }
+
+    fn admit_checked(&self, bytes: &[u8]) -> Result<Provenance, Refusal> {
         let module = parse(bytes)?;
         let identity = identity_in(&module)?;
         let provenance = |signer| Provenance {
@@ -743,9 +760,14 @@ mod tests {
             let mode = std::fs::metadata(&k.secret).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "secret key readable by others: {mode:o}");
         }
+        // Unreadable sections are refused once keys are configured; without
+        // them the plugin runs as before, unverified and without identity.
+        let garbled = b"\0asm\x0d\0\x01\0\0\x7f";
         assert!(matches!(
-            TrustPolicy::default().admit(b"not wasm"),
+            policy(&[&k], Some(false)).admit(garbled),
             Err(Refusal::Malformed(_))
         ));
+        let admitted = TrustPolicy::default().admit(garbled).unwrap();
+        assert_eq!((admitted.signer, admitted.identity), (None, None));
     }
 }
