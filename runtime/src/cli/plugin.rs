@@ -76,7 +76,8 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
                 trust::sign(&bytes, &key, identity.as_ref()).map_err(anyhow::Error::msg)?;
             let out = output.unwrap_or_else(|| file.clone());
             let permissions = std::fs::metadata(&file)?.permissions();
-            write_atomically(&out, &signed, permissions)?;
+            trust::write_atomically(&out, &signed, Some(permissions))
+                .with_context(|| format!("{}: cannot write", out.display()))?;
             println!(
                 "{}: signed by key id {id}{}",
                 out.display(),
@@ -106,27 +107,6 @@ fn public_path(secret: &Path) -> PathBuf {
 
 fn read(file: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))
-}
-
-/// Writes beside `path` and renames, so a reader never sees half a plugin;
-/// the file gets `permissions` (the unsigned file's).
-fn write_atomically(
-    path: &Path,
-    bytes: &[u8],
-    permissions: std::fs::Permissions,
-) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("{}: cannot write", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.as_file().set_permissions(permissions)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
 }
 
 /// One line on where a loaded plugin came from.

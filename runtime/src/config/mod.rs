@@ -53,10 +53,7 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         config.source = path.to_path_buf();
         config.base_dir = base;
-        config.sha256 = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        config.sha256 = crate::plugin::trust::sha256_hex(text.as_bytes());
         config.loaded_ms = crate::reading::now_ns() / 1_000_000;
         config.validate(text)?;
         Ok(config)

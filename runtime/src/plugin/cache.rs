@@ -15,10 +15,6 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub struct CompileCache {
     dir: PathBuf,
     engine_key: String,
@@ -44,21 +40,20 @@ impl CompileCache {
         })
     }
 
-    fn entry(&self, bytes: &[u8]) -> PathBuf {
-        let digest = Sha256::digest(bytes);
-        self.dir
-            .join(format!("{}-{}.cwasm", hex(&digest), self.engine_key))
+    fn entry(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}-{}.cwasm", self.engine_key))
     }
 
-    /// The component for `bytes`: from the cache when a sound entry exists,
-    /// otherwise compiled with `compile` and stored.
+    /// The component whose bytes have the SHA-256 `sha256` (hex, as the
+    /// loader already computed it): from the cache when a sound entry
+    /// exists, otherwise compiled with `compile` and stored.
     pub fn get_or_compile(
         &self,
         engine: &Engine,
-        bytes: &[u8],
+        sha256: &str,
         compile: impl FnOnce() -> wasmtime::Result<Component>,
     ) -> wasmtime::Result<(Component, Source)> {
-        let path = self.entry(bytes);
+        let path = self.entry(sha256);
         if let Some(component) = self.load(engine, &path) {
             return Ok((component, Source::Cache));
         }

@@ -250,7 +250,7 @@ impl PluginEngine {
         }
         let compile = || Component::new(&self.engine, &bytes);
         let compiled = match &self.cache {
-            Some(cache) => cache.get_or_compile(&self.engine, &bytes, compile),
+            Some(cache) => cache.get_or_compile(&self.engine, &provenance.sha256, compile),
             None => compile().map(|c| (c, super::cache::Source::Compiled)),
         };
         let (component, source) = compiled.map_err(|e| PluginError::Compile {

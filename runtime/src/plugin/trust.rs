@@ -136,8 +136,62 @@ fn key_ids(ids: &[Option<String>]) -> String {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` in lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of `bytes`, in hex: a plugin's (and a config's) identity
+/// in logs, telemetry and the compile cache.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it (fsync,
+/// rename, fsync of the directory), so a reader sees the old file or the
+/// new one, never half of one; the file gets `permissions` when given.
+pub fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    permissions: Option<std::fs::Permissions>,
+) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    if let Some(permissions) = permissions {
+        tmp.as_file().set_permissions(permissions)?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The largest key file read.
+const MAX_KEY_FILE_BYTES: u64 = 64 << 10;
+
+/// A key file's bytes, bounded.
+fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_KEY_FILE_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(format!(
+            "{}: over {MAX_KEY_FILE_BYTES} bytes, not a key file",
+            path.display()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// A public key with its id attached.
@@ -153,7 +207,7 @@ pub fn key_id(public_key_file: &Path) -> Result<String, String> {
 }
 
 fn read_public_key(path: &Path) -> Result<(PublicKey, String), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = read_key_file(path)?;
     let key = PublicKey::from_any(&bytes).map_err(|e| {
         format!(
             "{}: not an Ed25519 public key (PEM, DER or raw): {e}",
@@ -164,7 +218,7 @@ fn read_public_key(path: &Path) -> Result<(PublicKey, String), String> {
 }
 
 fn read_secret_key(path: &Path) -> Result<SecretKey, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = read_key_file(path)?;
     SecretKey::from_any(&bytes).map_err(|e| {
         format!(
             "{}: not an Ed25519 secret key (PEM, DER or raw): {e}",
@@ -289,7 +343,7 @@ impl TrustPolicy {
             Err(Refusal::Malformed(why)) if self.keys.is_empty() && !self.require_signed => {
                 tracing::warn!(problem = %why, "plugin's signature or identity section unreadable; running it unverified, without identity");
                 Ok(Provenance {
-                    sha256: hex(&Sha256::digest(bytes)),
+                    sha256: sha256_hex(bytes),
                     signer: None,
                     identity: None,
                 })
@@ -302,7 +356,7 @@ impl TrustPolicy {
         let module = parse(bytes)?;
         let identity = identity_in(&module)?;
         let provenance = |signer| Provenance {
-            sha256: hex(&Sha256::digest(bytes)),
+            sha256: sha256_hex(bytes),
             signer,
             identity: identity.clone(),
         };
@@ -460,21 +514,7 @@ impl Versions {
         let file = VersionsFile {
             plugins: self.highest.clone(),
         };
-        let text = serde_json::to_vec_pretty(&file)?;
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(&text)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&self.path).map_err(|e| e.error)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_atomically(&self.path, &serde_json::to_vec_pretty(&file)?, None)
     }
 }
 
@@ -553,7 +593,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspection, String> {
     let module = parse(bytes).map_err(|e| e.to_string())?;
     Ok(Inspection {
         size: bytes.len(),
-        sha256: hex(&Sha256::digest(bytes)),
+        sha256: sha256_hex(bytes),
         signatures: signature_key_ids(&module)
             .map_err(|e| e.to_string())?
             .unwrap_or_default(),
@@ -615,7 +655,7 @@ mod tests {
         let admitted = policy(&[&k], None).admit(&signed).unwrap();
         assert_eq!(admitted.signer.as_deref(), Some(k.id.as_str()));
         assert_eq!(admitted.identity, Some(identity.clone()));
-        assert_eq!(admitted.sha256, hex(&Sha256::digest(&signed)));
+        assert_eq!(admitted.sha256, sha256_hex(&signed));
         let seen = inspect(&signed).unwrap();
         assert_eq!(seen.signatures, vec![Some(k.id.clone())]);
         assert_eq!(seen.identity, Some(identity));
@@ -752,6 +792,11 @@ mod tests {
         assert!(keygen(&k.secret, &k.public).is_err());
         let err = TrustPolicy::from_files(&[k.secret.with_extension("none")], None).unwrap_err();
         assert!(err.contains("publisher.none"), "{err}");
+        // A key file is read only up to its bound.
+        let huge = k.secret.with_extension("huge");
+        std::fs::write(&huge, vec![b'A'; 100 << 10]).unwrap();
+        let err = TrustPolicy::from_files(std::slice::from_ref(&huge), None).unwrap_err();
+        assert!(err.contains("not a key file"), "{err}");
         // A secret key is not a public key.
         assert!(TrustPolicy::from_files(std::slice::from_ref(&k.secret), None).is_err());
         #[cfg(unix)]
