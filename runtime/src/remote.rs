@@ -12,6 +12,7 @@
 //! command and its result are logged.
 
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -103,13 +104,37 @@ fn id_of(payload: &[u8]) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// Starts the router; `drivers` maps each driver name to its task's inbox.
-pub fn start(drivers: HashMap<String, mpsc::Sender<Write>>) -> Commands {
+/// Each running driver's inbox, by name. A reload replaces the inbox of a
+/// driver it restarts and removes that of one it stops.
+#[derive(Debug, Clone, Default)]
+pub struct Inboxes(Arc<RwLock<HashMap<String, mpsc::Sender<Write>>>>);
+
+impl Inboxes {
+    /// Commands for `driver` go to `inbox` from now on.
+    pub fn insert(&self, driver: String, inbox: mpsc::Sender<Write>) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        map.insert(driver, inbox);
+    }
+
+    /// Commands for `driver` are answered "no driver" from now on.
+    pub fn remove(&self, driver: &str) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        map.remove(driver);
+    }
+
+    fn get(&self, driver: &str) -> Option<mpsc::Sender<Write>> {
+        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(driver).cloned()
+    }
+}
+
+/// Starts the router; `drivers` holds each driver's task inbox by name.
+pub fn start(drivers: Inboxes) -> Commands {
     let (inbox, mut incoming) = mpsc::channel::<Incoming>(64);
     let (answer_tx, answers) = mpsc::channel::<Answer>(64);
     tokio::spawn(async move {
         while let Some(message) = incoming.recv().await {
-            let target = drivers.get(&message.driver).cloned();
+            let target = drivers.get(&message.driver);
             let answer_tx = answer_tx.clone();
             // Each command in its own task: a slow device delays only its own answer.
             tokio::spawn(async move {
@@ -198,7 +223,7 @@ mod tests {
                 let _ = w.reply.send(driver_answers.clone().unwrap_or(Ok(())));
             }
         });
-        let mut drivers = HashMap::new();
+        let drivers = Inboxes::default();
         drivers.insert("plc".to_string(), tx);
         let mut commands = start(drivers);
         commands

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use ferrule_figures::number;
 
 /// Every part, in the order a full run takes them.
-pub const PARTS: [(&str, &str); 11] = [
+pub const PARTS: [(&str, &str); 12] = [
     ("e2e", "end-to-end throughput vs a bare rumqttc client"),
     (
         "latency",
@@ -32,6 +32,10 @@ pub const PARTS: [(&str, &str); 11] = [
     ),
     ("queue", "queue capture and drain"),
     ("plugin", "WASM poll vs native, instance start, start-up"),
+    (
+        "reload",
+        "hot reload: untouched driver's gap, changed driver's first reading, signature check",
+    ),
     ("link", "TLS + MQTT handshake and reconnect"),
     ("modbus", "Modbus driver vs a native client"),
     (

@@ -2,8 +2,8 @@
 //! driver against the same logic compiled natively (1, 10 and 100 readings
 //! per poll; at 100, the 0.1.0-ABI build of the same driver beside it), the
 //! time to start an instance with the pooling allocator, the start-up of a
-//! 20-plugin config with a cold and a warm compile cache, and the signature
-//! check of the signed sim plugin and of a 12 MiB one.
+//! 20-plugin config with a cold and a warm compile cache. (The signature
+//! check's cost is in `bench reload`.)
 //! Prints figures; asserts nothing.
 
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use ferrule::config::{Config, PluginLimits};
 use ferrule::dev::config::{GatewayToml, PluginToml, table};
 use ferrule::gateway;
 use ferrule::plugin::{
-    Capabilities, ChannelTable, EngineSettings, LoadedDriver, PluginEngine, Sandbox, trust,
+    Capabilities, ChannelTable, EngineSettings, LoadedDriver, PluginEngine, Sandbox,
 };
 use ferrule_benches::{self as bench, Report};
 use ferrule_tests::{old_plugin, plugin};
@@ -126,54 +126,6 @@ async fn start_cost(engine: &PluginEngine, report: &mut Report) -> anyhow::Resul
     Ok(())
 }
 
-/// Appends a custom section of `size` zero bytes named `name`.
-fn pad(bytes: &mut Vec<u8>, name: &str, size: usize) {
-    let leb = |mut n: usize, out: &mut Vec<u8>| loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    };
-    let mut body = Vec::with_capacity(size + name.len() + 5);
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name.as_bytes());
-    body.resize(body.len() + size, 0);
-    bytes.push(0);
-    leb(body.len(), bytes);
-    bytes.extend_from_slice(&body);
-}
-
-/// `[trust]` checking a signed plugin's bytes (what every load does when
-/// publisher keys are configured): the sim driver, and the same plugin
-/// padded to 12 MB, the size of a Python plugin.
-fn verify_cost(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
-    let (secret, public) = (dir.join("bench.key"), dir.join("bench.key.pub"));
-    trust::keygen(&secret, &public).map_err(anyhow::Error::msg)?;
-    let policy = trust::TrustPolicy::from_files(&[public], None).map_err(anyhow::Error::msg)?;
-    let small = std::fs::read(plugin("sim")?)?;
-    let mut large = small.clone();
-    pad(&mut large, "padding", (12 << 20) - small.len());
-    for (bytes, runs) in [(small, 200), (large, 10)] {
-        let (signed, _) = trust::sign(&bytes, &secret, None).map_err(anyhow::Error::msg)?;
-        anyhow::ensure!(policy.admit(&signed).is_ok(), "signed plugin refused");
-        let runs: u32 = bench::scaled(runs, 2);
-        let t = Instant::now();
-        for _ in 0..runs {
-            std::hint::black_box(policy.admit(&signed).is_ok());
-        }
-        let kb = signed.len() as f64 / 1024.0;
-        report.figure(
-            &format!("signature check of a {kb:.0} KiB plugin"),
-            per_call(t.elapsed(), runs) / 1e6,
-            "ms",
-        );
-    }
-    Ok(())
-}
-
 /// 10 `sim` drivers, each with a `scale` processor: 20 plugin instances.
 fn twenty_plugins(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     let ca = dir.join("ca.pem");
@@ -259,11 +211,10 @@ async fn main() -> anyhow::Result<()> {
         "plugin",
         "WASM driver poll vs native, instance start, start-up",
     );
-    report.method("in-process: sim driver poll (1, 10, 100 sine channels) in the sandbox vs the same Rust logic compiled natively, after 1,000 warm-up polls, for the 0.2.0 build and (100 channels) the 0.1.0 build kept in tests/fixtures; instance start with the pooling allocator; start-up of 10 sim drivers + 10 scale processors (load, compile or read the cache, instantiate, init); signature check ([trust] admitting the signed bytes: parse, SHA-256, Ed25519) of the sim driver and of the same driver padded to 12 MiB with a custom section");
+    report.method("in-process: sim driver poll (1, 10, 100 sine channels) in the sandbox vs the same Rust logic compiled natively, after 1,000 warm-up polls, for the 0.2.0 build and (100 channels) the 0.1.0 build kept in tests/fixtures; instance start with the pooling allocator; start-up of 10 sim drivers + 10 scale processors (load, compile or read the cache, instantiate, init)");
     poll_costs(&engine, &mut report).await?;
     start_cost(&engine, &mut report).await?;
     startup(dir.path(), &mut report).await?;
-    verify_cost(dir.path(), &mut report)?;
     report.finish()?;
     Ok(())
 }

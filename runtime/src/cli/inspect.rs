@@ -140,6 +140,14 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         for d in &c.not_started {
             println!("NOT STARTED  driver {}: {}", d.name, d.error);
         }
+        if let Some(r) = &c.reload {
+            let mut lines = super::reload::outcome_lines(r).into_iter();
+            let first = lines.next().unwrap_or_default();
+            println!("last reload  {} ago: {first}", age(r.at_ms));
+            for line in lines {
+                println!("             {line}");
+            }
+        }
     }
     println!(
         "as of        {} ago (uptime {})",

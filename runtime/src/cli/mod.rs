@@ -3,6 +3,7 @@
 pub mod demo;
 mod inspect;
 mod plugin;
+mod reload;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +31,14 @@ pub enum Command {
     },
     /// Check a config and every plugin it names, without connecting anywhere.
     Check { config: PathBuf },
+    /// Ask the gateway running CONFIG to re-read it and apply the difference
+    /// (as SIGHUP does); waits for the outcome and prints it.
+    Reload {
+        config: PathBuf,
+        /// How long to wait for the gateway's answer.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
     /// What an operator on site needs: broker connection, queue, each
     /// driver's health (from the queue and the telemetry history; works while
     /// ferrule runs).
@@ -121,6 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => run_gateway(&config).await,
         Command::Check { config } => check(&config).await,
+        Command::Reload { config, wait } => reload::ask(&config, wait).await,
         Command::Queue { command } => queue(command),
         Command::Plugin { command } => plugin::run(command),
         Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
@@ -151,7 +161,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_gateway(path: &Path) -> anyhow::Result<()> {
+    // Before anything slow: SIGHUP's default action would end the process.
+    let reloads = reload::on_sighup();
     let config = Config::load(path)?;
+    let pid_file = reload::PidFile::write(&config)?;
     let prepared = gateway::prepare(config).await?;
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
@@ -160,7 +173,8 @@ async fn run_gateway(path: &Path) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         on_signal.cancel();
     });
-    gateway::run(prepared, stop).await?;
+    gateway::run_reloading(prepared, stop, reloads).await?;
+    drop(pid_file);
     Ok(())
 }
 

@@ -56,6 +56,7 @@ impl Config {
         config.sha256 = crate::plugin::trust::sha256_hex(text.as_bytes());
         config.loaded_ms = crate::reading::now_ns() / 1_000_000;
         config.validate(text)?;
+        config.text = text.to_string();
         Ok(config)
     }
 

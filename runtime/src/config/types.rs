@@ -41,6 +41,9 @@ pub struct Config {
     /// When it was read, in milliseconds since the Unix epoch.
     #[serde(skip)]
     pub loaded_ms: u64,
+    /// The text it was parsed from (a reload compares sections).
+    #[serde(skip)]
+    pub text: String,
 }
 
 /// `[gateway]`.

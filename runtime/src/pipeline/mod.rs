@@ -323,7 +323,9 @@ impl Chain {
 
 /// Polls one driver until `shutdown` turns true. `chain` is the instance
 /// started at startup, or `None` if that failed (the task then rebuilds it
-/// with backoff, like after a crash).
+/// with backoff, like after a crash). Once stopped (shutdown, or a reload
+/// that removes or replaces the driver), it waits for the batches it
+/// handed over to be committed, so its last batch is durable before it ends.
 pub async fn run_driver(
     spec: DriverSpec,
     chain: Option<Chain>,
@@ -331,6 +333,21 @@ pub async fn run_driver(
     counters: Arc<DriverCounters>,
     mut commands: mpsc::Receiver<remote::Write>,
     shutdown: CancellationToken,
+) {
+    // Batches handed to the queue whose commit is not confirmed yet.
+    let mut window = Window::default();
+    let driver = (&spec, &queue, &*counters);
+    poll_until_stopped(driver, chain, &mut commands, &shutdown, &mut window).await;
+    window.drain(&spec.driver.name, &counters).await;
+    tracing::debug!(driver = %spec.driver.name, "driver stopped");
+}
+
+async fn poll_until_stopped(
+    (spec, queue, counters): (&DriverSpec, &Queue, &DriverCounters),
+    chain: Option<Chain>,
+    commands: &mut mpsc::Receiver<remote::Write>,
+    shutdown: &CancellationToken,
+    window: &mut Window,
 ) {
     let name = spec.driver.name.clone();
     let mut chain = chain;
@@ -343,15 +360,13 @@ pub async fn run_driver(
     let mut ticker = tokio::time::interval_at(aligned_start(spec.interval), spec.interval);
     // Keep the configured cadence: a late tick does not shift the ones after it.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    // Batches handed to the queue whose commit is not confirmed yet.
-    let mut window = Window::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             outcome = window.oldest(), if !window.is_empty() => {
                 window.pop();
-                record_commit(&name, &counters, outcome);
-                window.settle_ready(&name, &counters);
+                record_commit(&name, counters, outcome);
+                window.settle_ready(&name, counters);
                 continue;
             }
             Some(write) = commands.recv() => {
@@ -391,7 +406,7 @@ pub async fn run_driver(
                     counters.failed(&e);
                     let delay = restarts.next_delay();
                     tracing::error!(driver = %name, error = %e, retry_in_ms = delay.as_millis() as u64, restarts = counters.restarts.load(Ordering::Relaxed), "cannot start plugin instances; retrying after backoff");
-                    if sleep_or_shutdown(delay, &shutdown).await {
+                    if sleep_or_shutdown(delay, shutdown).await {
                         return;
                     }
                 }
@@ -441,12 +456,12 @@ pub async fn run_driver(
             if changed || last_status.elapsed() >= STATUS_EVERY {
                 last_ok = Some(ok);
                 last_status = tokio::time::Instant::now();
-                if let Err(e) = device_status(&name, live, &counters, changed).await {
+                if let Err(e) = device_status(&name, live, counters, changed).await {
                     // A status beyond its limits costs the instance like any
                     // other output; the poll's batch is still captured first.
                     counters.failed(&e);
                     if let Ok(Some(batch)) = polled
-                        && !capture(&name, &queue, &counters, &mut window, batch, &shutdown).await
+                        && !capture(&name, queue, counters, window, batch, shutdown).await
                     {
                         return;
                     }
@@ -456,8 +471,7 @@ pub async fn run_driver(
         }
         match polled {
             Ok(Some(batch)) => {
-                let captured =
-                    capture(&name, &queue, &counters, &mut window, batch, &shutdown).await;
+                let captured = capture(&name, queue, counters, window, batch, shutdown).await;
                 drop(expected);
                 if !captured {
                     return;
@@ -472,7 +486,7 @@ pub async fn run_driver(
                     let delay = restarts.next_delay();
                     tracing::error!(driver = %name, error = %e, restart_in_ms = delay.as_millis() as u64, restarts = counters.restarts.load(Ordering::Relaxed), "plugin instance lost; rebuilding");
                     chain = None;
-                    if sleep_or_shutdown(delay, &shutdown).await {
+                    if sleep_or_shutdown(delay, shutdown).await {
                         return;
                     }
                 } else {
@@ -498,6 +512,10 @@ fn aligned_start(interval: Duration) -> tokio::time::Instant {
     let offset = u64::try_from(periods.saturating_mul(period)).unwrap_or(u64::MAX);
     base + Duration::from_nanos(offset)
 }
+
+/// How long a stopping driver waits for the queue to take and commit the
+/// batches it polled before the stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a driver's `status()` is asked for telemetry, besides when
 /// its polls start or stop failing.
@@ -553,6 +571,25 @@ impl Window {
         }
     }
 
+    /// Waits for every batch still in flight to be committed (at most
+    /// [`STOP_GRACE`] each), counting each outcome.
+    async fn drain(&mut self, driver: &str, counters: &DriverCounters) {
+        while !self.is_empty() {
+            match tokio::time::timeout(STOP_GRACE, self.oldest()).await {
+                Ok(outcome) => {
+                    self.pop();
+                    record_commit(driver, counters, outcome);
+                }
+                Err(_) => {
+                    // Handed over is not lost: the queue's writer commits
+                    // them whatever happens to this task.
+                    tracing::warn!(driver = %driver, batches = self.pending.len(), "stopped before the queue confirmed its last batches");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Counts the batches at the front whose commit is known.
     fn settle_ready(&mut self, driver: &str, counters: &DriverCounters) {
         while let Some(outcome) = self
@@ -579,17 +616,30 @@ async fn capture(
     shutdown: &CancellationToken,
 ) -> bool {
     let bytes = batch.json.len();
+    // A batch polled before the stop is still handed over; only a hand-over
+    // that waits longer than STOP_GRACE past the stop (a full queue under
+    // `when_full = block`) gives up, logged with the readings it held.
+    let readings = batch.readings;
+    let gave_up = || {
+        tracing::error!(driver = %driver, readings, "driver stopped while the full queue could not take its last batch: batch not captured");
+        false
+    };
+    let give_up = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::pin!(give_up);
     while window.full_for(bytes) {
         let outcome = tokio::select! {
             outcome = window.oldest() => outcome,
-            _ = shutdown.cancelled() => return false,
+            _ = &mut give_up => return gave_up(),
         };
         window.pop();
         record_commit(driver, counters, outcome);
     }
     let submitted = tokio::select! {
         result = queue.submit_entry(Entry::Prepared(batch)) => result,
-        _ = shutdown.cancelled() => return false,
+        _ = &mut give_up => return gave_up(),
     };
     match submitted {
         Ok(s) => window.push(s, bytes),

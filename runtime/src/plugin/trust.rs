@@ -390,7 +390,7 @@ impl TrustPolicy {
 /// The highest version of each plugin name this gateway has run, kept in
 /// a small JSON file beside the queue (`{"plugins": {"name": "1.2.0"}}`),
 /// replaced atomically. It only ever grows.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Versions {
     path: PathBuf,
     highest: std::collections::BTreeMap<String, semver::Version>,

@@ -71,6 +71,41 @@ pub struct ConfigFigures {
     /// not be loaded (refused by `[trust]`, missing, not a plugin).
     #[serde(default)]
     pub not_started: Vec<NotStarted>,
+    /// The last reload asked for since start, and what came of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadFigures>,
+}
+
+/// What one reload (SIGHUP or `ferrule reload`) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadFigures {
+    /// When it was asked for, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// How long validating and applying it took.
+    pub took_ms: u64,
+    /// Whether it was applied; when not, nothing changed.
+    pub ok: bool,
+    /// SHA-256 of the config text it read, hex (empty if unreadable).
+    #[serde(default)]
+    pub sha256: String,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Drivers it started.
+    #[serde(default)]
+    pub started: Vec<String>,
+    /// Drivers it stopped (their last batches committed).
+    #[serde(default)]
+    pub stopped: Vec<String>,
+    /// Drivers it replaced by a new instance.
+    #[serde(default)]
+    pub replaced: Vec<String>,
+    /// Drivers it left running untouched.
+    #[serde(default)]
+    pub unchanged: Vec<String>,
+    /// Sections that changed but take effect only at the next start.
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
 }
 
 /// A configured driver that does not run, and why.
@@ -348,10 +383,22 @@ pub struct QueueFigures {
     pub dropped_age: u64,
 }
 
+/// What a reload changes: the drivers reported on and the config they
+/// came from. The gateway updates it; each snapshot reads it.
+#[derive(Default)]
+pub struct Live {
+    /// Every running driver's counters, by name, in config order.
+    pub drivers: Vec<(String, Arc<DriverCounters>)>,
+    /// The config running, and the last reload.
+    pub config: Option<ConfigFigures>,
+}
+
 /// Where a snapshot's figures come from.
 pub struct Sources<'a> {
     /// Every driver's counters, by name.
     pub drivers: &'a [(String, Arc<DriverCounters>)],
+    /// The config running.
+    pub config: Option<&'a ConfigFigures>,
     /// The publisher's counters.
     pub publisher: &'a PublisherStats,
     /// The data queue's figures, when they could be read.
@@ -366,7 +413,6 @@ pub struct Collector {
     started: Instant,
     system: sysinfo::System,
     pid: Option<sysinfo::Pid>,
-    config: Option<ConfigFigures>,
 }
 
 fn now_ms() -> u64 {
@@ -385,14 +431,7 @@ impl Collector {
             started: Instant::now(),
             system: sysinfo::System::new(),
             pid: sysinfo::get_current_pid().ok(),
-            config: None,
         }
-    }
-
-    /// Reports `config` in every snapshot.
-    pub fn with_config(mut self, config: ConfigFigures) -> Collector {
-        self.config = Some(config);
-        self
     }
 
     /// A snapshot of everything now.
@@ -422,7 +461,7 @@ impl Collector {
             queue: queue_figures(sources.queue.as_ref(), now),
             drivers_omitted: 0,
             telemetry: TelemetryFigures::default(),
-            config: self.config.clone(),
+            config: sources.config.cloned(),
         }
     }
 
@@ -659,8 +698,8 @@ pub struct Reporter {
     pub collector: Collector,
     /// Time between snapshots.
     pub interval: std::time::Duration,
-    /// Every driver's counters, by name.
-    pub drivers: Vec<(String, Arc<DriverCounters>)>,
+    /// The running drivers and config, as the last reload left them.
+    pub live: Arc<std::sync::Mutex<Live>>,
     /// The publisher's counters.
     pub publisher: Arc<PublisherStats>,
     /// The data queue (its depth, age and drops are reported).
@@ -748,8 +787,13 @@ pub fn fit(snapshot: &mut Snapshot, max_bytes: usize) -> u64 {
 impl Reporter {
     fn snapshot(&mut self) -> Snapshot {
         let queue = self.data.stats().ok();
+        let (drivers, config) = {
+            let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            (live.drivers.clone(), live.config.clone())
+        };
         self.collector.collect(&Sources {
-            drivers: &self.drivers,
+            drivers: &drivers,
+            config: config.as_ref(),
             publisher: &self.publisher,
             queue,
         })
@@ -853,6 +897,7 @@ mod tests {
         };
         let s = collector.collect(&Sources {
             drivers: &drivers,
+            config: None,
             publisher: &publisher,
             queue: Some(queue),
         });
@@ -888,6 +933,7 @@ mod tests {
         let publisher = PublisherStats::default();
         let mut s = collector.collect(&Sources {
             drivers: &[],
+            config: None,
             publisher: &publisher,
             queue: None,
         });

@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use ferrule::dev::config::{fahrenheit_rule, table};
-use ferrule_tests::{GatewayToml, Pki, PluginToml, gateway_toml, plugin};
+use ferrule_tests::{GatewayToml, Pki, PluginToml, gateway_toml, plugin, run_ferrule};
 
 /// A gateway config with one `sim` driver (a counter and a sine) scaled by
 /// `scale`: count → count * 2 + 1, temperature → temperature_f.
@@ -67,4 +67,47 @@ pub fn sim_config(
         gateway = gateway.set("queue", &key, value);
     }
     Ok(gateway.driver(sim))
+}
+
+/// Runs `ferrule ARGS` in `dir`; its stdout, or an error with its stderr.
+pub fn ferrule_ok(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let (ok, out, err) = run_ferrule(dir, args)?;
+    anyhow::ensure!(ok, "ferrule {args:?} failed: {err}");
+    Ok(out)
+}
+
+/// The key id `ferrule plugin keygen` printed.
+pub fn keygen(dir: &Path, out: &str) -> anyhow::Result<String> {
+    let printed = ferrule_ok(dir, &["plugin", "keygen", "--out", out])?;
+    printed
+        .lines()
+        .find_map(|l| l.strip_prefix("key id"))
+        .map(|id| id.trim().to_string())
+        .ok_or_else(|| anyhow::anyhow!("no key id in {printed}"))
+}
+
+/// Signs `from` as version 0.2.0 of the plugin its file is named after.
+pub fn sign(dir: &Path, key: &str, from: &Path, to: &str) -> anyhow::Result<()> {
+    sign_as(dir, key, from, to, "0.2.0")
+}
+
+/// Signs `from` as `version` of the plugin its file is named after.
+pub fn sign_as(dir: &Path, key: &str, from: &Path, to: &str, version: &str) -> anyhow::Result<()> {
+    let name = from
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let from = from.to_str().unwrap_or_default();
+    let args = [
+        "plugin",
+        "sign",
+        "--key",
+        key,
+        "--name",
+        name,
+        "--version",
+        version,
+    ];
+    ferrule_ok(dir, &[&args[..], &["-o", to, from]].concat())?;
+    Ok(())
 }

@@ -9,6 +9,7 @@ mod containment;
 mod end_to_end;
 mod modbus;
 mod mqtt_link;
+mod reload;
 mod sandbox;
 mod store_forward;
 mod telemetry;

@@ -4,55 +4,13 @@
 //! while the drivers whose plugins it trusts run on rate. Once a version
 //! has run, an older one is refused unless the config pins it.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
 use ferrule_tests::{PluginToml, Rig, gateway_toml, plugin, run_ferrule, start_ferrule};
 
-use crate::common::sim_with_scale;
-
-fn ferrule_ok(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let (ok, out, err) = run_ferrule(dir, args)?;
-    anyhow::ensure!(ok, "ferrule {args:?} failed: {err}");
-    Ok(out)
-}
-
-/// The key id `ferrule plugin keygen` printed.
-fn keygen(dir: &Path, out: &str) -> anyhow::Result<String> {
-    let printed = ferrule_ok(dir, &["plugin", "keygen", "--out", out])?;
-    printed
-        .lines()
-        .find_map(|l| l.strip_prefix("key id"))
-        .map(|id| id.trim().to_string())
-        .ok_or_else(|| anyhow::anyhow!("no key id in {printed}"))
-}
-
-/// Signs `from` as version 0.2.0 of the plugin its file is named after.
-fn sign(dir: &Path, key: &str, from: &Path, to: &str) -> anyhow::Result<()> {
-    sign_as(dir, key, from, to, "0.2.0")
-}
-
-fn sign_as(dir: &Path, key: &str, from: &Path, to: &str, version: &str) -> anyhow::Result<()> {
-    let name = from
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default();
-    let from = from.to_str().unwrap_or_default();
-    let args = [
-        "plugin",
-        "sign",
-        "--key",
-        key,
-        "--name",
-        name,
-        "--version",
-        version,
-    ];
-    ferrule_ok(dir, &[&args[..], &["-o", to, from]].concat())?;
-    Ok(())
-}
+use crate::common::{ferrule_ok, keygen, sign, sign_as, sim_with_scale};
 
 #[tokio::test]
 async fn only_plugins_signed_by_a_trusted_key_run_and_each_refusal_says_why() -> anyhow::Result<()>

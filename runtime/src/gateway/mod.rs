@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{
     Config, DriverConfig, MqttProtocol, PayloadFormatConfig, PluginLimits, WhenFull,
 };
-use crate::pipeline::{self, Chain, DriverCounters, DriverSpec, PluginSpec};
+use crate::pipeline::{Chain, DriverSpec, PluginSpec};
 use crate::plugin::trust;
 use crate::plugin::{
     Capabilities, EngineSettings, Limits, LoadedDriver, LoadedProcessor, PluginEngine, PluginError,
@@ -24,6 +24,8 @@ use crate::queue::{FullPolicy, Queue, QueueError, QueueOptions};
 use crate::reading::PayloadFormat;
 use crate::remote;
 use crate::telemetry;
+
+pub mod reload;
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,18 +98,10 @@ pub enum StartError {
 pub const HOST_DESCRIPTORS: u64 = 256;
 
 /// Raises the soft limit on open files to the hard one and checks that
-/// every plugin's `max_open_files` fits under it with
+/// the plugins' `max_open_files` (`plugins`, summed) fit under it with
 /// [`HOST_DESCRIPTORS`] to spare, so no plugin can keep the gateway from
 /// reconnecting or opening its queue.
-fn reserve_descriptors(config: &Config, specs: &[&DriverSpec]) -> Result<(), StartError> {
-    let plugins: u64 = specs
-        .iter()
-        .flat_map(|s| {
-            std::iter::once(&s.driver.sandbox).chain(s.processors.iter().map(|p| &p.sandbox))
-        })
-        .filter(|sandbox| sandbox.holds_descriptors())
-        .map(|sandbox| sandbox.limits.max_open_files as u64)
-        .sum();
+fn reserve_descriptors(config: &Config, plugins: u64) -> Result<(), StartError> {
     let Some(limit) = raise_open_files_limit() else {
         return Ok(());
     };
@@ -120,6 +114,15 @@ fn reserve_descriptors(config: &Config, specs: &[&DriverSpec]) -> Result<(), Sta
     }
     tracing::debug!(limit, plugins, "open file limit");
     Ok(())
+}
+
+/// The files and sockets the plugins of one driver's chain may hold.
+fn descriptors(spec: &DriverSpec) -> u64 {
+    std::iter::once(&spec.driver.sandbox)
+        .chain(spec.processors.iter().map(|p| &p.sandbox))
+        .filter(|sandbox| sandbox.holds_descriptors())
+        .map(|sandbox| sandbox.limits.max_open_files as u64)
+        .sum()
 }
 
 /// Sets the soft `RLIMIT_NOFILE` to the hard limit; the limit now in force.
@@ -574,6 +577,16 @@ fn release_startup_memory() {
 /// polling, takes a last telemetry snapshot, lets the publisher say
 /// offline, and returns once every task has ended.
 pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), StartError> {
+    run_reloading(prepared, shutdown, None).await
+}
+
+/// [`run`], re-reading the config file and applying the difference each
+/// time `reloads` yields (see [`reload`]).
+pub async fn run_reloading(
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    mut reloads: Option<tokio::sync::mpsc::Receiver<()>>,
+) -> Result<(), StartError> {
     let Prepared {
         config,
         drivers,
@@ -598,7 +611,7 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
     }
     reserve_descriptors(
         &config,
-        &drivers.iter().map(|(spec, _)| spec).collect::<Vec<_>>(),
+        drivers.iter().map(|(spec, _)| descriptors(spec)).sum(),
     )?;
     let queue = Queue::open(&queue_path(&config), queue_options(&config))?;
     let stats = queue.stats()?;
@@ -611,18 +624,6 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
         next_seq = stats.next_seq,
         "ferrule running"
     );
-    // Each driver task takes writes from its own inbox; the router hands
-    // them out by driver name.
-    let mut inboxes = HashMap::new();
-    let mut drivers_with_inbox = Vec::with_capacity(drivers.len());
-    let mut counters = Vec::with_capacity(drivers.len());
-    for (spec, chain) in drivers {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        inboxes.insert(spec.driver.name.clone(), tx);
-        let c = Arc::new(DriverCounters::for_spec(&spec));
-        counters.push((spec.driver.name.clone(), c.clone()));
-        drivers_with_inbox.push((spec, chain, rx, c));
-    }
     let publisher_stats = Arc::new(PublisherStats::default());
     // Telemetry is worth having, not worth stopping data capture for: if
     // its queue cannot be opened the gateway runs without it.
@@ -647,13 +648,17 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
             }
         },
     };
+    // Each driver task takes writes from its own inbox; the router hands
+    // them out by driver name. A reload changes both lists.
+    let inboxes = remote::Inboxes::default();
+    let live = Arc::new(std::sync::Mutex::new(telemetry::Live::default()));
     let tasks = TaskTracker::new();
     tasks.spawn(publish::run(
         publisher_settings(&config),
         queue.clone(),
         publisher_stats.clone(),
         telemetry_queue.clone(),
-        Some(remote::start(inboxes)),
+        Some(remote::start(inboxes.clone())),
         shutdown.clone(),
     ));
     if let Some(lane) = telemetry_queue {
@@ -662,15 +667,9 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
                 collector: telemetry::Collector::new(
                     config.gateway.id.get_ref(),
                     &config.resolve(&config.gateway.data_dir),
-                )
-                .with_config(telemetry::ConfigFigures {
-                    file: config.source.display().to_string(),
-                    sha256: config.sha256.clone(),
-                    loaded_ms: config.loaded_ms,
-                    not_started,
-                }),
+                ),
                 interval: Duration::from_secs(config.telemetry.interval_s),
-                drivers: counters,
+                live: live.clone(),
                 publisher: publisher_stats,
                 data: queue.clone(),
                 lane,
@@ -692,23 +691,33 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) -> Result<(), 
             shutdown.clone(),
         ));
     }
-    for (spec, chain, commands, counters) in drivers_with_inbox {
-        let chain = match chain {
-            Ok(chain) => Some(chain),
-            Err(e) => {
-                tracing::error!(error = %e, "driver not started; retrying with backoff while the others run");
-                None
-            }
+    let mut gateway = reload::Gateway::start(
+        reload::Shared {
+            queue,
+            inboxes,
+            live,
+            shutdown: shutdown.clone(),
+        },
+        config,
+        versions,
+        Arc::new(_engine),
+        drivers,
+        not_started,
+    );
+    while let Some(source) = reloads.as_mut() {
+        let asked = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            asked = source.recv() => asked,
         };
-        tasks.spawn(pipeline::run_driver(
-            spec,
-            chain,
-            queue.clone(),
-            counters,
-            commands,
-            shutdown.clone(),
-        ));
+        match asked {
+            // A reload is checked and applied whole; shutdown, if asked
+            // for meanwhile, follows it and stops every driver.
+            Some(()) => gateway.reload().await,
+            None => reloads = None,
+        }
     }
+    shutdown.cancelled().await;
+    gateway.stopped().await;
     tasks.close();
     tasks.wait().await;
     Ok(())
