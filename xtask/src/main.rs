@@ -42,7 +42,8 @@ enum Task {
     /// BENCHMARKS.md (release build). Parts: e2e, latency, stages, backlog,
     /// footprint, gateways, queue, plugin, reload, link, modbus, hostile.
     Bench {
-        /// Which part to run; all when absent.
+        /// Which part to run; all when absent; `render` runs none and
+        /// renders BENCHMARKS.md again (after editing benchmarks/notes/).
         part: Option<String>,
     },
     /// Long fault runs: kill -9 ferrule 50 times and check nothing is lost.

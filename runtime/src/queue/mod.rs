@@ -507,10 +507,9 @@ impl Queue {
 
     /// [`Queue::submit`] for an entry of any kind.
     pub async fn submit_entry(&self, entry: Entry) -> Result<Submitted, QueueError> {
-        let encoded = store::encode_entry(&entry)?;
         // The entry is in `encoded` now; waiting for the writer holds one
         // copy of it, not two.
-        drop(entry);
+        let encoded = store::encode_entry(entry)?;
         let slot = self
             .inner
             .slots

@@ -139,7 +139,7 @@ proptest! {
             prop_assert_eq!(&actual, &model);
             let stats = q.stats().unwrap();
             prop_assert_eq!(stats.depth, model.len() as u64);
-            let bytes: u64 = model.values().map(|b| store::encode_entry(&Entry::Batch(b.clone())).unwrap().len() as u64).sum();
+            let bytes: u64 = model.values().map(|b| store::encode_entry(Entry::Batch(b.clone())).unwrap().len() as u64).sum();
             prop_assert_eq!(stats.bytes, bytes, "byte count follows the entries");
             prop_assert_eq!(stats.next_seq, highest + 1);
         }

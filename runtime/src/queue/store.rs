@@ -30,25 +30,34 @@ pub(super) fn storage(e: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(e.to_string())
 }
 
-pub(super) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, QueueError> {
-    let (captured_ns, size_hint) = match entry {
-        Entry::Batch(batch) => (batch.captured_ns, 64 + batch.readings.len() * 96),
-        Entry::Prepared(prepared) => (prepared.captured_ns, prepared.json.len()),
-        Entry::Telemetry(json) => (now_ns(), json.len() + 40),
-    };
-    let mut out = Vec::with_capacity(HEADER + size_hint);
-    out.extend_from_slice(&captured_ns.to_le_bytes());
-    match entry {
-        Entry::Batch(batch) => serde_json::to_writer(&mut out, batch).map_err(storage)?,
-        Entry::Prepared(prepared) => out.extend_from_slice(&prepared.json),
+/// The stored form of `entry`: its capture time, then its JSON. A prepared
+/// batch's JSON buffer becomes the entry in place (the header is inserted
+/// before it), so a large batch is never held twice.
+pub(super) fn encode_entry(entry: Entry) -> Result<Vec<u8>, QueueError> {
+    let mut out = match entry {
+        Entry::Prepared(prepared) => {
+            let mut out = prepared.json;
+            out.reserve_exact(HEADER);
+            out.splice(0..0, prepared.captured_ns.to_le_bytes());
+            out
+        }
+        Entry::Batch(batch) => {
+            let mut out = Vec::with_capacity(HEADER + 64 + batch.readings.len() * 96);
+            out.extend_from_slice(&batch.captured_ns.to_le_bytes());
+            serde_json::to_writer(&mut out, &batch).map_err(storage)?;
+            out
+        }
         Entry::Telemetry(json) => {
             // Checked, so a stored entry is always one JSON object.
-            serde_json::from_str::<&serde_json::value::RawValue>(json).map_err(storage)?;
+            serde_json::from_str::<&serde_json::value::RawValue>(&json).map_err(storage)?;
+            let mut out = Vec::with_capacity(HEADER + json.len() + 40);
+            out.extend_from_slice(&now_ns().to_le_bytes());
             out.extend_from_slice(b"{\"kind\":\"telemetry\",\"snapshot\":");
             out.extend_from_slice(json.as_bytes());
             out.push(b'}');
+            out
         }
-    }
+    };
     // Growth may have left up to half of it spare while it waits for the writer.
     out.shrink_to_fit();
     Ok(out)

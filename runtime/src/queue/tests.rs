@@ -146,7 +146,7 @@ fn seqs_of<T>(entries: Vec<(u64, T)>) -> Vec<u64> {
 }
 
 fn encoded_len(b: &Batch) -> u64 {
-    store::encode_entry(&Entry::Batch(b.clone())).unwrap().len() as u64
+    store::encode_entry(Entry::Batch(b.clone())).unwrap().len() as u64
 }
 
 #[tokio::test]

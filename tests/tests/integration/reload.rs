@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ferrule::dev::config::table;
 use ferrule_tests::{
-    GatewayToml, Jitter, PluginToml, Process, Received, Rig, SeqLog, plugin, run_ferrule,
+    GatewayToml, Jitter, Pki, PluginToml, Process, Received, Rig, SeqLog, plugin, run_ferrule,
     start_ferrule,
 };
 
@@ -177,6 +177,19 @@ fn steady_cadence(seen: &Seen) -> anyhow::Result<(usize, Duration)> {
     Ok((batches.len(), gap))
 }
 
+/// A gateway trusting `publisher.key.pub`, with telemetry every second,
+/// running the 100 ms driver "steady" on `plugin`.
+fn steady_gateway(dir: &Path, pki: &Pki, port: u16, plugin: &Path) -> GatewayToml {
+    ferrule_tests::gateway_toml(&dir.join("data"), pki, port)
+        .set(
+            "trust",
+            "publisher_keys",
+            toml::Value::Array(vec!["publisher.key.pub".into()]),
+        )
+        .set("telemetry", "interval_s", 1)
+        .driver(counter("steady", plugin, 100, &["count"]))
+}
+
 #[tokio::test]
 async fn reload_adds_changes_and_removes_a_driver_while_the_others_keep_their_cadence()
 -> anyhow::Result<()> {
@@ -188,16 +201,7 @@ async fn reload_adds_changes_and_removes_a_driver_while_the_others_keep_their_ca
     sign_as(d, "publisher.key", &sim, "sim-2.wasm", "0.2.0")?;
     sign_as(d, "publisher.key", &sim, "sim-3.wasm", "0.3.0")?;
     let (v2, v3) = (d.join("sim-2.wasm"), d.join("sim-3.wasm"));
-    let base = || {
-        ferrule_tests::gateway_toml(&d.join("data"), &pki, port)
-            .set(
-                "trust",
-                "publisher_keys",
-                toml::Value::Array(vec!["publisher.key.pub".into()]),
-            )
-            .set("telemetry", "interval_s", 1)
-            .driver(counter("steady", &v2, 100, &["count"]))
-    };
+    let base = || steady_gateway(d, &pki, port, &v2);
     write(d, &base())?;
     let mut ferrule = start_ferrule(d, &["run", "gateway.toml"])?;
     let mut seen = Seen::default();
@@ -321,16 +325,7 @@ async fn a_reload_that_fails_any_check_changes_nothing_and_says_why() -> anyhow:
     let middle = tampered.len() / 2;
     tampered[middle] ^= 0x01;
     std::fs::write(d.join("sim-tampered.wasm"), tampered)?;
-    let base = || {
-        ferrule_tests::gateway_toml(&d.join("data"), &pki, port)
-            .set(
-                "trust",
-                "publisher_keys",
-                toml::Value::Array(vec!["publisher.key.pub".into()]),
-            )
-            .set("telemetry", "interval_s", 1)
-            .driver(counter("steady", &sim, 100, &["count"]))
-    };
+    let base = || steady_gateway(d, &pki, port, &sim);
     write(d, &base())?;
     let mut ferrule = start_ferrule(d, &["run", "gateway.toml"])?;
     let mut seen = Seen::default();
@@ -456,6 +451,11 @@ async fn killed_during_a_reload_the_gateway_restarts_on_one_whole_config_without
         sighup(&ferrule)?;
         tokio::time::sleep(jitter.between(Duration::ZERO, Duration::from_millis(400))).await;
         ferrule.kill9();
+        if round == 0 {
+            // The pid file the killed gateway left names no gateway now.
+            let (ok, _, err) = run_ferrule(d, &["reload", "gateway.toml"])?;
+            assert!(!ok && err.contains("is not a running ferrule"), "{err}");
+        }
         let restarted_ns = now_ms() * 1_000_000;
         ferrule = start_ferrule(d, &["run", "gateway.toml"])?;
         seen.take(&mut sub, Duration::from_secs(3)).await?;
@@ -482,6 +482,19 @@ async fn killed_during_a_reload_the_gateway_restarts_on_one_whole_config_without
         "4 reloads killed at random: seq 1..={last} all delivered, {} duplicates",
         seen.seqs.duplicates()
     );
+    // A second gateway on the same data_dir is turned away at once.
+    let mut second = start_ferrule(d, &["run", "gateway.toml"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.child.try_wait()?.is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "a second gateway started: {}",
+            second.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = second.log_text();
+    assert!(log.contains("another gateway (pid"), "{log}");
     ferrule.terminate(Duration::from_secs(30))?;
     Ok(())
 }
