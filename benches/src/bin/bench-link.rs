@@ -29,6 +29,7 @@ fn settings(pki: &Pki, port: u16, protocol: MqttProtocol) -> PublisherSettings {
         gateway: "bench".into(),
         host: "127.0.0.1".into(),
         port,
+        failover: Vec::new(),
         client_id: "bench-link".into(),
         topics: Topics::new("ferrule", "bench"),
         tls: TlsFiles {

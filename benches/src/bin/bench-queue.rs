@@ -100,6 +100,7 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
         gateway: "bench".into(),
         host: "127.0.0.1".into(),
         port,
+        failover: Vec::new(),
         client_id: "bench".into(),
         topics: Topics::new("ferrule", "bench"),
         tls: TlsFiles {

@@ -80,6 +80,17 @@ impl Config {
         crate::plugin::trust::TrustPolicy::from_files(&files, self.trust.require_signed)
     }
 
+    /// Every broker to try, in order: `mqtt.host` on `mqtt.port`, then
+    /// each of `mqtt.hosts`.
+    pub fn brokers(&self) -> Vec<(String, u16)> {
+        std::iter::once((self.mqtt.host.clone(), self.mqtt.port))
+            .chain(
+                (self.mqtt.hosts.iter())
+                    .filter_map(|b| broker_address(b.get_ref(), self.mqtt.port).ok()),
+            )
+            .collect()
+    }
+
     /// Resolves a path from the config file against the file's directory.
     pub fn resolve(&self, relative: &Path) -> PathBuf {
         if relative.is_absolute() {
@@ -131,6 +142,11 @@ impl Config {
                     keep_alive.get_ref()
                 ),
             ));
+        }
+        for broker in &self.mqtt.hosts {
+            broker_address(broker.get_ref(), self.mqtt.port).map_err(|message| {
+                self.invalid(text, broker.span(), format!("mqtt.hosts: {message}"))
+            })?;
         }
         let max_packet = &self.mqtt.max_packet_size;
         if *max_packet.get_ref() < MIN_PACKET_SIZE {
@@ -313,3 +329,42 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests;
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` as host and port (`port`
+/// when none is given).
+pub fn broker_address(text: &str, port: u16) -> Result<(String, u16), String> {
+    let bad = |why: &str| format!("{text:?}: {why} (expected host, host:port or [IPv6]:port)");
+    let (host, given) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| bad("no closing ']'"))?;
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("expected ':' after ']'"))?,
+                ),
+            ),
+        }
+    } else {
+        match text.split_once(':') {
+            Some((_, rest)) if rest.contains(':') => {
+                return Err(bad("an IPv6 address needs brackets"));
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(bad("no host name"));
+    }
+    let port = match given {
+        None => port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(bad("port must be 1 to 65535")),
+        },
+    };
+    Ok((host.to_string(), port))
+}

@@ -155,6 +155,47 @@ fn mqtt_link_values_out_of_range_are_refused_at_their_position() {
     );
 }
 
+#[test]
+fn further_brokers_are_tried_in_order_after_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let with = |line: &str| {
+        let text = write_fixture(dir.path()).replace(
+            "ca_file = \"ca.pem\"",
+            &format!("ca_file = \"ca.pem\"\nport = 8884\n{line}"),
+        );
+        Config::parse(&text, &path)
+    };
+    let config = with(r#"hosts = ["b2", "b3:9000", "[::1]", "[fd00::7]:1883"]"#).unwrap();
+    let brokers = config.brokers();
+    let brokers: Vec<(&str, u16)> = (brokers.iter()).map(|(h, p)| (h.as_str(), *p)).collect();
+    assert_eq!(
+        brokers,
+        [
+            ("broker.local", 8884),
+            ("b2", 8884),
+            ("b3", 9000),
+            ("::1", 8884),
+            ("fd00::7", 1883)
+        ]
+    );
+    for (bad, why) in [
+        ("b:0", "port must be 1 to 65535"),
+        ("b:x", "port must be 1 to 65535"),
+        ("::1", "an IPv6 address needs brackets"),
+        ("[::1", "no closing ']'"),
+        (":1883", "no host name"),
+    ] {
+        let err = with(&format!("hosts = [\"ok\", \"{bad}\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("gw.toml:8:16: mqtt.hosts: {bad:?}: {why}")),
+            "{err}"
+        );
+    }
+}
+
 proptest! {
     #[test]
     fn line_col_matches_a_naive_count(text in "[a-z\n]{0,80}", offset in 0usize..100) {

@@ -70,6 +70,12 @@ pub struct MqttConfig {
     /// Broker port (8883).
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
+    /// Further brokers of the same cluster, as `host` or `host:port` (an
+    /// IPv6 address in brackets; the port defaults to `port`). A connection
+    /// that fails or is lost is tried again on the next broker of the list
+    /// `host`, `hosts…`, with the usual backoff.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
     /// Defaults to the gateway id.
     pub client_id: Option<String>,
     /// First topic level: topics are `{topic_prefix}/{gateway}/...`.

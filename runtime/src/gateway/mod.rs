@@ -483,6 +483,7 @@ fn publisher_settings(config: &Config) -> PublisherSettings {
         gateway,
         host: m.host.clone(),
         port: m.port,
+        failover: config.brokers().into_iter().skip(1).collect(),
         tls: TlsFiles {
             ca: resolve(m.ca_file.get_ref()),
             client_cert: m.client_cert_file.as_ref().map(|f| resolve(f.get_ref())),

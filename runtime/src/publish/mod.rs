@@ -77,6 +77,10 @@ pub struct PublisherSettings {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// Further brokers of the same cluster (host, port): a connection that
+    /// fails or is lost is tried again, after the usual backoff, on the
+    /// next broker of `host:port`, `failover…`, round and round.
+    pub failover: Vec<(String, u16)>,
     /// The MQTT client id.
     pub client_id: String,
     /// Where data, status, telemetry and commands go.
@@ -118,14 +122,21 @@ pub async fn run(
     // Up to +25 %, so a fleet that lost the same broker doesn't return in lockstep.
     let mut backoff =
         Backoff::new(settings.reconnect_min, settings.reconnect_max).with_jitter(0.25);
-    let broker = format!("{}:{}", settings.host, settings.port);
+    let brokers: Vec<(String, u16)> = std::iter::once((settings.host.clone(), settings.port))
+        .chain(settings.failover.iter().cloned())
+        .collect();
+    let mut active = settings.clone();
+    let mut next = 0;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
+        (active.host, active.port) = brokers[next % brokers.len()].clone();
+        next += 1;
+        let broker = format!("{}:{}", active.host, active.port);
         let mut connected = false;
         let result = session(
-            &settings,
+            &active,
             &queue,
             telemetry.as_ref(),
             &stats,
@@ -144,13 +155,15 @@ pub async fn run(
             backoff.reset();
         }
         let wait = backoff.next_delay();
-        let (kind, why) = e.explain(&settings.host);
+        let (kind, why) = e.explain(&active.host);
         stats.failed(kind, &why);
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let (host, port) = &brokers[next % brokers.len()];
+        let retry_on = format!("{host}:{port}");
         if connected {
-            tracing::warn!(broker = %broker, kind = kind.as_str(), error = %why, retry_in_ms = wait_ms, "mqtt connection lost");
+            tracing::warn!(broker = %broker, kind = kind.as_str(), error = %why, retry_in_ms = wait_ms, retry_on = %retry_on, "mqtt connection lost");
         } else {
-            tracing::warn!(broker = %broker, kind = kind.as_str(), error = %why, retry_in_ms = wait_ms, "mqtt connection failed");
+            tracing::warn!(broker = %broker, kind = kind.as_str(), error = %why, retry_in_ms = wait_ms, retry_on = %retry_on, "mqtt connection failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

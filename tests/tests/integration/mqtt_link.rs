@@ -539,3 +539,66 @@ async fn a_client_certificate_close_to_expiry_is_warned_about_and_reported() -> 
     eprintln!("{line}\ntelemetry: client_cert_days_left = {days:.3}");
     Ok(())
 }
+
+/// Two brokers of a cluster on loopback, the second listed in
+/// `mqtt.hosts`: the one the gateway is connected to is killed, the
+/// gateway carries on with the other, and a subscriber on each sees every
+/// sequence number between them.
+#[tokio::test]
+async fn when_its_broker_dies_the_gateway_carries_on_with_the_next_in_mqtt_hosts()
+-> anyhow::Result<()> {
+    let (dir, pki, first_port, first, mut first_sub) =
+        Rig::start("", "ferrule/gw-test/data/#").await?.into_parts();
+    let d = dir.path();
+    let second_port = free_port()?;
+    let _second = Mosquitto::start(d, &pki, second_port, "")?;
+    let mut second_sub = Subscriber::connect(&pki, second_port, "ferrule/gw-test/data/#").await?;
+    let gateway = sim_config(&d.join("data"), &pki, first_port, 50, 2, "")?.set(
+        "mqtt",
+        "hosts",
+        toml::Value::Array(vec![format!("127.0.0.1:{second_port}").into()]),
+    );
+    let config = d.join("gateway.toml");
+    std::fs::write(&config, gateway.render())?;
+    let ferrule = start_ferrule(d, &["run", "gateway.toml"])?;
+    let mut seqs = SeqLog::default();
+    seqs.wait_for_all(&mut first_sub, 1, 20, Duration::from_secs(60))
+        .await?;
+
+    // The broker the gateway publishes to dies (kill -9).
+    drop(first);
+    let killed_at = Instant::now();
+    let deadline = killed_at + Duration::from_secs(60);
+    while !ferrule
+        .log_text()
+        .lines()
+        .any(|l| l.contains("mqtt connected") && l.contains(&second_port.to_string()))
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "never connected to the second broker: {}",
+            ferrule.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failover = killed_at.elapsed();
+    seqs.drain(&mut first_sub)?;
+    let before = seqs.max();
+    seqs.wait_for_all(
+        &mut second_sub,
+        before + 1,
+        before + 40,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let stats = queue_stats(d, &config)?;
+    let last = stats["next_seq"].as_u64().unwrap_or(1) - 1;
+    seqs.wait_for_all(&mut second_sub, 1, last, Duration::from_secs(60))
+        .await?;
+    eprintln!(
+        "failover: on the second broker {failover:?} after the first died; seq 1..={last} all seen, {} on the first broker, {} duplicates",
+        before,
+        seqs.duplicates()
+    );
+    Ok(())
+}
