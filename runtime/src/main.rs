@@ -8,6 +8,17 @@ use tracing_subscriber::EnvFilter;
 fn main() -> std::process::ExitCode {
     ferrule::gateway::keep_large_buffers_out_of_the_heap();
     let cli = cli::Cli::parse();
+    if !cli.command.is_long_running() {
+        // A report piped into `head` ends quietly when the reader has seen
+        // enough, like any Unix tool; the gateway itself keeps ignoring
+        // SIGPIPE (a closed socket is an error to handle, not a death).
+        #[cfg(unix)]
+        // SAFETY: restores the default action of one signal before any
+        // thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // rumqttd (the demo's embedded broker) logs every client disconnect as an
     // error, so it is silent unless FERRULE_LOG asks for it.
     tracing_subscriber::fmt()

@@ -86,6 +86,13 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// `run` and `demo` run a gateway; every other command reports and ends.
+    pub fn is_long_running(&self) -> bool {
+        matches!(self, Command::Run { .. } | Command::Demo { .. })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TelemetryCommand {
     /// The latest sample's figures and the hourly trend (min, average, max).
