@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod deploy;
 pub mod dev;
 pub mod gateway;
 pub mod pipeline;

@@ -574,6 +574,24 @@ pub fn sign(
     Ok((out, id))
 }
 
+/// Signs `message` (any bytes, not a plugin) with the secret key in
+/// `key_file`: the Ed25519 signature and the key's id.
+pub fn sign_bytes(message: &[u8], key_file: &Path) -> Result<(Vec<u8>, String), String> {
+    let key = read_secret_key(key_file)?;
+    let public = PublicKey::from_der(&key.sk.public_key().to_der())
+        .map_err(|e| format!("public key of {}: {e}", key_file.display()))?;
+    let (_, id) = with_id(public);
+    Ok((key.sk.sign(message, None).to_vec(), id))
+}
+
+/// The public key in each of `files`, with its id.
+pub fn public_keys(files: &[PathBuf]) -> Result<Vec<(String, ed25519_compact::PublicKey)>, String> {
+    files
+        .iter()
+        .map(|f| read_public_key(f).map(|(key, id)| (id, key.pk)))
+        .collect()
+}
+
 /// What a plugin file says about itself, without trusting anything.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Inspection {
