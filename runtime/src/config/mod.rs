@@ -91,6 +91,15 @@ impl Config {
             .collect()
     }
 
+    /// The operator keys (`[trust] operator_keys`) with their ids, for
+    /// [`crate::deploy::verify`].
+    pub fn operator_keys(&self) -> Result<Vec<(String, ed25519_compact::PublicKey)>, String> {
+        let files: Vec<PathBuf> = (self.trust.operator_keys.iter())
+            .map(|k| self.resolve(Path::new(k.get_ref())))
+            .collect();
+        crate::plugin::trust::public_keys(&files)
+    }
+
     /// Resolves a path from the config file against the file's directory.
     pub fn resolve(&self, relative: &Path) -> PathBuf {
         if relative.is_absolute() {
@@ -181,11 +190,16 @@ impl Config {
                 ));
             }
         }
-        for key in &self.trust.publisher_keys {
-            let resolved = self.resolve(Path::new(key.get_ref()));
-            crate::plugin::trust::key_id(&resolved).map_err(|message| {
-                self.invalid(text, key.span(), format!("trust.publisher_keys: {message}"))
-            })?;
+        for (list, keys) in [
+            ("publisher_keys", &self.trust.publisher_keys),
+            ("operator_keys", &self.trust.operator_keys),
+        ] {
+            for key in keys {
+                let resolved = self.resolve(Path::new(key.get_ref()));
+                crate::plugin::trust::key_id(&resolved).map_err(|message| {
+                    self.invalid(text, key.span(), format!("trust.{list}: {message}"))
+                })?;
+            }
         }
         if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
             return Err(ConfigError::Invalid {

@@ -196,6 +196,32 @@ fn further_brokers_are_tried_in_order_after_the_first() {
     }
 }
 
+#[test]
+fn operator_keys_are_read_as_keys_and_refused_at_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let id =
+        crate::plugin::trust::keygen(&dir.path().join("op.key"), &dir.path().join("op.key.pub"))
+            .unwrap();
+    let with = |keys: &str| {
+        let text = format!(
+            "{}\n[trust]\noperator_keys = [{keys}]\n",
+            write_fixture(dir.path())
+        );
+        Config::parse(&text, &path)
+    };
+    let config = with("\"op.key.pub\"").unwrap();
+    let keys = config.operator_keys().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].0, id);
+    assert!(config.trust.publisher_keys.is_empty(), "a separate role");
+    let err = with("\"op.key.pub\", \"ca.pem\"").unwrap_err().to_string();
+    assert!(
+        err.contains("gw.toml:17:32: trust.operator_keys: "),
+        "{err}"
+    );
+}
+
 proptest! {
     #[test]
     fn line_col_matches_a_naive_count(text in "[a-z\n]{0,80}", offset in 0usize..100) {

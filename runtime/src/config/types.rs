@@ -382,6 +382,11 @@ pub struct TrustConfig {
     /// Refuse plugins without a valid signature by one of the keys; on by
     /// default once a key is configured.
     pub require_signed: Option<bool>,
+    /// Ed25519 public key files of the operators whose signed deployment
+    /// documents this gateway accepts (docs/fleet.md), relative to the
+    /// config file. A separate role from `publisher_keys`.
+    #[serde(default)]
+    pub operator_keys: Vec<Spanned<String>>,
 }
 
 /// Runtime-wide settings.
