@@ -174,6 +174,86 @@ pub fn sign(deployment: &Deployment, key_file: &Path) -> Result<Envelope, String
     })
 }
 
+/// An operator's state file (TOML): what a gateway or group should run.
+///
+/// ```toml
+/// deployment = 42
+/// target = { gateway = "gw-01" }    # or { group = "line-3" }
+/// [health]                          # optional
+/// window_s = 30
+/// good_polls = 3
+/// [[plugin]]
+/// file = "acme-meter.wasm"          # signed with a name and version
+/// [[driver]]
+/// name = "meter-1"
+/// plugin = "acme-meter"             # the signed name
+/// interval_ms = 1000
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    deployment: u64,
+    target: Target,
+    #[serde(default)]
+    health: Health,
+    #[serde(rename = "plugin", default)]
+    plugins: Vec<PluginFile>,
+    #[serde(rename = "driver", default)]
+    drivers: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginFile {
+    file: std::path::PathBuf,
+}
+
+/// The deployment a state file describes, each plugin pinned to the
+/// name, version, SHA-256 and size of its signed file (relative paths
+/// resolved against the state file's directory).
+pub fn from_state_file(path: &Path) -> Result<Deployment, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let state: StateFile =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut plugins = Vec::with_capacity(state.plugins.len());
+    for p in &state.plugins {
+        let file = base.join(&p.file);
+        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let seen = trust::inspect(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        let Some(identity) = seen.identity else {
+            return Err(format!(
+                "{}: no signed name and version (ferrule plugin sign --name N --version V)",
+                file.display()
+            ));
+        };
+        if seen.signatures.is_empty() {
+            return Err(format!("{}: not signed by a publisher", file.display()));
+        }
+        plugins.push(PluginRef {
+            name: identity.name,
+            version: identity.version,
+            sha256: seen.sha256,
+            size: seen.size as u64,
+        });
+    }
+    let drivers = (state.drivers.iter())
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let deployment = Deployment {
+        schema: SCHEMA,
+        deployment: state.deployment,
+        target: state.target,
+        issued_ms: crate::reading::now_ns() / 1_000_000,
+        health: state.health,
+        plugins,
+        drivers,
+    };
+    check_contents(&deployment).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(deployment)
+}
+
 /// Who this gateway is, for [`verify`].
 pub struct Recipient<'a> {
     /// Its `[gateway] id`.
@@ -336,6 +416,39 @@ mod tests {
                 "processor": [{"name": "p", "plugin": "acme-meter"}],
             })],
         }
+    }
+
+    #[test]
+    fn a_state_file_pins_each_plugin_to_its_signed_file() {
+        let k = keys();
+        let dir = k.secret.parent().unwrap();
+        // The smallest component, signed as acme-meter 1.4.0.
+        let component = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+        let identity = trust::Identity::new("acme-meter", "1.4.0").unwrap();
+        let (signed, _) = trust::sign(&component, &k.secret, Some(&identity)).unwrap();
+        std::fs::write(dir.join("meter.wasm"), &signed).unwrap();
+        let state = dir.join("state.toml");
+        let text = "deployment = 3\ntarget = { group = \"line-3\" }\n[[plugin]]\nfile = \"meter.wasm\"\n[[driver]]\nname = \"m\"\nplugin = \"acme-meter\"\ninterval_ms = 500\n[driver.config]\nunit = 7\n";
+        std::fs::write(&state, text).unwrap();
+        let d = from_state_file(&state).unwrap();
+        assert_eq!(d.target, Target::Group("line-3".into()));
+        assert_eq!(d.plugins[0].name, "acme-meter");
+        assert_eq!(d.plugins[0].version, semver::Version::new(1, 4, 0));
+        assert_eq!(d.plugins[0].sha256, trust::sha256_hex(&signed));
+        assert_eq!(d.drivers[0]["config"]["unit"], 7);
+        // A driver naming a plugin the file does not list.
+        std::fs::write(
+            &state,
+            text.replace("plugin = \"acme-meter\"", "plugin = \"other\""),
+        )
+        .unwrap();
+        let err = from_state_file(&state).unwrap_err();
+        assert!(err.contains("names plugin \"other\""), "{err}");
+        // An unsigned plugin.
+        std::fs::write(dir.join("meter.wasm"), component).unwrap();
+        std::fs::write(&state, text).unwrap();
+        let err = from_state_file(&state).unwrap_err();
+        assert!(err.contains("no signed name and version"), "{err}");
     }
 
     fn message(deployment: &Deployment, key: &Path) -> Vec<u8> {

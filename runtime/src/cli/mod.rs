@@ -1,6 +1,7 @@
 //! The `ferrule` command line.
 
 pub mod demo;
+mod fleet;
 mod inspect;
 mod plugin;
 mod reload;
@@ -62,6 +63,11 @@ pub enum Command {
     Plugin {
         #[command(subcommand)]
         command: plugin::PluginCommand,
+    },
+    /// The operator's side of deployments to gateways (docs/fleet.md).
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
     },
     /// Run a self-contained demo: embedded TLS broker, sim driver, scale processor.
     Demo {
@@ -140,6 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload { config, wait } => reload::ask(&config, wait).await,
         Command::Queue { command } => queue(command),
         Command::Plugin { command } => plugin::run(command),
+        Command::Fleet { command } => fleet::run(command),
         Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
         Command::Telemetry {
             command:

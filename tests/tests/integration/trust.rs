@@ -226,3 +226,90 @@ async fn only_plugins_signed_by_a_trusted_key_run_and_each_refusal_says_why() ->
     );
     Ok(())
 }
+
+/// `ferrule fleet sign` pins each plugin of a state file to its signed
+/// file; `ferrule fleet verify` accepts the document as the gateway it is
+/// for would, and refuses it for another gateway, after it was applied,
+/// signed by a key not trusted for deployments, or changed after signing.
+#[tokio::test]
+async fn fleet_documents_are_signed_by_operators_and_verified_as_a_gateway_would()
+-> anyhow::Result<()> {
+    let dir = ferrule_tests::tempdir()?;
+    let d = dir.path();
+    keygen(d, "publisher.key")?;
+    let operator = keygen(d, "operator.key")?;
+    sign_as(d, "publisher.key", &plugin("sim")?, "sim.wasm", "1.2.0")?;
+    std::fs::write(
+        d.join("state.toml"),
+        "deployment = 5\ntarget = { gateway = \"gw-01\" }\n[[plugin]]\nfile = \"sim.wasm\"\n[[driver]]\nname = \"a\"\nplugin = \"sim\"\ninterval_ms = 500\n",
+    )?;
+    let (ok, _, err) = run_ferrule(
+        d,
+        &[
+            "fleet",
+            "sign",
+            "--key",
+            "operator.key",
+            "-o",
+            "d5.json",
+            "state.toml",
+        ],
+    )?;
+    assert!(
+        ok && err.contains(&format!("signed by key id {operator}")),
+        "{err}"
+    );
+    let verify = |extra: &[&str], key: &str, file: &str| {
+        let args = [&["fleet", "verify", "--key", key][..], extra, &[file]].concat();
+        run_ferrule(d, &args)
+    };
+    let (ok, out, err) = verify(&["--gateway", "gw-01"], "operator.key.pub", "d5.json")?;
+    let sha = serde_json::from_str::<serde_json::Value>(&ferrule_ok(
+        d,
+        &["plugin", "inspect", "--json", "sim.wasm"],
+    )?)?["sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ok && out.contains("deployment 5 accepted")
+            && out.contains(&format!("plugin sim 1.2.0 sha256 {sha}")),
+        "{out}{err}"
+    );
+    let mut tampered = std::fs::read_to_string(d.join("d5.json"))?;
+    // Change one character of the base64 document.
+    let at = tampered.find("\"document\":\"").unwrap_or(0) + 20;
+    let flipped = if &tampered[at..=at] == "A" { "B" } else { "A" };
+    tampered.replace_range(at..=at, flipped);
+    std::fs::write(d.join("tampered.json"), tampered)?;
+    for (extra, key, file, reason) in [
+        (
+            &["--gateway", "gw-02"][..],
+            "operator.key.pub",
+            "d5.json",
+            "not for this gateway",
+        ),
+        (
+            &["--gateway", "gw-01", "--applied", "5"][..],
+            "operator.key.pub",
+            "d5.json",
+            "not newer than deployment 5",
+        ),
+        (
+            &["--gateway", "gw-01"][..],
+            "publisher.key.pub",
+            "d5.json",
+            "does not trust for deployments",
+        ),
+        (
+            &["--gateway", "gw-01"][..],
+            "operator.key.pub",
+            "tampered.json",
+            "does not match the document",
+        ),
+    ] {
+        let (ok, _, err) = verify(extra, key, file)?;
+        assert!(!ok && err.contains(reason), "{reason}: {err}");
+    }
+    Ok(())
+}
