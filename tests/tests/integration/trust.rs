@@ -210,6 +210,45 @@ async fn only_plugins_signed_by_a_trusted_key_run_and_each_refusal_says_why() ->
         !ok && err.contains("sim-old.wasm") && err.contains("sim 0.1.0 is older than sim 0.2.0"),
         "{err}"
     );
+    // Running, the rolled-back driver is set aside with that reason while
+    // a trusted one beside it runs on rate.
+    let two = gateway_toml(&d.join("data"), &pki, port)
+        .set(
+            "trust",
+            "publisher_keys",
+            toml::Value::Array(vec!["trusted.key.pub".into()]),
+        )
+        .driver(sim_with_scale(
+            "current",
+            &at("sim-signed.wasm"),
+            &signed_scale,
+            100,
+        ))
+        .driver(old());
+    std::fs::write(d.join("two.toml"), two.render())?;
+    let started_ns = ferrule::reading::now_ns();
+    let mut ferrule = start_ferrule(d, &["run", "two.toml"])?;
+    let mut current = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while current < 20 {
+        anyhow::ensure!(Instant::now() < deadline, "{}", ferrule.log_text());
+        let m = sub.next(Duration::from_secs(30), "data messages").await?;
+        let v = m.json()?;
+        // The first run's backlog (driver "good", killed) is sent first.
+        if v["captured_ns"].as_u64().unwrap_or(0) < started_ns {
+            continue;
+        }
+        assert_eq!(v["driver"], "current", "the rolled-back driver published");
+        current += 1;
+    }
+    let log = ferrule.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("driver NOT started")
+            && l.contains("good")
+            && l.contains("sim 0.1.0 is older than sim 0.2.0")),
+        "{log}"
+    );
+    ferrule.kill9();
     std::fs::write(
         d.join("pinned.toml"),
         one(old().set("allow_downgrade", true)),
