@@ -245,7 +245,7 @@ pub fn from_state_file(path: &Path) -> Result<Deployment, String> {
         schema: SCHEMA,
         deployment: state.deployment,
         target: state.target,
-        issued_ms: crate::reading::now_ns() / 1_000_000,
+        issued_ms: crate::reading::now_ms(),
         health: state.health,
         plugins,
         drivers,

@@ -70,6 +70,11 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
 /// Floats in JSON: finite values as numbers (exactly, `-0.0` included),
 /// non-finite ones as the strings `"NaN"`, `"inf"` and `"-inf"`. Every NaN
 /// is written as `"NaN"` (its sign and payload bits are not kept). Reading

@@ -20,7 +20,7 @@ fn stored(config: &Config) -> anyhow::Result<Stored> {
 }
 
 fn age(ts_ms: u64) -> String {
-    let now = ferrule::reading::now_ns() / 1_000_000;
+    let now = ferrule::reading::now_ms();
     humantime::format_duration(Duration::from_secs(now.saturating_sub(ts_ms) / 1000)).to_string()
 }
 

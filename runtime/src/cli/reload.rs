@@ -85,11 +85,8 @@ pub fn on_sighup() -> Option<mpsc::Receiver<()>> {
 }
 
 fn read_record(path: &Path) -> Option<PidRecord> {
-    let bytes = std::fs::read(path).ok()?;
     // Ours, but bounded like any file read back.
-    if bytes.len() > 64 << 10 {
-        return None;
-    }
+    let bytes = ferrule::plugin::trust::read_bounded(path, 64 << 10).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -137,7 +134,7 @@ pub async fn ask(path: &Path, wait: Duration) -> anyhow::Result<()> {
             pid_file.display()
         );
     }
-    let asked = ferrule::reading::now_ns() / 1_000_000;
+    let asked = ferrule::reading::now_ms();
     signal_hangup(record.pid)?;
     let deadline = Instant::now() + wait;
     loop {

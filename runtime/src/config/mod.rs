@@ -54,7 +54,7 @@ impl Config {
         config.source = path.to_path_buf();
         config.base_dir = base;
         config.sha256 = crate::plugin::trust::sha256_hex(text.as_bytes());
-        config.loaded_ms = crate::reading::now_ns() / 1_000_000;
+        config.loaded_ms = crate::reading::now_ms();
         config.validate(text)?;
         config.text = text.to_string();
         Ok(config)

@@ -87,16 +87,9 @@ pub fn outcome_path(config: &Config) -> PathBuf {
 
 /// The last reload's outcome written by the gateway of `config`, if any.
 pub fn read_outcome(config: &Config) -> Option<ReloadFigures> {
-    let bytes = std::fs::read(outcome_path(config)).ok()?;
     // Written by ferrule itself, but bounded like any file read back.
-    if bytes.len() > 1 << 20 {
-        return None;
-    }
+    let bytes = trust::read_bounded(&outcome_path(config), 1 << 20).ok()?;
     serde_json::from_slice(&bytes).ok()
-}
-
-fn now_ms() -> u64 {
-    crate::reading::now_ns() / 1_000_000
 }
 
 impl Gateway {
@@ -207,7 +200,7 @@ impl Gateway {
     pub async fn reload(&mut self) {
         let started = Instant::now();
         let mut figures = ReloadFigures {
-            at_ms: now_ms(),
+            at_ms: crate::reading::now_ms(),
             ..ReloadFigures::default()
         };
         tracing::info!(config = %self.config.source.display(), "reloading config");
@@ -421,8 +414,7 @@ fn file_shas(config: &Config, d: &DriverConfig) -> Vec<String> {
     std::iter::once(&d.plugin)
         .chain(d.processors.iter().map(|p| &p.plugin))
         .map(|p| {
-            std::fs::read(config.resolve(p.get_ref()))
-                .map(|bytes| sha256_hex(&bytes))
+            trust::sha256_file(&config.resolve(p.get_ref()))
                 .unwrap_or_else(|e| format!("unreadable: {e}"))
         })
         .collect()

@@ -178,20 +178,34 @@ const MAX_KEY_FILE_BYTES: u64 = 64 << 10;
 
 /// A key file's bytes, bounded.
 fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    read_bounded(path, MAX_KEY_FILE_BYTES).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => format!("{}: {e}, not a key file", path.display()),
+        _ => format!("{}: {e}", path.display()),
+    })
+}
+
+/// The bytes of the file at `path`, reading at most `max` of them: a
+/// longer file is an `InvalidData` error ("over `max` bytes"), so a file
+/// that grew past reason is never read whole.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(file, MAX_KEY_FILE_BYTES + 1),
-        &mut bytes,
-    )
-    .map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
-        return Err(format!(
-            "{}: over {MAX_KEY_FILE_BYTES} bytes, not a key file",
-            path.display()
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, max + 1), &mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("over {max} bytes"),
         ));
     }
     Ok(bytes)
+}
+
+/// SHA-256 of the file at `path`, hex, read in pieces (a plugin file may
+/// be large).
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
 }
 
 /// A public key with its id attached.
@@ -418,21 +432,12 @@ impl Versions {
             ..Versions::default()
         };
         let read = || -> Result<Option<VersionsFile>, String> {
-            let file = match std::fs::File::open(path) {
-                Ok(f) => f,
+            let bytes = match read_bounded(path, MAX_VERSIONS_BYTES) {
+                Ok(bytes) => bytes,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e.to_string()),
             };
-            let mut text = String::new();
-            std::io::Read::read_to_string(
-                &mut std::io::Read::take(file, MAX_VERSIONS_BYTES + 1),
-                &mut text,
-            )
-            .map_err(|e| e.to_string())?;
-            if text.len() as u64 > MAX_VERSIONS_BYTES {
-                return Err(format!("over {MAX_VERSIONS_BYTES} bytes"));
-            }
-            serde_json::from_str(&text)
+            serde_json::from_slice(&bytes)
                 .map(Some)
                 .map_err(|e| e.to_string())
         };

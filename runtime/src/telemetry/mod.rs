@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::pipeline::DriverCounters;
 use crate::publish::PublisherStats;
 use crate::queue::{Entry, Queue, QueueStats};
+use crate::reading::now_ms;
 
 /// The schema version of [`Snapshot`]; grows when fields change meaning.
 pub const SCHEMA: u32 = 1;
@@ -413,13 +414,6 @@ pub struct Collector {
     started: Instant,
     system: sysinfo::System,
     pid: Option<sysinfo::Pid>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Collector {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferrule::dev::config::table;
+use ferrule::reading::now_ms;
 use ferrule_tests::{
     GatewayToml, Jitter, Pki, PluginToml, Process, Received, Rig, SeqLog, plugin, run_ferrule,
     start_ferrule,
@@ -46,13 +47,6 @@ fn sighup(ferrule: &Process) -> anyhow::Result<()> {
         "kill -HUP {pid} failed"
     );
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// One data message: (driver, seq, captured_ns, readings).
