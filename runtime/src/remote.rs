@@ -59,6 +59,39 @@ pub struct Commands {
     pub inbox: mpsc::Sender<Incoming>,
     /// Results from the router, to publish.
     pub answers: mpsc::Receiver<Answer>,
+    /// The deployment path, on a gateway that takes deployments.
+    pub deploy: Option<DeployLink>,
+}
+
+/// A message the gateway publishes for its deployments.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Where.
+    pub topic: String,
+    /// What.
+    pub payload: Vec<u8>,
+    /// Kept by the broker for later subscribers.
+    pub retain: bool,
+}
+
+/// The publisher's ends of the deployment path.
+pub struct DeployLink {
+    /// Subscribed to on every connect.
+    pub filters: Vec<String>,
+    /// Messages on those topics (topic, payload), to the deployment agent.
+    pub inbox: mpsc::Sender<(String, Vec<u8>)>,
+    /// Messages from the agent, to publish.
+    pub outbox: mpsc::Receiver<Outgoing>,
+}
+
+impl DeployLink {
+    /// Whether `topic` matches one of the filters (`#` at the end only).
+    pub fn wants(&self, topic: &str) -> bool {
+        self.filters.iter().any(|f| match f.strip_suffix('#') {
+            Some(prefix) => topic.starts_with(prefix),
+            None => f == topic,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -143,7 +176,11 @@ pub fn start(drivers: Inboxes) -> Commands {
             });
         }
     });
-    Commands { inbox, answers }
+    Commands {
+        inbox,
+        answers,
+        deploy: None,
+    }
 }
 
 async fn handle(message: &Incoming, target: Option<mpsc::Sender<Write>>) -> Answer {

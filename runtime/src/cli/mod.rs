@@ -179,7 +179,9 @@ async fn run_gateway(path: &Path) -> anyhow::Result<()> {
     let reloads = reload::on_sighup();
     let config = Config::load(path)?;
     let pid_file = reload::PidFile::write(&config)?;
-    let prepared = gateway::prepare(config).await?;
+    let (config, managed) = ferrule::deploy::agent::startup(config).map_err(anyhow::Error::msg)?;
+    let mut prepared = gateway::prepare(config).await?;
+    prepared.managed = managed;
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {

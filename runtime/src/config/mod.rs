@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
 pub use types::{
-    Config, DriverConfig, GatewayConfig, LimitsOverride, MqttConfig, MqttProtocol,
+    Config, DeployConfig, DriverConfig, GatewayConfig, LimitsOverride, MqttConfig, MqttProtocol,
     PayloadFormatConfig, PluginLimits, ProcessorConfig, QueueConfig, RuntimeConfig,
     TelemetryConfig, WhenFull,
 };
@@ -20,6 +20,10 @@ pub use types::{
 /// The smallest `mqtt.max_packet_size` accepted: room for the topic, the
 /// message envelope and at least one ordinary reading.
 pub const MIN_PACKET_SIZE: u32 = 1024;
+
+/// The largest `deploy.chunk_bytes`: a chunk and its topic fit the 1 MiB
+/// packet the gateway accepts.
+pub const MAX_CHUNK_BYTES: u32 = 1000 << 10;
 
 impl Config {
     /// Reads, parses and validates a config file.
@@ -133,12 +137,27 @@ impl Config {
                 ),
             ));
         }
-        if self.drivers.is_empty() {
+        for group in &self.gateway.groups {
+            self.check_name(text, group, "group")?;
+        }
+        // A gateway managed by deployments may start with none of its own.
+        if self.drivers.is_empty() && self.trust.operator_keys.is_empty() {
             return Err(ConfigError::Invalid {
                 path: self.source.clone(),
                 line: 1,
                 column: 1,
-                message: "no [[driver]] configured; expected at least one".to_string(),
+                message: "no [[driver]] configured; expected at least one (or [trust] operator_keys, for a gateway that takes its drivers from deployments)".to_string(),
+            });
+        }
+        let chunk = self.deploy.chunk_bytes;
+        if !(1024..=MAX_CHUNK_BYTES).contains(&chunk) {
+            return Err(ConfigError::Invalid {
+                path: self.source.clone(),
+                line: 1,
+                column: 1,
+                message: format!(
+                    "deploy.chunk_bytes = {chunk}: expected 1024 to {MAX_CHUNK_BYTES}"
+                ),
             });
         }
         let keep_alive = &self.mqtt.keep_alive_s;

@@ -26,6 +26,9 @@ pub struct Config {
     /// `[trust]`: whose plugins this gateway runs.
     #[serde(default)]
     pub trust: TrustConfig,
+    /// `[deploy]`: deployments over MQTT (docs/fleet.md).
+    #[serde(default)]
+    pub deploy: DeployConfig,
     /// The `[[driver]]` tables, in order.
     #[serde(rename = "driver", default)]
     pub drivers: Vec<DriverConfig>,
@@ -55,6 +58,10 @@ pub struct GatewayConfig {
     /// Where the queue and plugin data live.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The fleet groups this gateway belongs to: it also takes the
+    /// deployments published for each of them (docs/fleet.md).
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -513,4 +520,43 @@ pub struct ProcessorConfig {
     /// A private directory `{data_dir}/plugins/{instance}`, seen by the plugin as `/data`.
     #[serde(default)]
     pub data_dir: bool,
+}
+
+/// `[deploy]`: how a gateway takes deployments over MQTT (active once
+/// `[trust] operator_keys` is set).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// The largest plugin file a deployment may make this gateway fetch.
+    #[serde(default = "default_max_plugin_bytes")]
+    pub max_plugin_bytes: u64,
+    /// Bytes asked for per chunk of a plugin transfer (each chunk is one
+    /// MQTT message; kept under the 1 MiB the gateway accepts per packet).
+    #[serde(default = "default_chunk_bytes")]
+    pub chunk_bytes: u32,
+    /// Seconds without an answer before a chunk is asked for again.
+    #[serde(default = "default_chunk_timeout_s")]
+    pub chunk_timeout_s: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            max_plugin_bytes: default_max_plugin_bytes(),
+            chunk_bytes: default_chunk_bytes(),
+            chunk_timeout_s: default_chunk_timeout_s(),
+        }
+    }
+}
+
+fn default_max_plugin_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_chunk_bytes() -> u32 {
+    256 << 10
+}
+
+fn default_chunk_timeout_s() -> u64 {
+    10
 }

@@ -168,6 +168,8 @@ pub struct Prepared {
     /// The highest version of each plugin run here; `run` records the
     /// versions it starts.
     versions: trust::Versions,
+    /// Set for a gateway that takes deployments ([`crate::deploy::agent::startup`]).
+    pub managed: Option<crate::deploy::agent::Managed>,
     _engine: PluginEngine,
 }
 
@@ -223,6 +225,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         drivers,
         refused,
         versions,
+        managed: None,
         _engine: engine,
     })
 }
@@ -352,19 +355,27 @@ fn check_version(
     Ok(())
 }
 
-/// Notes the signed versions of every plugin the gateway starts, so an
-/// older one is refused from now on.
+/// The signed identities of every plugin of `specs`' chains.
+fn identities<'a>(
+    specs: impl Iterator<Item = &'a DriverSpec>,
+) -> impl Iterator<Item = &'a trust::Identity> {
+    specs
+        .flat_map(|spec| {
+            std::iter::once(spec.driver.loaded.provenance())
+                .chain(spec.processors.iter().map(|p| p.loaded.provenance()))
+        })
+        .filter_map(|p| p.identity.as_ref())
+}
+
+/// Notes the signed versions of plugins the gateway starts, so an older
+/// one is refused from now on.
 fn record_versions<'a>(
     versions: &mut trust::Versions,
-    specs: impl Iterator<Item = &'a DriverSpec>,
+    identities: impl Iterator<Item = &'a trust::Identity>,
 ) {
     let mut raised = false;
-    for spec in specs {
-        let loaded = std::iter::once(spec.driver.loaded.provenance())
-            .chain(spec.processors.iter().map(|p| p.loaded.provenance()));
-        for identity in loaded.filter_map(|p| p.identity.as_ref()) {
-            raised |= versions.record(identity);
-        }
+    for identity in identities {
+        raised |= versions.record(identity);
     }
     if (raised || versions.unreadable())
         && let Err(e) = versions.save()
@@ -574,6 +585,24 @@ fn release_startup_memory() {
     }
 }
 
+/// The next reload asked for; never, when reloads are not taken.
+async fn next_reload(reloads: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
+    match reloads {
+        Some(source) => source.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The deployment agent's next event; never, on a gateway managed by hand.
+async fn next_event(
+    agent: &mut Option<crate::deploy::agent::Agent>,
+) -> Option<crate::deploy::agent::Event> {
+    match agent {
+        Some(agent) => Some(agent.next().await),
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs a prepared gateway until `shutdown` is cancelled; then stops
 /// polling, takes a last telemetry snapshot, lets the publisher say
 /// offline, and returns once every task has ended.
@@ -593,9 +622,13 @@ pub async fn run_reloading(
         drivers,
         refused,
         mut versions,
+        managed,
         _engine,
     } = prepared;
-    record_versions(&mut versions, drivers.iter().map(|(spec, _)| spec));
+    record_versions(
+        &mut versions,
+        identities(drivers.iter().map(|(spec, _)| spec)),
+    );
     for (driver, e) in &refused {
         tracing::error!(driver = %driver, error = %e, "driver NOT started: its plugin could not be loaded; the other drivers run");
     }
@@ -654,12 +687,28 @@ pub async fn run_reloading(
     let inboxes = remote::Inboxes::default();
     let live = Arc::new(std::sync::Mutex::new(telemetry::Live::default()));
     let tasks = TaskTracker::new();
+    let mut commands = remote::start(inboxes.clone());
+    let (mut agent, bootstrap, layer) = match managed {
+        Some(mut managed) => {
+            let (bootstrap, layer) = (std::mem::take(&mut managed.bootstrap), managed.layer.take());
+            let (agent, link) =
+                crate::deploy::agent::Agent::new(&config, managed).map_err(|message| {
+                    StartError::Trust {
+                        config: config.source.clone(),
+                        message,
+                    }
+                })?;
+            commands.deploy = Some(link);
+            (Some(agent), bootstrap, layer)
+        }
+        None => (None, config.text.clone(), None),
+    };
     tasks.spawn(publish::run(
         publisher_settings(&config),
         queue.clone(),
         publisher_stats.clone(),
         telemetry_queue.clone(),
-        Some(remote::start(inboxes.clone())),
+        Some(commands),
         shutdown.clone(),
     ));
     if let Some(lane) = telemetry_queue {
@@ -699,22 +748,30 @@ pub async fn run_reloading(
             live,
             shutdown: shutdown.clone(),
         },
-        config,
+        (config, bootstrap, layer),
         versions,
         Arc::new(_engine),
         drivers,
         not_started,
     );
-    while let Some(source) = reloads.as_mut() {
-        let asked = tokio::select! {
+    if let Some(agent) = &agent {
+        agent.report_now(&gateway);
+    }
+    loop {
+        // A reload or a deployment step is checked and applied whole;
+        // shutdown, if asked for meanwhile, follows it and stops every
+        // driver.
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            asked = source.recv() => asked,
-        };
-        match asked {
-            // A reload is checked and applied whole; shutdown, if asked
-            // for meanwhile, follows it and stops every driver.
-            Some(()) => gateway.reload().await,
-            None => reloads = None,
+            asked = next_reload(&mut reloads) => match asked {
+                Some(()) => gateway.reload().await,
+                None => reloads = None,
+            },
+            Some(event) = next_event(&mut agent) => {
+                if let Some(agent) = agent.as_mut() {
+                    agent.handle(event, &mut gateway).await;
+                }
+            }
         }
     }
     shutdown.cancelled().await;

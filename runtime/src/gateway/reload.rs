@@ -33,9 +33,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    StartError, descriptors, driver_spec, engine_settings, record_versions, reserve_descriptors,
+    StartError, descriptors, driver_spec, engine_settings, identities, record_versions,
+    reserve_descriptors,
 };
 use crate::config::{Config, DriverConfig};
+use crate::deploy::compose::{Layer, compose};
 use crate::pipeline::{self, Chain, DriverCounters, DriverSpec};
 use crate::plugin::PluginEngine;
 use crate::plugin::trust::{self, sha256_hex};
@@ -63,6 +65,8 @@ struct DriverTask {
     task: JoinHandle<()>,
     counters: Arc<DriverCounters>,
     descriptors: u64,
+    /// Each plugin of its chain (instance name, provenance), driver first.
+    plugins: Vec<(String, trust::Provenance)>,
     /// The engine its instances were made by (its epoch ticker must
     /// outlive them).
     _engine: Arc<PluginEngine>,
@@ -72,6 +76,11 @@ struct DriverTask {
 pub struct Gateway {
     shared: Shared,
     config: Config,
+    /// The text of the config file as in force (before any deployment's
+    /// drivers were added to it).
+    bootstrap: String,
+    /// The drivers of the deployment in force, if the gateway is managed.
+    layer: Option<Layer>,
     versions: trust::Versions,
     /// In config order.
     drivers: Vec<(String, DriverTask)>,
@@ -93,10 +102,12 @@ pub fn read_outcome(config: &Config) -> Option<ReloadFigures> {
 }
 
 impl Gateway {
-    /// Starts a task for each prepared driver.
+    /// Starts a task for each prepared driver. `bootstrap` is the text of
+    /// the config file, `layer` the deployment's drivers `config` adds to
+    /// it.
     pub fn start(
         shared: Shared,
-        config: Config,
+        (config, bootstrap, layer): (Config, String, Option<Layer>),
         versions: trust::Versions,
         engine: Arc<PluginEngine>,
         drivers: Vec<(DriverSpec, Result<Chain, StartError>)>,
@@ -109,6 +120,8 @@ impl Gateway {
             not_started,
             last_reload: None,
             config,
+            bootstrap,
+            layer,
         };
         let trust = trust_fingerprint(&gateway.config).unwrap_or_default();
         for (spec, chain) in drivers {
@@ -151,6 +164,10 @@ impl Gateway {
         let counters = Arc::new(DriverCounters::for_spec(&spec));
         let stop = self.shared.shutdown.child_token();
         let descriptors = descriptors(&spec);
+        let plugins = std::iter::once((&spec.driver.name, spec.driver.loaded.provenance()))
+            .chain((spec.processors.iter()).map(|p| (&p.name, p.loaded.provenance())))
+            .map(|(name, provenance)| (name.clone(), provenance.clone()))
+            .collect();
         let task = tokio::spawn(pipeline::run_driver(
             spec,
             chain,
@@ -165,6 +182,7 @@ impl Gateway {
             task,
             counters,
             descriptors,
+            plugins,
             _engine: engine,
         }
     }
@@ -198,13 +216,40 @@ impl Gateway {
     /// Re-reads the config file and applies the difference, or changes
     /// nothing and says why.
     pub async fn reload(&mut self) {
+        tracing::info!(config = %self.config.source.display(), "reloading config");
+        self.change(None, true).await;
+    }
+
+    /// Runs the drivers of `layer` (a deployment's, or none) beside the
+    /// bootstrap config's, applying only the difference; or changes
+    /// nothing and says why. `record_versions`: whether the plugin
+    /// versions started count for anti-rollback now (a deployment's count
+    /// once it is confirmed, see [`Gateway::record_versions`]).
+    pub async fn deploy(
+        &mut self,
+        layer: Option<Layer>,
+        record_versions: bool,
+    ) -> Result<ReloadFigures, String> {
+        let figures = self.change(Some(layer), record_versions).await;
+        match &figures.error {
+            None => Ok(figures),
+            Some(e) => Err(e.clone()),
+        }
+    }
+
+    /// A reload (`layer` None: the file re-read, the deployment kept) or a
+    /// deployment (the bootstrap kept, `layer` in force), applied or refused.
+    async fn change(
+        &mut self,
+        layer: Option<Option<Layer>>,
+        record_versions: bool,
+    ) -> ReloadFigures {
         let started = Instant::now();
         let mut figures = ReloadFigures {
             at_ms: crate::reading::now_ms(),
             ..ReloadFigures::default()
         };
-        tracing::info!(config = %self.config.source.display(), "reloading config");
-        match self.try_reload(&mut figures).await {
+        match self.try_reload(&mut figures, layer, record_versions).await {
             Ok(()) => {
                 figures.ok = true;
                 tracing::info!(
@@ -232,19 +277,31 @@ impl Gateway {
             }
             Err(e) => tracing::warn!(error = %e, "reload outcome not encoded"),
         }
-        self.last_reload = Some(figures);
+        self.last_reload = Some(figures.clone());
         self.publish();
+        figures
     }
 
-    async fn try_reload(&mut self, figures: &mut ReloadFigures) -> Result<(), String> {
+    async fn try_reload(
+        &mut self,
+        figures: &mut ReloadFigures,
+        deployment: Option<Option<Layer>>,
+        record: bool,
+    ) -> Result<(), String> {
         let source = self.config.source.clone();
-        let bytes = tokio::fs::read(&source)
-            .await
-            .map_err(|e| format!("{}: cannot read: {e}", source.display()))?;
-        figures.sha256 = sha256_hex(&bytes);
-        let text = String::from_utf8(bytes)
-            .map_err(|_| format!("{}: not UTF-8 text", source.display()))?;
-        let config = Config::parse(&text, &source).map_err(|e| e.to_string())?;
+        let (text, layer) = match deployment {
+            Some(layer) => (self.bootstrap.clone(), layer),
+            None => {
+                let bytes = tokio::fs::read(&source)
+                    .await
+                    .map_err(|e| format!("{}: cannot read: {e}", source.display()))?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| format!("{}: not UTF-8 text", source.display()))?;
+                (text, self.layer.clone())
+            }
+        };
+        let config = compose(&text, &source, layer.as_ref())?;
+        figures.sha256 = config.sha256.clone();
         if config.gateway.id.get_ref() != self.config.gateway.id.get_ref()
             || config.resolve(&config.gateway.data_dir)
                 != self.config.resolve(&self.config.gateway.data_dir)
@@ -322,7 +379,12 @@ impl Gateway {
         }
 
         // Apply. Nothing below refuses: the new config is in force.
-        record_versions(&mut self.versions, fresh.values().map(|(s, ..)| s));
+        if record {
+            record_versions(
+                &mut self.versions,
+                identities(fresh.values().map(|(s, ..)| s)),
+            );
+        }
         for (name, task) in &self.drivers {
             if removed.contains(name) || fresh.contains_key(name) {
                 task.stop.cancel();
@@ -355,8 +417,39 @@ impl Gateway {
         }
         self.drivers = next;
         self.config = Arc::unwrap_or_clone(config);
+        self.bootstrap = text;
+        self.layer = layer;
         self.not_started.clear();
         Ok(())
+    }
+
+    /// The config in force (bootstrap and deployment).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The counters of the running driver `name`.
+    pub fn counters(&self, name: &str) -> Option<Arc<DriverCounters>> {
+        (self.drivers.iter())
+            .find(|(n, _)| n == name)
+            .map(|(_, task)| task.counters.clone())
+    }
+
+    /// Every plugin instance running: its instance name and provenance.
+    pub fn plugins(&self) -> impl Iterator<Item = &(String, trust::Provenance)> {
+        self.drivers
+            .iter()
+            .flat_map(|(_, task)| task.plugins.iter())
+    }
+
+    /// Records the signed version of every plugin running, so an older
+    /// one is refused from now on.
+    pub fn record_versions(&mut self) {
+        let running = self.drivers.iter().flat_map(|(_, task)| &task.plugins);
+        record_versions(
+            &mut self.versions,
+            running.filter_map(|(_, p)| p.identity.as_ref()),
+        );
     }
 }
 

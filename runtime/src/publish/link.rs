@@ -121,6 +121,10 @@ impl LinkError {
     }
 }
 
+/// The largest packet the gateway accepts: a deployment document
+/// (`deploy::MAX_MESSAGE_BYTES`) with its topic.
+pub const INCOMING_LIMIT: usize = 2 << 20;
+
 /// Why a request could not be handed to the client.
 #[derive(Debug, thiserror::Error)]
 #[error("client request rejected: {0}")]
@@ -208,9 +212,10 @@ pub(super) fn open(
                 .set_keep_alive(settings.keep_alive)
                 .set_clean_session(settings.clean_session)
                 .set_inflight(inflight)
-                // Incoming limit (this gateway receives little); outgoing
-                // packets are kept under `max_packet_size` by the publisher.
-                .set_max_packet_size(1 << 20, settings.max_packet_size as usize)
+                // Incoming limit (commands, deployment documents and plugin
+                // chunks); outgoing packets are kept under
+                // `max_packet_size` by the publisher.
+                .set_max_packet_size(INCOMING_LIMIT, settings.max_packet_size as usize)
                 .set_last_will(rumqttc::LastWill::new(
                     status,
                     "offline",
@@ -242,7 +247,7 @@ pub(super) fn open(
                 .set_keep_alive(settings.keep_alive)
                 .set_clean_start(settings.clean_session)
                 .set_outgoing_inflight_upper_limit(inflight)
-                .set_max_packet_size(Some(1 << 20))
+                .set_max_packet_size(Some(INCOMING_LIMIT as u32))
                 .set_last_will(V5Will::new(
                     status,
                     "offline",

@@ -7,6 +7,7 @@ use crate::reading::{Batch, Reading};
 /// Topic layout: `{prefix}/{gateway}/data/{driver}` and `{prefix}/{gateway}/status`.
 #[derive(Debug, Clone)]
 pub struct Topics {
+    prefix: String,
     base: String,
 }
 
@@ -14,8 +15,48 @@ impl Topics {
     /// Topics under `{prefix}/{gateway}`.
     pub fn new(prefix: &str, gateway: &str) -> Topics {
         Topics {
+            prefix: prefix.to_string(),
             base: format!("{prefix}/{gateway}"),
         }
+    }
+
+    /// Retained: the signed deployment for this gateway.
+    pub fn deploy_desired(&self) -> String {
+        format!("{}/deploy/desired", self.base)
+    }
+
+    /// Retained: the signed deployment for a group of gateways.
+    pub fn group_desired(&self, group: &str) -> String {
+        format!("{}/group/{group}/deploy/desired", self.prefix)
+    }
+
+    /// Retained: what the gateway runs and the last deployment's outcome.
+    pub fn deploy_reported(&self) -> String {
+        format!("{}/deploy/reported", self.base)
+    }
+
+    /// Where the gateway asks for a chunk of a plugin.
+    pub fn deploy_fetch(&self) -> String {
+        format!("{}/deploy/fetch", self.base)
+    }
+
+    /// Where a chunk of a plugin is sent: `…/deploy/chunk/{sha256}/{offset}`.
+    pub fn deploy_chunk(&self, sha256: &str, offset: u64) -> String {
+        format!("{}/deploy/chunk/{sha256}/{offset}", self.base)
+    }
+
+    /// The filter matching every chunk topic.
+    pub fn deploy_chunks(&self) -> String {
+        format!("{}/deploy/chunk/#", self.base)
+    }
+
+    /// The hash and offset a chunk topic names, if `topic` is one.
+    pub fn chunk_of<'t>(&self, topic: &'t str) -> Option<(&'t str, u64)> {
+        let rest = topic
+            .strip_prefix(self.base.as_str())?
+            .strip_prefix("/deploy/chunk/")?;
+        let (sha, offset) = rest.split_once('/')?;
+        Some((sha, offset.parse().ok()?))
     }
 
     /// Where a driver's data goes: `{prefix}/{gateway}/data/{driver}`.

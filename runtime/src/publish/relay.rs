@@ -1,24 +1,52 @@
 //! Remote commands through the publisher's connection: messages on the
 //! command topics go to the router, its answers come back to be published.
 
-use crate::remote::{Answer, Commands, Incoming};
+use crate::remote::{Answer, Commands, Incoming, Outgoing};
 
 use super::session::Session;
 
-/// The next command result, or never when there is no command path.
-pub(super) async fn next_answer(commands: Option<&mut Commands>) -> Option<Answer> {
-    match commands {
-        Some(c) => c.answers.recv().await,
-        None => std::future::pending().await,
+/// Something the gateway's services hand the publisher to send.
+pub(super) enum Out {
+    /// A command result.
+    Answer(Answer),
+    /// A deployment message.
+    Deploy(Outgoing),
+}
+
+/// The next command result or deployment message; never when there is
+/// neither path.
+pub(super) async fn next_out(commands: Option<&mut Commands>) -> Out {
+    let Some(c) = commands else {
+        return std::future::pending().await;
+    };
+    let deploy = async {
+        match c.deploy.as_mut() {
+            Some(link) => link.outbox.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        Some(answer) = c.answers.recv() => Out::Answer(answer),
+        Some(out) = deploy => Out::Deploy(out),
+        else => std::future::pending().await,
     }
 }
 
 impl Session<'_> {
-    /// A message on a command topic: to the router.
+    /// A message on a command topic: to the router; on a deployment
+    /// topic: to the deployment agent.
     pub(super) fn on_message(&mut self, topic: &str, payload: Vec<u8>) {
         let Some(commands) = self.commands.as_deref_mut() else {
             return;
         };
+        if let Some(link) = commands.deploy.as_ref().filter(|l| l.wants(topic)) {
+            // A chunk dropped here is asked for again; a document comes
+            // again with the next connection (it is retained).
+            if let Err(e) = link.inbox.try_send((topic.to_string(), payload)) {
+                tracing::warn!(topic = %topic, error = %e, "deployment message dropped: too many waiting");
+            }
+            return;
+        }
         let Some(driver) = self.settings.topics.command_driver(topic) else {
             tracing::warn!(topic = %topic, "message on an unexpected topic ignored");
             return;

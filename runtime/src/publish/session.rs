@@ -226,9 +226,12 @@ impl<'a> Session<'a> {
                 }
                 // Taken only when it can be sent at once: results not yet
                 // taken wait in the channel, across reconnects.
-                Some(answer) = relay::next_answer(self.commands.as_deref_mut()), if connected && self.handed.len() < 4 => {
-                    let topic = self.settings.topics.command_result(&answer.driver);
-                    self.client.publish(topic, false, answer.payload)?;
+                out = relay::next_out(self.commands.as_deref_mut()), if connected && self.handed.len() < 4 => {
+                    let (topic, retain, payload) = match out {
+                        relay::Out::Answer(a) => (self.settings.topics.command_result(&a.driver), false, a.payload),
+                        relay::Out::Deploy(d) => (d.topic, d.retain, d.payload),
+                    };
+                    self.client.publish(topic, retain, payload)?;
                     self.handed.push_back(Handed::Other);
                 }
                 _ = shutdown.cancelled() => {
@@ -270,8 +273,11 @@ impl<'a> Session<'a> {
         self.client
             .publish(s.topics.status(), true, b"online".to_vec())?;
         self.handed.push_back(Handed::Other);
-        if self.commands.is_some() {
+        if let Some(commands) = self.commands.as_deref() {
             self.client.subscribe(s.topics.commands())?;
+            for filter in commands.deploy.iter().flat_map(|l| &l.filters) {
+                self.client.subscribe(filter.clone())?;
+            }
         }
         Ok(())
     }

@@ -7,9 +7,16 @@
 //! envelope as it came from the broker, a trust boundary: it is bounded
 //! before it is parsed, its signature is checked before the document is
 //! read, and the document is refused unless it is for this gateway, newer
-//! than the one applied, and names only plugins it pins. Applying a
-//! verified document (plugin transfer, reload, health window, rollback) is
-//! not built yet.
+//! than the one applied, and names only plugins it pins. The [`agent`]
+//! fetches its plugins, applies it through the hot reload path, watches
+//! the changed drivers through a health window and confirms or rolls back;
+//! the [`store`] keeps what runs across restarts.
+
+pub mod agent;
+pub mod compose;
+pub mod store;
+
+pub use store::Store;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -322,6 +329,20 @@ pub fn verify(message: &[u8], to: &Recipient<'_>) -> Result<Deployment, Refusal>
             applied,
         });
     }
+    check_contents(&deployment)?;
+    Ok(deployment)
+}
+
+/// The deployment in a message this gateway verified and kept earlier
+/// (its file's hash is checked by the [`Store`]); bounded, not re-verified.
+pub fn open_unverified(message: &[u8]) -> Result<Deployment, Refusal> {
+    let envelope: Envelope = serde_json::from_slice(message)
+        .map_err(|e| Refusal::Malformed(format!("envelope: {e}")))?;
+    let document = BASE64
+        .decode(envelope.document.as_bytes())
+        .map_err(|e| Refusal::Malformed(format!("document: not base64: {e}")))?;
+    let deployment: Deployment = serde_json::from_slice(&document)
+        .map_err(|e| Refusal::Malformed(format!("document: {e}")))?;
     check_contents(&deployment)?;
     Ok(deployment)
 }
