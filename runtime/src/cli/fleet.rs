@@ -1,22 +1,82 @@
 //! `ferrule fleet`: the operator's side of deployments (docs/fleet.md).
-//! Publishing and serving plugins over MQTT are not built yet; `sign`
-//! makes the signed document a gateway will verify, `verify` checks one
-//! as a gateway would.
+//!
+//! `deploy` signs a state file's deployment, publishes it retained on the
+//! target's `deploy/desired` topic, serves the plugin chunks gateways ask
+//! for and exits with their reported outcome; `status` prints a gateway's
+//! retained report; `sign` and `verify` work on files, offline.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Subcommand;
+use ferrule::config::MqttConfig;
 use ferrule::deploy::{self, Target};
+use ferrule::publish::{TlsFiles, Topics};
+use serde::Deserialize;
 
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
+    /// Sign a state file's deployment, publish it to a gateway (or a
+    /// group), serve the plugins it fetches, and wait for its outcome.
+    Deploy {
+        /// The operator's file: `[operator] key` and the `[mqtt]` broker.
+        #[arg(long)]
+        bootstrap: PathBuf,
+        /// The gateway to deploy to (or, with --group, one to wait for;
+        /// repeat for several).
+        #[arg(long)]
+        gateway: Vec<String>,
+        /// Deploy to every gateway of this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// How long to wait for the gateways' outcome.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// The state file (TOML).
+        state: PathBuf,
+    },
+    /// Serve the plugin files of a directory to every gateway that asks
+    /// (a replacement gateway fetching its fleet's state, a group
+    /// deployment's late joiners), until stopped.
+    Serve {
+        /// The operator's file (its `[mqtt]` broker).
+        #[arg(long)]
+        bootstrap: PathBuf,
+        /// The directory of signed plugin files (`*.wasm`).
+        #[arg(long)]
+        plugins: PathBuf,
+        /// Stop after this long (default: run until stopped).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        until: Option<Duration>,
+    },
+    /// Print a gateway's reported deployment state.
+    Status {
+        /// The operator's file (its `[mqtt]` broker).
+        #[arg(long)]
+        bootstrap: PathBuf,
+        #[arg(long)]
+        gateway: String,
+        /// Print the report's JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the retained report.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
     /// Build a deployment document from a state file (drivers, and the
     /// signed plugin files they use) and sign it with an operator key.
     Sign {
         /// The operator's secret key (`ferrule plugin keygen`).
         #[arg(long)]
         key: PathBuf,
+        /// For this gateway (instead of the state file's target).
+        #[arg(long, conflicts_with = "group")]
+        gateway: Option<String>,
+        /// For this group (instead of the state file's target).
+        #[arg(long)]
+        group: Option<String>,
         /// Where to write the signed document; stdout when absent.
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -42,10 +102,40 @@ pub enum FleetCommand {
     },
 }
 
-pub fn run(command: FleetCommand) -> anyhow::Result<()> {
+pub async fn run(command: FleetCommand) -> anyhow::Result<()> {
     match command {
-        FleetCommand::Sign { key, output, state } => {
-            let deployment = deploy::from_state_file(&state).map_err(anyhow::Error::msg)?;
+        FleetCommand::Deploy {
+            bootstrap,
+            gateway,
+            group,
+            wait,
+            state,
+        } => deploy(&bootstrap, gateway, group, wait, &state).await,
+        FleetCommand::Status {
+            bootstrap,
+            gateway,
+            json,
+            wait,
+        } => status(&bootstrap, &gateway, json, wait).await,
+        FleetCommand::Serve {
+            bootstrap,
+            plugins,
+            until,
+        } => serve_dir(&bootstrap, &plugins, until).await,
+        FleetCommand::Sign {
+            key,
+            gateway,
+            group,
+            output,
+            state,
+        } => {
+            let target = match (gateway, group) {
+                (Some(id), _) => Some(Target::Gateway(id)),
+                (None, Some(g)) => Some(Target::Group(g)),
+                (None, None) => None,
+            };
+            let (deployment, _) =
+                deploy::from_state_file(&state, target).map_err(anyhow::Error::msg)?;
             let envelope = deploy::sign(&deployment, &key).map_err(anyhow::Error::msg)?;
             let json = serde_json::to_vec(&envelope)?;
             match &output {
@@ -53,13 +143,10 @@ pub fn run(command: FleetCommand) -> anyhow::Result<()> {
                     .with_context(|| format!("{}: cannot write", path.display()))?,
                 None => println!("{}", String::from_utf8_lossy(&json)),
             }
-            let target = match &deployment.target {
-                Target::Gateway(id) => format!("gateway {id}"),
-                Target::Group(group) => format!("group {group}"),
-            };
             eprintln!(
-                "deployment {} for {target}: {} plugin(s), {} driver(s); signed by key id {}",
+                "deployment {} for {}: {} plugin(s), {} driver(s); signed by key id {}",
                 deployment.deployment,
+                describe(&deployment.target),
                 deployment.plugins.len(),
                 deployment.drivers.len(),
                 envelope.key_id
@@ -98,5 +185,493 @@ pub fn run(command: FleetCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn describe(target: &Target) -> String {
+    match target {
+        Target::Gateway(id) => format!("gateway {id}"),
+        Target::Group(group) => format!("group {group}"),
+    }
+}
+
+/// The operator's file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorFile {
+    #[serde(default)]
+    operator: OperatorSection,
+    mqtt: MqttConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorSection {
+    /// The operator's secret key, relative to the file.
+    key: Option<PathBuf>,
+    /// The MQTT client id; `ferrule-operator-{pid}` when absent.
+    client_id: Option<String>,
+}
+
+struct Operator {
+    file: OperatorFile,
+    dir: PathBuf,
+}
+
+impl Operator {
+    fn load(path: &Path) -> anyhow::Result<Operator> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let file: OperatorFile =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Ok(Operator { file, dir })
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    fn topics(&self, gateway: &str) -> Topics {
+        Topics::new(&self.file.mqtt.topic_prefix, gateway)
+    }
+
+    /// A connection to the first broker (a fleet operator's own link; the
+    /// gateways keep theirs).
+    fn connect(&self) -> anyhow::Result<(rumqttc::AsyncClient, rumqttc::EventLoop)> {
+        let m = &self.file.mqtt;
+        let tls = ferrule::publish::tls::client_config(&TlsFiles {
+            ca: self.resolve(m.ca_file.get_ref()),
+            client_cert: m
+                .client_cert_file
+                .as_ref()
+                .map(|f| self.resolve(f.get_ref())),
+            client_key: m
+                .client_key_file
+                .as_ref()
+                .map(|f| self.resolve(f.get_ref())),
+        })?;
+        let client_id = (self.file.operator.client_id.clone())
+            .unwrap_or_else(|| format!("ferrule-operator-{}", std::process::id()));
+        let mut options = rumqttc::MqttOptions::new(client_id, &m.host, m.port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true)
+            .set_max_packet_size(2 << 20, 2 << 20)
+            .set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        if let Some(user) = &m.username {
+            let password = match &m.password_file {
+                Some(f) => std::fs::read_to_string(self.resolve(f.get_ref()))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                None => String::new(),
+            };
+            options.set_credentials(user, password);
+        }
+        Ok(rumqttc::AsyncClient::new(options, 64))
+    }
+}
+
+/// What a gateway last reported, as far as `deploy` follows it.
+#[derive(Debug, Default, Deserialize)]
+struct Report {
+    #[serde(default)]
+    phase: String,
+    trial: Option<u64>,
+    transfer: Option<Transfer>,
+    last: Option<Outcome>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Transfer {
+    plugin: String,
+    received: u64,
+    size: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Outcome {
+    deployment: u64,
+    result: String,
+    reason: Option<String>,
+}
+
+/// A chunk request from a gateway.
+#[derive(Debug, Deserialize)]
+struct ChunkRequest {
+    sha256: String,
+    offset: u64,
+    len: u64,
+}
+
+/// The largest chunk served, whatever a gateway asks for.
+const MAX_CHUNK: u64 = ferrule::config::MAX_CHUNK_BYTES as u64;
+
+async fn deploy(
+    bootstrap: &Path,
+    gateways: Vec<String>,
+    group: Option<String>,
+    wait: Duration,
+    state: &Path,
+) -> anyhow::Result<()> {
+    let operator = Operator::load(bootstrap)?;
+    let target = match (&group, gateways.as_slice()) {
+        (Some(g), _) => Some(Target::Group(g.clone())),
+        (None, [one]) => Some(Target::Gateway(one.clone())),
+        (None, []) => None,
+        (None, _) => anyhow::bail!("deploy to one --gateway, or to a --group"),
+    };
+    let (deployment, files) = deploy::from_state_file(state, target).map_err(anyhow::Error::msg)?;
+    let key = match &operator.file.operator.key {
+        Some(k) => operator.dir.join(k),
+        None => anyhow::bail!("{}: [operator] key is not set", bootstrap.display()),
+    };
+    let envelope = deploy::sign(&deployment, &key).map_err(anyhow::Error::msg)?;
+    let number = deployment.deployment;
+    let plugins: BTreeMap<String, (PathBuf, u64)> = (deployment.plugins.iter())
+        .zip(files)
+        .map(|(p, f)| (p.sha256.clone(), (f, p.size)))
+        .collect();
+    // Whom to wait for.
+    let mut waiting: Vec<String> = match &deployment.target {
+        Target::Gateway(id) => vec![id.clone()],
+        Target::Group(_) => gateways,
+    };
+    let prefix = operator.file.mqtt.topic_prefix.clone();
+    let (desired, fetch, reported) = match &deployment.target {
+        Target::Gateway(id) => {
+            let t = operator.topics(id);
+            (t.deploy_desired(), t.deploy_fetch(), t.deploy_reported())
+        }
+        Target::Group(g) => (
+            operator.topics("+").group_desired(g),
+            operator.topics("+").deploy_fetch(),
+            operator.topics("+").deploy_reported(),
+        ),
+    };
+    eprintln!(
+        "deployment {number} for {}: {} plugin(s), {} driver(s), signed by key id {}",
+        describe(&deployment.target),
+        deployment.plugins.len(),
+        deployment.drivers.len(),
+        envelope.key_id
+    );
+    let (client, mut events) = operator.connect()?;
+    let message = serde_json::to_vec(&envelope)?;
+    let mut published = false;
+    let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_line: BTreeMap<String, String> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+    let deadline = Instant::now() + wait;
+    loop {
+        if !waiting.is_empty() && waiting.iter().all(|g| outcomes.contains_key(g)) {
+            break;
+        }
+        let event = tokio::select! {
+            event = events.poll() => event,
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+        };
+        match event {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                client
+                    .try_subscribe(fetch.clone(), rumqttc::QoS::AtLeastOnce)
+                    .and_then(|()| {
+                        client.try_subscribe(reported.clone(), rumqttc::QoS::AtLeastOnce)
+                    })
+                    .context("subscribe")?;
+                if !published {
+                    client
+                        .try_publish(
+                            desired.clone(),
+                            rumqttc::QoS::AtLeastOnce,
+                            true,
+                            message.clone(),
+                        )
+                        .context("publish the deployment")?;
+                    published = true;
+                    eprintln!("published on {desired} (retained)");
+                }
+            }
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                let Some(gateway) = gateway_of(&p.topic, &prefix) else {
+                    continue;
+                };
+                if p.topic.ends_with("/deploy/fetch") {
+                    let served = serve(&operator, &client, gateway, &p.payload, &plugins);
+                    match served {
+                        Ok(bytes) => *sent.entry(gateway.to_string()).or_default() += bytes,
+                        Err(e) => eprintln!("{gateway}: chunk request not served: {e}"),
+                    }
+                } else if let Ok(report) = serde_json::from_slice::<Report>(&p.payload) {
+                    follow(
+                        gateway,
+                        number,
+                        &report,
+                        &sent,
+                        &mut last_line,
+                        &mut outcomes,
+                    );
+                    if matches!(deployment.target, Target::Group(_))
+                        && !waiting.iter().any(|g| g == gateway)
+                        && outcomes.contains_key(gateway)
+                    {
+                        waiting.push(gateway.to_string());
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("broker connection: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    let mut failed = Vec::new();
+    for gateway in &waiting {
+        match outcomes.get(gateway) {
+            Some(o) if o.result == "applied" => {}
+            Some(o) => failed.push(format!(
+                "{gateway}: {} ({})",
+                o.result,
+                o.reason.as_deref().unwrap_or("no reason given")
+            )),
+            None => failed.push(format!(
+                "{gateway}: no outcome within {}",
+                humantime::format_duration(wait)
+            )),
+        }
+    }
+    if waiting.is_empty() {
+        anyhow::bail!(
+            "deployment {number}: no gateway reported an outcome within {}",
+            humantime::format_duration(wait)
+        );
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("deployment {number} not applied: {}", failed.join("; "));
+    }
+    println!("deployment {number}: applied on {}", waiting.join(", "));
+    Ok(())
+}
+
+/// Serves every `*.wasm` in `dir` by hash to any gateway asking.
+async fn serve_dir(bootstrap: &Path, dir: &Path, until: Option<Duration>) -> anyhow::Result<()> {
+    let operator = Operator::load(bootstrap)?;
+    let mut plugins = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| dir.display().to_string())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm") {
+            let sha = ferrule::plugin::trust::sha256_file(&path)
+                .with_context(|| path.display().to_string())?;
+            let size = std::fs::metadata(&path)?.len();
+            plugins.insert(sha, (path, size));
+        }
+    }
+    eprintln!(
+        "serving {} plugin file(s) from {}",
+        plugins.len(),
+        dir.display()
+    );
+    let prefix = operator.file.mqtt.topic_prefix.clone();
+    let fetch = operator.topics("+").deploy_fetch();
+    let (client, mut events) = operator.connect()?;
+    let stop = async {
+        match until {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+    let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let event = tokio::select! {
+            event = events.poll() => event,
+            _ = &mut stop => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        match event {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                client.try_subscribe(fetch.clone(), rumqttc::QoS::AtLeastOnce)?;
+            }
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                let Some(gateway) = gateway_of(&p.topic, &prefix) else {
+                    continue;
+                };
+                match serve(&operator, &client, gateway, &p.payload, &plugins) {
+                    Ok(bytes) => *sent.entry(gateway.to_string()).or_default() += bytes,
+                    Err(e) => eprintln!("{gateway}: chunk request not served: {e}"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("broker connection: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    for (gateway, bytes) in &sent {
+        eprintln!("{gateway}: {bytes} bytes served");
+    }
+    Ok(())
+}
+
+/// The gateway a topic `{prefix}/{gateway}/deploy/…` is about.
+fn gateway_of<'t>(topic: &'t str, prefix: &str) -> Option<&'t str> {
+    topic
+        .strip_prefix(prefix)?
+        .strip_prefix('/')?
+        .split('/')
+        .next()
+}
+
+/// Sends the chunk a gateway asked for; the bytes sent.
+fn serve(
+    operator: &Operator,
+    client: &rumqttc::AsyncClient,
+    gateway: &str,
+    request: &[u8],
+    plugins: &BTreeMap<String, (PathBuf, u64)>,
+) -> anyhow::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let request: ChunkRequest = serde_json::from_slice(request).context("malformed request")?;
+    let Some((file, size)) = plugins.get(&request.sha256) else {
+        anyhow::bail!(
+            "sha256 {} is not a plugin of this deployment",
+            request.sha256
+        );
+    };
+    if request.offset >= *size {
+        anyhow::bail!(
+            "offset {} is past the plugin's {size} bytes",
+            request.offset
+        );
+    }
+    let len = request.len.min(MAX_CHUNK).min(size - request.offset);
+    let mut f = std::fs::File::open(file).with_context(|| file.display().to_string())?;
+    f.seek(SeekFrom::Start(request.offset))?;
+    let mut data = vec![0; usize::try_from(len)?];
+    f.read_exact(&mut data)?;
+    let topic = operator
+        .topics(gateway)
+        .deploy_chunk(&request.sha256, request.offset);
+    client
+        .try_publish(topic, rumqttc::QoS::AtLeastOnce, false, data)
+        .context("publish a chunk")?;
+    Ok(len)
+}
+
+/// Prints a gateway's progress on deployment `number`; notes its outcome.
+fn follow(
+    gateway: &str,
+    number: u64,
+    report: &Report,
+    sent: &BTreeMap<String, u64>,
+    last_line: &mut BTreeMap<String, String>,
+    outcomes: &mut BTreeMap<String, Outcome>,
+) {
+    let line = match (&report.last, report.trial) {
+        (Some(o), _) if o.deployment == number && report.trial != Some(number) => {
+            outcomes.insert(gateway.to_string(), o.clone());
+            match &o.reason {
+                Some(why) => format!("{}: {why}", o.result.to_uppercase()),
+                None => o.result.to_uppercase(),
+            }
+        }
+        (_, Some(t)) if t == number => match &report.transfer {
+            Some(f) if report.phase == "fetching" => format!(
+                "fetching {}: {}/{} bytes ({} sent)",
+                f.plugin,
+                f.received,
+                f.size,
+                sent.get(gateway).copied().unwrap_or(0)
+            ),
+            _ => report.phase.clone(),
+        },
+        _ => return,
+    };
+    if last_line.get(gateway) != Some(&line) {
+        eprintln!("{gateway}: deployment {number}: {line}");
+        last_line.insert(gateway.to_string(), line);
+    }
+}
+
+async fn status(bootstrap: &Path, gateway: &str, json: bool, wait: Duration) -> anyhow::Result<()> {
+    let operator = Operator::load(bootstrap)?;
+    let topic = operator.topics(gateway).deploy_reported();
+    let (client, mut events) = operator.connect()?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let event = tokio::select! {
+            event = events.poll() => event,
+            _ = tokio::time::sleep_until(deadline.into()) => anyhow::bail!("{gateway}: no deployment report on {topic} within {}", humantime::format_duration(wait)),
+        };
+        match event {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                client.try_subscribe(topic.clone(), rumqttc::QoS::AtLeastOnce)?;
+            }
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic == topic => {
+                let _ = client.try_disconnect();
+                let report: serde_json::Value =
+                    serde_json::from_slice(&p.payload).context("the report is not JSON")?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print_report(gateway, &report);
+                }
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("broker connection: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn print_report(gateway: &str, r: &serde_json::Value) {
+    let field = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("gateway     {gateway}");
+    println!("running     deployment {}", field(&r["running"]));
+    println!("phase       {}", field(&r["phase"]));
+    if !r["trial"].is_null() {
+        println!("trial       deployment {}", field(&r["trial"]));
+    }
+    let last = &r["last"];
+    if !last.is_null() {
+        println!(
+            "last        deployment {}: {}{}",
+            field(&last["deployment"]),
+            field(&last["result"]),
+            last["reason"]
+                .as_str()
+                .map(|why| format!(" ({why})"))
+                .unwrap_or_default()
+        );
+    }
+    println!("config      sha256 {}", field(&r["config_sha256"]));
+    for p in r["plugins"].as_array().into_iter().flatten() {
+        println!(
+            "plugin      {:<20} {} {} sha256 {} signer {}",
+            field(&p["instance"]),
+            field(&p["name"]),
+            field(&p["version"]),
+            field(&p["sha256"]),
+            field(&p["signer"])
+        );
     }
 }

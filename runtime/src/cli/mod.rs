@@ -146,7 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload { config, wait } => reload::ask(&config, wait).await,
         Command::Queue { command } => queue(command),
         Command::Plugin { command } => plugin::run(command),
-        Command::Fleet { command } => fleet::run(command),
+        Command::Fleet { command } => fleet::run(command).await,
         Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
         Command::Telemetry {
             command:

@@ -184,8 +184,9 @@ pub fn sign(deployment: &Deployment, key_file: &Path) -> Result<Envelope, String
 /// An operator's state file (TOML): what a gateway or group should run.
 ///
 /// ```toml
-/// deployment = 42
-/// target = { gateway = "gw-01" }    # or { group = "line-3" }
+/// deployment = 42                   # optional: the time in ms when absent
+/// target = { gateway = "gw-01" }    # or { group = "line-3" }; optional
+///                                   # when given on the command line
 /// [health]                          # optional
 /// window_s = 30
 /// good_polls = 3
@@ -199,8 +200,8 @@ pub fn sign(deployment: &Deployment, key_file: &Path) -> Result<Envelope, String
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
-    deployment: u64,
-    target: Target,
+    deployment: Option<u64>,
+    target: Option<Target>,
     #[serde(default)]
     health: Health,
     #[serde(rename = "plugin", default)]
@@ -217,15 +218,23 @@ struct PluginFile {
 
 /// The deployment a state file describes, each plugin pinned to the
 /// name, version, SHA-256 and size of its signed file (relative paths
-/// resolved against the state file's directory).
-pub fn from_state_file(path: &Path) -> Result<Deployment, String> {
+/// resolved against the state file's directory), and those files in the
+/// order of its `plugins`. `target` replaces the file's own; a file
+/// without a `deployment` number gets the time in milliseconds, which
+/// rises from one deployment to the next.
+pub fn from_state_file(
+    path: &Path,
+    target: Option<Target>,
+) -> Result<(Deployment, Vec<std::path::PathBuf>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let state: StateFile =
         toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut plugins = Vec::with_capacity(state.plugins.len());
+    let mut files = Vec::with_capacity(state.plugins.len());
     for p in &state.plugins {
         let file = base.join(&p.file);
+        files.push(file.clone());
         let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         let seen = trust::inspect(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         let Some(identity) = seen.identity else {
@@ -248,17 +257,24 @@ pub fn from_state_file(path: &Path) -> Result<Deployment, String> {
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    let Some(target) = target.or(state.target) else {
+        return Err(format!(
+            "{}: no target: set target = {{ gateway = \"…\" }} or {{ group = \"…\" }}, or name one on the command line",
+            path.display()
+        ));
+    };
+    let issued_ms = crate::reading::now_ms();
     let deployment = Deployment {
         schema: SCHEMA,
-        deployment: state.deployment,
-        target: state.target,
-        issued_ms: crate::reading::now_ms(),
+        deployment: state.deployment.unwrap_or(issued_ms),
+        target,
+        issued_ms,
         health: state.health,
         plugins,
         drivers,
     };
     check_contents(&deployment).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(deployment)
+    Ok((deployment, files))
 }
 
 /// Who this gateway is, for [`verify`].
@@ -451,7 +467,8 @@ mod tests {
         let state = dir.join("state.toml");
         let text = "deployment = 3\ntarget = { group = \"line-3\" }\n[[plugin]]\nfile = \"meter.wasm\"\n[[driver]]\nname = \"m\"\nplugin = \"acme-meter\"\ninterval_ms = 500\n[driver.config]\nunit = 7\n";
         std::fs::write(&state, text).unwrap();
-        let d = from_state_file(&state).unwrap();
+        let (d, files) = from_state_file(&state, None).unwrap();
+        assert_eq!(files, [dir.join("meter.wasm")]);
         assert_eq!(d.target, Target::Group("line-3".into()));
         assert_eq!(d.plugins[0].name, "acme-meter");
         assert_eq!(d.plugins[0].version, semver::Version::new(1, 4, 0));
@@ -463,12 +480,12 @@ mod tests {
             text.replace("plugin = \"acme-meter\"", "plugin = \"other\""),
         )
         .unwrap();
-        let err = from_state_file(&state).unwrap_err();
+        let err = from_state_file(&state, None).unwrap_err();
         assert!(err.contains("names plugin \"other\""), "{err}");
         // An unsigned plugin.
         std::fs::write(dir.join("meter.wasm"), component).unwrap();
         std::fs::write(&state, text).unwrap();
-        let err = from_state_file(&state).unwrap_err();
+        let err = from_state_file(&state, None).unwrap_err();
         assert!(err.contains("no signed name and version"), "{err}");
     }
 
