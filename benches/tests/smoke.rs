@@ -193,6 +193,21 @@ fn queue_link_plugin_and_modbus_parts_run() -> anyhow::Result<()> {
 }
 
 #[test]
+fn reload_and_fleet_parts_measure_the_untouched_driver() -> anyhow::Result<()> {
+    for (part, bin) in [
+        ("reload", env!("CARGO_BIN_EXE_bench-reload")),
+        ("fleet", env!("CARGO_BIN_EXE_bench-fleet")),
+    ] {
+        let r = smoke(part, bin)?;
+        anyhow::ensure!(
+            r.figures.iter().any(|f| f.name.starts_with("untouched")),
+            "{part}: no untouched-driver figure: {r:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn hostile_measures_both_gateways_and_the_telemetry_files() -> anyhow::Result<()> {
     let r = smoke("hostile", env!("CARGO_BIN_EXE_bench-hostile"))?;
     for name in [

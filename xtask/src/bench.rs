@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use ferrule_figures::number;
 
 /// Every part, in the order a full run takes them.
-pub const PARTS: [(&str, &str); 12] = [
+pub const PARTS: [(&str, &str); 13] = [
     ("e2e", "end-to-end throughput vs a bare rumqttc client"),
     (
         "latency",
@@ -35,6 +35,10 @@ pub const PARTS: [(&str, &str); 12] = [
     (
         "reload",
         "hot reload: untouched driver's gap, changed driver's first reading, signature check",
+    ),
+    (
+        "fleet",
+        "deployments over MQTT: time to first reading, transfer throughput, untouched driver's gap",
     ),
     ("link", "TLS + MQTT handshake and reconnect"),
     ("modbus", "Modbus driver vs a native client"),

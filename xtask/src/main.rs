@@ -40,7 +40,7 @@ enum Task {
     Plugins,
     /// Benchmarks that print figures and write benchmarks/results.json and
     /// BENCHMARKS.md (release build). Parts: e2e, latency, stages, backlog,
-    /// footprint, gateways, queue, plugin, reload, link, modbus, hostile.
+    /// footprint, gateways, queue, plugin, reload, fleet, link, modbus, hostile.
     Bench {
         /// Which part to run; all when absent; `render` runs none and
         /// renders BENCHMARKS.md again (after editing benchmarks/notes/).

@@ -371,8 +371,11 @@ async fn deploy(
     let mut last_line: BTreeMap<String, String> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
     let deadline = Instant::now() + wait;
+    // A group deployment without named members waits the whole time and
+    // reports every gateway that answered.
+    let named = !waiting.is_empty();
     loop {
-        if !waiting.is_empty() && waiting.iter().all(|g| outcomes.contains_key(g)) {
+        if named && waiting.iter().all(|g| outcomes.contains_key(g)) {
             break;
         }
         let event = tokio::select! {
@@ -419,7 +422,7 @@ async fn deploy(
                         &mut last_line,
                         &mut outcomes,
                     );
-                    if matches!(deployment.target, Target::Group(_))
+                    if !named
                         && !waiting.iter().any(|g| g == gateway)
                         && outcomes.contains_key(gateway)
                     {

@@ -251,6 +251,8 @@ impl Agent {
         tokio::select! {
             Some((topic, payload)) = self.inbox.recv() => Event::Message(topic, payload),
             _ = tokio::time::sleep(TICK), if busy => Event::Tick,
+            // The publisher has ended (the gateway is stopping).
+            else => std::future::pending().await,
         }
     }
 
@@ -513,8 +515,10 @@ impl Agent {
         self.save();
         self.report(gateway);
         tracing::info!(deployment = number, "applying deployment");
+        gateway.hold_versions(true);
         match gateway.deploy(Some(new_layer), false).await {
             Err(e) => {
+                gateway.hold_versions(false);
                 self.state.trial = None;
                 self.refuse(number, e, true, gateway);
             }
@@ -599,6 +603,7 @@ impl Agent {
             at_ms: crate::reading::now_ms(),
         });
         self.save();
+        gateway.hold_versions(false);
         gateway.record_versions();
         self.store
             .collect_garbage(&[(&watch.record, &watch.deployment)]);
@@ -621,6 +626,7 @@ impl Agent {
             Some(d) => layer(d, &self.store).map(Some),
             None => Ok(None),
         };
+        gateway.hold_versions(false);
         let back = match previous {
             Ok(l) => gateway.deploy(l, true).await,
             Err(e) => Err(e),

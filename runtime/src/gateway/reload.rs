@@ -81,6 +81,9 @@ pub struct Gateway {
     bootstrap: String,
     /// The drivers of the deployment in force, if the gateway is managed.
     layer: Option<Layer>,
+    /// A deployment is on trial: plugin versions started are not recorded
+    /// for anti-rollback, so a rollback can return to the older ones.
+    holding_versions: bool,
     versions: trust::Versions,
     /// In config order.
     drivers: Vec<(String, DriverTask)>,
@@ -122,6 +125,7 @@ impl Gateway {
             config,
             bootstrap,
             layer,
+            holding_versions: false,
         };
         let trust = trust_fingerprint(&gateway.config).unwrap_or_default();
         for (spec, chain) in drivers {
@@ -249,6 +253,7 @@ impl Gateway {
             at_ms: crate::reading::now_ms(),
             ..ReloadFigures::default()
         };
+        let record_versions = record_versions && !self.holding_versions;
         match self.try_reload(&mut figures, layer, record_versions).await {
             Ok(()) => {
                 figures.ok = true;
@@ -440,6 +445,12 @@ impl Gateway {
         self.drivers
             .iter()
             .flat_map(|(_, task)| task.plugins.iter())
+    }
+
+    /// While `hold` (a deployment on trial), no change records the plugin
+    /// versions it starts.
+    pub fn hold_versions(&mut self, hold: bool) {
+        self.holding_versions = hold;
     }
 
     /// Records the signed version of every plugin running, so an older

@@ -422,16 +422,33 @@ async fn a_gateway_nobody_logs_into_takes_signed_deployments_refuses_bad_ones_an
     let b = &seen.counters["b"];
     ensure!(b.iter().all(|n| n % 2 == 0), "b's processor doubles: {b:?}");
 
-    // 3. A plugin upgraded: both drivers get the new version.
+    // 3. A plugin upgraded (both drivers get the new version) and a
+    // processor's config changed.
     let three = state(
         &dir,
         "three.toml",
         &std::fs::read_to_string(&two)?
             .replace("deployment = 2", "deployment = 3")
-            .replace("sim-1.0.0.wasm", "sim-1.1.0.wasm"),
+            .replace("sim-1.0.0.wasm", "sim-1.1.0.wasm")
+            .replace("gain = 2.0", "gain = 3.0"),
     )?;
+    seen.drain(&mut sub)?;
+    let b_before = seen.count("b");
     let (ok, out, err) = deploy(&dir, &three).await?;
     ensure!(ok, "deploy 3: {out}\n{err}");
+    seen.until(
+        &mut sub,
+        Duration::from_secs(30),
+        "b after deployment 3",
+        |s| {
+            // Tripled now (some odd, so not the doubled ones).
+            let tail = &s.counters["b"][b_before..];
+            tail.len() >= 5
+                && tail[tail.len() - 5..].iter().all(|n| n % 3 == 0)
+                && tail[tail.len() - 5..].iter().any(|n| n % 2 != 0)
+        },
+    )
+    .await?;
     let report = reported(&dir).await?;
     ensure!(
         report["running"] == 3 && report["phase"] == "idle",
