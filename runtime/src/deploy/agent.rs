@@ -215,7 +215,9 @@ impl Agent {
             .collect();
         let mut filters = vec![topics.deploy_desired(), topics.deploy_chunks()];
         filters.extend(groups.iter().map(|g| topics.group_desired(g)));
-        let (in_tx, inbox) = mpsc::channel(64);
+        // Bounded: a chunk is up to 1000 KiB, and only one is asked for at
+        // a time; more waiting than this is dropped (and asked for again).
+        let (in_tx, inbox) = mpsc::channel(8);
         let (outbox, out_rx) = mpsc::channel(64);
         let chunk_timeout = Duration::from_secs(config.deploy.chunk_timeout_s.max(1));
         let agent = Agent {
