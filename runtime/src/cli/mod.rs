@@ -64,6 +64,11 @@ pub enum Command {
         #[command(subcommand)]
         command: plugin::PluginCommand,
     },
+    /// The storage key that encrypts queued data at rest ([storage]).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// The operator's side of deployments to gateways (docs/fleet.md).
     Fleet {
         #[command(subcommand)]
@@ -97,6 +102,20 @@ impl Command {
     pub fn is_long_running(&self) -> bool {
         matches!(self, Command::Run { .. } | Command::Demo { .. })
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create the storage key file ([storage] key_file, mode 0600). An
+    /// existing plaintext queue stays readable; entries are encrypted from
+    /// the next start on.
+    Init { config: PathBuf },
+    /// Add a new key that encrypts from the next start (or reload) on; the
+    /// older ones still decrypt, and each is erased at a start once no
+    /// stored entry needs it.
+    Rotate { config: PathBuf },
+    /// The key ids in the file and how many queued entries each encrypts.
+    Show { config: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +166,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue { command } => queue(command),
         Command::Plugin { command } => plugin::run(command),
         Command::Fleet { command } => fleet::run(command).await,
+        Command::Key { command } => key(command),
         Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
         Command::Telemetry {
             command:
@@ -260,6 +280,51 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn key(command: KeyCommand) -> anyhow::Result<()> {
+    use ferrule::queue::crypt::Keyring;
+    match command {
+        KeyCommand::Init { config } => {
+            let config = Config::load(&config)?;
+            let path = gateway::key_file(&config);
+            let keyring = Keyring::create(&path)?;
+            println!(
+                "storage key {} created in {} (mode 0600)",
+                keyring.current(),
+                path.display()
+            );
+            println!("keep a copy somewhere safe: without it, encrypted entries cannot be read");
+            Ok(())
+        }
+        KeyCommand::Rotate { config } => {
+            let config = Config::load(&config)?;
+            let path = gateway::key_file(&config);
+            let id = Keyring::rotate(&path)?;
+            println!(
+                "storage key {id} added to {}; it encrypts from the next start on",
+                path.display()
+            );
+            Ok(())
+        }
+        KeyCommand::Show { config } => {
+            let config = Config::load(&config)?;
+            let path = gateway::key_file(&config);
+            let keyring = Keyring::load(&path)?;
+            let queue = gateway::queue_path(&config);
+            let counts = ferrule::queue::key_counts(&queue).unwrap_or_default();
+            for id in keyring.ids() {
+                let entries = counts.iter().find(|(k, _)| k == id).map_or(0, |(_, n)| *n);
+                let current = if id == keyring.current() {
+                    " (encrypts)"
+                } else {
+                    ""
+                };
+                println!("key {id}{current}: {entries} queued entries");
+            }
+            Ok(())
+        }
+    }
+}
+
 fn queue(command: QueueCommand) -> anyhow::Result<()> {
     match command {
         QueueCommand::Stats { config, json } => {
@@ -306,7 +371,11 @@ fn queue(command: QueueCommand) -> anyhow::Result<()> {
                 ExportFormat::Jsonl => {
                     let stdout = std::io::stdout();
                     let mut out = std::io::BufWriter::new(stdout.lock());
-                    let summary = ferrule::queue::export_jsonl(&path, &mut out)?;
+                    let keyring = match gateway::key_file(&config) {
+                        k if k.exists() => Some(ferrule::queue::crypt::Keyring::load(&k)?),
+                        _ => None,
+                    };
+                    let summary = ferrule::queue::export_jsonl(&path, keyring.as_ref(), &mut out)?;
                     std::io::Write::flush(&mut out)?;
                     for (seq, reason) in &summary.unreadable {
                         eprintln!("entry {seq} unreadable, not exported: {reason}");

@@ -29,6 +29,9 @@ pub struct Config {
     /// `[deploy]`: deployments over MQTT (docs/fleet.md).
     #[serde(default)]
     pub deploy: DeployConfig,
+    /// `[storage]`: encryption at rest.
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// The `[[driver]]` tables, in order.
     #[serde(rename = "driver", default)]
     pub drivers: Vec<DriverConfig>,
@@ -559,4 +562,41 @@ fn default_chunk_bytes() -> u32 {
 
 fn default_chunk_timeout_s() -> u64 {
     10
+}
+
+/// `[storage]`: how the gateway keeps data on its disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Encryption of queued entries.
+    #[serde(default)]
+    pub encryption: Encryption,
+    /// The storage key file (a keyring), relative to the config file.
+    #[serde(default = "default_key_file")]
+    pub key_file: Spanned<String>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            encryption: Encryption::default(),
+            key_file: default_key_file(),
+        }
+    }
+}
+
+fn default_key_file() -> Spanned<String> {
+    Spanned::new(0..0, "storage.key".to_string())
+}
+
+/// `[storage] encryption`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Encryption {
+    /// AES-256-GCM with the key file's newest key.
+    #[default]
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    /// Entries are stored in plaintext.
+    #[serde(rename = "none")]
+    None,
 }

@@ -77,6 +77,14 @@ pub enum StartError {
         /// Why it does not resolve.
         message: String,
     },
+    /// The storage key cannot be used.
+    #[error("{}: storage: {message}", config.display())]
+    Storage {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        message: String,
+    },
     #[error(
         "{}: plugins may hold {plugins} open files and sockets (max_open_files of each plugin with data_dir or allow_net) and the gateway keeps {HOST_DESCRIPTORS} for itself, but this process may open only {limit}; lower max_open_files or raise the limit (systemd: LimitNOFILE=)",
         config.display()
@@ -443,6 +451,74 @@ fn engine_settings(config: &Config, data_root: &Path) -> EngineSettings {
     }
 }
 
+/// The storage key file a config points at.
+pub fn key_file(config: &Config) -> PathBuf {
+    config.resolve(Path::new(config.storage.key_file.get_ref()))
+}
+
+/// The storage keys for a gateway's queues, and whether new entries are
+/// encrypted. With `[storage] encryption` on (the default) and no key
+/// file: a new install (no queue file yet) gets a new key; an install
+/// from before encryption keeps writing plaintext and is told how to
+/// start encrypting (`ferrule key init`).
+pub fn storage_keys(
+    config: &Config,
+) -> Result<(Option<Arc<crate::queue::crypt::Keyring>>, bool), StartError> {
+    use crate::config::Encryption;
+    use crate::queue::crypt::Keyring;
+    let path = key_file(config);
+    let on = config.storage.encryption == Encryption::Aes256Gcm;
+    let err = |e: crate::queue::crypt::KeyError| StartError::Storage {
+        config: config.source.clone(),
+        message: e.to_string(),
+    };
+    if path.exists() {
+        let keyring = Keyring::load(&path).map_err(err)?;
+        return Ok((Some(Arc::new(keyring)), on));
+    }
+    if !on {
+        return Ok((None, false));
+    }
+    if queue_path(config).exists() {
+        tracing::warn!(key_file = %path.display(), "queue entries are stored in plaintext: this queue was made before encryption at rest; run `ferrule key init CONFIG` to encrypt new entries from the next start");
+        return Ok((None, false));
+    }
+    let keyring = Keyring::create(&path).map_err(err)?;
+    tracing::info!(key_file = %path.display(), key_id = keyring.current(), "storage key created: queue entries are encrypted with it (AES-256-GCM); keep a copy, without it they cannot be read");
+    Ok((Some(Arc::new(keyring)), true))
+}
+
+/// Erases from the key file every older storage key no stored entry
+/// needs any more (both queues read; the newest key always stays).
+fn erase_unused_keys(config: &Config, data: &Queue, telemetry: Option<&Queue>) {
+    let path = key_file(config);
+    let telemetry_file = config
+        .resolve(&config.gateway.data_dir)
+        .join("telemetry.redb");
+    if !path.exists() || (telemetry.is_none() && telemetry_file.exists()) {
+        return;
+    }
+    let mut in_use = match data.keys_in_use() {
+        Ok(ids) => ids,
+        Err(_) => return,
+    };
+    if let Some(t) = telemetry {
+        match t.keys_in_use() {
+            Ok(ids) => in_use.extend(ids),
+            Err(_) => return,
+        }
+    }
+    let erased =
+        crate::queue::crypt::Keyring::load(&path).and_then(|mut k| k.erase_unused(&in_use));
+    match erased {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::info!(key_file = %path.display(), erased = ?ids, "storage keys no entry needs any more erased")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "older storage keys not erased"),
+    }
+}
+
 /// The queue file a config points at.
 pub fn queue_path(config: &Config) -> PathBuf {
     match &config.queue.path {
@@ -481,6 +557,8 @@ pub fn queue_options(config: &Config) -> QueueOptions {
         max_age: config.queue.max_age_s.map(Duration::from_secs),
         max_group: None,
         commit_linger: Duration::from_millis(config.queue.commit_linger_ms),
+        keyring: None,
+        encrypt: false,
     }
 }
 
@@ -647,7 +725,15 @@ pub async fn run_reloading(
         &config,
         drivers.iter().map(|(spec, _)| descriptors(spec)).sum(),
     )?;
-    let queue = Queue::open(&queue_path(&config), queue_options(&config))?;
+    let (keyring, encrypt) = storage_keys(&config)?;
+    let queue = Queue::open(
+        &queue_path(&config),
+        QueueOptions {
+            keyring: keyring.clone(),
+            encrypt,
+            ..queue_options(&config)
+        },
+    )?;
     let stats = queue.stats()?;
     release_startup_memory();
     tracing::info!(
@@ -673,6 +759,8 @@ pub async fn run_reloading(
                 max_age: None,
                 max_group: None,
                 commit_linger: Duration::ZERO,
+                keyring: keyring.clone(),
+                encrypt,
             },
         ) {
             Ok(q) => Some(q),
@@ -682,6 +770,7 @@ pub async fn run_reloading(
             }
         },
     };
+    erase_unused_keys(&config, &queue, telemetry_queue.as_ref());
     // Each driver task takes writes from its own inbox; the router hands
     // them out by driver name. A reload changes both lists.
     let inboxes = remote::Inboxes::default();

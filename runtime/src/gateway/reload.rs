@@ -17,8 +17,8 @@
 //! kept in `{data_dir}/reload.json` and the telemetry's `config.reload`.
 //! `[gateway]` id and data_dir never change while running (a reload that
 //! changes them is refused); changes to `[mqtt]` (but `payload_format`),
-//! `[queue]`, `[telemetry]` and `[runtime]` engine sizing take effect at the
-//! next start and are listed as `pending_restart`.
+//! `[queue]`, `[telemetry]`, `[storage]` and `[runtime]` engine sizing take
+//! effect at the next start and are listed as `pending_restart`.
 //!
 //! The per-gateway sequence is the queue's, so it stays contiguous: a
 //! reload only changes who appends to it.
@@ -589,7 +589,7 @@ fn restart_sections(old: &str, new: &str) -> Vec<String> {
         table
     };
     let (old, new) = (parse(old), parse(new));
-    ["mqtt", "queue", "telemetry", "runtime"]
+    ["mqtt", "queue", "telemetry", "runtime", "storage"]
         .into_iter()
         .filter(|section| old.get(*section) != new.get(*section))
         .map(String::from)

@@ -58,6 +58,7 @@
 //! in-memory model), and `tests/` (outage, kill -9, broker restarts, disk
 //! full, corrupt file) against the real binary and mosquitto.
 
+pub mod crypt;
 mod store;
 mod writer;
 
@@ -69,7 +70,9 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{oneshot, watch};
 
-pub use store::{ExportSummary, export_jsonl, quarantined_files, read_stats};
+pub use store::{
+    ExportSummary, export_jsonl, key_counts_of as key_counts, quarantined_files, read_stats,
+};
 
 use crate::reading::{Batch, Value};
 use store::{ENTRIES, storage};
@@ -113,6 +116,11 @@ pub struct QueueOptions {
     /// batches still expected ([`Queue::expect`]) to share its commit (and
     /// fsync); zero commits at once. With none expected it commits at once.
     pub commit_linger: Duration,
+    /// The storage keys: encrypted entries are read with them, and new
+    /// entries encrypted with the newest when `encrypt` is set.
+    pub keyring: Option<Arc<crypt::Keyring>>,
+    /// Encrypt new entries (AES-256-GCM, see [`crypt`]).
+    pub encrypt: bool,
 }
 
 /// An entry as stored, for the publisher: the batch's JSON, decoded only
@@ -270,6 +278,15 @@ pub enum QueueError {
     /// The queue is shutting down.
     #[error("queue: closed")]
     Closed,
+    /// Entries are encrypted with a key the gateway does not have. The
+    /// file is left as it is: nothing in it is lost for want of a key.
+    #[error("queue {}: {message}", path.display())]
+    Key {
+        /// The queue file.
+        path: PathBuf,
+        /// Which key is missing and where it was looked for.
+        message: String,
+    },
 }
 
 /// Figures about the queue's content.
@@ -359,6 +376,38 @@ struct Shared {
     handover: Mutex<()>,
     /// Batches on their way, for the writer's linger.
     gate: Arc<Gate>,
+    /// The file's salt for its encryption subkeys.
+    salt: [u8; 32],
+}
+
+impl Shared {
+    /// The plaintext form of a stored entry (decrypted if encrypted).
+    fn plain<'a>(
+        &self,
+        seq: u64,
+        stored: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, QueueError> {
+        plain(self.options.keyring.as_deref(), &self.salt, seq, stored)
+    }
+}
+
+/// The plaintext form of `stored`, entry `seq` of the file with `salt`.
+fn plain<'a>(
+    keyring: Option<&crypt::Keyring>,
+    salt: &[u8; 32],
+    seq: u64,
+    stored: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, QueueError> {
+    if !crypt::is_encrypted(stored) {
+        return Ok(std::borrow::Cow::Borrowed(stored));
+    }
+    let corrupt = |message: String| QueueError::Corrupt { seq, message };
+    let keyring =
+        keyring.ok_or_else(|| corrupt("encrypted, and no storage key is configured".into()))?;
+    keyring
+        .open(salt, seq, stored)
+        .map(std::borrow::Cow::Owned)
+        .map_err(corrupt)
 }
 
 /// What the writer's linger and the [`Expected`] guards share.
@@ -454,6 +503,28 @@ impl Queue {
             let stats = store::stats_in(&txn)?;
             (stats.next_seq, stats.bytes)
         };
+        // Every key the file's entries need must be at hand; a missing one
+        // is a refusal, never a quarantine.
+        let key_err = |message: String| QueueError::Key {
+            path: path.to_path_buf(),
+            message,
+        };
+        for (id, count) in store::key_counts(&opened.db)? {
+            let known = (options.keyring.as_ref()).is_some_and(|k| k.ids().contains(&id.as_str()));
+            if count > 0 && !known {
+                return Err(key_err(match &options.keyring {
+                    Some(k) => format!(
+                        "{count} entries are encrypted with storage key {id}, which is not in {} (keys there: {}); restore the key file that holds it",
+                        k.path().display(),
+                        k.ids().join(", ")
+                    ),
+                    None => format!(
+                        "{count} entries are encrypted with storage key {id}, and no storage key file was found; restore it ([storage] key_file)"
+                    ),
+                }));
+            }
+        }
+        let salt = store::salt(&opened.db)?;
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             create,
@@ -467,6 +538,7 @@ impl Queue {
             sent_below: std::sync::atomic::AtomicU64::new(0),
             handover: Mutex::new(()),
             gate: Arc::default(),
+            salt,
         });
         let (committed_tx, committed) = watch::channel(next_seq - 1);
         let (requests, writer) = writer::spawn(shared.clone(), next_seq, bytes, committed_tx)
@@ -558,7 +630,8 @@ impl Queue {
                 let (key, value) = item.map_err(storage)?;
                 let seq = key.value();
                 bytes = bytes.saturating_add(value.value().len());
-                out.push((seq, entry(seq, value.value())?));
+                let plain = self.inner.shared.plain(seq, value.value())?;
+                out.push((seq, entry(seq, &plain)?));
             }
             Ok(out)
         })
@@ -652,6 +725,16 @@ impl Queue {
     /// The queue file.
     pub fn path(&self) -> &Path {
         &self.inner.shared.path
+    }
+
+    /// The storage keys entries are encrypted with now.
+    pub fn keys_in_use(&self) -> Result<Vec<String>, QueueError> {
+        let counts = self.inner.shared.with_db(store::key_counts)?;
+        Ok(counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(id, _)| id)
+            .collect())
     }
 }
 

@@ -19,6 +19,11 @@ pub(super) const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("en
 /// Counters, updated in the same transaction as the entries they describe.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// The file's encryption salt (`salt`).
+pub(super) const CRYPT: TableDefinition<&str, &[u8]> = TableDefinition::new("crypt");
+/// `meta` keys `key.{id}`: entries encrypted with each storage key.
+pub(super) const KEY_COUNT: &str = "key.";
+
 pub(super) const NEXT_SEQ: &str = "next_seq";
 pub(super) const BYTES: &str = "bytes";
 pub(super) const DROPPED_CAP: &str = "dropped.cap";
@@ -77,6 +82,57 @@ pub(super) fn entry_json(seq: u64, bytes: &[u8]) -> Result<&[u8], QueueError> {
         seq,
         message: format!("entry of {} bytes has no header", bytes.len()),
     })
+}
+
+/// How many entries each storage key encrypts, by key id.
+pub(super) fn key_counts(db: &Database) -> Result<Vec<(String, u64)>, QueueError> {
+    let txn = db.begin_read().map_err(storage)?;
+    key_counts_in(&txn)
+}
+
+fn key_counts_in(txn: &redb::ReadTransaction) -> Result<Vec<(String, u64)>, QueueError> {
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(storage(e)),
+    };
+    let mut out = Vec::new();
+    for item in meta.range(KEY_COUNT..).map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        let Some(id) = key.value().strip_prefix(KEY_COUNT) else {
+            break;
+        };
+        out.push((id.to_string(), value.value()));
+    }
+    Ok(out)
+}
+
+/// The file's salt, made (random) the first time.
+pub(super) fn salt(db: &Database) -> Result<[u8; 32], QueueError> {
+    {
+        let txn = db.begin_read().map_err(storage)?;
+        if let Some(salt) = read_salt(&txn)? {
+            return Ok(salt);
+        }
+    }
+    let salt = super::crypt::new_salt().map_err(QueueError::Storage)?;
+    let txn = db.begin_write().map_err(storage)?;
+    txn.open_table(CRYPT)
+        .map_err(storage)?
+        .insert("salt", salt.as_slice())
+        .map_err(storage)?;
+    txn.commit().map_err(storage)?;
+    Ok(salt)
+}
+
+fn read_salt(txn: &redb::ReadTransaction) -> Result<Option<[u8; 32]>, QueueError> {
+    let table = match txn.open_table(CRYPT) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(storage(e)),
+    };
+    let value = table.get("salt").map_err(storage)?;
+    Ok(value.and_then(|v| <[u8; 32]>::try_from(v.value()).ok()))
 }
 
 /// The captured time stored in an entry's header.
@@ -339,6 +395,12 @@ fn read_only(path: &Path) -> Result<redb::ReadTransaction, QueueError> {
     db.begin_read().map_err(storage)
 }
 
+/// How many entries each storage key encrypts in the queue file at
+/// `path`, read without taking it from a running gateway.
+pub fn key_counts_of(path: &Path) -> Result<Vec<(String, u64)>, QueueError> {
+    key_counts_in(&read_only(path)?)
+}
+
 /// Figures of a queue file, read without taking it from a running gateway.
 pub fn read_stats(path: &Path) -> Result<QueueStats, QueueError> {
     stats_in(&read_only(path)?)
@@ -381,14 +443,21 @@ pub struct ExportSummary {
 /// that cannot be decoded is skipped and listed in the summary, so one bad
 /// entry never stops a customer's export; only a queue file that cannot be
 /// read at all, or output that cannot be written, is an error.
-pub fn export_jsonl(path: &Path, out: &mut dyn Write) -> Result<ExportSummary, QueueError> {
+pub fn export_jsonl(
+    path: &Path,
+    keyring: Option<&super::crypt::Keyring>,
+    out: &mut dyn Write,
+) -> Result<ExportSummary, QueueError> {
     let txn = read_only(path)?;
+    let salt = read_salt(&txn)?.unwrap_or_default();
     let entries = txn.open_table(ENTRIES).map_err(storage)?;
     let mut summary = ExportSummary::default();
     for item in entries.iter().map_err(storage)? {
         let (key, value) = item.map_err(storage)?;
         let seq = key.value();
-        let batch = match decode_entry(seq, value.value()) {
+        let batch = match super::plain(keyring, &salt, seq, value.value())
+            .and_then(|plain| decode_entry(seq, &plain))
+        {
             Ok(batch) => batch,
             Err(e) => {
                 summary.unreadable.push((seq, e.to_string()));

@@ -307,7 +307,7 @@ async fn stats_and_export_read_a_live_queue() {
         (4, Some(2), 6)
     );
     let mut out = Vec::new();
-    let summary = export_jsonl(&path, &mut out).unwrap();
+    let summary = export_jsonl(&path, None, &mut out).unwrap();
     assert_eq!((summary.exported, summary.unreadable.len()), (4, 0));
     let lines: Vec<serde_json::Value> = String::from_utf8(out)
         .unwrap()
@@ -361,7 +361,7 @@ async fn export_writes_every_value_the_gateway_stores_and_goes_on_past_an_unread
         txn.commit().unwrap();
     }
     let mut out = Vec::new();
-    let summary = export_jsonl(&path, &mut out).unwrap();
+    let summary = export_jsonl(&path, None, &mut out).unwrap();
     assert_eq!(summary.exported, values.len() as u64 + 2);
     assert_eq!(summary.unreadable.len(), 1);
     assert_eq!(summary.unreadable[0].0, 101);
@@ -515,4 +515,89 @@ async fn a_queue_dropped_while_a_batch_is_expected_closes_its_file() {
     let reopened = Queue::open(&path, QueueOptions::default()).unwrap();
     drop(pending);
     assert_eq!(*reopened.committed().borrow(), 0);
+}
+
+/// Every batch's channel name, for the encryption tests.
+fn secret_batch(n: i64) -> Batch {
+    let mut b = batch("meter-xq7", n);
+    b.readings[0].channel = "zebra-secret-channel".into();
+    b.readings[0].value = Value::Text(format!("distinctive-value-{n}"));
+    b
+}
+
+fn raw_contains(path: &std::path::Path, needle: &str) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn encrypted_entries_read_back_leave_no_plaintext_and_need_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let key_file = dir.path().join("storage.key");
+    // An older plaintext entry first: it stays readable beside encrypted ones.
+    {
+        let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+        queue.append(batch("old", 1)).await.unwrap();
+    }
+    let keyring = Arc::new(crypt::Keyring::create(&key_file).unwrap());
+    let encrypted = || QueueOptions {
+        keyring: Some(keyring.clone()),
+        encrypt: true,
+        ..QueueOptions::default()
+    };
+    {
+        let queue = Queue::open(&path, encrypted()).unwrap();
+        for n in 0..50 {
+            queue.append(secret_batch(n)).await.unwrap();
+        }
+        let read = queue.read_from(0, 100).unwrap();
+        assert_eq!(read.len(), 51);
+        assert_eq!(read[0].1.driver, "old");
+        assert_eq!(
+            read[50].1.readings[0].value,
+            Value::Text("distinctive-value-49".into())
+        );
+        assert_eq!(
+            queue.keys_in_use().unwrap(),
+            [keyring.current().to_string()]
+        );
+        // Delivered entries no longer count against their key.
+        queue.remove((2..=11).collect()).await.unwrap();
+        assert_eq!(
+            store::key_counts(&queue.inner.shared.db.read().unwrap().as_ref().unwrap()).unwrap(),
+            [(keyring.current().to_string(), 40)]
+        );
+    }
+    for needle in ["zebra-secret-channel", "distinctive-value-", "meter-xq7"] {
+        assert!(!raw_contains(&path, needle), "{needle} in the queue file");
+    }
+    // Without the key, or with another one: a refusal naming the key, the file kept.
+    let err = Queue::open(&path, QueueOptions::default()).err().unwrap();
+    assert!(matches!(err, QueueError::Key { .. }), "{err}");
+    let other = Arc::new(crypt::Keyring::create(&dir.path().join("other.key")).unwrap());
+    let err = Queue::open(
+        &path,
+        QueueOptions {
+            keyring: Some(other),
+            encrypt: true,
+            ..QueueOptions::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains(keyring.current()), "{err}");
+    assert!(quarantined_files(&path).is_empty());
+    // With it again, everything is there; an export decrypts too.
+    let queue = Queue::open(&path, encrypted()).unwrap();
+    assert_eq!(queue.read_from(0, 100).unwrap().len(), 41);
+    drop(queue);
+    let mut out = Vec::new();
+    let summary = export_jsonl(&path, Some(&keyring), &mut out).unwrap();
+    assert_eq!(summary.exported, 41);
+    assert!(
+        String::from_utf8(out)
+            .unwrap()
+            .contains("distinctive-value-49")
+    );
 }

@@ -21,7 +21,9 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
 use crate::backoff::Backoff;
 
-use super::store::{self, BYTES, DROPPED_AGE, DROPPED_CAP, ENTRIES, META, NEXT_SEQ, storage};
+use super::store::{
+    self, BYTES, DROPPED_AGE, DROPPED_CAP, ENTRIES, KEY_COUNT, META, NEXT_SEQ, storage,
+};
 use super::{FullPolicy, MAX_GROUP, MAX_GROUP_BYTES, QueueError, Shared, lock};
 use crate::reading::now_ns;
 
@@ -377,10 +379,19 @@ impl Writer {
         let shared = &self.shared;
         // A cycle that may drop at the cap holds the hand-over lock from
         // reading the sent mark until its commit (see `Queue::read_for_send`).
+        // Encrypted entries are stored with a fixed overhead.
+        let keyring = (shared.options.encrypt)
+            .then(|| shared.options.keyring.clone())
+            .flatten();
+        let overhead = if keyring.is_some() {
+            super::crypt::OVERHEAD as u64
+        } else {
+            0
+        };
         let incoming: u64 = appends
             .iter()
             .take(MAX_GROUP)
-            .map(|a| a.encoded.len() as u64)
+            .map(|a| a.encoded.len() as u64 + overhead)
             .sum();
         let may_drop = options.when_full == FullPolicy::DropOldest
             && options
@@ -395,6 +406,13 @@ impl Writer {
                 ..Cycle::default()
             };
             let mut changed = false;
+            // Entries each storage key encrypts, as this cycle changes them.
+            let mut keys: std::collections::BTreeMap<String, i64> = Default::default();
+            let forget = |keys: &mut std::collections::BTreeMap<String, i64>, stored: &[u8]| {
+                if let Some(id) = super::crypt::entry_key_id(stored) {
+                    *keys.entry(id).or_default() -= 1;
+                }
+            };
             {
                 let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
                 let mut meta = txn.open_table(META).map_err(storage)?;
@@ -423,6 +441,7 @@ impl Writer {
                         }
                         if let Some((_, v)) = entries.pop_first().map_err(storage)? {
                             bytes = bytes.saturating_sub(v.value().len() as u64);
+                            forget(&mut keys, v.value());
                             cycle.expired += 1;
                         }
                     }
@@ -436,6 +455,7 @@ impl Writer {
                 for seq in removes {
                     if let Some(old) = entries.remove(seq).map_err(storage)? {
                         bytes = bytes.saturating_sub(old.value().len() as u64);
+                        forget(&mut keys, old.value());
                         changed = true;
                     }
                 }
@@ -444,7 +464,7 @@ impl Writer {
                 let group = options.max_group.unwrap_or(MAX_GROUP).clamp(1, MAX_GROUP);
                 let mut group_bytes = 0u64;
                 for append in appends.iter().take(group) {
-                    let size = append.encoded.len() as u64;
+                    let size = append.encoded.len() as u64 + overhead;
                     // redb holds a transaction's new pages in memory until
                     // it commits: large entries get commits of their own.
                     if cycle.appended > 0 && group_bytes + size > MAX_GROUP_BYTES {
@@ -483,14 +503,26 @@ impl Writer {
                                         break;
                                     };
                                     bytes = bytes.saturating_sub(old.value().len() as u64);
+                                    forget(&mut keys, old.value());
                                     cycle.dropped_cap += 1;
                                 }
                             }
                         }
                     }
-                    entries
-                        .insert(seq, append.encoded.as_slice())
-                        .map_err(storage)?;
+                    match &keyring {
+                        Some(keyring) => {
+                            let sealed = keyring
+                                .seal(&shared.salt, seq, &append.encoded)
+                                .map_err(QueueError::Storage)?;
+                            entries.insert(seq, sealed.as_slice()).map_err(storage)?;
+                            *keys.entry(keyring.current().to_string()).or_default() += 1;
+                        }
+                        None => {
+                            entries
+                                .insert(seq, append.encoded.as_slice())
+                                .map_err(storage)?;
+                        }
+                    }
                     bytes += size;
                     seq += 1;
                     cycle.appended += 1;
@@ -508,6 +540,11 @@ impl Writer {
                 }
                 if changed {
                     meta.insert(BYTES, bytes).map_err(storage)?;
+                }
+                for (id, delta) in keys {
+                    let name = format!("{KEY_COUNT}{id}");
+                    let count = counter(&meta, &name)?.saturating_add_signed(delta);
+                    meta.insert(name.as_str(), count).map_err(storage)?;
                 }
                 cycle.bytes_after = bytes;
             }
