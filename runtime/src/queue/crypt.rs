@@ -75,13 +75,16 @@ struct KeyEntry {
     created_ms: u64,
 }
 
+/// Subkeys derived so far, by (file salt, key id).
+type Derived = HashMap<([u8; 32], String), std::sync::Arc<LessSafeKey>>;
+
 /// The storage keys of a gateway.
 pub struct Keyring {
     path: PathBuf,
     /// Oldest first; the last one encrypts.
     keys: Vec<(String, [u8; 32], u64)>,
     /// Subkeys by (file salt, key id).
-    derived: Mutex<HashMap<([u8; 32], String), std::sync::Arc<LessSafeKey>>>,
+    derived: Mutex<Derived>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -417,7 +420,7 @@ mod tests {
         assert_eq!(ring.current(), new);
         assert_eq!(ring.open(&salt, 7, &sealed).unwrap(), plain);
         assert_eq!(
-            ring.erase_unused(&[old.clone()]).unwrap(),
+            ring.erase_unused(std::slice::from_ref(&old)).unwrap(),
             Vec::<String>::new()
         );
         assert_eq!(ring.erase_unused(&[]).unwrap(), vec![old]);

@@ -565,7 +565,7 @@ async fn encrypted_entries_read_back_leave_no_plaintext_and_need_their_key() {
         // Delivered entries no longer count against their key.
         queue.remove((2..=11).collect()).await.unwrap();
         assert_eq!(
-            store::key_counts(&queue.inner.shared.db.read().unwrap().as_ref().unwrap()).unwrap(),
+            store::key_counts(queue.inner.shared.db.read().unwrap().as_ref().unwrap()).unwrap(),
             [(keyring.current().to_string(), 40)]
         );
     }

@@ -12,6 +12,7 @@ mod modbus;
 mod mqtt_link;
 mod reload;
 mod sandbox;
+mod storage;
 mod store_forward;
 mod telemetry;
 mod tls_errors;
