@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod backoff;
 pub mod config;
 pub mod deploy;

@@ -161,17 +161,38 @@ impl Inboxes {
     }
 }
 
-/// Starts the router; `drivers` holds each driver's task inbox by name.
-pub fn start(drivers: Inboxes) -> Commands {
+/// Starts the router; `drivers` holds each driver's task inbox by name;
+/// every command and its result go into `audit`.
+pub fn start(drivers: Inboxes, audit: Option<crate::audit::AuditLog>) -> Commands {
     let (inbox, mut incoming) = mpsc::channel::<Incoming>(64);
     let (answer_tx, answers) = mpsc::channel::<Answer>(64);
     tokio::spawn(async move {
         while let Some(message) = incoming.recv().await {
             let target = drivers.get(&message.driver);
             let answer_tx = answer_tx.clone();
+            let audit = audit.clone();
             // Each command in its own task: a slow device delays only its own answer.
             tokio::spawn(async move {
                 let answer = handle(&message, target).await;
+                if let Some(audit) = audit {
+                    let command = serde_json::from_slice::<serde_json::Value>(&message.payload)
+                        .unwrap_or_else(|_| {
+                            serde_json::Value::String(
+                                String::from_utf8_lossy(&message.payload)
+                                    .chars()
+                                    .take(512)
+                                    .collect(),
+                            )
+                        });
+                    let result = serde_json::from_slice::<serde_json::Value>(&answer.payload)
+                        .unwrap_or_default();
+                    // Written off the runtime's workers: it syncs the file.
+                    let driver = message.driver.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        audit.record("command", serde_json::json!({"driver": driver, "command": command, "result": result}));
+                    })
+                    .await;
+                }
                 let _ = answer_tx.send(answer).await;
             });
         }
@@ -262,7 +283,7 @@ mod tests {
         });
         let drivers = Inboxes::default();
         drivers.insert("plc".to_string(), tx);
-        let mut commands = start(drivers);
+        let mut commands = start(drivers, None);
         commands
             .inbox
             .send(Incoming {

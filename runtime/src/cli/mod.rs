@@ -9,6 +9,8 @@ mod reload;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::io::Write as _;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferrule::config::Config;
@@ -64,6 +66,11 @@ pub enum Command {
         #[command(subcommand)]
         command: plugin::PluginCommand,
     },
+    /// The gateway's tamper-evident audit log ({data_dir}/audit.log).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// The storage key that encrypts queued data at rest ([storage]).
     Key {
         #[command(subcommand)]
@@ -102,6 +109,20 @@ impl Command {
     pub fn is_long_running(&self) -> bool {
         matches!(self, Command::Run { .. } | Command::Demo { .. })
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; name the first record changed, removed,
+    /// reordered, or where the log was cut.
+    Verify { config: PathBuf },
+    /// Print the records (JSON Lines), oldest first.
+    Show {
+        config: PathBuf,
+        /// Only those of the last DURATION (e.g. 24h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +188,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin { command } => plugin::run(command),
         Command::Fleet { command } => fleet::run(command).await,
         Command::Key { command } => key(command),
+        Command::Audit { command } => audit(command),
         Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
         Command::Telemetry {
             command:
@@ -176,7 +198,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     hours,
                     raw,
                 },
-        } => inspect::telemetry_show(&Config::load(&config)?, json, hours, raw),
+        } => {
+            let config = Config::load(&config)?;
+            audit_log(&config).record(
+                "data-access",
+                serde_json::json!({"command": "telemetry show", "user": ferrule::audit::os_user()}),
+            );
+            inspect::telemetry_show(&config, json, hours, raw)
+        }
         Command::Demo {
             plugin_dir,
             duration,
@@ -280,6 +309,49 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The audit log of the data dir a config names.
+fn audit_log(config: &Config) -> ferrule::audit::AuditLog {
+    ferrule::audit::AuditLog::in_dir(&config.resolve(&config.gateway.data_dir))
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { config } => {
+            let config = Config::load(&config)?;
+            let log = audit_log(&config);
+            match ferrule::audit::verify(log.path()) {
+                Ok(n) => {
+                    println!("{}: {n} records, chain intact", log.path().display());
+                    Ok(())
+                }
+                Err(e) => anyhow::bail!("{}: TAMPERED: {e}", log.path().display()),
+            }
+        }
+        AuditCommand::Show { config, since } => {
+            let config = Config::load(&config)?;
+            let log = audit_log(&config);
+            let from_ms = since.map_or(0, |d| {
+                ferrule::reading::now_ms()
+                    .saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            });
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            ferrule::audit::for_each(log.path(), |_, record| {
+                if record.at_ms >= from_ms {
+                    let line = serde_json::to_string(&record).unwrap_or_default();
+                    if writeln!(out, "{line}").is_err() {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })
+            .map_err(|e| anyhow::anyhow!("{}: {e}", log.path().display()))?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
 fn key(command: KeyCommand) -> anyhow::Result<()> {
     use ferrule::queue::crypt::Keyring;
     match command {
@@ -299,6 +371,10 @@ fn key(command: KeyCommand) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             let path = gateway::key_file(&config);
             let id = Keyring::rotate(&path)?;
+            audit_log(&config).record(
+                "key",
+                serde_json::json!({"action": "rotate", "key_id": id, "user": ferrule::audit::os_user()}),
+            );
             println!(
                 "storage key {id} added to {}; it encrypts from the next start on",
                 path.display()
@@ -377,6 +453,15 @@ fn queue(command: QueueCommand) -> anyhow::Result<()> {
                     };
                     let summary = ferrule::queue::export_jsonl(&path, keyring.as_ref(), &mut out)?;
                     std::io::Write::flush(&mut out)?;
+                    audit_log(&config).record(
+                        "data-access",
+                        serde_json::json!({
+                            "command": "queue export",
+                            "user": ferrule::audit::os_user(),
+                            "exported": summary.exported,
+                            "unreadable": summary.unreadable.len(),
+                        }),
+                    );
                     for (seq, reason) in &summary.unreadable {
                         eprintln!("entry {seq} unreadable, not exported: {reason}");
                     }

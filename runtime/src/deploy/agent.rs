@@ -159,6 +159,7 @@ pub struct Agent {
     watch: Option<Watch>,
     /// A newer deployment that arrived during a health window.
     next: Option<Vec<u8>>,
+    audit: crate::audit::AuditLog,
 }
 
 /// Something for the agent to handle.
@@ -238,6 +239,7 @@ impl Agent {
             pending: None,
             watch: None,
             next: None,
+            audit: crate::audit::AuditLog::in_dir(&config.resolve(&config.gateway.data_dir)),
         };
         let link = DeployLink {
             filters,
@@ -679,6 +681,15 @@ impl Agent {
         if let Err(e) = self.store.save(&self.state) {
             tracing::error!(dir = %self.store.dir().display(), error = %e, "cannot record the deployment state");
         }
+        // Every outcome and every phase the state records is audited.
+        self.audit.record(
+            "deployment",
+            serde_json::json!({
+                "running": self.state.running.as_ref().map(|r| r.deployment),
+                "trial": self.state.trial.as_ref().map(|t| (t.record.deployment, t.phase)),
+                "last": self.state.last,
+            }),
+        );
     }
 
     fn send(&self, topic: String, payload: Vec<u8>, retain: bool) {

@@ -735,6 +735,25 @@ pub async fn run_reloading(
         },
     )?;
     let stats = queue.stats()?;
+    let audit = crate::audit::AuditLog::in_dir(&config.resolve(&config.gateway.data_dir));
+    audit.record(
+        "start",
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "gateway": config.gateway.id.get_ref(),
+            "config": config.source.display().to_string(),
+            "config_sha256": config.sha256,
+            "drivers": drivers.len(),
+            "not_started": not_started.iter().map(|n| serde_json::json!({"driver": n.name, "error": n.error})).collect::<Vec<_>>(),
+            "encrypted": encrypt,
+        }),
+    );
+    if let Some(aside) = queue.health().quarantined {
+        audit.record(
+            "quarantine",
+            serde_json::json!({"file": queue.path().display().to_string(), "moved_to": aside.display().to_string()}),
+        );
+    }
     release_startup_memory();
     tracing::info!(
         gateway = %config.gateway.id.get_ref(),
@@ -776,7 +795,7 @@ pub async fn run_reloading(
     let inboxes = remote::Inboxes::default();
     let live = Arc::new(std::sync::Mutex::new(telemetry::Live::default()));
     let tasks = TaskTracker::new();
-    let mut commands = remote::start(inboxes.clone());
+    let mut commands = remote::start(inboxes.clone(), Some(audit.clone()));
     let (mut agent, bootstrap, layer) = match managed {
         Some(mut managed) => {
             let (bootstrap, layer) = (std::mem::take(&mut managed.bootstrap), managed.layer.take());
@@ -836,6 +855,7 @@ pub async fn run_reloading(
             inboxes,
             live,
             shutdown: shutdown.clone(),
+            audit: audit.clone(),
         },
         (config, bootstrap, layer),
         versions,
@@ -865,6 +885,7 @@ pub async fn run_reloading(
     }
     shutdown.cancelled().await;
     gateway.stopped().await;
+    audit.record("stop", serde_json::json!({}));
     tasks.close();
     tasks.wait().await;
     Ok(())

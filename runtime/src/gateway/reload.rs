@@ -55,6 +55,8 @@ pub struct Shared {
     pub live: Arc<Mutex<telemetry::Live>>,
     /// Stops everything; each driver's own stop is a child of it.
     pub shutdown: CancellationToken,
+    /// Where config changes and plugin loads are recorded.
+    pub audit: crate::audit::AuditLog,
 }
 
 /// One running driver task and what it was started from.
@@ -152,8 +154,31 @@ impl Gateway {
             let task = gateway.spawn(spec, chain, engine.clone(), fingerprint);
             gateway.drivers.push((name, task));
         }
+        let names: Vec<String> = gateway.drivers.iter().map(|(n, _)| n.clone()).collect();
+        gateway.audit_plugins(&names);
         gateway.publish();
         gateway
+    }
+
+    /// Records the plugins of `drivers` as loaded.
+    fn audit_plugins(&self, drivers: &[String]) {
+        for (name, task) in &self.drivers {
+            if !drivers.contains(name) {
+                continue;
+            }
+            for (instance, p) in &task.plugins {
+                self.shared.audit.record(
+                    "plugin",
+                    serde_json::json!({
+                        "instance": instance,
+                        "name": p.identity.as_ref().map(|i| i.name.clone()),
+                        "version": p.identity.as_ref().map(|i| i.version.to_string()),
+                        "sha256": p.sha256,
+                        "signer": p.signer,
+                    }),
+                );
+            }
+        }
     }
 
     fn spawn(
@@ -253,6 +278,7 @@ impl Gateway {
             at_ms: crate::reading::now_ms(),
             ..ReloadFigures::default()
         };
+        let layer_given = layer.is_some();
         let record_versions = record_versions && !self.holding_versions;
         match self.try_reload(&mut figures, layer, record_versions).await {
             Ok(()) => {
@@ -281,6 +307,27 @@ impl Gateway {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reload outcome not encoded"),
+        }
+        self.shared.audit.record(
+            "config",
+            serde_json::json!({
+                "change": if layer_given { "deployment" } else { "reload" },
+                "ok": figures.ok,
+                "error": figures.error,
+                "config_sha256": figures.sha256,
+                "started": figures.started,
+                "replaced": figures.replaced,
+                "stopped": figures.stopped,
+            }),
+        );
+        if figures.ok {
+            let loaded: Vec<String> = figures
+                .started
+                .iter()
+                .chain(&figures.replaced)
+                .cloned()
+                .collect();
+            self.audit_plugins(&loaded);
         }
         self.last_reload = Some(figures.clone());
         self.publish();

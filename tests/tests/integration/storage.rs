@@ -164,3 +164,85 @@ async fn readings_are_ciphertext_on_disk_need_their_key_and_survive_a_rotation_u
     ensure!(plaintext_in(&data_dir)?.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn the_audit_log_records_starts_plugins_commands_reloads_and_data_access_and_names_tampering()
+-> anyhow::Result<()> {
+    let rig = Rig::start("", "ferrule/gw-test/cmd/#").await?;
+    let dir = rig.dir.path().to_path_buf();
+    let data_dir = rig.data_dir();
+    let config = config(&dir, &rig, rig.port, "gateway.toml")?;
+    let arg = config.to_string_lossy().to_string();
+    let ferrule = start_ferrule(&dir, &["run", &arg])?;
+    ferrule
+        .wait_for_log("mqtt connected", Duration::from_secs(60))
+        .await?;
+    // A command (answered, whatever the driver says).
+    let mut sub = rig.sub;
+    sub.client
+        .publish(
+            "ferrule/gw-test/cmd/sim-1/write",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"id":"audit-1","channel":"zq-secret-channel-7731","value":5}"#.to_vec(),
+        )
+        .await?;
+    sub.next(Duration::from_secs(30), "command result").await?;
+    // A config change, by reload.
+    let text = std::fs::read_to_string(&config)?.replace("interval_ms = 50", "interval_ms = 60");
+    std::fs::write(&config, text)?;
+    ferrule_ok(&dir, &["reload", &arg])?;
+    // Local data access.
+    ferrule_ok(&dir, &["queue", "export", &arg])?;
+    let shown = ferrule_ok(&dir, &["audit", "show", &arg])?;
+    let records: Vec<serde_json::Value> = shown
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let has = |event: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        records
+            .iter()
+            .any(|r| r["event"] == event && pred(&r["detail"]))
+    };
+    ensure!(
+        has("start", &|d| d["config_sha256"].as_str().map(str::len)
+            == Some(64)),
+        "{shown}"
+    );
+    ensure!(
+        has("plugin", &|d| d["instance"] == "sim-1"
+            && d["sha256"].is_string()),
+        "{shown}"
+    );
+    ensure!(
+        has("command", &|d| d["command"]["id"] == "audit-1"
+            && d["result"]["id"] == "audit-1"),
+        "{shown}"
+    );
+    ensure!(
+        has("config", &|d| d["change"] == "reload" && d["ok"] == true),
+        "{shown}"
+    );
+    ensure!(
+        has("data-access", &|d| d["command"] == "queue export"
+            && d["user"].as_str().is_some_and(|u| u.contains("uid"))),
+        "{shown}"
+    );
+    let verified = ferrule_ok(&dir, &["audit", "verify", &arg])?;
+    ensure!(verified.contains("chain intact"), "{verified}");
+    drop(ferrule);
+    // One byte changed in the third record.
+    let log = data_dir.join("audit.log");
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)?
+        .lines()
+        .map(String::from)
+        .collect();
+    lines[2] = lines[2].replacen("\"at_ms\":1", "\"at_ms\":2", 1);
+    std::fs::write(&log, lines.join("\n") + "\n")?;
+    let (ok, _, err) = run_ferrule(&dir, &["audit", "verify", &arg])?;
+    ensure!(
+        !ok && err.contains("record 3 (line 3) was changed"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -1,0 +1,449 @@
+//! The audit log: an append-only, hash-chained record of what happened to
+//! the gateway and its data (`{data_dir}/audit.log`).
+//!
+//! Each line is one JSON record `{"n", "at_ms", "event", "detail",
+//! "prev", "hash"}`: `n` counts from 1, `prev` is the previous record's
+//! `hash` (64 zeros for the first), and `hash` is the SHA-256 of `prev`
+//! and the record's JSON without `hash`. `{data_dir}/audit.head` holds the
+//! last record's `n` and `hash`, so a log cut short is told from one that
+//! ends there. A record is appended under an exclusive lock on the log
+//! (the gateway and `ferrule` commands on the same data dir both write),
+//! and synced before the head is updated. [`verify`] names the first
+//! record that was changed, removed, reordered, or the point where the
+//! tail was cut.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::plugin::trust::sha256_hex;
+
+/// The largest record read back (a line longer than this is damage).
+const MAX_LINE: usize = 64 << 10;
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// Its number, from 1.
+    pub n: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened (`start`, `stop`, `config`, `plugin`, `command`,
+    /// `deployment`, `data-access`, `key`, `quarantine`, …).
+    pub event: String,
+    /// Its particulars.
+    pub detail: Value,
+    /// The previous record's hash.
+    pub prev: String,
+    /// SHA-256 of `prev` and this record without `hash`.
+    #[serde(default)]
+    pub hash: String,
+}
+
+#[derive(Serialize)]
+struct Unhashed<'a> {
+    n: u64,
+    at_ms: u64,
+    event: &'a str,
+    detail: &'a Value,
+    prev: &'a str,
+}
+
+fn hash_of(r: &Record) -> String {
+    let body = serde_json::to_vec(&Unhashed {
+        n: r.n,
+        at_ms: r.at_ms,
+        event: &r.event,
+        detail: &r.detail,
+        prev: &r.prev,
+    })
+    .unwrap_or_default();
+    let mut input = r.prev.as_bytes().to_vec();
+    input.extend_from_slice(&body);
+    sha256_hex(&input)
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Head {
+    n: u64,
+    hash: String,
+}
+
+/// The audit log of one data dir.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    path: PathBuf,
+}
+
+/// `{data_dir}/audit.log`.
+pub fn path_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("audit.log")
+}
+
+fn head_path(log: &Path) -> PathBuf {
+    log.with_extension("head")
+}
+
+impl AuditLog {
+    /// The log in `data_dir` (created at the first record).
+    pub fn in_dir(data_dir: &Path) -> AuditLog {
+        AuditLog {
+            path: path_in(data_dir),
+        }
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends a record; logs (never fails the caller) when it cannot.
+    pub fn record(&self, event: &str, detail: Value) {
+        if let Err(e) = self.append(event, detail) {
+            tracing::error!(log = %self.path.display(), event, error = %e, "AUDIT RECORD NOT WRITTEN");
+        }
+    }
+
+    /// Appends a record: under the log's lock, chained to the last one,
+    /// synced, then the head updated.
+    pub fn append(&self, event: &str, detail: Value) -> std::io::Result<Record> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&self.path)?;
+        let _lock = Lock::exclusive(&file)?;
+        let head = read_head(&self.path)?;
+        let mut record = Record {
+            n: head.n + 1,
+            at_ms: crate::reading::now_ms(),
+            event: event.to_string(),
+            detail,
+            prev: if head.n == 0 {
+                GENESIS.to_string()
+            } else {
+                head.hash
+            },
+            hash: String::new(),
+        };
+        record.hash = hash_of(&record);
+        let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        (&file).write_all(&line)?;
+        file.sync_data()?;
+        let head = serde_json::to_vec(&Head {
+            n: record.n,
+            hash: record.hash.clone(),
+        })
+        .map_err(std::io::Error::other)?;
+        crate::plugin::trust::write_atomically(&head_path(&self.path), &head, None)?;
+        Ok(record)
+    }
+}
+
+fn read_head(log: &Path) -> std::io::Result<Head> {
+    match crate::plugin::trust::read_bounded(&head_path(log), 4096) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Head::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// An exclusive `flock` held until dropped.
+struct Lock<'a>(&'a std::fs::File);
+
+impl<'a> Lock<'a> {
+    fn exclusive(file: &'a std::fs::File) -> std::io::Result<Lock<'a>> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: flock on a descriptor this function borrows.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(Lock(file))
+    }
+}
+
+impl Drop for Lock<'_> {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: as above.
+            unsafe {
+                libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
+            }
+        }
+    }
+}
+
+/// What [`verify`] found wrong, at the first place it went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Break {
+    /// A line that is not a record.
+    #[error("line {line}: not an audit record ({why})")]
+    Unreadable {
+        /// 1-based line.
+        line: u64,
+        /// Why.
+        why: String,
+    },
+    /// A record whose content does not match its hash.
+    #[error("record {n} (line {line}) was changed: its content does not match its hash")]
+    Changed {
+        /// Its number.
+        n: u64,
+        /// 1-based line.
+        line: u64,
+    },
+    /// Records missing or out of order before this one.
+    #[error(
+        "line {line}: record {found} where record {expected} belongs (records removed or reordered)"
+    )]
+    Sequence {
+        /// 1-based line.
+        line: u64,
+        /// The number expected there.
+        expected: u64,
+        /// The number found.
+        found: u64,
+    },
+    /// A record not chained to the one before it.
+    #[error(
+        "record {n} (line {line}) does not follow the record before it (removed, reordered or replaced)"
+    )]
+    Chain {
+        /// Its number.
+        n: u64,
+        /// 1-based line.
+        line: u64,
+    },
+    /// The log ends before the last record written.
+    #[error("the log ends at record {last}, but record {head} was written (the tail was cut)")]
+    Truncated {
+        /// The last record in the log.
+        last: u64,
+        /// The last record the head says was written.
+        head: u64,
+    },
+    /// The last record is not the one the head names.
+    #[error("record {n} is not the one last written (replaced)")]
+    Head {
+        /// Its number.
+        n: u64,
+    },
+}
+
+/// Checks the whole chain of the log at `path`; the number of records.
+pub fn verify(path: &Path) -> Result<u64, Break> {
+    let mut last: Option<Record> = None;
+    let mut lines = 0u64;
+    for_each(path, |line, record| {
+        lines = line;
+        let expected = last.as_ref().map_or(1, |r| r.n + 1);
+        if record.n != expected {
+            return Err(Break::Sequence {
+                line,
+                expected,
+                found: record.n,
+            });
+        }
+        if hash_of(&record) != record.hash {
+            return Err(Break::Changed { n: record.n, line });
+        }
+        let prev = last.as_ref().map_or(GENESIS, |r| r.hash.as_str());
+        if record.prev != prev {
+            return Err(Break::Chain { n: record.n, line });
+        }
+        last = Some(record);
+        Ok(true)
+    })?;
+    let head = read_head(path).unwrap_or_default();
+    let end = last.as_ref().map_or(0, |r| r.n);
+    if head.n > end {
+        return Err(Break::Truncated {
+            last: end,
+            head: head.n,
+        });
+    }
+    if let Some(r) = &last
+        && head.n == r.n
+        && head.hash != r.hash
+    {
+        return Err(Break::Head { n: r.n });
+    }
+    let _ = lines;
+    Ok(end)
+}
+
+/// Calls `each` with every record in order (1-based line numbers) until it
+/// returns `false`.
+pub fn for_each(
+    path: &Path,
+    mut each: impl FnMut(u64, Record) -> Result<bool, Break>,
+) -> Result<(), Break> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Break::Unreadable {
+                line: 0,
+                why: e.to_string(),
+            });
+        }
+    };
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = 0u64;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Break::Unreadable {
+                line: line + 1,
+                why: e.to_string(),
+            })?;
+        if read == 0 {
+            return Ok(());
+        }
+        line += 1;
+        if buf.len() > MAX_LINE {
+            return Err(Break::Unreadable {
+                line,
+                why: format!("longer than {MAX_LINE} bytes"),
+            });
+        }
+        let record: Record = serde_json::from_slice(&buf).map_err(|e| Break::Unreadable {
+            line,
+            why: e.to_string(),
+        })?;
+        if !each(line, record)? {
+            return Ok(());
+        }
+    }
+}
+
+use std::io::Read as _;
+
+/// The OS user running this process, for records of local access.
+pub fn os_user() -> String {
+    #[cfg(unix)]
+    {
+        // SAFETY: getuid has no preconditions; getpwuid's result is read
+        // at once, before any other call could reuse its buffer.
+        unsafe {
+            let uid = libc::getuid();
+            let pw = libc::getpwuid(uid);
+            if !pw.is_null() && !(*pw).pw_name.is_null() {
+                let name = std::ffi::CStr::from_ptr((*pw).pw_name);
+                return format!("{} (uid {uid})", name.to_string_lossy());
+            }
+            format!("uid {uid}")
+        }
+    }
+    #[cfg(not(unix))]
+    "unknown".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(n: usize) -> (tempfile::TempDir, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::in_dir(dir.path());
+        for i in 0..n {
+            log.append("test", serde_json::json!({"i": i})).unwrap();
+        }
+        (dir, log)
+    }
+
+    fn lines(log: &AuditLog) -> Vec<String> {
+        std::fs::read_to_string(log.path())
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn write(log: &AuditLog, lines: &[String]) {
+        std::fs::write(log.path(), lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn an_intact_log_verifies_and_every_kind_of_tampering_is_named() {
+        let (_dir, log) = log_with(5);
+        assert_eq!(verify(log.path()), Ok(5));
+        let original = lines(&log);
+
+        // One changed byte (a digit of the detail).
+        let mut changed = original.clone();
+        changed[2] = changed[2].replace("\"i\":2", "\"i\":7");
+        write(&log, &changed);
+        assert_eq!(verify(log.path()), Err(Break::Changed { n: 3, line: 3 }));
+
+        // One record removed.
+        let mut removed = original.clone();
+        removed.remove(1);
+        write(&log, &removed);
+        assert_eq!(
+            verify(log.path()),
+            Err(Break::Sequence {
+                line: 2,
+                expected: 2,
+                found: 3
+            })
+        );
+
+        // Two records swapped.
+        let mut swapped = original.clone();
+        swapped.swap(1, 2);
+        write(&log, &swapped);
+        assert!(matches!(
+            verify(log.path()),
+            Err(Break::Sequence { line: 2, .. })
+        ));
+
+        // The tail cut off.
+        write(&log, &original[..3]);
+        assert_eq!(
+            verify(log.path()),
+            Err(Break::Truncated { last: 3, head: 5 })
+        );
+
+        // A record renumbered and re-hashed to hide a removal still breaks the chain.
+        let mut forged: Vec<Record> = original
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        forged.remove(1);
+        for (i, r) in forged.iter_mut().enumerate() {
+            r.n = i as u64 + 1;
+            r.hash = hash_of(r);
+        }
+        write(
+            &log,
+            &forged
+                .iter()
+                .map(|r| serde_json::to_string(r).unwrap())
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(verify(log.path()), Err(Break::Chain { n: 2, line: 2 }));
+
+        // Restored, and appended to: intact again.
+        write(&log, &original);
+        log.append("after", Value::Null).unwrap();
+        assert_eq!(verify(log.path()), Ok(6));
+    }
+}
