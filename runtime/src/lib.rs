@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod backoff;
 pub mod config;
+pub mod data;
 pub mod deploy;
 pub mod dev;
 pub mod gateway;

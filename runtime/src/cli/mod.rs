@@ -66,6 +66,11 @@ pub enum Command {
         #[command(subcommand)]
         command: plugin::PluginCommand,
     },
+    /// Everything the gateway holds about its customer: export it.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
     /// The gateway's tamper-evident audit log ({data_dir}/audit.log).
     Audit {
         #[command(subcommand)]
@@ -109,6 +114,19 @@ impl Command {
     pub fn is_long_running(&self) -> bool {
         matches!(self, Command::Run { .. } | Command::Demo { .. })
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write the queued data, telemetry (queued and history) and audit log
+    /// as JSON Lines, with a manifest (counts, SHA-256, time ranges), into
+    /// a new directory; works while ferrule runs; audited.
+    Export {
+        config: PathBuf,
+        /// The directory to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +207,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fleet { command } => fleet::run(command).await,
         Command::Key { command } => key(command),
         Command::Audit { command } => audit(command),
+        Command::Data {
+            command: DataCommand::Export { config, out },
+        } => {
+            let config = Config::load(&config)?;
+            let manifest = ferrule::data::export(&config, &out)?;
+            for (name, f) in &manifest.files {
+                println!(
+                    "{name:<24} {:>8} records {:>12} bytes  sha256 {}",
+                    f.records, f.bytes, f.sha256
+                );
+            }
+            for (file, seq, why) in &manifest.unreadable {
+                eprintln!("{file}: entry {seq} unreadable, not exported: {why}");
+            }
+            println!("manifest: {}", out.join("manifest.json").display());
+            Ok(())
+        }
         Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
         Command::Telemetry {
             command:

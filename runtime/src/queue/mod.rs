@@ -71,11 +71,18 @@ use redb::{Database, ReadableDatabase};
 use tokio::sync::{oneshot, watch};
 
 pub use store::{
-    ExportSummary, export_jsonl, key_counts_of as key_counts, quarantined_files, read_stats,
+    ExportSummary, export_jsonl, for_each_entry, key_counts_of as key_counts, quarantined_files,
+    read_stats,
 };
 
 use crate::reading::{Batch, Value};
 use store::{ENTRIES, storage};
+
+/// The batch in an entry's plaintext form (header, then JSON), as
+/// [`for_each_entry`] hands it over.
+pub fn decode_plain(seq: u64, plain: &[u8]) -> Result<Batch, QueueError> {
+    store::decode_entry(seq, plain)
+}
 
 /// Bytes of entries the publisher reads ahead at once (at least one entry).
 pub const SEND_READ_BYTES: usize = 1 << 20;

@@ -448,27 +448,41 @@ pub fn export_jsonl(
     keyring: Option<&super::crypt::Keyring>,
     out: &mut dyn Write,
 ) -> Result<ExportSummary, QueueError> {
-    let txn = read_only(path)?;
-    let salt = read_salt(&txn)?.unwrap_or_default();
-    let entries = txn.open_table(ENTRIES).map_err(storage)?;
     let mut summary = ExportSummary::default();
-    for item in entries.iter().map_err(storage)? {
-        let (key, value) = item.map_err(storage)?;
-        let seq = key.value();
-        let batch = match super::plain(keyring, &salt, seq, value.value())
-            .and_then(|plain| decode_entry(seq, &plain))
-        {
+    for_each_entry(path, keyring, |seq, plain| {
+        let batch = match plain.and_then(|plain| decode_entry(seq, &plain)) {
             Ok(batch) => batch,
             Err(e) => {
                 summary.unreadable.push((seq, e.to_string()));
-                continue;
+                return Ok(());
             }
         };
         serde_json::to_writer(&mut *out, &ExportLine { seq, batch: &batch }).map_err(storage)?;
         out.write_all(b"\n").map_err(storage)?;
         summary.exported += 1;
-    }
+        Ok(())
+    })?;
     Ok(summary)
+}
+
+/// Calls `each` with every entry of the queue file at `path` in order:
+/// its sequence number and its plaintext form (header, then JSON; or why
+/// it cannot be read), without taking the file from a running gateway.
+pub fn for_each_entry(
+    path: &Path,
+    keyring: Option<&super::crypt::Keyring>,
+    mut each: impl FnMut(u64, Result<Vec<u8>, QueueError>) -> Result<(), QueueError>,
+) -> Result<(), QueueError> {
+    let txn = read_only(path)?;
+    let salt = read_salt(&txn)?.unwrap_or_default();
+    let entries = txn.open_table(ENTRIES).map_err(storage)?;
+    for item in entries.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        let seq = key.value();
+        let plain = super::plain(keyring, &salt, seq, value.value()).map(|p| p.into_owned());
+        each(seq, plain)?;
+    }
+    Ok(())
 }
 
 #[derive(serde::Serialize)]

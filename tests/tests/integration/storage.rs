@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use ferrule::dev::config::{PluginToml, table};
 use ferrule_tests::{
     Rig, SeqLog, free_port, gateway_toml, plugin, queue_stats, run_ferrule, start_ferrule,
@@ -244,5 +244,80 @@ async fn the_audit_log_records_starts_plugins_commands_reloads_and_data_access_a
         !ok && err.contains("record 3 (line 3) was changed"),
         "{err}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_export_holds_every_queued_reading_once_with_a_manifest_that_checks_out()
+-> anyhow::Result<()> {
+    let rig = Rig::start("", "ferrule/gw-test/data/#").await?;
+    let dir = rig.dir.path().to_path_buf();
+    // Offline, so everything stays queued: the sim driver and one that
+    // returns every value the WIT can carry that JSON has trouble with.
+    let odd = ferrule_tests::hostile_driver("odd", "behavior = \"odd-values\"", "")?;
+    let gateway = gateway_toml(&rig.data_dir(), &rig.pki, free_port()?)
+        .set("telemetry", "interval_s", 1)
+        .driver(odd);
+    let config = dir.join("offline.toml");
+    std::fs::write(&config, gateway.render())?;
+    let arg = config.to_string_lossy().to_string();
+    let mut ferrule = start_ferrule(&dir, &["run", &arg])?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ferrule.terminate(Duration::from_secs(30))?;
+    let depth = queue_stats(&dir, &config)?["depth"].as_u64().unwrap_or(0);
+    ensure!(depth >= 5, "queued: {depth}");
+    let exported = ferrule_ok(&dir, &["queue", "export", &arg])?;
+
+    let out = dir.join("export");
+    ferrule_ok(
+        &dir,
+        &["data", "export", &arg, "--out", &out.to_string_lossy()],
+    )?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json"))?)?;
+    ensure!(
+        manifest["gateway"] == "gw-test" && manifest["format"] == 1,
+        "{manifest}"
+    );
+    for (name, figures) in manifest["files"].as_object().context("files")? {
+        let bytes = std::fs::read(out.join(name))?;
+        let sha = ferrule::plugin::trust::sha256_file(&out.join(name))?;
+        ensure!(figures["sha256"] == sha.as_str(), "{name}: sha256 differs");
+        ensure!(
+            figures["bytes"] == bytes.len() as u64,
+            "{name}: size differs"
+        );
+        let lines = bytes.iter().filter(|b| **b == b'\n').count() as u64;
+        ensure!(figures["records"] == lines, "{name}: {lines} lines");
+    }
+    // Every queued batch exactly once, the same as the queue export.
+    let queue = std::fs::read_to_string(out.join("queue.jsonl"))?;
+    let seqs: std::collections::BTreeSet<u64> = queue
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).map(|v| v["seq"].as_u64().unwrap_or(0))
+        })
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        seqs.len() as u64 == depth && queue.lines().count() as u64 == depth,
+        "{depth} batches, once each"
+    );
+    ensure!(queue == exported, "the same batches as `queue export`");
+    ensure!(
+        queue.contains("\"nan\"") || queue.contains("NaN") || queue.contains("nan"),
+        "odd values kept: {}",
+        &queue[..queue.len().min(2000)]
+    );
+    ensure!(
+        manifest["files"]["telemetry-raw.jsonl"]["records"].as_u64() > Some(0),
+        "{manifest}"
+    );
+    ensure!(
+        manifest["files"]["audit.jsonl"]["records"].as_u64() > Some(0),
+        "{manifest}"
+    );
+    // The export is audited.
+    let audit = ferrule_ok(&dir, &["audit", "show", &arg])?;
+    ensure!(audit.contains("\"data export\""), "{audit}");
     Ok(())
 }
