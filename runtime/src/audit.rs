@@ -447,3 +447,110 @@ mod tests {
         assert_eq!(verify(log.path()), Ok(6));
     }
 }
+
+/// How far the audit log has been handed to the publisher's lane
+/// (`{data_dir}/audit.shipped`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Shipped {
+    n: u64,
+    offset: u64,
+}
+
+/// Most records handed over per pass.
+const SHIP_BATCH: usize = 1000;
+
+/// Copies the records not yet shipped into `lane` (the durable queue the
+/// publisher sends on `{prefix}/{gateway}/audit`), every second until
+/// `shutdown`: records written while the broker is away, or by `ferrule`
+/// commands, are backfilled. A record may be sent twice after a crash
+/// (consumers keep one per `n`), never skipped.
+pub async fn ship(
+    log: AuditLog,
+    lane: crate::queue::Queue,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mark = log.path.with_extension("shipped");
+    loop {
+        let path = log.path.clone();
+        let from = crate::plugin::trust::read_bounded(&mark, 4096)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Shipped>(&b).ok())
+            .unwrap_or_default();
+        let read = tokio::task::spawn_blocking(move || unshipped(&path, &from)).await;
+        let mut progressed = false;
+        if let Ok(Ok((records, upto))) = read {
+            let mut shipped = true;
+            for json in &records {
+                if let Err(e) = lane
+                    .append_entry(crate::queue::Entry::Audit(json.clone()))
+                    .await
+                {
+                    tracing::warn!(error = %e, "audit record not queued for publishing; trying again");
+                    shipped = false;
+                    break;
+                }
+            }
+            if shipped && !records.is_empty() {
+                progressed = records.len() == SHIP_BATCH;
+                if let Ok(json) = serde_json::to_vec(&upto) {
+                    let _ = crate::plugin::trust::write_atomically(&mark, &json, None);
+                }
+            }
+        }
+        if progressed {
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Records after `from` (at most [`SHIP_BATCH`]) and the mark after them.
+fn unshipped(path: &Path, from: &Shipped) -> std::io::Result<(Vec<String>, Shipped)> {
+    use std::io::Seek;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Vec::new(), Shipped::default()));
+        }
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    // A log rewritten shorter (retention) is read from its start; the
+    // record numbers say what was shipped.
+    let offset = if from.offset <= len { from.offset } else { 0 };
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut records = Vec::new();
+    let mut at = offset;
+    let mut last_n = from.n;
+    let mut buf = Vec::new();
+    while records.len() < SHIP_BATCH {
+        buf.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)?;
+        // A line still being written (no newline yet) waits for the next pass.
+        if read == 0 || buf.last() != Some(&b'\n') {
+            break;
+        }
+        at += read as u64;
+        let Ok(record) = serde_json::from_slice::<Record>(&buf) else {
+            continue;
+        };
+        if record.n > last_n {
+            last_n = record.n;
+            let line = String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned();
+            records.push(line);
+        }
+    }
+    Ok((
+        records,
+        Shipped {
+            n: last_n,
+            offset: at,
+        },
+    ))
+}

@@ -102,6 +102,7 @@ async fn handshakes(
             stats.clone(),
             None,
             None,
+            None,
             stop.clone(),
         ));
         connected_after(&stats, 0).await?;
@@ -123,6 +124,7 @@ async fn reconnects(dir: &Path, pki: &Pki) -> anyhow::Result<Vec<f64>> {
         settings(pki, port, MqttProtocol::V311),
         queue,
         stats.clone(),
+        None,
         None,
         None,
         stop.clone(),

@@ -127,6 +127,7 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
         Default::default(),
         None,
         None,
+        None,
         stop.clone(),
     ));
     loop {

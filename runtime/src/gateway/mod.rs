@@ -488,31 +488,39 @@ pub fn storage_keys(
     Ok((Some(Arc::new(keyring)), true))
 }
 
+/// `name` in the config's data dir.
+fn data_root_file(config: &Config, name: &str) -> PathBuf {
+    config.resolve(&config.gateway.data_dir).join(name)
+}
+
 /// Erases from the key file every older storage key no stored entry
-/// needs any more (both queues read; the newest key always stays).
-fn erase_unused_keys(config: &Config, data: &Queue, telemetry: Option<&Queue>) {
+/// needs any more. Every queue file that exists must be open (and so
+/// read) for that; the newest key always stays.
+fn erase_unused_keys(config: &Config, queues: &[(PathBuf, Option<&Queue>)]) {
     let path = key_file(config);
-    let telemetry_file = config
-        .resolve(&config.gateway.data_dir)
-        .join("telemetry.redb");
-    if !path.exists() || (telemetry.is_none() && telemetry_file.exists()) {
+    if !path.exists() {
         return;
     }
-    let mut in_use = match data.keys_in_use() {
-        Ok(ids) => ids,
-        Err(_) => return,
-    };
-    if let Some(t) = telemetry {
-        match t.keys_in_use() {
-            Ok(ids) => in_use.extend(ids),
-            Err(_) => return,
+    let mut in_use = Vec::new();
+    for (file, queue) in queues {
+        match queue {
+            Some(q) => match q.keys_in_use() {
+                Ok(ids) => in_use.extend(ids),
+                Err(_) => return,
+            },
+            None if file.exists() => return,
+            None => {}
         }
     }
     let erased =
         crate::queue::crypt::Keyring::load(&path).and_then(|mut k| k.erase_unused(&in_use));
     match erased {
         Ok(ids) if !ids.is_empty() => {
-            tracing::info!(key_file = %path.display(), erased = ?ids, "storage keys no entry needs any more erased")
+            tracing::info!(key_file = %path.display(), erased = ?ids, "storage keys no entry needs any more erased");
+            crate::audit::AuditLog::in_dir(&config.resolve(&config.gateway.data_dir)).record(
+                "key",
+                serde_json::json!({"action": "erase", "key_ids": ids, "why": "no stored entry needs them"}),
+            );
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "older storage keys not erased"),
@@ -789,7 +797,37 @@ pub async fn run_reloading(
             }
         },
     };
-    erase_unused_keys(&config, &queue, telemetry_queue.as_ref());
+    // The audit log's copy for the cloud: its own durable lane.
+    let audit_lane = match Queue::open(
+        &config
+            .resolve(&config.gateway.data_dir)
+            .join("audit-lane.redb"),
+        QueueOptions {
+            keyring: keyring.clone(),
+            encrypt,
+            ..QueueOptions::default()
+        },
+    ) {
+        Ok(q) => Some(q),
+        Err(e) => {
+            tracing::error!(error = %e, "audit lane unavailable: the audit log is kept on disk but not published");
+            None
+        }
+    };
+    erase_unused_keys(
+        &config,
+        &[
+            (queue_path(&config), Some(&queue)),
+            (
+                data_root_file(&config, "telemetry.redb"),
+                telemetry_queue.as_ref(),
+            ),
+            (
+                data_root_file(&config, "audit-lane.redb"),
+                audit_lane.as_ref(),
+            ),
+        ],
+    );
     // Each driver task takes writes from its own inbox; the router hands
     // them out by driver name. A reload changes both lists.
     let inboxes = remote::Inboxes::default();
@@ -816,9 +854,13 @@ pub async fn run_reloading(
         queue.clone(),
         publisher_stats.clone(),
         telemetry_queue.clone(),
+        audit_lane.clone(),
         Some(commands),
         shutdown.clone(),
     ));
+    if let Some(lane) = audit_lane {
+        tasks.spawn(crate::audit::ship(audit.clone(), lane, shutdown.clone()));
+    }
     if let Some(lane) = telemetry_queue {
         tasks.spawn(telemetry::run(
             telemetry::Reporter {

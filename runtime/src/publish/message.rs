@@ -74,6 +74,11 @@ impl Topics {
         format!("{}/telemetry", self.base)
     }
 
+    /// Audit records.
+    pub fn audit(&self) -> String {
+        format!("{}/audit", self.base)
+    }
+
     /// The filter matching every driver's command topic.
     pub fn commands(&self) -> String {
         format!("{}/cmd/+/write", self.base)

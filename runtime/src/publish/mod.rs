@@ -46,7 +46,7 @@ use crate::backoff::Backoff;
 use crate::queue::Queue;
 use crate::remote::Commands;
 use link::Credentials;
-use session::{Lane, Session, SessionError};
+use session::{Lane, LaneKind, Session, SessionError};
 
 /// The MQTT protocol version spoken to the broker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,6 +116,7 @@ pub async fn run(
     queue: Queue,
     stats: Arc<PublisherStats>,
     telemetry: Option<Queue>,
+    audit: Option<Queue>,
     mut commands: Option<Commands>,
     shutdown: CancellationToken,
 ) {
@@ -138,7 +139,7 @@ pub async fn run(
         let result = session(
             &active,
             &queue,
-            telemetry.as_ref(),
+            [telemetry.as_ref(), audit.as_ref()],
             &stats,
             commands.as_mut(),
             &shutdown,
@@ -197,7 +198,7 @@ fn credentials(settings: &PublisherSettings) -> Result<Credentials, SessionError
 async fn session(
     settings: &PublisherSettings,
     queue: &Queue,
-    telemetry: Option<&Queue>,
+    [telemetry, audit]: [Option<&Queue>; 2],
     stats: &PublisherStats,
     commands: Option<&mut Commands>,
     shutdown: &CancellationToken,
@@ -206,15 +207,18 @@ async fn session(
     // Removals handed over in the last session are committed before this
     // one reads the queue, so acknowledged entries are not sent again.
     queue.sync().await?;
-    if let Some(t) = telemetry {
-        t.sync().await?;
+    for lane in [telemetry, audit].into_iter().flatten() {
+        lane.sync().await?;
     }
     let (client, mut events, driver) = link::open(settings, credentials(settings)?);
-    let mut lanes = Vec::with_capacity(2);
+    let mut lanes = Vec::with_capacity(3);
     if let Some(t) = telemetry {
-        lanes.push(Lane::new(t, true));
+        lanes.push(Lane::new(t, LaneKind::Telemetry));
     }
-    lanes.push(Lane::new(queue, false));
+    if let Some(a) = audit {
+        lanes.push(Lane::new(a, LaneKind::Audit));
+    }
+    lanes.push(Lane::new(queue, LaneKind::Data));
     let mut session = Session::new(settings, lanes, stats, &client, commands);
     let result = session.run(shutdown, &mut events, connected).await;
     driver.abort();

@@ -62,11 +62,33 @@ impl Session<'_> {
         entry: &crate::queue::StoredEntry,
     ) -> Result<(String, Vec<Vec<u8>>), SessionError> {
         let topic = self.settings.topics.telemetry();
-        let payload = match entry.telemetry_snapshot() {
+        Ok(self.whole(seq, topic, "telemetry snapshot", entry.telemetry_snapshot()))
+    }
+
+    /// An audit entry's topic and payload: the record's JSON as stored.
+    pub(super) fn encode_audit(
+        &self,
+        seq: u64,
+        entry: &crate::queue::StoredEntry,
+    ) -> Result<(String, Vec<Vec<u8>>), SessionError> {
+        let topic = self.settings.topics.audit();
+        Ok(self.whole(seq, topic, "audit record", entry.audit_record()))
+    }
+
+    /// One message of `payload` on `topic`; none (the entry is skipped,
+    /// and logged) when it cannot be read or does not fit a packet.
+    fn whole(
+        &self,
+        seq: u64,
+        topic: String,
+        what: &str,
+        payload: Result<Vec<u8>, crate::queue::QueueError>,
+    ) -> (String, Vec<Vec<u8>>) {
+        let payload = match payload {
             Ok(payload) => payload,
             Err(e) => {
-                tracing::error!(seq, error = %e, "telemetry entry without a snapshot; skipped");
-                return Ok((topic, Vec::new()));
+                tracing::error!(seq, error = %e, "{what} unreadable; skipped");
+                return (topic, Vec::new());
             }
         };
         if payload.len() > self.budget(&topic) {
@@ -74,10 +96,10 @@ impl Session<'_> {
                 seq,
                 bytes = payload.len(),
                 max_payload_bytes = self.budget(&topic),
-                "telemetry snapshot larger than the broker's packet size limit; not sent"
+                "{what} larger than the broker's packet size limit; not sent"
             );
-            return Ok((topic, Vec::new()));
+            return (topic, Vec::new());
         }
-        Ok((topic, vec![payload]))
+        (topic, vec![payload])
     }
 }

@@ -84,11 +84,22 @@ enum Handed {
     Other,
 }
 
-/// A queue the session sends from. The telemetry lane, when there is one,
-/// is served first, so a backlog of data never holds telemetry back.
+/// What a lane carries, and so where its entries go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LaneKind {
+    /// Drivers' batches: `data/{driver}`.
+    Data,
+    /// Telemetry snapshots: `telemetry`.
+    Telemetry,
+    /// Audit records: `audit`.
+    Audit,
+}
+
+/// A queue the session sends from. The telemetry and audit lanes, when
+/// there are, are served first, so a backlog of data never holds them back.
 pub(super) struct Lane<'a> {
     queue: &'a Queue,
-    telemetry: bool,
+    kind: LaneKind,
     /// The next sequence to read.
     next_seq: u64,
     /// Encoded messages not yet handed over.
@@ -100,10 +111,10 @@ pub(super) struct Lane<'a> {
 }
 
 impl<'a> Lane<'a> {
-    pub(super) fn new(queue: &'a Queue, telemetry: bool) -> Self {
+    pub(super) fn new(queue: &'a Queue, kind: LaneKind) -> Self {
         Lane {
             queue,
-            telemetry,
+            kind,
             next_seq: 0,
             pending: VecDeque::new(),
             parts_left: HashMap::new(),
@@ -346,7 +357,7 @@ impl<'a> Session<'a> {
             }
             let delivered = lane.acked.len() as u64;
             match lane.queue.remove_later(std::mem::take(&mut lane.acked)) {
-                Ok(()) if !lane.telemetry => {
+                Ok(()) if lane.kind == LaneKind::Data => {
                     self.stats
                         .entries_delivered
                         .fetch_add(delivered, Ordering::Relaxed);
@@ -398,13 +409,13 @@ impl<'a> Session<'a> {
         if entries.is_empty() {
             return Ok(false);
         }
-        let telemetry = lane.telemetry;
+        let kind = lane.kind;
         for (seq, entry) in entries {
             self.lanes[i].next_seq = seq + 1;
-            let (topic, encoded) = if telemetry {
-                self.encode_telemetry(seq, &entry)?
-            } else {
-                self.encode_data(seq, &entry)?
+            let (topic, encoded) = match kind {
+                LaneKind::Telemetry => self.encode_telemetry(seq, &entry)?,
+                LaneKind::Audit => self.encode_audit(seq, &entry)?,
+                LaneKind::Data => self.encode_data(seq, &entry)?,
             };
             let lane = &mut self.lanes[i];
             if encoded.is_empty() {

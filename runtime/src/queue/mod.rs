@@ -150,6 +150,8 @@ pub enum Entry {
     Prepared(crate::reading::PreparedBatch),
     /// A telemetry snapshot: its JSON object, as published.
     Telemetry(String),
+    /// An audit record: its JSON object, as published.
+    Audit(String),
 }
 
 /// The kind of a stored entry, from its first fields.
@@ -162,6 +164,8 @@ pub enum EntryKind {
     },
     /// A telemetry snapshot.
     Telemetry,
+    /// An audit record.
+    Audit,
 }
 
 /// The fields that tell an entry's kind; the rest is checked to be
@@ -214,6 +218,7 @@ impl StoredEntry {
         let head: Head<'_> = serde_json::from_slice(&self.json).map_err(|e| self.corrupt(e))?;
         match (head.kind.as_deref(), head.driver) {
             (Some("telemetry"), _) => Ok(EntryKind::Telemetry),
+            (Some("audit"), _) => Ok(EntryKind::Audit),
             (Some(other), _) => Err(self.corrupt(format!(
                 "an entry of kind {other:?}, which this version does not know"
             ))),
@@ -230,6 +235,7 @@ impl StoredEntry {
         match self.kind()? {
             EntryKind::Batch { driver } => Ok(driver),
             EntryKind::Telemetry => Err(self.corrupt("a telemetry entry, not a batch")),
+            EntryKind::Audit => Err(self.corrupt("an audit entry, not a batch")),
         }
     }
 
@@ -246,6 +252,18 @@ impl StoredEntry {
             }
             _ => Err(self.corrupt("a telemetry entry without a snapshot")),
         }
+    }
+
+    /// An audit entry's record JSON, as it was appended.
+    pub fn audit_record(&self) -> Result<Vec<u8>, QueueError> {
+        #[derive(serde::Deserialize)]
+        struct AuditBody<'a> {
+            #[serde(borrow)]
+            record: &'a serde_json::value::RawValue,
+        }
+        serde_json::from_slice::<AuditBody<'_>>(&self.json)
+            .map(|body| body.record.get().as_bytes().to_vec())
+            .map_err(|e| self.corrupt(format!("an audit entry without a record: {e}")))
     }
 
     fn corrupt(&self, e: impl std::fmt::Display) -> QueueError {

@@ -52,19 +52,23 @@ pub(super) fn encode_entry(entry: Entry) -> Result<Vec<u8>, QueueError> {
             serde_json::to_writer(&mut out, &batch).map_err(storage)?;
             out
         }
-        Entry::Telemetry(json) => {
-            // Checked, so a stored entry is always one JSON object.
-            serde_json::from_str::<&serde_json::value::RawValue>(&json).map_err(storage)?;
-            let mut out = Vec::with_capacity(HEADER + json.len() + 40);
-            out.extend_from_slice(&now_ns().to_le_bytes());
-            out.extend_from_slice(b"{\"kind\":\"telemetry\",\"snapshot\":");
-            out.extend_from_slice(json.as_bytes());
-            out.push(b'}');
-            out
-        }
+        Entry::Telemetry(json) => wrapped(b"{\"kind\":\"telemetry\",\"snapshot\":", &json)?,
+        Entry::Audit(json) => wrapped(b"{\"kind\":\"audit\",\"record\":", &json)?,
     };
     // Growth may have left up to half of it spare while it waits for the writer.
     out.shrink_to_fit();
+    Ok(out)
+}
+
+/// `json` (checked, so a stored entry is always one JSON object) after
+/// `prefix`, closed, behind a header with the time now.
+fn wrapped(prefix: &[u8], json: &str) -> Result<Vec<u8>, QueueError> {
+    serde_json::from_str::<&serde_json::value::RawValue>(json).map_err(storage)?;
+    let mut out = Vec::with_capacity(HEADER + prefix.len() + json.len() + 1);
+    out.extend_from_slice(&now_ns().to_le_bytes());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(json.as_bytes());
+    out.push(b'}');
     Ok(out)
 }
 

@@ -173,6 +173,8 @@ async fn the_audit_log_records_starts_plugins_commands_reloads_and_data_access_a
     let data_dir = rig.data_dir();
     let config = config(&dir, &rig, rig.port, "gateway.toml")?;
     let arg = config.to_string_lossy().to_string();
+    let mut on_topic =
+        ferrule_tests::Subscriber::connect(&rig.pki, rig.port, "ferrule/gw-test/audit").await?;
     let ferrule = start_ferrule(&dir, &["run", &arg])?;
     ferrule
         .wait_for_log("mqtt connected", Duration::from_secs(60))
@@ -230,6 +232,18 @@ async fn the_audit_log_records_starts_plugins_commands_reloads_and_data_access_a
     );
     let verified = ferrule_ok(&dir, &["audit", "verify", &arg])?;
     ensure!(verified.contains("chain intact"), "{verified}");
+    // The cloud's copy: every record on the audit topic, in order, the
+    // CLI's own included.
+    let mut published = Vec::new();
+    while published.len() < records.len() {
+        let m = on_topic
+            .next(Duration::from_secs(30), "audit record")
+            .await?;
+        published.push(m.json()?);
+    }
+    for (local, remote) in records.iter().zip(&published) {
+        ensure!(local == remote, "published {remote} for {local}");
+    }
     drop(ferrule);
     // One byte changed in the third record.
     let log = data_dir.join("audit.log");
