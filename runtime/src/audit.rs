@@ -68,10 +68,17 @@ fn hash_of(r: &Record) -> String {
     sha256_hex(&input)
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Head {
     n: u64,
     hash: String,
+    /// Set once retention removed the oldest records: the first record
+    /// kept and the hash it chains to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first: Option<(u64, String)>,
+    /// Records removed by retention, ever.
+    #[serde(default)]
+    dropped: u64,
 }
 
 /// The audit log of one data dir.
@@ -122,6 +129,7 @@ impl AuditLog {
             .open(&self.path)?;
         let _lock = Lock::exclusive(&file)?;
         let head = read_head(&self.path)?;
+        let head_before = head.clone();
         let mut record = Record {
             n: head.n + 1,
             at_ms: crate::reading::now_ms(),
@@ -142,6 +150,7 @@ impl AuditLog {
         let head = serde_json::to_vec(&Head {
             n: record.n,
             hash: record.hash.clone(),
+            ..head_before
         })
         .map_err(std::io::Error::other)?;
         crate::plugin::trust::write_atomically(&head_path(&self.path), &head, None)?;
@@ -246,11 +255,14 @@ pub enum Break {
 
 /// Checks the whole chain of the log at `path`; the number of records.
 pub fn verify(path: &Path) -> Result<u64, Break> {
+    let head = read_head(path).unwrap_or_default();
+    // After retention the log starts at the first record kept.
+    let (first_n, first_prev) = head.first.clone().unwrap_or((1, GENESIS.to_string()));
     let mut last: Option<Record> = None;
     let mut lines = 0u64;
     for_each(path, |line, record| {
         lines = line;
-        let expected = last.as_ref().map_or(1, |r| r.n + 1);
+        let expected = last.as_ref().map_or(first_n, |r| r.n + 1);
         if record.n != expected {
             return Err(Break::Sequence {
                 line,
@@ -261,14 +273,15 @@ pub fn verify(path: &Path) -> Result<u64, Break> {
         if hash_of(&record) != record.hash {
             return Err(Break::Changed { n: record.n, line });
         }
-        let prev = last.as_ref().map_or(GENESIS, |r| r.hash.as_str());
+        let prev = last
+            .as_ref()
+            .map_or(first_prev.as_str(), |r| r.hash.as_str());
         if record.prev != prev {
             return Err(Break::Chain { n: record.n, line });
         }
         last = Some(record);
         Ok(true)
     })?;
-    let head = read_head(path).unwrap_or_default();
     let end = last.as_ref().map_or(0, |r| r.n);
     if head.n > end {
         return Err(Break::Truncated {
@@ -283,7 +296,83 @@ pub fn verify(path: &Path) -> Result<u64, Break> {
         return Err(Break::Head { n: r.n });
     }
     let _ = lines;
-    Ok(end)
+    Ok(end.saturating_sub(first_n.saturating_sub(1)))
+}
+
+/// What [`AuditLog::retain`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Retained {
+    /// Records removed now.
+    pub dropped: u64,
+    /// Records removed by retention, ever.
+    pub dropped_total: u64,
+}
+
+impl AuditLog {
+    /// Removes the records older than `max_age`, then the oldest until the
+    /// log is at most `max_bytes`; the records kept still verify (the head
+    /// notes where the chain now starts). Removals are counted, and
+    /// recorded in the log.
+    pub fn retain(
+        &self,
+        max_age: std::time::Duration,
+        max_bytes: u64,
+    ) -> std::io::Result<Retained> {
+        let Ok(file) = OpenOptions::new().read(true).append(true).open(&self.path) else {
+            return Ok(Retained::default());
+        };
+        let _lock = Lock::exclusive(&file)?;
+        let cutoff = crate::reading::now_ms()
+            .saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX));
+        let text = std::fs::read(&self.path)?;
+        let lines: Vec<&[u8]> = text
+            .split_inclusive(|b| *b == b'\n')
+            .filter(|l| l.ends_with(b"\n"))
+            .collect();
+        let mut total: u64 = lines.iter().map(|l| l.len() as u64).sum();
+        let mut start = 0;
+        for line in &lines {
+            let old = serde_json::from_slice::<Record>(line).is_ok_and(|r| r.at_ms < cutoff);
+            // The newest record always stays: it anchors the chain.
+            if (old || total > max_bytes) && start + 1 < lines.len() {
+                total -= line.len() as u64;
+                start += 1;
+            } else {
+                break;
+            }
+        }
+        let mut head = read_head(&self.path)?;
+        if start == 0 {
+            return Ok(Retained {
+                dropped: 0,
+                dropped_total: head.dropped,
+            });
+        }
+        let first: Record = serde_json::from_slice(lines[start])
+            .map_err(|e| std::io::Error::other(format!("record after the removed ones: {e}")))?;
+        let kept: Vec<u8> = lines[start..].concat();
+        crate::plugin::trust::write_atomically(&self.path, &kept, None)?;
+        head.first = Some((first.n, first.prev.clone()));
+        head.dropped += start as u64;
+        let json = serde_json::to_vec(&head).map_err(std::io::Error::other)?;
+        crate::plugin::trust::write_atomically(&head_path(&self.path), &json, None)?;
+        drop(_lock);
+        let retained = Retained {
+            dropped: start as u64,
+            dropped_total: head.dropped,
+        };
+        self.record(
+            "retention",
+            serde_json::json!({
+                "dropped": retained.dropped,
+                "dropped_total": retained.dropped_total,
+                "first_kept": first.n,
+                "max_age_days": max_age.as_secs() / 86_400,
+                "max_bytes": max_bytes,
+            }),
+        );
+        Ok(retained)
+    }
 }
 
 /// Calls `each` with every record in order (1-based line numbers) until it
@@ -446,6 +535,32 @@ mod tests {
         log.append("after", Value::Null).unwrap();
         assert_eq!(verify(log.path()), Ok(6));
     }
+
+    #[test]
+    fn retention_removes_the_oldest_records_counts_them_and_the_rest_still_verifies() {
+        let (_dir, log) = log_with(20);
+        let size = std::fs::metadata(log.path()).unwrap().len();
+        let retained = log
+            .retain(std::time::Duration::from_secs(3600), size / 2)
+            .unwrap();
+        assert!(retained.dropped >= 10, "{retained:?}");
+        // The kept records and the retention record verify from the new start.
+        let kept = verify(log.path()).unwrap();
+        assert_eq!(kept, 20 + 1 - retained.dropped);
+        // Everything older than the age: all but the newest go.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let again = log
+            .retain(std::time::Duration::from_millis(10), u64::MAX)
+            .unwrap();
+        assert_eq!(again.dropped_total, retained.dropped + again.dropped);
+        assert!(verify(log.path()).is_ok());
+        // Tampering after retention is still named.
+        let mut lines = lines(&log);
+        let last = lines.len() - 1;
+        lines[last] = lines[last].replacen("\"n\":", "\"n\":9", 1);
+        write(&log, &lines);
+        assert!(verify(log.path()).is_err());
+    }
 }
 
 /// How far the audit log has been handed to the publisher's lane
@@ -507,6 +622,21 @@ pub async fn ship(
     }
 }
 
+/// Whether the line at `offset` is record `n` (or the end of the file).
+fn next_is(file: &mut std::fs::File, offset: u64, n: u64) -> std::io::Result<bool> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    let mut reader = std::io::BufReader::new(&mut *file);
+    let mut buf = Vec::new();
+    let read = (&mut reader)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)?;
+    if read == 0 || buf.last() != Some(&b'\n') {
+        return Ok(true);
+    }
+    Ok(serde_json::from_slice::<Record>(&buf).is_ok_and(|r| r.n == n))
+}
+
 /// Records after `from` (at most [`SHIP_BATCH`]) and the mark after them.
 fn unshipped(path: &Path, from: &Shipped) -> std::io::Result<(Vec<String>, Shipped)> {
     use std::io::Seek;
@@ -520,7 +650,11 @@ fn unshipped(path: &Path, from: &Shipped) -> std::io::Result<(Vec<String>, Shipp
     let len = file.metadata()?.len();
     // A log rewritten shorter (retention) is read from its start; the
     // record numbers say what was shipped.
-    let offset = if from.offset <= len { from.offset } else { 0 };
+    let mut offset = if from.offset <= len { from.offset } else { 0 };
+    if offset > 0 && !next_is(&mut file, offset, from.n + 1)? {
+        // Rewritten by retention since: read from the start, by number.
+        offset = 0;
+    }
     file.seek(std::io::SeekFrom::Start(offset))?;
     let mut reader = std::io::BufReader::new(file);
     let mut records = Vec::new();

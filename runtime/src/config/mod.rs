@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 pub use error::ConfigError;
 pub use types::{
     Config, DeployConfig, DriverConfig, Encryption, GatewayConfig, LimitsOverride, MqttConfig,
-    MqttProtocol, PayloadFormatConfig, PluginLimits, ProcessorConfig, QueueConfig, RuntimeConfig,
-    StorageConfig, TelemetryConfig, WhenFull,
+    MqttProtocol, PayloadFormatConfig, PluginLimits, ProcessorConfig, QueueConfig, RetentionConfig,
+    RuntimeConfig, StorageConfig, TelemetryConfig, WhenFull,
 };
 
 /// The smallest `mqtt.max_packet_size` accepted: room for the topic, the

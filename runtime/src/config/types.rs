@@ -32,6 +32,9 @@ pub struct Config {
     /// `[storage]`: encryption at rest.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// `[retention]`: how long what the gateway keeps about itself stays.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The `[[driver]]` tables, in order.
     #[serde(rename = "driver", default)]
     pub drivers: Vec<DriverConfig>,
@@ -599,4 +602,33 @@ pub enum Encryption {
     /// Entries are stored in plaintext.
     #[serde(rename = "none")]
     None,
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Audit records older than this many days are removed (7 years).
+    #[serde(default = "default_audit_days")]
+    pub audit_days: u64,
+    /// The audit log is kept under this many MiB (oldest records removed).
+    #[serde(default = "default_audit_max_mb")]
+    pub audit_max_mb: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            audit_days: default_audit_days(),
+            audit_max_mb: default_audit_max_mb(),
+        }
+    }
+}
+
+fn default_audit_days() -> u64 {
+    7 * 365
+}
+
+fn default_audit_max_mb() -> u64 {
+    256
 }

@@ -488,6 +488,64 @@ pub fn storage_keys(
     Ok((Some(Arc::new(keyring)), true))
 }
 
+/// Applies `[retention]` to the audit log (at start, then hourly), and
+/// records in it every rise of the queue's policy drops (`max_bytes` with
+/// drop_oldest, `max_age_s`), looked at each minute and at shutdown.
+async fn audit_housekeeping(
+    audit: crate::audit::AuditLog,
+    retention: crate::config::RetentionConfig,
+    queue: Queue,
+    shutdown: CancellationToken,
+) {
+    let retain = |audit: crate::audit::AuditLog| async move {
+        let max_age = Duration::from_secs(retention.audit_days.saturating_mul(86_400));
+        let max_bytes = retention.audit_max_mb.saturating_mul(1 << 20);
+        match tokio::task::spawn_blocking(move || audit.retain(max_age, max_bytes)).await {
+            Ok(Ok(r)) if r.dropped > 0 => tracing::info!(
+                dropped = r.dropped,
+                dropped_total = r.dropped_total,
+                "audit retention removed the oldest records"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "audit retention not applied"),
+            _ => {}
+        }
+    };
+    retain(audit.clone()).await;
+    let mut minutes = 0u64;
+    let counts = |q: &Queue| q.stats().map(|s| (s.dropped_cap, s.dropped_age)).ok();
+    let Some(mut last) = counts(&queue) else {
+        return;
+    };
+    loop {
+        minutes += 1;
+        if minutes.is_multiple_of(60) {
+            retain(audit.clone()).await;
+        }
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => false,
+        };
+        if let Some(now) = counts(&queue)
+            && now != last
+        {
+            audit.record(
+                "policy-drop",
+                serde_json::json!({
+                    "queue": queue.path().display().to_string(),
+                    "dropped_cap": now.0 - last.0.min(now.0),
+                    "dropped_age": now.1 - last.1.min(now.1),
+                    "dropped_cap_total": now.0,
+                    "dropped_age_total": now.1,
+                }),
+            );
+            last = now;
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 /// `name` in the config's data dir.
 fn data_root_file(config: &Config, name: &str) -> PathBuf {
     config.resolve(&config.gateway.data_dir).join(name)
@@ -599,6 +657,9 @@ fn publisher_settings(config: &Config) -> PublisherSettings {
         max_inflight: m.max_inflight,
         reconnect_min: Duration::from_millis(m.reconnect_min_ms.max(10)),
         reconnect_max: Duration::from_millis(m.reconnect_max_ms.max(m.reconnect_min_ms)),
+        audit: Some(crate::audit::AuditLog::in_dir(
+            &config.resolve(&config.gateway.data_dir),
+        )),
     }
 }
 
@@ -861,6 +922,12 @@ pub async fn run_reloading(
     if let Some(lane) = audit_lane {
         tasks.spawn(crate::audit::ship(audit.clone(), lane, shutdown.clone()));
     }
+    tasks.spawn(audit_housekeeping(
+        audit.clone(),
+        config.retention,
+        queue.clone(),
+        shutdown.clone(),
+    ));
     if let Some(lane) = telemetry_queue {
         tasks.spawn(telemetry::run(
             telemetry::Reporter {

@@ -636,11 +636,19 @@ fn restart_sections(old: &str, new: &str) -> Vec<String> {
         table
     };
     let (old, new) = (parse(old), parse(new));
-    ["mqtt", "queue", "telemetry", "runtime", "storage"]
-        .into_iter()
-        .filter(|section| old.get(*section) != new.get(*section))
-        .map(String::from)
-        .collect()
+    [
+        "mqtt",
+        "queue",
+        "telemetry",
+        "runtime",
+        "storage",
+        "retention",
+        "deploy",
+    ]
+    .into_iter()
+    .filter(|section| old.get(*section) != new.get(*section))
+    .map(String::from)
+    .collect()
 }
 
 #[cfg(test)]

@@ -107,6 +107,9 @@ pub struct PublisherSettings {
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
+    /// Where TLS and authorization failures are recorded (at most one
+    /// record per kind a minute, with the number left out).
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 /// Runs until `shutdown` turns true, reconnecting with exponential backoff
@@ -128,6 +131,7 @@ pub async fn run(
         .collect();
     let mut active = settings.clone();
     let mut next = 0;
+    let mut audited = AuditedFailures::default();
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -158,6 +162,9 @@ pub async fn run(
         let wait = backoff.next_delay();
         let (kind, why) = e.explain(&active.host);
         stats.failed(kind, &why);
+        if let Some(audit) = &settings.audit {
+            audited.record(audit, kind, &broker, &why);
+        }
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let (host, port) = &brokers[next % brokers.len()];
         let retry_on = format!("{host}:{port}");
@@ -170,6 +177,52 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => {}
         }
+    }
+}
+
+/// TLS and authorization failures recorded in the audit log: the first
+/// of each kind in a minute, then a count of those left out.
+#[derive(Default)]
+struct AuditedFailures {
+    last: std::collections::HashMap<&'static str, (std::time::Instant, u64)>,
+}
+
+impl AuditedFailures {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn record(
+        &mut self,
+        audit: &crate::audit::AuditLog,
+        kind: FailureKind,
+        broker: &str,
+        why: &str,
+    ) {
+        if kind == FailureKind::Network {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let entry = self.last.entry(kind.as_str());
+        let left_out = match entry {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let (at, skipped) = e.get_mut();
+                if now.duration_since(*at) < Self::EVERY {
+                    *skipped += 1;
+                    return;
+                }
+                let left_out = *skipped;
+                *at = now;
+                *skipped = 0;
+                left_out
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((now, 0));
+                0
+            }
+        };
+        audit.record(
+            "link-failure",
+            serde_json::json!({"kind": kind.as_str(), "broker": broker, "error": why, "earlier_left_out": left_out}),
+        );
     }
 }
 
