@@ -436,12 +436,18 @@ async fn telemetry_entries_are_typed_and_old_wrapped_snapshots_still_read() {
     assert_eq!(data.driver().unwrap(), "plc");
     assert!(data.telemetry_snapshot().is_err());
 
+    let audit = StoredEntry {
+        seq: 8,
+        json: br#"{"kind":"audit","record":{"n":1}}"#.to_vec(),
+    };
+    assert_eq!(audit.kind().unwrap(), EntryKind::Audit);
+    assert_eq!(audit.audit_record().unwrap(), br#"{"n":1}"#);
     let unknown = StoredEntry {
         seq: 9,
-        json: br#"{"kind":"audit","record":{}}"#.to_vec(),
+        json: br#"{"kind":"future","record":{}}"#.to_vec(),
     };
     let err = unknown.kind().unwrap_err().to_string();
-    assert!(err.contains("\"audit\"") && err.contains('9'), "{err}");
+    assert!(err.contains("\"future\"") && err.contains('9'), "{err}");
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ user test-gateway
 topic write ferrule/gw-test/status
 topic write ferrule/gw-test/data/#
 topic write ferrule/gw-test/telemetry
+topic write ferrule/gw-test/audit
 topic read ferrule/gw-test/cmd/+/write
 topic write ferrule/gw-test/cmd/+/result
 topic read ferrule/gw-test/deploy/desired
