@@ -451,6 +451,21 @@ pub const BENCH_BROKER: &str =
     "max_queued_messages 0\nmax_inflight_messages 1000\nset_tcp_nodelay true\n";
 
 /// Percentile `p` (0..=100) of sorted values.
+/// The median of `values`.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(&values, 50.0)
+}
+
+/// The largest gap between consecutive capture times (ns), in ms.
+pub fn largest_gap_ms(captured_ns: impl IntoIterator<Item = u64>) -> f64 {
+    let mut at: Vec<u64> = captured_ns.into_iter().collect();
+    at.sort_unstable();
+    at.windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1e6)
+        .fold(0.0, f64::max)
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

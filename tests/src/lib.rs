@@ -90,6 +90,29 @@ pub fn old_plugin(abi: &str, name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// `bytes` (a WASM module or component) with a custom section `name` of
+/// `pad` bytes appended: a larger plugin that still loads.
+pub fn with_custom_section(bytes: &[u8], name: &str, pad: usize) -> Vec<u8> {
+    let leb = |mut n: usize, out: &mut Vec<u8>| loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    };
+    let mut body = Vec::with_capacity(pad + name.len() + 5);
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.resize(body.len() + pad, 0x5a);
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
 /// A temporary directory that other users can enter, so a broker that drops
 /// privileges (mosquitto started as root) can still read what the test
 /// writes there.

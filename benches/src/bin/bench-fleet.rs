@@ -40,44 +40,18 @@ async fn take(sub: &mut Subscriber, span: Duration, into: &mut Vec<Seen>) -> any
 /// The largest gap between consecutive polls of `driver` captured in
 /// `[from_ns, to_ns]`, in ms.
 fn largest_gap(seen: &[Seen], driver: &str, from_ns: u64, to_ns: u64) -> f64 {
-    let mut at: Vec<u64> = (seen.iter())
-        .filter(|(t, v, _)| t.contains("/data/") && v["driver"] == driver)
-        .filter_map(|(_, v, _)| v["captured_ns"].as_u64())
-        .filter(|c| (from_ns..=to_ns).contains(c))
-        .collect();
-    at.sort_unstable();
-    at.windows(2)
-        .map(|w| (w[1] - w[0]) as f64 / 1e6)
-        .fold(0.0, f64::max)
+    bench::largest_gap_ms(
+        (seen.iter())
+            .filter(|(t, v, _)| t.contains("/data/") && v["driver"] == driver)
+            .filter_map(|(_, v, _)| v["captured_ns"].as_u64())
+            .filter(|c| (from_ns..=to_ns).contains(c)),
+    )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    bench::percentile(&v, 50.0)
-}
-
-/// `bytes` padded with a custom section to `size` bytes in all.
+/// `bytes` padded with a custom section to about `size` bytes in all.
 fn padded(bytes: &[u8], size: usize) -> Vec<u8> {
-    let leb = |mut n: usize, out: &mut Vec<u8>| loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    };
-    let mut out = bytes.to_vec();
-    let name = "padding";
-    let body_len = size.saturating_sub(bytes.len() + 16).max(name.len() + 1);
-    let mut body = Vec::with_capacity(body_len);
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name.as_bytes());
-    body.resize(body_len, 0);
-    out.push(0);
-    leb(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
+    let pad = size.saturating_sub(bytes.len() + 16).max(1);
+    ferrule_tests::with_custom_section(bytes, "padding", pad)
 }
 
 #[tokio::main]
@@ -262,13 +236,13 @@ async fn main() -> anyhow::Result<()> {
     for (label, first, throughput, whole) in results {
         report.figure(
             &format!("{label} plugin: fleet deploy to the new driver's first reading, median"),
-            median(first),
+            bench::median(first),
             "ms",
         );
         if !throughput.is_empty() {
             report.figure(
                 &format!("{label} plugin: transfer throughput, median"),
-                median(throughput),
+                bench::median(throughput),
                 "MiB/s",
             );
         }
@@ -276,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
             &format!(
                 "{label} plugin: fleet deploy until it exits with the confirmed outcome, median"
             ),
-            median(whole),
+            bench::median(whole),
             "ms",
         );
     }

@@ -61,19 +61,11 @@ async fn take(sub: &mut Subscriber, span: Duration, into: &mut Vec<Seen>) -> any
 /// The largest gap between consecutive polls of `driver` captured in
 /// `[from_ns, to_ns]`, in ms.
 fn largest_gap(seen: &[Seen], driver: &str, from_ns: u64, to_ns: u64) -> f64 {
-    let mut at: Vec<u64> = (seen.iter())
-        .filter(|(d, c, ..)| d == driver && (from_ns..=to_ns).contains(c))
-        .map(|(_, c, ..)| *c)
-        .collect();
-    at.sort_unstable();
-    at.windows(2)
-        .map(|w| (w[1] - w[0]) as f64 / 1e6)
-        .fold(0.0, f64::max)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    bench::percentile(&v, 50.0)
+    bench::largest_gap_ms(
+        (seen.iter())
+            .filter(|(d, c, ..)| d == driver && (from_ns..=to_ns).contains(c))
+            .map(|(_, c, ..)| *c),
+    )
 }
 
 #[tokio::main]
@@ -212,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         let worst = capture.iter().copied().fold(0.0, f64::max);
         report.figure(
             &format!("{what}: SIGHUP to first new reading captured, median"),
-            median(capture),
+            bench::median(capture),
             "ms",
         );
         report.figure(
@@ -222,38 +214,18 @@ async fn main() -> anyhow::Result<()> {
         );
         report.figure(
             &format!("{what}: SIGHUP to first new reading at subscriber, median"),
-            median(arrival),
+            bench::median(arrival),
             "ms",
         );
         report.figure(
             &format!("{what}: reload check and apply (took_ms), median"),
-            median(took),
+            bench::median(took),
             "ms",
         );
     }
     verify_cost(d, &mut report)?;
     report.finish()?;
     Ok(())
-}
-
-/// Appends a custom section of `size` zero bytes named `name`.
-fn pad(bytes: &mut Vec<u8>, name: &str, size: usize) {
-    let leb = |mut n: usize, out: &mut Vec<u8>| loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    };
-    let mut body = Vec::with_capacity(size + name.len() + 5);
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name.as_bytes());
-    body.resize(body.len() + size, 0);
-    bytes.push(0);
-    leb(body.len(), bytes);
-    bytes.extend_from_slice(&body);
 }
 
 /// `[trust]` checking a signed plugin's bytes (what every load does when
@@ -264,8 +236,8 @@ fn verify_cost(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()>
     trust::keygen(&secret, &public).map_err(anyhow::Error::msg)?;
     let policy = trust::TrustPolicy::from_files(&[public], None).map_err(anyhow::Error::msg)?;
     let small = std::fs::read(plugin("sim")?)?;
-    let mut large = small.clone();
-    pad(&mut large, "padding", (12 << 20) - small.len());
+    let large =
+        ferrule_tests::with_custom_section(&small, "padding", (12 << 20) - small.len() - 16);
     for (bytes, runs) in [(small, 200), (large, 10)] {
         let (signed, _) = trust::sign(&bytes, &secret, None).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(policy.admit(&signed).is_ok(), "signed plugin refused");

@@ -330,24 +330,7 @@ async fn publish_signed(
 /// `bytes` with a custom section of `pad` bytes appended (a bigger plugin
 /// that still loads).
 fn padded(bytes: &[u8], pad: usize) -> Vec<u8> {
-    let name = b"padding";
-    let mut payload = vec![name.len() as u8];
-    payload.extend_from_slice(name);
-    payload.resize(payload.len() + pad, 0x5a);
-    let mut out = bytes.to_vec();
-    out.push(0);
-    let mut len = payload.len();
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
-    out.extend_from_slice(&payload);
-    out
+    ferrule_tests::with_custom_section(bytes, "padding", pad)
 }
 
 #[tokio::test]

@@ -147,8 +147,8 @@ async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -
     std::fs::write(&config, text)?;
     let ferrule = start_ferrule(dir.path(), &["run", &config.to_string_lossy()])?;
 
-    // Every counted message (data and telemetry) in arrival order, which is
-    // the order ferrule published them in (one connection, QoS 1).
+    // Every counted message (data, telemetry and audit) in arrival order,
+    // which is the order ferrule published them in (one connection, QoS 1).
     let mut counted: Vec<(String, usize)> = Vec::new();
     let mut snapshots: Vec<(usize, serde_json::Value)> = Vec::new();
     let mut flaky_polls: Vec<i64> = Vec::new();
@@ -161,7 +161,7 @@ async fn published_counters_match_what_happened_and_bytes_match_what_arrived() -
             snapshots.push((counted.len(), m.json()?));
         } else if m.topic.contains("/data/flaky") {
             flaky_polls.push(m.json()?["readings"][0]["value"].as_i64().unwrap_or(-1));
-        } else if !m.topic.contains("/data/") {
+        } else if !m.topic.contains("/data/") && !m.topic.ends_with("/audit") {
             continue;
         }
         counted.push((m.topic.clone(), m.payload.len()));
