@@ -1,7 +1,9 @@
 //! `cargo xtask bench queue`: capture rate of the queue with group commit
-//! against one commit per batch (both `Durability::Immediate`), and drain
-//! rate from the queue to a local mosquitto over TLS, QoS 1. Prints figures;
-//! asserts nothing (timings are never test assertions).
+//! against one commit per batch (both `Durability::Immediate`), the same
+//! encrypted at rest (AES-256-GCM) against plaintext, drain rate from the
+//! queue to a local mosquitto over TLS, QoS 1, export rate of an
+//! encrypted queue of 1M readings, and the cost of one audit record.
+//! Prints figures; asserts nothing (timings are never test assertions).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use ferrule::publish::Protocol as MqttProtocol;
 use ferrule::publish::{self, PublisherSettings, TlsFiles, Topics};
+use ferrule::queue::crypt::Keyring;
 use ferrule::queue::{Queue, QueueOptions};
 use ferrule::reading::{Batch, Quality, Reading, Value, now_ns};
 use ferrule_benches::{self as bench, Report};
@@ -35,17 +38,29 @@ fn batch(n: u64) -> Batch {
     }
 }
 
+/// A keyring in `dir`, for encrypted queues.
+fn keyring(dir: &Path) -> anyhow::Result<Arc<Keyring>> {
+    let path = dir.join("storage.key");
+    Ok(Arc::new(match path.exists() {
+        true => Keyring::load(&path)?,
+        false => Keyring::create(&path)?,
+    }))
+}
+
 /// Readings/s captured by `PRODUCERS` tasks appending for `seconds`.
 async fn capture(
     dir: &Path,
     name: &str,
     max_group: Option<usize>,
+    keys: Option<Arc<Keyring>>,
     seconds: u64,
 ) -> anyhow::Result<(f64, f64)> {
     let queue = Queue::open(
         &dir.join(format!("{name}.redb")),
         QueueOptions {
             max_group,
+            encrypt: keys.is_some(),
+            keyring: keys,
             ..QueueOptions::default()
         },
     )?;
@@ -148,6 +163,55 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
     Ok((b * READINGS_PER_BATCH as f64 / elapsed, b / elapsed))
 }
 
+/// Readings/s of `queue export` over an encrypted queue of `batches`.
+async fn export(dir: &Path, keys: &Arc<Keyring>, batches: u64) -> anyhow::Result<f64> {
+    let path = dir.join("export.redb");
+    {
+        let queue = Queue::open(
+            &path,
+            QueueOptions {
+                keyring: Some(keys.clone()),
+                encrypt: true,
+                ..QueueOptions::default()
+            },
+        )?;
+        let mut tasks = Vec::new();
+        for p in 0..PRODUCERS as u64 {
+            let queue = queue.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = p;
+                while n < batches {
+                    queue.append(batch(n)).await?;
+                    n += PRODUCERS as u64;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+    }
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("export.jsonl"))?);
+    let started = Instant::now();
+    let summary = ferrule::queue::export_jsonl(&path, Some(keys), &mut out)?;
+    std::io::Write::flush(&mut out)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(summary.exported == batches && summary.unreadable.is_empty());
+    Ok(batches as f64 * READINGS_PER_BATCH as f64 / elapsed)
+}
+
+/// µs per audit record appended (each synced).
+fn audit(dir: &Path, records: u32) -> anyhow::Result<f64> {
+    let log = ferrule::audit::AuditLog::in_dir(&dir.join("audit"));
+    let started = Instant::now();
+    for i in 0..records {
+        log.append("bench", serde_json::json!({"i": i, "user": "bench"}))?;
+    }
+    let us = started.elapsed().as_secs_f64() * 1e6 / f64::from(records);
+    anyhow::ensure!(ferrule::audit::verify(log.path()) == Ok(u64::from(records)));
+    Ok(us)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = bench::scaled(5, 1);
@@ -162,10 +226,20 @@ async fn main() -> anyhow::Result<()> {
     report.method(format!(
         "drain: {drain_batches} queued batches published by the real publisher to mosquitto over mutual TLS, QoS 1, 64 in flight, until the queue is empty"
     ));
+    let export_batches: u64 = bench::scaled(10_000, 200);
+    let audit_records: u32 = bench::scaled(1_000, 50);
+    report.method(format!(
+        "encrypted: the same group-commit capture with [storage] encryption (AES-256-GCM, ring; a subkey per file, sealed in the writer thread); export: `queue export` of an encrypted queue of {export_batches} batches ({} readings) to a file; audit: {audit_records} records appended, each synced",
+        export_batches * READINGS_PER_BATCH as u64
+    ));
     let dir = bench::workdir("queue")?;
-    let (group_r, _) = capture(dir.path(), "group", None, seconds).await?;
-    let (single_r, _) = capture(dir.path(), "single", Some(1), seconds).await?;
+    let keys = keyring(dir.path())?;
+    let (group_r, _) = capture(dir.path(), "group", None, None, seconds).await?;
+    let (single_r, _) = capture(dir.path(), "single", Some(1), None, seconds).await?;
+    let (sealed_r, _) = capture(dir.path(), "sealed", None, Some(keys.clone()), seconds).await?;
     let (drain_r, _) = drain(dir.path(), drain_batches).await?;
+    let export_r = export(dir.path(), &keys, export_batches).await?;
+    let audit_us = audit(dir.path(), audit_records)?;
     report
         .compare(
             "capture, group commit",
@@ -184,6 +258,17 @@ async fn main() -> anyhow::Result<()> {
             group_r,
         )
         .at_least(50_000.0);
+    report
+        .compare(
+            "capture, group commit, encrypted at rest",
+            sealed_r,
+            "readings/s",
+            "plaintext, same run",
+            group_r,
+        )
+        .ratio_at_least(0.9);
+    report.figure("export of an encrypted queue", export_r, "readings/s");
+    report.figure("audit record appended (synced)", audit_us, "µs");
     report.finish()?;
     Ok(())
 }
