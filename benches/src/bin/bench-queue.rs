@@ -90,9 +90,8 @@ async fn capture(
     Ok((b * READINGS_PER_BATCH as f64 / elapsed, b / elapsed))
 }
 
-/// Readings/s drained from a queue of `batches` entries to mosquitto over TLS.
-async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
-    let queue = Queue::open(&dir.join("drain.redb"), QueueOptions::default())?;
+/// Appends `batches` batches from `PRODUCERS` tasks.
+async fn fill(queue: &Queue, batches: u64) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for p in 0..PRODUCERS as u64 {
         let queue = queue.clone();
@@ -108,6 +107,13 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
     for t in tasks {
         t.await??;
     }
+    Ok(())
+}
+
+/// Readings/s drained from a queue of `batches` entries to mosquitto over TLS.
+async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
+    let queue = Queue::open(&dir.join("drain.redb"), QueueOptions::default())?;
+    fill(&queue, batches).await?;
     let pki = Pki::new(&dir.join("certs"))?;
     let port = free_port()?;
     let _broker = Mosquitto::start(dir, &pki, port, "max_queued_messages 0")?;
@@ -175,21 +181,7 @@ async fn export(dir: &Path, keys: &Arc<Keyring>, batches: u64) -> anyhow::Result
                 ..QueueOptions::default()
             },
         )?;
-        let mut tasks = Vec::new();
-        for p in 0..PRODUCERS as u64 {
-            let queue = queue.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut n = p;
-                while n < batches {
-                    queue.append(batch(n)).await?;
-                    n += PRODUCERS as u64;
-                }
-                anyhow::Ok(())
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
+        fill(&queue, batches).await?;
     }
     let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("export.jsonl"))?);
     let started = Instant::now();

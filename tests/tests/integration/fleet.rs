@@ -327,10 +327,26 @@ async fn publish_signed(
     Ok(())
 }
 
-/// `bytes` with a custom section of `pad` bytes appended (a bigger plugin
-/// that still loads).
-fn padded(bytes: &[u8], pad: usize) -> Vec<u8> {
-    ferrule_tests::with_custom_section(bytes, "padding", pad)
+/// The test plugin `from` padded by `pad` bytes (a bigger plugin that
+/// still loads), signed by the publisher as version `version` of the
+/// plugin `name`, written to `to` in `dir`.
+fn padded_plugin(
+    dir: &Path,
+    from: &str,
+    name: &str,
+    pad: usize,
+    to: &str,
+    version: &str,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(plugin(from)?)?;
+    // Signed under the file's name: write it as `name.wasm` apart.
+    let unsigned = dir.join("unsigned").join(format!("{name}.wasm"));
+    std::fs::create_dir_all(dir.join("unsigned"))?;
+    std::fs::write(
+        &unsigned,
+        ferrule_tests::with_custom_section(&bytes, "padding", pad),
+    )?;
+    sign_as(dir, "pub.key", &unsigned, to, version)
 }
 
 #[tokio::test]
@@ -340,17 +356,7 @@ async fn a_gateway_nobody_logs_into_takes_signed_deployments_refuses_bad_ones_an
     let dir = rig.dir.path().to_path_buf();
     prepare(&dir, &rig.pki, rig.port)?;
     // A plugin over the gateway's size limit.
-    std::fs::write(
-        dir.join("big.wasm"),
-        padded(&std::fs::read(plugin("sim")?)?, 3 << 20),
-    )?;
-    sign_as(
-        &dir,
-        "pub.key",
-        &dir.join("big.wasm"),
-        "big-1.0.0.wasm",
-        "1.0.0",
-    )?;
+    padded_plugin(&dir, "sim", "big", 3 << 20, "big-1.0.0.wasm", "1.0.0")?;
     let config = bootstrap(
         &rig,
         &rig.data_dir(),
@@ -527,16 +533,7 @@ async fn a_gateway_nobody_logs_into_takes_signed_deployments_refuses_bad_ones_an
     let (ok, _, err) = deploy(&dir, &big).await?;
     ensure!(!ok && err.contains("max_plugin_bytes"), "size limit: {err}");
     // A chunk changed in transit: the test serves the plugin, one byte flipped.
-    let scale = std::fs::read(plugin("scale")?)?;
-    std::fs::create_dir_all(dir.join("pad"))?;
-    std::fs::write(dir.join("pad/scale.wasm"), padded(&scale, 10))?;
-    sign_as(
-        &dir,
-        "pub.key",
-        &dir.join("pad/scale.wasm"),
-        "scale-2.0.0.wasm",
-        "2.0.0",
-    )?;
+    padded_plugin(&dir, "scale", "scale", 10, "scale-2.0.0.wasm", "2.0.0")?;
     let tampered = state(
         &dir,
         "tampered.toml",
@@ -679,17 +676,7 @@ async fn transfers_resume_across_kill_9_and_broker_restarts_a_kill_in_the_health
     let dir = rig.dir.path().to_path_buf();
     prepare(&dir, &rig.pki, rig.port)?;
     // 4 MiB in 16 KiB chunks: long enough to interrupt twice.
-    std::fs::write(
-        dir.join("sim.wasm"),
-        padded(&std::fs::read(plugin("sim")?)?, 4 << 20),
-    )?;
-    sign_as(
-        &dir,
-        "pub.key",
-        &dir.join("sim.wasm"),
-        "sim-big.wasm",
-        "1.0.0",
-    )?;
+    padded_plugin(&dir, "sim", "sim", 4 << 20, "sim-big.wasm", "1.0.0")?;
     let sha = trust_sha(&dir.join("sim-big.wasm"))?;
     let config = bootstrap(
         &rig,
