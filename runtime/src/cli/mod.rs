@@ -422,13 +422,10 @@ fn key(command: KeyCommand) -> anyhow::Result<()> {
             let keyring = Keyring::load(&path)?;
             let queue = gateway::queue_path(&config);
             let counts = ferrule::queue::key_counts(&queue).unwrap_or_default();
+            let encrypting = keyring.current();
             for id in keyring.ids() {
-                let entries = counts.iter().find(|(k, _)| k == id).map_or(0, |(_, n)| *n);
-                let current = if id == keyring.current() {
-                    " (encrypts)"
-                } else {
-                    ""
-                };
+                let entries = counts.iter().find(|(k, _)| *k == id).map_or(0, |(_, n)| *n);
+                let current = if id == encrypting { " (encrypts)" } else { "" };
                 println!("key {id}{current}: {entries} queued entries");
             }
             Ok(())

@@ -484,7 +484,7 @@ pub fn storage_keys(
         return Ok((None, false));
     }
     let keyring = Keyring::create(&path).map_err(err)?;
-    tracing::info!(key_file = %path.display(), key_id = keyring.current(), "storage key created: queue entries are encrypted with it (AES-256-GCM); keep a copy, without it they cannot be read");
+    tracing::info!(key_file = %path.display(), key_id = %keyring.current(), "storage key created: queue entries are encrypted with it (AES-256-GCM); keep a copy, without it they cannot be read");
     Ok((Some(Arc::new(keyring)), true))
 }
 
@@ -570,8 +570,7 @@ fn erase_unused_keys(config: &Config, queues: &[(PathBuf, Option<&Queue>)]) {
             None => {}
         }
     }
-    let erased =
-        crate::queue::crypt::Keyring::load(&path).and_then(|mut k| k.erase_unused(&in_use));
+    let erased = crate::queue::crypt::Keyring::load(&path).and_then(|k| k.erase_unused(&in_use));
     match erased {
         Ok(ids) if !ids.is_empty() => {
             tracing::info!(key_file = %path.display(), erased = ?ids, "storage keys no entry needs any more erased");

@@ -81,8 +81,9 @@ type Derived = HashMap<([u8; 32], String), std::sync::Arc<LessSafeKey>>;
 /// The storage keys of a gateway.
 pub struct Keyring {
     path: PathBuf,
-    /// Oldest first; the last one encrypts.
-    keys: Vec<(String, [u8; 32], u64)>,
+    /// Oldest first; the last one encrypts. A running gateway adds and
+    /// erases keys (an erasure rotates the key to shred the old one).
+    keys: std::sync::RwLock<Vec<(String, [u8; 32], u64)>>,
     /// Subkeys by (file salt, key id).
     derived: Mutex<Derived>,
 }
@@ -169,7 +170,7 @@ impl Keyring {
         }
         Ok(Keyring {
             path: path.to_path_buf(),
-            keys,
+            keys: std::sync::RwLock::new(keys),
             derived: Mutex::new(HashMap::new()),
         })
     }
@@ -183,9 +184,9 @@ impl Keyring {
                 message: "already exists; `ferrule key rotate` adds a key to it".into(),
             });
         }
-        let mut ring = Keyring {
+        let ring = Keyring {
             path: path.to_path_buf(),
-            keys: Vec::new(),
+            keys: std::sync::RwLock::new(Vec::new()),
             derived: Mutex::new(HashMap::new()),
         };
         ring.add_key()?;
@@ -195,25 +196,30 @@ impl Keyring {
     /// Adds a new key, which encrypts from now on (older ones still
     /// decrypt); its id.
     pub fn rotate(path: &Path) -> Result<String, KeyError> {
-        let mut ring = Keyring::load(path)?;
-        ring.add_key()
+        Keyring::load(path)?.add_key()
     }
 
-    fn add_key(&mut self) -> Result<String, KeyError> {
+    /// Adds a new key to this keyring and its file; it encrypts from now
+    /// on, the older ones still decrypt. Its id.
+    pub fn add_key(&self) -> Result<String, KeyError> {
         let raw = random::<32>().map_err(|message| KeyError::File {
             path: self.path.clone(),
             message,
         })?;
         let id = key_id(&raw);
-        self.keys.push((id.clone(), raw, crate::reading::now_ms()));
-        self.save()?;
+        let mut keys = write(&self.keys);
+        keys.push((id.clone(), raw, crate::reading::now_ms()));
+        if let Err(e) = self.save(&keys) {
+            keys.pop();
+            return Err(e);
+        }
         Ok(id)
     }
 
-    fn save(&self) -> Result<(), KeyError> {
+    fn save(&self, keys: &[(String, [u8; 32], u64)]) -> Result<(), KeyError> {
         let file = KeyringFile {
             format: 1,
-            keys: (self.keys.iter())
+            keys: (keys.iter())
                 .map(|(id, raw, created_ms)| KeyEntry {
                     id: id.clone(),
                     key: BASE64.encode(raw),
@@ -246,26 +252,31 @@ impl Keyring {
     }
 
     /// Every key id, oldest first.
-    pub fn ids(&self) -> Vec<&str> {
-        self.keys.iter().map(|(id, ..)| id.as_str()).collect()
+    pub fn ids(&self) -> Vec<String> {
+        read(&self.keys).iter().map(|(id, ..)| id.clone()).collect()
     }
 
     /// The id of the key that encrypts.
-    pub fn current(&self) -> &str {
-        self.keys.last().map_or("", |(id, ..)| id.as_str())
+    pub fn current(&self) -> String {
+        read(&self.keys)
+            .last()
+            .map_or_else(String::new, |(id, ..)| id.clone())
     }
 
-    /// Removes every key but the current one not in `in_use` from the
-    /// file: nothing stored needs it any more. Returns the ids erased.
-    pub fn erase_unused(&mut self, in_use: &[String]) -> Result<Vec<String>, KeyError> {
-        let current = self.current().to_string();
-        let (keep, erase): (Vec<_>, Vec<_>) = std::mem::take(&mut self.keys)
-            .into_iter()
-            .partition(|(id, ..)| *id == current || in_use.contains(id));
-        self.keys = keep;
+    /// Removes every key but the current one not in `in_use` from this
+    /// keyring and its file: nothing stored needs it any more. Returns the
+    /// ids erased.
+    pub fn erase_unused(&self, in_use: &[String]) -> Result<Vec<String>, KeyError> {
+        let mut keys = write(&self.keys);
+        let current = keys.last().map(|(id, ..)| id.clone());
+        let (keep, erase): (Vec<_>, Vec<_>) = keys
+            .iter()
+            .cloned()
+            .partition(|(id, ..)| Some(id) == current.as_ref() || in_use.contains(id));
         let erased: Vec<String> = erase.iter().map(|(id, ..)| id.clone()).collect();
         if !erased.is_empty() {
-            self.save()?;
+            self.save(&keep)?;
+            *keys = keep;
             lock(&self.derived).retain(|(_, id), _| !erased.contains(id));
         }
         Ok(erased)
@@ -276,8 +287,8 @@ impl Keyring {
         if let Some(k) = derived.get(&(*salt, id.to_string())) {
             return Some(k.clone());
         }
-        let (_, raw, _) = self.keys.iter().find(|(k, ..)| k == id)?;
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(raw);
+        let raw = read(&self.keys).iter().find(|(k, ..)| k == id)?.1;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(&raw);
         let info = [id.as_bytes()];
         let okm = prk.expand(&info, &AES_256_GCM).ok()?;
         let key = std::sync::Arc::new(LessSafeKey::new(UnboundKey::from(okm)));
@@ -290,10 +301,10 @@ impl Keyring {
     pub fn seal(&self, salt: &[u8; 32], seq: u64, plain: &[u8]) -> Result<Vec<u8>, String> {
         let id = self.current();
         let key = self
-            .subkey(salt, id)
+            .subkey(salt, &id)
             .ok_or("no storage key to encrypt with")?;
         let header = plain.get(..HEADER).ok_or("entry without a header")?;
-        let id_bytes = id_bytes(id)?;
+        let id_bytes = id_bytes(&id)?;
         let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
         out.extend_from_slice(header);
         out.push(ENCRYPTED);
@@ -336,6 +347,14 @@ impl Keyring {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn id_bytes(id: &str) -> Result<[u8; ID_BYTES], String> {
@@ -416,7 +435,7 @@ mod tests {
         // A rotated key encrypts; the old one still decrypts until erased.
         let old = ring.current().to_string();
         let new = Keyring::rotate(&path).unwrap();
-        let mut ring = Keyring::load(&path).unwrap();
+        let ring = Keyring::load(&path).unwrap();
         assert_eq!(ring.current(), new);
         assert_eq!(ring.open(&salt, 7, &sealed).unwrap(), plain);
         assert_eq!(

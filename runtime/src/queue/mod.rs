@@ -59,6 +59,7 @@
 //! full, corrupt file) against the real binary and mosquitto.
 
 pub mod crypt;
+mod rewrite;
 mod store;
 mod writer;
 
@@ -70,6 +71,7 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{oneshot, watch};
 
+pub use rewrite::{Erased, Selector};
 pub use store::{
     ExportSummary, export_jsonl, for_each_entry, key_counts_of as key_counts, quarantined_files,
     read_stats,
@@ -331,6 +333,8 @@ pub struct QueueStats {
     pub dropped_cap: u64,
     /// Entries dropped by `max_age`, ever.
     pub dropped_age: u64,
+    /// Entries erased on request ([`Queue::erase`]), ever.
+    pub erased: u64,
 }
 
 /// Conditions worth an operator's attention.
@@ -401,8 +405,9 @@ struct Shared {
     handover: Mutex<()>,
     /// Batches on their way, for the writer's linger.
     gate: Arc<Gate>,
-    /// The file's salt for its encryption subkeys.
-    salt: [u8; 32],
+    /// The file's salt for its encryption subkeys; an erasure's new file
+    /// has a new one (changed under the `db` write lock).
+    salt: RwLock<[u8; 32]>,
 }
 
 impl Shared {
@@ -412,7 +417,11 @@ impl Shared {
         seq: u64,
         stored: &'a [u8],
     ) -> Result<std::borrow::Cow<'a, [u8]>, QueueError> {
-        plain(self.options.keyring.as_deref(), &self.salt, seq, stored)
+        let salt = *self
+            .salt
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        plain(self.options.keyring.as_deref(), &salt, seq, stored)
     }
 }
 
@@ -535,7 +544,7 @@ impl Queue {
             message,
         };
         for (id, count) in store::key_counts(&opened.db)? {
-            let known = (options.keyring.as_ref()).is_some_and(|k| k.ids().contains(&id.as_str()));
+            let known = (options.keyring.as_ref()).is_some_and(|k| k.ids().contains(&id));
             if count > 0 && !known {
                 return Err(key_err(match &options.keyring {
                     Some(k) => format!(
@@ -563,7 +572,7 @@ impl Queue {
             sent_below: std::sync::atomic::AtomicU64::new(0),
             handover: Mutex::new(()),
             gate: Arc::default(),
-            salt,
+            salt: RwLock::new(salt),
         });
         let (committed_tx, committed) = watch::channel(next_seq - 1);
         let (requests, writer) = writer::spawn(shared.clone(), next_seq, bytes, committed_tx)
@@ -698,6 +707,16 @@ impl Queue {
             seqs,
             done: Some(done),
         })?;
+        answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Erases the entries `selector` names and rewrites the file without
+    /// them (see [`rewrite`](self)): they are in no file afterwards.
+    /// Appends wait meanwhile; returns once the new file is in place.
+    pub async fn erase(&self, selector: Selector) -> Result<Erased, QueueError> {
+        selector.check().map_err(QueueError::Storage)?;
+        let (done, answer) = oneshot::channel();
+        self.send(writer::Request::Erase { selector, done })?;
         answer.await.map_err(|_| QueueError::Closed)?
     }
 

@@ -28,6 +28,7 @@ pub(super) const NEXT_SEQ: &str = "next_seq";
 pub(super) const BYTES: &str = "bytes";
 pub(super) const DROPPED_CAP: &str = "dropped.cap";
 pub(super) const DROPPED_AGE: &str = "dropped.age";
+pub(super) const ERASED: &str = "erased";
 
 const HEADER: usize = 8;
 
@@ -129,7 +130,7 @@ pub(super) fn salt(db: &Database) -> Result<[u8; 32], QueueError> {
     Ok(salt)
 }
 
-fn read_salt(txn: &redb::ReadTransaction) -> Result<Option<[u8; 32]>, QueueError> {
+pub(super) fn read_salt(txn: &redb::ReadTransaction) -> Result<Option<[u8; 32]>, QueueError> {
     let table = match txn.open_table(CRYPT) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -208,6 +209,22 @@ pub(super) fn open(path: &Path, create: &Create) -> Result<Opened, QueueError> {
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
+    }
+    // An erasure interrupted before its new file was put in place: the
+    // queue file is whole, and the unfinished copy holds nothing it lacks.
+    let unfinished = super::rewrite::rewrite_path(path);
+    if unfinished.exists() {
+        match std::fs::remove_file(&unfinished) {
+            Ok(()) => {
+                tracing::warn!(file = %unfinished.display(), "an interrupted erasure's unfinished copy deleted; the erasure was not done and is done again if it was asked for")
+            }
+            Err(e) => {
+                return Err(open_err(format!(
+                    "{}: cannot delete: {e}",
+                    unfinished.display()
+                )));
+            }
+        }
     }
     let problem = match try_open(path, create) {
         Ok(db) => {
@@ -429,6 +446,7 @@ pub(super) fn stats_in(txn: &redb::ReadTransaction) -> Result<QueueStats, QueueE
         oldest_captured_ns: first.as_ref().and_then(|(_, v)| captured_ns(v.value())),
         dropped_cap: get(DROPPED_CAP)?,
         dropped_age: get(DROPPED_AGE)?,
+        erased: get(ERASED)?,
     })
 }
 

@@ -592,7 +592,7 @@ async fn encrypted_entries_read_back_leave_no_plaintext_and_need_their_key() {
     )
     .err()
     .unwrap();
-    assert!(err.to_string().contains(keyring.current()), "{err}");
+    assert!(err.to_string().contains(&keyring.current()), "{err}");
     assert!(quarantined_files(&path).is_empty());
     // With it again, everything is there; an export decrypts too.
     let queue = Queue::open(&path, encrypted()).unwrap();
@@ -606,4 +606,152 @@ async fn encrypted_entries_read_back_leave_no_plaintext_and_need_their_key() {
             .unwrap()
             .contains("distinctive-value-49")
     );
+}
+
+/// A batch of `driver` captured at `captured_ns` with a distinctive text.
+fn marked(driver: &str, captured_ns: u64, mark: &str) -> Batch {
+    let mut b = batch(driver, 0);
+    b.captured_ns = captured_ns;
+    b.readings[0].value = Value::Text(mark.to_string());
+    b
+}
+
+#[tokio::test]
+async fn an_erasure_leaves_the_erased_entries_in_no_file_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+    for n in 0..30u64 {
+        let driver = if n % 3 == 0 { "victim" } else { "keeper" };
+        queue
+            .append(marked(
+                driver,
+                1_000 + n,
+                &format!("plainmark-{driver}-{n:03}"),
+            ))
+            .await
+            .unwrap();
+    }
+    queue.remove(vec![2, 3]).await.unwrap();
+    // An append waiting in the writer while the file is rewritten survives.
+    let pending = queue
+        .submit(marked("victim", 2_000, "plainmark-late"))
+        .await;
+    let erased = queue
+        .erase(Selector {
+            driver: Some("victim".into()),
+            upto_ns: 1_500,
+            ..Selector::default()
+        })
+        .await
+        .unwrap();
+    pending.unwrap().committed().await.unwrap();
+    // The late append is kept whether it was committed before the rewrite or after.
+    assert_eq!(erased.erased, 10);
+    let stats = queue.stats().unwrap();
+    assert_eq!((stats.depth, stats.erased, stats.next_seq), (19, 10, 32));
+    let left: Vec<(u64, Batch)> = queue.read_from(0, 100).unwrap();
+    assert!(
+        left.iter()
+            .all(|(_, b)| b.driver == "keeper" || b.captured_ns == 2_000)
+    );
+    // Before a time: only older entries go.
+    let erased = queue
+        .erase(Selector {
+            before_ns: Some(1_020),
+            upto_ns: u64::MAX,
+            ..Selector::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(erased.erased, 11);
+    assert_eq!(queue.append(batch("keeper", 0)).await.unwrap(), 32);
+    drop(queue);
+    for n in 0..30 {
+        let gone = n % 3 == 0 || n < 20;
+        let mark = format!(
+            "plainmark-{}-{n:03}",
+            if n % 3 == 0 { "victim" } else { "keeper" }
+        );
+        assert_eq!(
+            raw_contains(&path, &mark),
+            !gone && n != 1 && n != 2,
+            "{mark}"
+        );
+    }
+    assert!(raw_contains(&path, "plainmark-late"));
+    assert!(!super::rewrite::rewrite_path(&path).exists());
+    // An empty selector is refused, not read as "everything".
+    let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+    assert!(queue.erase(Selector::default()).await.is_err());
+    assert_eq!(queue.stats().unwrap().depth, 9);
+}
+
+#[tokio::test]
+async fn an_encrypted_queue_is_rewritten_with_a_new_salt_and_all_erases_every_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let keyring = Arc::new(crypt::Keyring::create(&dir.path().join("storage.key")).unwrap());
+    let options = || QueueOptions {
+        keyring: Some(keyring.clone()),
+        encrypt: true,
+        ..QueueOptions::default()
+    };
+    let queue = Queue::open(&path, options()).unwrap();
+    for n in 0..20 {
+        queue.append(secret_batch(n)).await.unwrap();
+    }
+    queue
+        .append_entry(Entry::Telemetry("{\"ts_ms\":1}".into()))
+        .await
+        .unwrap();
+    let old_salt = *queue.inner.shared.salt.read().unwrap();
+    let old_key = keyring.current();
+    // The key is rotated first, as `data erase` does: kept entries move to the new key.
+    let new_key = keyring.add_key().unwrap();
+    let erased = queue
+        .erase(Selector {
+            driver: Some("nobody".into()),
+            upto_ns: u64::MAX,
+            ..Selector::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((erased.erased, erased.kept), (0, 21));
+    assert_ne!(*queue.inner.shared.salt.read().unwrap(), old_salt);
+    assert_eq!(queue.keys_in_use().unwrap(), [new_key]);
+    assert_eq!(
+        keyring.erase_unused(&queue.keys_in_use().unwrap()).unwrap(),
+        [old_key]
+    );
+    assert_eq!(queue.read_from(0, 20).unwrap().len(), 20);
+    let erased = queue
+        .erase(Selector {
+            all: true,
+            upto_ns: u64::MAX,
+            ..Selector::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((erased.erased, erased.kept), (21, 0));
+    assert_eq!(queue.append(batch("d", 1)).await.unwrap(), 22);
+    drop(queue);
+    let queue = Queue::open(&path, options()).unwrap();
+    assert_eq!(queue.read_from(0, 100).unwrap().len(), 1);
+    assert_eq!(queue.stats().unwrap().erased, 21);
+}
+
+#[tokio::test]
+async fn an_unfinished_rewrite_left_by_a_crash_is_deleted_and_the_queue_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    {
+        let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+        queue.append(batch("d", 1)).await.unwrap();
+    }
+    std::fs::write(super::rewrite::rewrite_path(&path), b"half a copy").unwrap();
+    let queue = Queue::open(&path, QueueOptions::default()).unwrap();
+    assert_eq!(queue.stats().unwrap().depth, 1);
+    assert!(!super::rewrite::rewrite_path(&path).exists());
+    assert!(quarantined_files(&path).is_empty());
 }

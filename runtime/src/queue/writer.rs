@@ -35,6 +35,11 @@ pub(super) enum Request {
     },
     /// The last expected batch was submitted, or will not come.
     Nudge,
+    /// Erase entries and rewrite the file without them.
+    Erase {
+        selector: super::Selector,
+        done: oneshot::Sender<Result<super::Erased, QueueError>>,
+    },
 }
 
 pub(super) struct Append {
@@ -81,6 +86,7 @@ pub(super) fn spawn(
         removes: Vec::new(),
         removes_since: None,
         remove_waiters: Vec::new(),
+        erasures: Vec::new(),
         blocked_since: None,
         bytes_hint,
     };
@@ -103,6 +109,11 @@ struct Writer {
     /// When the oldest pending deletion arrived.
     removes_since: Option<Instant>,
     remove_waiters: Vec<oneshot::Sender<Result<(), QueueError>>>,
+    /// Erasures asked for, done before the next commit.
+    erasures: Vec<(
+        super::Selector,
+        oneshot::Sender<Result<super::Erased, QueueError>>,
+    )>,
     /// Set while appends wait at the cap under [`FullPolicy::Block`].
     blocked_since: Option<Instant>,
     /// The stored size after the last commit (only this thread changes it).
@@ -166,6 +177,25 @@ impl Writer {
                         break;
                     }
                 }
+            }
+            for (selector, done) in std::mem::take(&mut self.erasures) {
+                let result = super::rewrite::erase(&self.shared, self.next_seq, &selector);
+                match &result {
+                    Ok((erased, bytes)) => {
+                        self.bytes_hint = *bytes;
+                        tracing::info!(erased = erased.erased, kept = erased.kept, queue = %self.shared.path.display(), "queue entries erased; the file was rewritten without them");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, queue = %self.shared.path.display(), "erasure failed");
+                        let lost = (self.shared.db.read())
+                            .map(|db| db.is_none())
+                            .unwrap_or(true);
+                        if lost {
+                            self.reopen();
+                        }
+                    }
+                }
+                let _ = done.send(result.map(|(erased, _)| erased));
             }
             let retention_due = self.last_retention.elapsed() >= TICK;
             if !retention_due
@@ -252,6 +282,7 @@ impl Writer {
                 }
             }
             Request::Nudge => {}
+            Request::Erase { selector, done } => self.erasures.push((selector, done)),
         }
     }
 
@@ -400,6 +431,10 @@ impl Writer {
         let _handover = may_drop.then(|| lock(&shared.handover));
         let sent_below = shared.sent_below.load(Ordering::SeqCst);
         let cycle = self.shared.with_db(|db| {
+            let salt = *shared
+                .salt
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let txn = db.begin_write().map_err(storage)?;
             let mut cycle = Cycle {
                 first,
@@ -512,10 +547,12 @@ impl Writer {
                     match &keyring {
                         Some(keyring) => {
                             let sealed = keyring
-                                .seal(&shared.salt, seq, &append.encoded)
+                                .seal(&salt, seq, &append.encoded)
                                 .map_err(QueueError::Storage)?;
                             entries.insert(seq, sealed.as_slice()).map_err(storage)?;
-                            *keys.entry(keyring.current().to_string()).or_default() += 1;
+                            if let Some(id) = super::crypt::entry_key_id(&sealed) {
+                                *keys.entry(id).or_default() += 1;
+                            }
                         }
                         None => {
                             entries

@@ -888,6 +888,7 @@ mod tests {
             oldest_captured_ns: Some(1),
             dropped_cap: 1,
             dropped_age: 2,
+            erased: 0,
         };
         let s = collector.collect(&Sources {
             drivers: &drivers,
