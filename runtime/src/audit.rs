@@ -79,6 +79,9 @@ struct Head {
     /// Records removed by retention, ever.
     #[serde(default)]
     dropped: u64,
+    /// Records removed by `erase --all`, ever.
+    #[serde(default)]
+    erased: u64,
 }
 
 /// The audit log of one data dir.
@@ -122,12 +125,8 @@ impl AuditLog {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&self.path)?;
-        let _lock = Lock::exclusive(&file)?;
+        let file = open_locked(&self.path)?;
+        let _lock = Lock(&file);
         let head = read_head(&self.path)?;
         let head_before = head.clone();
         let mut record = Record {
@@ -158,11 +157,86 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// Replaces the log with one new record, chained to the last one (its
+    /// `prev` is the old head's hash, and the head notes that the chain
+    /// now starts there), counting the records removed. `erase --all`
+    /// leaves the log holding only its own record this way.
+    pub fn restart(&self, event: &str, detail: Value) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = open_locked(&self.path)?;
+        let _lock = Lock(&file);
+        let head = read_head(&self.path)?;
+        let held = match (head.n, &head.first) {
+            (0, _) => 0,
+            (n, Some((first, _))) => n.saturating_sub(*first) + 1,
+            (n, None) => n,
+        };
+        let mut record = Record {
+            n: head.n + 1,
+            at_ms: crate::reading::now_ms(),
+            event: event.to_string(),
+            detail,
+            prev: if head.n == 0 {
+                GENESIS.to_string()
+            } else {
+                head.hash.clone()
+            },
+            hash: String::new(),
+        };
+        record.hash = hash_of(&record);
+        let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let new_head = Head {
+            n: record.n,
+            hash: record.hash.clone(),
+            first: Some((record.n, record.prev.clone())),
+            dropped: head.dropped,
+            erased: head.erased + held,
+        };
+        // The head first: a crash between the two leaves a head that names
+        // a record the old log lacks, which `verify` reports, rather than
+        // a new log whose start nothing vouches for.
+        let json = serde_json::to_vec(&new_head).map_err(std::io::Error::other)?;
+        crate::plugin::trust::write_atomically(&head_path(&self.path), &json, None)?;
+        crate::plugin::trust::write_atomically(&self.path, &line, None)?;
+        Ok(())
+    }
+}
+
 fn read_head(log: &Path) -> std::io::Result<Head> {
     match crate::plugin::trust::read_bounded(&head_path(log), 4096) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Head::default()),
         Err(e) => Err(e),
+    }
+}
+
+/// The log file opened for appending and locked (the lock is released
+/// when the file is closed). The log may be replaced (retention,
+/// `erase --all`) between opening and locking: then the file now at the
+/// path is opened again, so no record goes to a replaced file.
+fn open_locked(path: &Path) -> std::io::Result<std::fs::File> {
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)?;
+        std::mem::forget(Lock::exclusive(&file)?);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let held = file.metadata()?;
+            let current = std::fs::metadata(path);
+            if current.is_ok_and(|c| c.ino() == held.ino() && c.dev() == held.dev()) {
+                return Ok(file);
+            }
+        }
+        #[cfg(not(unix))]
+        return Ok(file);
     }
 }
 
@@ -318,10 +392,11 @@ impl AuditLog {
         max_age: std::time::Duration,
         max_bytes: u64,
     ) -> std::io::Result<Retained> {
-        let Ok(file) = OpenOptions::new().read(true).append(true).open(&self.path) else {
+        if !self.path.exists() {
             return Ok(Retained::default());
-        };
-        let _lock = Lock::exclusive(&file)?;
+        }
+        let file = open_locked(&self.path)?;
+        let _lock = Lock(&file);
         let cutoff = crate::reading::now_ms()
             .saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX));
         let text = std::fs::read(&self.path)?;

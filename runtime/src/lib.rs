@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod deploy;
 pub mod dev;
+pub mod erase;
 pub mod gateway;
 pub mod pipeline;
 pub mod plugin;

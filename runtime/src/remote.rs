@@ -61,6 +61,8 @@ pub struct Commands {
     pub answers: mpsc::Receiver<Answer>,
     /// The deployment path, on a gateway that takes deployments.
     pub deploy: Option<DeployLink>,
+    /// The erasure-order path, on a gateway with operator keys.
+    pub erase: Option<DeployLink>,
 }
 
 /// A message the gateway publishes for its deployments.
@@ -201,6 +203,7 @@ pub fn start(drivers: Inboxes, audit: Option<crate::audit::AuditLog>) -> Command
         inbox,
         answers,
         deploy: None,
+        erase: None,
     }
 }
 

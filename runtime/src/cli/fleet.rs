@@ -65,6 +65,32 @@ pub enum FleetCommand {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
+    /// Sign an erasure order with the operator key, send it to a gateway
+    /// (`{prefix}/{gateway}/data/erase`) and print its answer: what it
+    /// erased, or why it refused.
+    Erase {
+        /// The operator's file: `[operator] key` and the `[mqtt]` broker.
+        #[arg(long)]
+        bootstrap: PathBuf,
+        #[arg(long)]
+        gateway: String,
+        /// Erase this driver's batches.
+        #[arg(long)]
+        driver: Option<String>,
+        /// Erase what was captured before this time (RFC 3339 or ms).
+        #[arg(long)]
+        before: Option<String>,
+        /// Erase everything (decommissioning).
+        #[arg(long, conflicts_with_all = ["driver", "before"])]
+        all: bool,
+        /// The order's number (must rise per gateway); the time in ms
+        /// when absent.
+        #[arg(long)]
+        number: Option<u64>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
     /// Build a deployment document from a state file (drivers, and the
     /// signed plugin files they use) and sign it with an operator key.
     Sign {
@@ -117,6 +143,30 @@ pub async fn run(command: FleetCommand) -> anyhow::Result<()> {
             json,
             wait,
         } => status(&bootstrap, &gateway, json, wait).await,
+        FleetCommand::Erase {
+            bootstrap,
+            gateway,
+            driver,
+            before,
+            all,
+            number,
+            wait,
+        } => {
+            let order = ferrule::erase::Order {
+                schema: ferrule::erase::SCHEMA,
+                erase: number.unwrap_or_else(ferrule::reading::now_ms),
+                gateway,
+                issued_ms: ferrule::reading::now_ms(),
+                driver,
+                before_ms: before
+                    .as_deref()
+                    .map(super::parse_time)
+                    .transpose()?
+                    .map(|ns| ns / 1_000_000),
+                all,
+            };
+            erase(&bootstrap, &order, wait).await
+        }
         FleetCommand::Serve {
             bootstrap,
             plugins,
@@ -605,6 +655,74 @@ fn follow(
     if last_line.get(gateway) != Some(&line) {
         eprintln!("{gateway}: deployment {number}: {line}");
         last_line.insert(gateway.to_string(), line);
+    }
+}
+
+/// Sends a signed erasure order and prints the gateway's answer.
+async fn erase(
+    bootstrap: &Path,
+    order: &ferrule::erase::Order,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let operator = Operator::load(bootstrap)?;
+    let key = (operator.file.operator.key.as_ref())
+        .map(|k| operator.dir.join(k))
+        .context("[operator] key: the operator's secret key signs erasure orders")?;
+    let envelope =
+        deploy::sign_document(serde_json::to_vec(order)?, &key).map_err(anyhow::Error::msg)?;
+    let topics = operator.topics(&order.gateway);
+    let (client, mut events) = operator.connect()?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let event = tokio::select! {
+            event = events.poll() => event,
+            _ = tokio::time::sleep_until(deadline.into()) => anyhow::bail!(
+                "{}: no answer to erasure order {} on {} within {} (is the gateway connected, with [trust] operator_keys?)",
+                order.gateway, order.erase, topics.data_erase_result(), humantime::format_duration(wait)
+            ),
+        };
+        match event {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                client.try_subscribe(topics.data_erase_result(), rumqttc::QoS::AtLeastOnce)?;
+            }
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                client.try_publish(
+                    topics.data_erase(),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    serde_json::to_vec(&envelope)?,
+                )?;
+                eprintln!(
+                    "erasure order {} sent to {} (signed by key id {})",
+                    order.erase, order.gateway, envelope.key_id
+                );
+            }
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))
+                if p.topic == topics.data_erase_result() =>
+            {
+                let answer: serde_json::Value =
+                    serde_json::from_slice(&p.payload).context("the answer is not JSON")?;
+                if answer["erase"].as_u64() != Some(order.erase) {
+                    continue;
+                }
+                let _ = client.try_disconnect();
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                if answer["ok"].as_bool() == Some(true) {
+                    return Ok(());
+                }
+                anyhow::bail!(
+                    "{}: erasure order {} not carried out: {}",
+                    order.gateway,
+                    order.erase,
+                    answer["error"].as_str().unwrap_or("no reason given")
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("broker connection: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

@@ -127,6 +127,31 @@ pub enum DataCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Erase data from every store on the gateway: a driver's batches,
+    /// what was captured before a time, or everything (decommissioning).
+    /// The stores are written again without it and the storage key is
+    /// rotated so the old one can be erased. A running gateway carries it
+    /// out (asked by SIGUSR1); otherwise this command does. Audited.
+    Erase {
+        config: PathBuf,
+        /// The driver whose batches to erase.
+        #[arg(long)]
+        driver: Option<String>,
+        /// Erase what was captured before this time: RFC 3339
+        /// (2026-11-30T00:00:00Z) or milliseconds since the Unix epoch.
+        #[arg(long)]
+        before: Option<String>,
+        /// Erase everything the gateway holds but the audit record of
+        /// this erasure.
+        #[arg(long, conflicts_with_all = ["driver", "before"])]
+        all: bool,
+        /// Confirm --all.
+        #[arg(long)]
+        yes: bool,
+        /// How long to wait for a running gateway's outcome.
+        #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +249,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("manifest: {}", out.join("manifest.json").display());
             Ok(())
         }
+        Command::Data {
+            command:
+                DataCommand::Erase {
+                    config,
+                    driver,
+                    before,
+                    all,
+                    yes,
+                    wait,
+                },
+        } => erase(&config, driver, before, all, yes, wait).await,
         Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
         Command::Telemetry {
             command:
@@ -385,6 +421,116 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A time given as RFC 3339 or milliseconds since the Unix epoch, in ns.
+pub(crate) fn parse_time(text: &str) -> anyhow::Result<u64> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms.saturating_mul(1_000_000));
+    }
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--before {text:?}: not an RFC 3339 time (2026-11-30T00:00:00Z) or milliseconds since the Unix epoch: {e}"
+            )
+        })?;
+    u64::try_from(t.unix_timestamp_nanos()).context("--before: before 1970")
+}
+
+async fn erase(
+    path: &Path,
+    driver: Option<String>,
+    before: Option<String>,
+    all: bool,
+    yes: bool,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    use ferrule::erase;
+    let config = Config::load(path)?;
+    if all && !yes {
+        anyhow::bail!(
+            "--all erases everything this gateway holds (queued data, telemetry, plugin data, the audit log but this erasure's record) and its storage key; add --yes to confirm"
+        );
+    }
+    let request = erase::Request {
+        id: format!("cli-{}-{}", ferrule::reading::now_ms(), std::process::id()),
+        selector: ferrule::queue::Selector {
+            driver,
+            before_ns: before.as_deref().map(parse_time).transpose()?,
+            all,
+            upto_ns: ferrule::reading::now_ns(),
+        },
+        by: ferrule::audit::os_user(),
+    };
+    request.selector.check().map_err(anyhow::Error::msg)?;
+    let data_dir = config.resolve(&config.gateway.data_dir);
+    let outcome = match reload::running_gateway(&config) {
+        Some(pid) => {
+            erase::submit(&data_dir, &request).map_err(anyhow::Error::msg)?;
+            reload::signal_erase(pid)?;
+            eprintln!(
+                "erasure {} handed to the running gateway (pid {pid})",
+                request.id
+            );
+            let deadline = std::time::Instant::now() + wait;
+            loop {
+                if let Some(outcome) = erase::read_outcome(&data_dir, &request.id) {
+                    break outcome;
+                }
+                if std::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "the gateway (pid {pid}) wrote no outcome to {} within {}; the request stays and is carried out when it can",
+                        erase::outcome_path(&data_dir, &request.id).display(),
+                        humantime::format_duration(wait)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        None => {
+            let stores = erase::offline_stores(&config).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (no gateway runs with this data_dir, so this command erases itself)"
+                )
+            })?;
+            erase::submit(&data_dir, &request).map_err(anyhow::Error::msg)?;
+            let done = stores.run_waiting().await;
+            done.into_iter()
+                .find(|o| o.id == request.id)
+                .context("the request was not found when carried out")?
+        }
+    };
+    print_erasure(&outcome);
+    match outcome.error {
+        None => Ok(()),
+        Some(e) => anyhow::bail!("erasure {} not complete: {e}", outcome.id),
+    }
+}
+
+fn print_erasure(o: &ferrule::erase::Outcome) {
+    for (name, q) in &o.queues {
+        println!(
+            "{name:<11} {:>9} entries erased ({} bytes), {:>9} kept{}",
+            q.erased,
+            q.erased_bytes,
+            q.kept,
+            match q.unreadable_kept {
+                0 => String::new(),
+                n => format!(", {n} unreadable kept"),
+            }
+        );
+    }
+    println!("history     {:>9} rows erased", o.history_rows);
+    if o.selector.all {
+        println!("plugin data {:>9} files erased", o.plugin_files);
+    }
+    if let Some(key) = &o.key {
+        println!("storage key {key} encrypts from now on");
+    }
+    if !o.keys_erased.is_empty() {
+        println!("storage keys erased: {}", o.keys_erased.join(", "));
+    }
+    println!("erasure {} by {} took {} ms", o.id, o.by, o.took_ms);
 }
 
 fn key(command: KeyCommand) -> anyhow::Result<()> {

@@ -104,6 +104,18 @@ fn is_running_gateway(pid: u32) -> bool {
     ferrule && args.any(|a| a == b"run")
 }
 
+/// The pid of the gateway running with `config`'s data dir, if one runs.
+pub fn running_gateway(config: &Config) -> Option<u32> {
+    read_record(&pid_path(config))
+        .map(|r| r.pid)
+        .filter(|pid| is_running_gateway(*pid))
+}
+
+/// Sends SIGUSR1 to `pid` (a running gateway: "an erasure request waits").
+pub fn signal_erase(pid: u32) -> anyhow::Result<()> {
+    send(pid, libc::SIGUSR1)
+}
+
 /// `ferrule reload CONFIG`: checks CONFIG parses, finds the gateway running
 /// it, sends it SIGHUP and prints what it did.
 pub async fn ask(path: &Path, wait: Duration) -> anyhow::Result<()> {
@@ -161,12 +173,16 @@ pub async fn ask(path: &Path, wait: Duration) -> anyhow::Result<()> {
 }
 
 fn signal_hangup(pid: u32) -> anyhow::Result<()> {
+    send(pid, libc::SIGHUP)
+}
+
+fn send(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
         // SAFETY: kill(2) only sends a signal; the pid was read from the
         // gateway's pid file and checked to be a ferrule process.
-        if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        if unsafe { libc::kill(pid, signal) } != 0 {
             bail!(
                 "cannot signal pid {pid}: {}",
                 std::io::Error::last_os_error()
@@ -175,7 +191,7 @@ fn signal_hangup(pid: u32) -> anyhow::Result<()> {
         Ok(())
     }
     #[cfg(not(unix))]
-    bail!("reload by signal needs a Unix system (pid {pid})")
+    bail!("signalling the gateway needs a Unix system (pid {pid}, signal {signal})")
 }
 
 /// One line per kind of change.

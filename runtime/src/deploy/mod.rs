@@ -166,6 +166,12 @@ pub enum Refusal {
 /// `deployment` signed with the operator's secret key in `key_file`.
 pub fn sign(deployment: &Deployment, key_file: &Path) -> Result<Envelope, String> {
     let document = serde_json::to_vec(deployment).map_err(|e| e.to_string())?;
+    sign_document(document, key_file)
+}
+
+/// A document's JSON bytes signed with the operator's secret key in
+/// `key_file` (deployments, erasure requests).
+pub fn sign_document(document: Vec<u8>, key_file: &Path) -> Result<Envelope, String> {
     if document.len() > MAX_DOCUMENT_BYTES {
         return Err(Refusal::TooLarge {
             bytes: document.len(),
@@ -293,33 +299,7 @@ pub struct Recipient<'a> {
 /// signed by a trusted operator key, for `to`, newer than what `to` has
 /// applied, and consistent.
 pub fn verify(message: &[u8], to: &Recipient<'_>) -> Result<Deployment, Refusal> {
-    if message.len() > MAX_MESSAGE_BYTES {
-        return Err(Refusal::TooLarge {
-            bytes: message.len(),
-            max: MAX_MESSAGE_BYTES,
-        });
-    }
-    let envelope: Envelope = serde_json::from_slice(message)
-        .map_err(|e| Refusal::Malformed(format!("envelope: {e}")))?;
-    let Some((_, key)) = to.keys.iter().find(|(id, _)| *id == envelope.key_id) else {
-        return Err(Refusal::UnknownKey(envelope.key_id));
-    };
-    let document = BASE64
-        .decode(envelope.document.as_bytes())
-        .map_err(|e| Refusal::Malformed(format!("document: not base64: {e}")))?;
-    if document.len() > MAX_DOCUMENT_BYTES {
-        return Err(Refusal::TooLarge {
-            bytes: document.len(),
-            max: MAX_DOCUMENT_BYTES,
-        });
-    }
-    let signature = BASE64
-        .decode(envelope.signature.as_bytes())
-        .ok()
-        .and_then(|bytes| ed25519_compact::Signature::from_slice(&bytes).ok())
-        .ok_or_else(|| Refusal::BadSignature(envelope.key_id.clone()))?;
-    key.verify(&document, &signature)
-        .map_err(|_| Refusal::BadSignature(envelope.key_id.clone()))?;
+    let document = open_signed(message, to.keys)?;
     // Signed by an operator: now the document is read.
     let schema = serde_json::from_slice::<serde_json::Value>(&document)
         .map_err(|e| Refusal::Malformed(format!("document: {e}")))?
@@ -347,6 +327,42 @@ pub fn verify(message: &[u8], to: &Recipient<'_>) -> Result<Deployment, Refusal>
     }
     check_contents(&deployment)?;
     Ok(deployment)
+}
+
+/// The document in `message` (an [`Envelope`] as received), if its size
+/// is within bounds and it is signed by one of the operator `keys`.
+pub fn open_signed(
+    message: &[u8],
+    keys: &[(String, ed25519_compact::PublicKey)],
+) -> Result<Vec<u8>, Refusal> {
+    if message.len() > MAX_MESSAGE_BYTES {
+        return Err(Refusal::TooLarge {
+            bytes: message.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    let envelope: Envelope = serde_json::from_slice(message)
+        .map_err(|e| Refusal::Malformed(format!("envelope: {e}")))?;
+    let Some((_, key)) = keys.iter().find(|(id, _)| *id == envelope.key_id) else {
+        return Err(Refusal::UnknownKey(envelope.key_id));
+    };
+    let document = BASE64
+        .decode(envelope.document.as_bytes())
+        .map_err(|e| Refusal::Malformed(format!("document: not base64: {e}")))?;
+    if document.len() > MAX_DOCUMENT_BYTES {
+        return Err(Refusal::TooLarge {
+            bytes: document.len(),
+            max: MAX_DOCUMENT_BYTES,
+        });
+    }
+    let signature = BASE64
+        .decode(envelope.signature.as_bytes())
+        .ok()
+        .and_then(|bytes| ed25519_compact::Signature::from_slice(&bytes).ok())
+        .ok_or_else(|| Refusal::BadSignature(envelope.key_id.clone()))?;
+    key.verify(&document, &signature)
+        .map_err(|_| Refusal::BadSignature(envelope.key_id.clone()))?;
+    Ok(document)
 }
 
 /// The deployment in a message this gateway verified and kept earlier

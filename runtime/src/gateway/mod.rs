@@ -554,11 +554,15 @@ fn data_root_file(config: &Config, name: &str) -> PathBuf {
 /// Erases from the key file every older storage key no stored entry
 /// needs any more. Every queue file that exists must be open (and so
 /// read) for that; the newest key always stays.
-fn erase_unused_keys(config: &Config, queues: &[(PathBuf, Option<&Queue>)]) {
-    let path = key_file(config);
-    if !path.exists() {
+fn erase_unused_keys(
+    config: &Config,
+    keyring: Option<&crate::queue::crypt::Keyring>,
+    queues: &[(PathBuf, Option<&Queue>)],
+) {
+    let Some(keyring) = keyring else {
         return;
-    }
+    };
+    let path = keyring.path();
     let mut in_use = Vec::new();
     for (file, queue) in queues {
         match queue {
@@ -570,7 +574,7 @@ fn erase_unused_keys(config: &Config, queues: &[(PathBuf, Option<&Queue>)]) {
             None => {}
         }
     }
-    let erased = crate::queue::crypt::Keyring::load(&path).and_then(|k| k.erase_unused(&in_use));
+    let erased = keyring.erase_unused(&in_use);
     match erased {
         Ok(ids) if !ids.is_empty() => {
             tracing::info!(key_file = %path.display(), erased = ?ids, "storage keys no entry needs any more erased");
@@ -876,6 +880,7 @@ pub async fn run_reloading(
     };
     erase_unused_keys(
         &config,
+        keyring.as_deref(),
         &[
             (queue_path(&config), Some(&queue)),
             (
@@ -909,6 +914,42 @@ pub async fn run_reloading(
         }
         None => (None, config.text.clone(), None),
     };
+    let history = match telemetry_queue {
+        Some(_) => match telemetry::history::History::open(
+            &history_path(&config),
+            Duration::from_secs(config.telemetry.raw_retention_s),
+            Duration::from_secs(config.telemetry.trend_retention_s),
+            config.telemetry.max_history_bytes,
+        ) {
+            Ok(h) => Some(Arc::new(h)),
+            Err(e) => {
+                tracing::warn!(error = %e, "telemetry history not kept");
+                None
+            }
+        },
+        None => None,
+    };
+    let orders = crate::erase::orders(&config).map_err(|message| StartError::Trust {
+        config: config.source.clone(),
+        message,
+    })?;
+    let orders = orders.map(|(link, orders)| {
+        commands.erase = Some(link);
+        orders
+    });
+    tasks.spawn(crate::erase::serve(
+        crate::erase::Stores {
+            data: queue.clone(),
+            telemetry: telemetry_queue.clone(),
+            audit_lane: audit_lane.clone(),
+            history: history.clone(),
+            keyring: keyring.clone(),
+            data_dir: config.resolve(&config.gateway.data_dir),
+            audit: audit.clone(),
+        },
+        orders,
+        shutdown.clone(),
+    ));
     tasks.spawn(publish::run(
         publisher_settings(&config),
         queue.clone(),
@@ -941,18 +982,7 @@ pub async fn run_reloading(
                 lane,
                 max_snapshot_bytes: snapshot_budget(&config),
                 trimmed: 0,
-                history: match telemetry::history::History::open(
-                    &history_path(&config),
-                    Duration::from_secs(config.telemetry.raw_retention_s),
-                    Duration::from_secs(config.telemetry.trend_retention_s),
-                    config.telemetry.max_history_bytes,
-                ) {
-                    Ok(h) => Some(Arc::new(h)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "telemetry history not kept");
-                        None
-                    }
-                },
+                history,
             },
             shutdown.clone(),
         ));

@@ -64,6 +64,16 @@ impl Topics {
         format!("{}/data/{driver}", self.base)
     }
 
+    /// Signed erasure orders for this gateway (`erase::Order`).
+    pub fn data_erase(&self) -> String {
+        format!("{}/data/erase", self.base)
+    }
+
+    /// The outcome of each erasure order.
+    pub fn data_erase_result(&self) -> String {
+        format!("{}/data/erase/result", self.base)
+    }
+
     /// Retained; "online" while connected, "offline" by will or on shutdown.
     pub fn status(&self) -> String {
         format!("{}/status", self.base)

@@ -5,6 +5,13 @@ use crate::remote::{Answer, Commands, Incoming, Outgoing};
 
 use super::session::Session;
 
+async fn outbox(link: Option<&mut crate::remote::DeployLink>) -> Option<Outgoing> {
+    match link {
+        Some(link) => link.outbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Something the gateway's services hand the publisher to send.
 pub(super) enum Out {
     /// A command result.
@@ -19,15 +26,10 @@ pub(super) async fn next_out(commands: Option<&mut Commands>) -> Out {
     let Some(c) = commands else {
         return std::future::pending().await;
     };
-    let deploy = async {
-        match c.deploy.as_mut() {
-            Some(link) => link.outbox.recv().await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         Some(answer) = c.answers.recv() => Out::Answer(answer),
-        Some(out) = deploy => Out::Deploy(out),
+        Some(out) = outbox(c.deploy.as_mut()) => Out::Deploy(out),
+        Some(out) = outbox(c.erase.as_mut()) => Out::Deploy(out),
         else => std::future::pending().await,
     }
 }
@@ -44,6 +46,14 @@ impl Session<'_> {
             // again with the next connection (it is retained).
             if let Err(e) = link.inbox.try_send((topic.to_string(), payload)) {
                 tracing::warn!(topic = %topic, error = %e, "deployment message dropped: too many waiting");
+            }
+            return;
+        }
+        if let Some(link) = commands.erase.as_ref().filter(|l| l.wants(topic)) {
+            // The operator is answered for each order it sent; one dropped
+            // here gets no answer and is sent again.
+            if let Err(e) = link.inbox.try_send((topic.to_string(), payload)) {
+                tracing::warn!(topic = %topic, error = %e, "erasure order dropped: too many waiting");
             }
             return;
         }

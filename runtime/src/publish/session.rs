@@ -286,7 +286,8 @@ impl<'a> Session<'a> {
         self.handed.push_back(Handed::Other);
         if let Some(commands) = self.commands.as_deref() {
             self.client.subscribe(s.topics.commands())?;
-            for filter in commands.deploy.iter().flat_map(|l| &l.filters) {
+            let links = commands.deploy.iter().chain(commands.erase.iter());
+            for filter in links.flat_map(|l| &l.filters) {
                 self.client.subscribe(filter.clone())?;
             }
         }

@@ -300,6 +300,78 @@ impl History {
         Ok(())
     }
 
+    /// Erases the raw snapshots and hourly roll-ups from before `before_ms`
+    /// (all of them when `None`) by writing the file again without them
+    /// (`{name}.rewrite`, then renamed over it), so they are in no file
+    /// the gateway keeps. The number of rows erased.
+    pub fn erase(&self, before_ms: Option<u64>) -> Result<u64, HistoryError> {
+        let cutoff = before_ms.unwrap_or(u64::MAX);
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".rewrite");
+        let target = self.path.with_file_name(name);
+        let _ = std::fs::remove_file(&target);
+        let mut db = self.db();
+        let erased = (|| -> Result<(Database, u64), HistoryError> {
+            let new = builder().create(&target).map_err(|e| self.err(e))?;
+            let read = db.begin_read().map_err(|e| self.err(e))?;
+            let mut txn = new.begin_write().map_err(|e| self.err(e))?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(|e| self.err(e))?;
+            let mut erased = 0u64;
+            {
+                let mut raw = txn.open_table(RAW).map_err(|e| self.err(e))?;
+                let mut hourly = txn.open_table(HOURLY).map_err(|e| self.err(e))?;
+                let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+                if let Ok(old) = read.open_table(RAW) {
+                    for row in old.iter().map_err(|e| self.err(e))? {
+                        let (k, v) = row.map_err(|e| self.err(e))?;
+                        if k.value() < cutoff {
+                            erased += 1;
+                        } else {
+                            raw.insert(k.value(), v.value()).map_err(|e| self.err(e))?;
+                        }
+                    }
+                }
+                if let Ok(old) = read.open_table(HOURLY) {
+                    for row in old.iter().map_err(|e| self.err(e))? {
+                        let (k, v) = row.map_err(|e| self.err(e))?;
+                        if k.value().0.saturating_add(HOUR_MS) <= cutoff {
+                            erased += 1;
+                        } else {
+                            hourly
+                                .insert(k.value(), v.value())
+                                .map_err(|e| self.err(e))?;
+                        }
+                    }
+                }
+                if let Ok(old) = read.open_table(META) {
+                    for key in [DROPPED_RAW, DROPPED_HOURLY] {
+                        if let Some(v) = old.get(key).map_err(|e| self.err(e))? {
+                            meta.insert(key, v.value()).map_err(|e| self.err(e))?;
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(|e| self.err(e))?;
+            Ok((new, erased))
+        })();
+        let (new, erased) = match erased {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = std::fs::remove_file(&target);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&target, &self.path).map_err(|e| self.err(e))?;
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        *db = new;
+        drop(db);
+        self.count_if_uncounted()?;
+        Ok(erased)
+    }
+
     fn record_in(
         &self,
         txn: &redb::WriteTransaction,

@@ -7,6 +7,7 @@ mod common;
 mod compile_cache;
 mod containment;
 mod end_to_end;
+mod erase;
 mod fleet;
 mod modbus;
 mod mqtt_link;
