@@ -2,7 +2,8 @@
 //! against one commit per batch (both `Durability::Immediate`), the same
 //! encrypted at rest (AES-256-GCM) against plaintext, drain rate from the
 //! queue to a local mosquitto over TLS, QoS 1, export rate of an
-//! encrypted queue of 1M readings, and the cost of one audit record.
+//! encrypted queue of 1M readings, the rate of erasing one driver's
+//! readings from it, and the cost of one audit record.
 //! Prints figures; asserts nothing (timings are never test assertions).
 
 use std::path::Path;
@@ -192,6 +193,39 @@ async fn export(dir: &Path, keys: &Arc<Keyring>, batches: u64) -> anyhow::Result
     Ok(batches as f64 * READINGS_PER_BATCH as f64 / elapsed)
 }
 
+/// Erasure of one driver's batches (1 in [`PRODUCERS`]) from the encrypted
+/// queue `export` filled, the file rewritten with the rest under a new
+/// key: readings of the queue gone through per second, and seconds taken.
+async fn erase(dir: &Path, keys: &Arc<Keyring>, batches: u64) -> anyhow::Result<(f64, f64)> {
+    let queue = Queue::open(
+        &dir.join("export.redb"),
+        QueueOptions {
+            keyring: Some(keys.clone()),
+            encrypt: true,
+            ..QueueOptions::default()
+        },
+    )?;
+    keys.add_key()?;
+    let started = Instant::now();
+    let erased = queue
+        .erase(ferrule::queue::Selector {
+            driver: Some("bench-0".into()),
+            upto_ns: now_ns(),
+            ..ferrule::queue::Selector::default()
+        })
+        .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        erased.erased + erased.kept == batches
+            && erased.erased == batches.div_ceil(PRODUCERS as u64),
+        "erased {erased:?} of {batches}"
+    );
+    Ok((
+        batches as f64 * READINGS_PER_BATCH as f64 / elapsed,
+        elapsed,
+    ))
+}
+
 /// µs per audit record appended (each synced).
 fn audit(dir: &Path, records: u32) -> anyhow::Result<f64> {
     let log = ferrule::audit::AuditLog::in_dir(&dir.join("audit"));
@@ -221,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
     let export_batches: u64 = bench::scaled(10_000, 200);
     let audit_records: u32 = bench::scaled(1_000, 50);
     report.method(format!(
-        "encrypted: the same group-commit capture with [storage] encryption (AES-256-GCM, ring; a subkey per file, sealed in the writer thread); export: `queue export` of an encrypted queue of {export_batches} batches ({} readings) to a file; audit: {audit_records} records appended, each synced",
+        "encrypted: the same group-commit capture with [storage] encryption (AES-256-GCM, ring; a subkey per file, sealed in the writer thread); export: `queue export` of an encrypted queue of {export_batches} batches ({} readings) to a file; erase: `data erase --driver` of 1 driver in {PRODUCERS} from that queue (every kept entry re-encrypted under a new key into a new file, fsynced, renamed over the old); audit: {audit_records} records appended, each synced",
         export_batches * READINGS_PER_BATCH as u64
     ));
     let dir = bench::workdir("queue")?;
@@ -231,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
     let (sealed_r, _) = capture(dir.path(), "sealed", None, Some(keys.clone()), seconds).await?;
     let (drain_r, _) = drain(dir.path(), drain_batches).await?;
     let export_r = export(dir.path(), &keys, export_batches).await?;
+    let (erase_r, erase_s) = erase(dir.path(), &keys, export_batches).await?;
     let audit_us = audit(dir.path(), audit_records)?;
     report
         .compare(
@@ -260,6 +295,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .ratio_at_least(0.9);
     report.figure("export of an encrypted queue", export_r, "readings/s");
+    report.figure(
+        "erase one driver's batches from that queue (file rewritten, re-encrypted)",
+        erase_r,
+        "readings/s",
+    );
+    report.figure("that erasure took", erase_s, "s");
     report.figure("audit record appended (synced)", audit_us, "µs");
     report.finish()?;
     Ok(())
