@@ -206,6 +206,12 @@ impl AuditLog {
     }
 }
 
+/// Records removed from the log at `path`, ever: by retention, and by
+/// `erase --all`.
+pub fn removed(path: &Path) -> (u64, u64) {
+    read_head(path).map_or((0, 0), |h| (h.dropped, h.erased))
+}
+
 fn read_head(log: &Path) -> std::io::Result<Head> {
     match crate::plugin::trust::read_bounded(&head_path(log), 4096) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),

@@ -22,4 +22,5 @@ pub mod publish;
 pub mod queue;
 pub mod reading;
 pub mod remote;
+pub mod retention;
 pub mod telemetry;

@@ -107,11 +107,13 @@ pub fn telemetry_show(config: &Config, json: bool, hours: usize, raw: bool) -> a
 pub fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let queue = ferrule::queue::read_stats(&gateway::queue_path(config))?;
     let latest: Option<Snapshot> = stored(config).ok().and_then(|s| s.raw.last().cloned());
+    let retention = ferrule::retention::figures(config);
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "queue": queue,
+                "retention": retention,
                 "telemetry": latest,
             }))?
         );
@@ -123,9 +125,19 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         .map(|ns| age(ns / 1_000_000))
         .unwrap_or_else(|| "-".to_string());
     println!(
-        "queue        {} entries, {} bytes, oldest {oldest} old, dropped {} (cap) {} (age)",
-        queue.depth, queue.bytes, queue.dropped_cap, queue.dropped_age
+        "queue        {} entries, {} bytes, oldest {oldest} old, dropped {} (cap) {} (age), erased {}",
+        queue.depth, queue.bytes, queue.dropped_cap, queue.dropped_age, queue.erased
     );
+    for class in &retention {
+        println!(
+            "retention    {:<20} kept {}, removed {}",
+            class.class,
+            class.keep,
+            class
+                .removed
+                .map_or_else(|| "-".to_string(), |n| n.to_string())
+        );
+    }
     let Some(s) = latest else {
         println!("telemetry    none kept yet (ferrule run writes it every telemetry.interval_s)");
         return Ok(());

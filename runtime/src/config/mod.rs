@@ -60,8 +60,23 @@ impl Config {
         config.sha256 = crate::plugin::trust::sha256_hex(text.as_bytes());
         config.loaded_ms = crate::reading::now_ms();
         config.validate(text)?;
+        config.apply_retention();
         config.text = text.to_string();
         Ok(config)
+    }
+
+    /// `[retention]` is the one place for every data class's retention;
+    /// the older keys (`[queue] max_age_s`, `[telemetry] raw_retention_s`
+    /// and `trend_retention_s`) still apply where it says nothing.
+    fn apply_retention(&mut self) {
+        let r = self.retention;
+        self.queue.max_age_s = r.queue_max_age_s.or(self.queue.max_age_s);
+        if let Some(raw) = r.telemetry_raw_s {
+            self.telemetry.raw_retention_s = raw;
+        }
+        if let Some(trend) = r.telemetry_trend_s {
+            self.telemetry.trend_retention_s = trend;
+        }
     }
 
     fn check_plugin_name(

@@ -235,3 +235,30 @@ proptest! {
         prop_assert_eq!((line, col), (l, c));
     }
 }
+
+#[test]
+fn the_retention_table_sets_every_class_and_the_older_keys_still_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let text = write_fixture(dir.path());
+    // Before [retention]: the older keys.
+    let older = text.replace(
+        "[[driver]]",
+        "[queue]\nmax_age_s = 600\n[telemetry]\nraw_retention_s = 3600\n\n[[driver]]",
+    );
+    let config = Config::parse(&older, &path).unwrap();
+    assert_eq!(config.queue.max_age_s, Some(600));
+    assert_eq!(config.telemetry.raw_retention_s, 3600);
+    assert_eq!(config.retention.plugin_data_days, None);
+    // [retention] wins where it says something.
+    let both = older.replace(
+        "[[driver]]",
+        "[retention]\nqueue_max_age_s = 2592000\ntelemetry_raw_s = 86400\ntelemetry_trend_s = 31536000\nplugin_data_days = 30\n\n[[driver]]",
+    );
+    let config = Config::parse(&both, &path).unwrap();
+    assert_eq!(config.queue.max_age_s, Some(2_592_000));
+    assert_eq!(config.telemetry.raw_retention_s, 86_400);
+    assert_eq!(config.telemetry.trend_retention_s, 31_536_000);
+    assert_eq!(config.retention.plugin_data_days, Some(30));
+    assert_eq!(config.retention.audit_days, 7 * 365);
+}

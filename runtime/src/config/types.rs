@@ -614,6 +614,22 @@ pub struct RetentionConfig {
     /// The audit log is kept under this many MiB (oldest records removed).
     #[serde(default = "default_audit_max_mb")]
     pub audit_max_mb: u64,
+    /// Queued readings older than this many seconds are dropped (counted);
+    /// `[queue] max_age_s` when absent (kept forever when neither is set).
+    #[serde(default)]
+    pub queue_max_age_s: Option<u64>,
+    /// Raw telemetry snapshots kept this many seconds; `[telemetry]
+    /// raw_retention_s` when absent.
+    #[serde(default)]
+    pub telemetry_raw_s: Option<u64>,
+    /// Hourly telemetry roll-ups kept this many seconds; `[telemetry]
+    /// trend_retention_s` when absent.
+    #[serde(default)]
+    pub telemetry_trend_s: Option<u64>,
+    /// Files in plugins' private data folders not modified for this many
+    /// days are removed (hourly, counted); kept when absent.
+    #[serde(default)]
+    pub plugin_data_days: Option<u64>,
 }
 
 impl Default for RetentionConfig {
@@ -621,6 +637,10 @@ impl Default for RetentionConfig {
         RetentionConfig {
             audit_days: default_audit_days(),
             audit_max_mb: default_audit_max_mb(),
+            queue_max_age_s: None,
+            telemetry_raw_s: None,
+            telemetry_trend_s: None,
+            plugin_data_days: None,
         }
     }
 }

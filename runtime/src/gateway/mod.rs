@@ -488,7 +488,8 @@ pub fn storage_keys(
     Ok((Some(Arc::new(keyring)), true))
 }
 
-/// Applies `[retention]` to the audit log (at start, then hourly), and
+/// Applies `[retention]` to the audit log and plugins' private data (at
+/// start, then hourly), and
 /// records in it every rise of the queue's policy drops (`max_bytes` with
 /// drop_oldest, `max_age_s`), looked at each minute and at shutdown.
 async fn audit_housekeeping(
@@ -510,7 +511,41 @@ async fn audit_housekeeping(
             _ => {}
         }
     };
+    let data_dir = audit
+        .path()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let prune = |audit: crate::audit::AuditLog, data_dir: PathBuf| async move {
+        let Some(days) = retention.plugin_data_days else {
+            return;
+        };
+        let max_age = Duration::from_secs(days.saturating_mul(86_400));
+        let pruned = tokio::task::spawn_blocking(move || {
+            let pruned = crate::retention::prune_plugin_data(&data_dir, max_age);
+            if let Ok(p) = &pruned
+                && p.removed > 0
+            {
+                audit.record(
+                    "retention",
+                    serde_json::json!({"class": "plugin data", "removed": p.removed, "removed_total": p.removed_total, "max_age_days": days}),
+                );
+            }
+            pruned
+        })
+        .await;
+        match pruned {
+            Ok(Ok(p)) if p.removed > 0 => tracing::info!(
+                removed = p.removed,
+                removed_total = p.removed_total,
+                "plugin data retention removed files older than plugin_data_days"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "plugin data retention not applied"),
+            _ => {}
+        }
+    };
     retain(audit.clone()).await;
+    prune(audit.clone(), data_dir.clone()).await;
     let mut minutes = 0u64;
     let counts = |q: &Queue| q.stats().map(|s| (s.dropped_cap, s.dropped_age)).ok();
     let Some(mut last) = counts(&queue) else {
@@ -520,6 +555,7 @@ async fn audit_housekeeping(
         minutes += 1;
         if minutes.is_multiple_of(60) {
             retain(audit.clone()).await;
+            prune(audit.clone(), data_dir.clone()).await;
         }
         let stopping = tokio::select! {
             _ = shutdown.cancelled() => true,

@@ -44,6 +44,9 @@ const RAW_BYTES: &str = "raw.bytes";
 const HOURLY_BYTES: &str = "hourly.bytes";
 const DROPPED_RAW: &str = "dropped.raw";
 const DROPPED_HOURLY: &str = "dropped.hourly";
+/// Raw snapshots and roll-up rows removed by their retention, ever.
+const AGED_RAW: &str = "aged.raw";
+const AGED_HOURLY: &str = "aged.hourly";
 
 /// Bytes one roll-up row counts for: the hour, the figure's name and the
 /// four numbers.
@@ -345,7 +348,7 @@ impl History {
                     }
                 }
                 if let Ok(old) = read.open_table(META) {
-                    for key in [DROPPED_RAW, DROPPED_HOURLY] {
+                    for key in [DROPPED_RAW, DROPPED_HOURLY, AGED_RAW, AGED_HOURLY] {
                         if let Some(v) = old.get(key).map_err(|e| self.err(e))? {
                             meta.insert(key, v.value()).map_err(|e| self.err(e))?;
                         }
@@ -402,13 +405,18 @@ impl History {
         }
         raw_bytes += json.len() as u64;
         let raw_cut = now.saturating_sub(ms(self.raw_retention));
-        let mut aged = 0u64;
+        let (mut aged, mut aged_rows) = (0u64, 0u64);
         raw.retain_in(..raw_cut, |_, v| {
             aged += v.len() as u64;
+            aged_rows += 1;
             false
         })
         .map_err(|e| self.err(e))?;
         raw_bytes = raw_bytes.saturating_sub(aged);
+        if aged_rows > 0 {
+            let total = get(&meta, AGED_RAW)? + aged_rows;
+            meta.insert(AGED_RAW, total).map_err(|e| self.err(e))?;
+        }
 
         let mut hourly = txn.open_table(HOURLY).map_err(|e| self.err(e))?;
         for (figure, v) in figures(snapshot) {
@@ -427,14 +435,19 @@ impl History {
         }
         let trend_cut = now.saturating_sub(ms(self.trend_retention));
         let trend_cut_hour = trend_cut - trend_cut % HOUR_MS;
-        let mut aged = 0u64;
+        let (mut aged, mut aged_rows) = (0u64, 0u64);
         hourly
             .retain_in(..(trend_cut_hour, ""), |k, _| {
                 aged += hourly_row_bytes(k.1);
+                aged_rows += 1;
                 false
             })
             .map_err(|e| self.err(e))?;
         hourly_bytes = hourly_bytes.saturating_sub(aged);
+        if aged_rows > 0 {
+            let total = get(&meta, AGED_HOURLY)? + aged_rows;
+            meta.insert(AGED_HOURLY, total).map_err(|e| self.err(e))?;
+        }
 
         // Over the cap: oldest raw snapshots first (keeping the newest),
         // then the oldest roll-ups.
@@ -479,6 +492,10 @@ pub struct Stored {
     pub raw: Vec<Snapshot>,
     /// Roll-ups per figure, oldest hour first.
     pub hourly: BTreeMap<String, Vec<RollUp>>,
+    /// Raw snapshots removed by `raw_retention`, ever.
+    pub aged_raw: u64,
+    /// Roll-up rows removed by `trend_retention`, ever.
+    pub aged_hourly: u64,
 }
 
 /// Reads the history file at `path`.
@@ -492,7 +509,20 @@ pub fn read(path: &Path) -> Result<Stored, HistoryError> {
     let mut stored = Stored {
         raw: Vec::new(),
         hourly: BTreeMap::new(),
+        aged_raw: 0,
+        aged_hourly: 0,
     };
+    match txn.open_table(META) {
+        Ok(meta) => {
+            let get = |key: &str| -> Result<u64, HistoryError> {
+                Ok(meta.get(key).map_err(|e| err(&e))?.map_or(0, |v| v.value()))
+            };
+            stored.aged_raw = get(AGED_RAW)?;
+            stored.aged_hourly = get(AGED_HOURLY)?;
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(err(&e)),
+    }
     match txn.open_table(RAW) {
         Ok(raw) => {
             for entry in raw.iter().map_err(|e| err(&e))? {

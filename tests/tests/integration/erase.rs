@@ -81,7 +81,17 @@ async fn erasing_by_driver_and_by_time_on_a_running_gateway_leaves_no_trace_and_
         gateway_toml(&data_dir, &rig.pki, port)
             .set("storage", "encryption", "none")
             .set("telemetry", "interval_s", 1)
+            .set("retention", "plugin_data_days", 7)
     };
+    // A file `keeper`'s plugin left in its private folder ten days ago:
+    // plugin data retention removes it at start.
+    let stale = data_dir.join("plugins/keeper/stale.bin");
+    std::fs::create_dir_all(stale.parent().context("folder")?)?;
+    std::fs::write(&stale, b"old")?;
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)?
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(10 * 86_400))?;
     let offline_port = free_port()?;
     let both = base(offline_port)
         .driver(sim("victim", VICTIM)?)
@@ -90,6 +100,10 @@ async fn erasing_by_driver_and_by_time_on_a_running_gateway_leaves_no_trace_and_
     let arg = config.to_string_lossy().to_string();
     let mut ferrule = start_ferrule(&dir, &["run", &arg])?;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(
+        !stale.exists(),
+        "plugin data older than plugin_data_days removed"
+    );
     ensure!(
         !holding(&data_dir, VICTIM)?.is_empty() && !holding(&data_dir, KEEPER)?.is_empty(),
         "both drivers' readings are on disk in plaintext before the erasure"
@@ -145,6 +159,20 @@ async fn erasing_by_driver_and_by_time_on_a_running_gateway_leaves_no_trace_and_
     ensure!(erased_in(&erasures[1], "data") > 0);
     ensure!(erased_in(&erasures[1], "telemetry") > 0, "{}", erasures[1]);
     ferrule_ok(&dir, &["audit", "verify", &arg])?;
+    // Every class's retention and what it removed, in `ferrule status`.
+    let status = ferrule_ok(&dir, &["status", &arg, "--json"])?;
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    let classes = status["retention"].as_array().context("retention")?;
+    let plugin_data = classes
+        .iter()
+        .find(|c| c["class"] == "plugin data")
+        .context("plugin data class")?;
+    ensure!(
+        plugin_data["removed"] == 1 && plugin_data["keep"] == "7days",
+        "{plugin_data}"
+    );
+    ensure!(classes.len() == 5, "{classes:?}");
+    ensure!(status["queue"]["erased"].as_u64() > Some(erased_by_driver));
 
     // Online: the kept readings arrive, all captured after the cut and
     // none from `victim`; the erasures' records reach the audit topic.
