@@ -24,7 +24,6 @@ use serde::Serialize;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::queue::crypt::Keyring;
 
 /// The export format written.
 pub const FORMAT: u32 = 1;
@@ -129,11 +128,7 @@ pub fn export(config: &Config, dir: &Path) -> anyhow::Result<Manifest> {
     }
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let data_dir = config.resolve(&config.gateway.data_dir);
-    let key_file = crate::gateway::key_file(config);
-    let keyring = match key_file.exists() {
-        true => Some(Keyring::load(&key_file)?),
-        false => None,
-    };
+    let keyring = crate::gateway::existing_keys(config)?;
     let mut files = BTreeMap::new();
     let mut unreadable = Vec::new();
     let ms = |ns: u64| ns / 1_000_000;
@@ -204,7 +199,17 @@ pub fn export(config: &Config, dir: &Path) -> anyhow::Result<Manifest> {
     let mut hourly = Out::create(dir, "telemetry-hourly.jsonl")?;
     let history = crate::gateway::history_path(config);
     if history.exists() {
-        let stored = crate::telemetry::history::read(&history)?;
+        let stored = crate::telemetry::history::read(&history, keyring.as_ref())?;
+        if stored.unreadable > 0 {
+            unreadable.push((
+                "telemetry-raw.jsonl".to_string(),
+                0,
+                format!(
+                    "{} snapshots sealed with a storage key not in the key file",
+                    stored.unreadable
+                ),
+            ));
+        }
         for snapshot in &stored.raw {
             raw.line(snapshot, Some(snapshot.ts_ms))?;
         }

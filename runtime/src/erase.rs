@@ -339,6 +339,15 @@ impl Stores {
                     }
                 }
             }
+            if let Some(history) = &self.history {
+                match history.keys_in_use() {
+                    Ok(ids) => in_use.extend(ids),
+                    Err(e) => {
+                        errors.push(format!("older keys kept: {e}"));
+                        return;
+                    }
+                }
+            }
             let keyring = keyring.clone();
             match tokio::task::spawn_blocking(move || keyring.erase_unused(&in_use)).await {
                 Ok(Ok(ids)) => outcome.keys_erased = ids,
@@ -620,13 +629,9 @@ pub fn offline_stores(config: &crate::config::Config) -> Result<Stores, String> 
     use crate::gateway;
     use crate::queue::QueueOptions;
     let data_dir = config.resolve(&config.gateway.data_dir);
-    let key_file = gateway::key_file(config);
-    let keyring = match key_file.exists() {
-        true => Some(Arc::new(
-            Keyring::load(&key_file).map_err(|e| e.to_string())?,
-        )),
-        false => None,
-    };
+    let keyring = gateway::existing_keys(config)
+        .map_err(|e| e.to_string())?
+        .map(Arc::new);
     let encrypt =
         keyring.is_some() && config.storage.encryption == crate::config::Encryption::Aes256Gcm;
     let options = || QueueOptions {
@@ -660,6 +665,8 @@ pub fn offline_stores(config: &crate::config::Config) -> Result<Stores, String> 
                 std::time::Duration::from_secs(config.telemetry.trend_retention_s),
                 config.telemetry.max_history_bytes,
             )
+            .map_err(|e| e.to_string())?
+            .with_keys(keyring.clone(), encrypt)
             .map_err(|e| e.to_string())?,
         )),
         false => None,

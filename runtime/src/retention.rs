@@ -118,7 +118,7 @@ fn seconds(s: Option<u64>) -> String {
 pub fn figures(config: &Config) -> Vec<Class> {
     let data_dir = config.resolve(&config.gateway.data_dir);
     let queue = crate::queue::read_stats(&crate::gateway::queue_path(config)).ok();
-    let history = crate::telemetry::history::read(&crate::gateway::history_path(config)).ok();
+    let history = crate::telemetry::history::read(&crate::gateway::history_path(config), None).ok();
     let r = &config.retention;
     let t = &config.telemetry;
     let (audit_dropped, _) = crate::audit::removed(&crate::audit::path_in(&data_dir));

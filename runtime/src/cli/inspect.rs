@@ -11,7 +11,8 @@ use ferrule::telemetry::history::{self, Stored};
 
 fn stored(config: &Config) -> anyhow::Result<Stored> {
     let path = gateway::history_path(config);
-    history::read(&path).with_context(|| {
+    let keyring = gateway::existing_keys(config).ok().flatten();
+    history::read(&path, keyring.as_ref()).with_context(|| {
         format!(
             "no telemetry history yet at {} (it is written by `ferrule run` every telemetry.interval_s)",
             path.display()

@@ -456,6 +456,18 @@ pub fn key_file(config: &Config) -> PathBuf {
     config.resolve(Path::new(config.storage.key_file.get_ref()))
 }
 
+/// The storage keys in the config's key file, if it exists (for reading
+/// what a gateway stored, alongside it or after it).
+pub fn existing_keys(
+    config: &Config,
+) -> Result<Option<crate::queue::crypt::Keyring>, crate::queue::crypt::KeyError> {
+    let path = key_file(config);
+    match path.exists() {
+        true => crate::queue::crypt::Keyring::load(&path).map(Some),
+        false => Ok(None),
+    }
+}
+
 /// The storage keys for a gateway's queues, and whether new entries are
 /// encrypted. With `[storage] encryption` on (the default) and no key
 /// file: a new install (no queue file yet) gets a new key; an install
@@ -593,6 +605,7 @@ fn data_root_file(config: &Config, name: &str) -> PathBuf {
 fn erase_unused_keys(
     config: &Config,
     keyring: Option<&crate::queue::crypt::Keyring>,
+    history: Option<&telemetry::history::History>,
     queues: &[(PathBuf, Option<&Queue>)],
 ) {
     let Some(keyring) = keyring else {
@@ -600,6 +613,23 @@ fn erase_unused_keys(
     };
     let path = keyring.path();
     let mut in_use = Vec::new();
+    if let Some(history) = history {
+        match history.rekey() {
+            Ok(true) => {
+                tracing::info!("telemetry history sealed again under the current storage key")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "telemetry history not sealed again under the current storage key")
+            }
+        }
+    }
+    match history.map(telemetry::history::History::keys_in_use) {
+        Some(Ok(ids)) => in_use.extend(ids),
+        Some(Err(_)) => return,
+        None if history_path(config).exists() => return,
+        None => {}
+    }
     for (file, queue) in queues {
         match queue {
             Some(q) => match q.keys_in_use() {
@@ -914,9 +944,27 @@ pub async fn run_reloading(
             None
         }
     };
+    let history = match telemetry_queue {
+        Some(_) => match telemetry::history::History::open(
+            &history_path(&config),
+            Duration::from_secs(config.telemetry.raw_retention_s),
+            Duration::from_secs(config.telemetry.trend_retention_s),
+            config.telemetry.max_history_bytes,
+        )
+        .and_then(|h| h.with_keys(keyring.clone(), encrypt))
+        {
+            Ok(h) => Some(Arc::new(h)),
+            Err(e) => {
+                tracing::warn!(error = %e, "telemetry history not kept");
+                None
+            }
+        },
+        None => None,
+    };
     erase_unused_keys(
         &config,
         keyring.as_deref(),
+        history.as_deref(),
         &[
             (queue_path(&config), Some(&queue)),
             (
@@ -949,21 +997,6 @@ pub async fn run_reloading(
             (Some(agent), bootstrap, layer)
         }
         None => (None, config.text.clone(), None),
-    };
-    let history = match telemetry_queue {
-        Some(_) => match telemetry::history::History::open(
-            &history_path(&config),
-            Duration::from_secs(config.telemetry.raw_retention_s),
-            Duration::from_secs(config.telemetry.trend_retention_s),
-            config.telemetry.max_history_bytes,
-        ) {
-            Ok(h) => Some(Arc::new(h)),
-            Err(e) => {
-                tracing::warn!(error = %e, "telemetry history not kept");
-                None
-            }
-        },
-        None => None,
     };
     let orders = crate::erase::orders(&config).map_err(|message| StartError::Trust {
         config: config.source.clone(),

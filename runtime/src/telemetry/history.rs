@@ -30,13 +30,27 @@ use redb::{
 };
 
 use super::Snapshot;
+use crate::queue::crypt::Keyring;
 
 /// Raw snapshots (JSON) by time, ms since the epoch.
 const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
 /// Roll-ups by (hour start in ms, figure): (min, max, sum, count).
 const HOURLY: TableDefinition<(u64, &str), (f64, f64, f64, u64)> = TableDefinition::new("hourly");
+/// Roll-ups sealed by hour: the hour's start (ms) → its figures as JSON
+/// (`{"figure": [min, max, sum, count]}`), stored sealed like a raw
+/// snapshot, so figure names (which name drivers) are not in clear
+/// either. Written instead of [`HOURLY`] when the history encrypts.
+const HOURLY_SEALED: TableDefinition<u64, &[u8]> = TableDefinition::new("hourly.sealed");
 /// Running totals kept with the data they describe.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The file's encryption salt (`salt`).
+const CRYPT: TableDefinition<&str, &[u8]> = TableDefinition::new("crypt");
+/// The nonce counter of the raw snapshots sealed in this file.
+const SEALED: &str = "sealed";
+/// A raw snapshot stored encrypted: this byte, the nonce counter (8, LE),
+/// then the entry the storage keyring sealed (the time, then the JSON).
+/// A plaintext snapshot is its JSON, whose first byte is `{`.
+const SEALED_ROW: u8 = 0x01;
 
 /// Bytes of the raw snapshots' JSON.
 const RAW_BYTES: &str = "raw.bytes";
@@ -158,6 +172,11 @@ pub struct History {
     trend_retention: Duration,
     max_bytes: u64,
     figures: std::sync::Mutex<HistoryFigures>,
+    /// The storage keys, and whether new snapshots are sealed with them.
+    keyring: Option<std::sync::Arc<Keyring>>,
+    encrypt: bool,
+    /// This file's salt; an erasure's new file has a new one.
+    salt: std::sync::Mutex<[u8; 32]>,
 }
 
 fn builder() -> Builder {
@@ -189,10 +208,107 @@ impl History {
             trend_retention,
             max_bytes: max_bytes.max(1),
             figures: std::sync::Mutex::new(HistoryFigures::default()),
+            keyring: None,
+            encrypt: false,
+            salt: std::sync::Mutex::new([0; 32]),
         };
         history.count_if_uncounted()?;
         history.compact_if_oversized();
         Ok(history)
+    }
+
+    /// Raw snapshots are read with `keyring` and, when `encrypt`, sealed
+    /// with its newest key (AES-256-GCM, a subkey for this file's salt);
+    /// older plaintext ones stay readable.
+    pub fn with_keys(
+        mut self,
+        keyring: Option<std::sync::Arc<Keyring>>,
+        encrypt: bool,
+    ) -> Result<History, HistoryError> {
+        let salt = self.file_salt()?;
+        *self
+            .salt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = salt;
+        self.encrypt = encrypt && keyring.is_some();
+        self.keyring = keyring;
+        Ok(self)
+    }
+
+    /// The file's salt, made (random) the first time.
+    fn file_salt(&self) -> Result<[u8; 32], HistoryError> {
+        let db = self.db();
+        let read = db.begin_read().map_err(|e| self.err(e))?;
+        if let Ok(table) = read.open_table(CRYPT)
+            && let Some(v) = table.get("salt").map_err(|e| self.err(e))?
+            && let Ok(salt) = <[u8; 32]>::try_from(v.value())
+        {
+            return Ok(salt);
+        }
+        drop(read);
+        let salt = crate::queue::crypt::new_salt().map_err(|e| self.err(e))?;
+        let txn = db.begin_write().map_err(|e| self.err(e))?;
+        txn.open_table(CRYPT)
+            .map_err(|e| self.err(e))?
+            .insert("salt", salt.as_slice())
+            .map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(salt)
+    }
+
+    /// `json` as stored at `ts`: sealed with nonce `counter` under `salt`
+    /// when this history encrypts.
+    fn stored_form(
+        &self,
+        salt: &[u8; 32],
+        counter: u64,
+        ts: u64,
+        json: &[u8],
+    ) -> Result<Vec<u8>, HistoryError> {
+        match (&self.keyring, self.encrypt) {
+            (Some(keyring), true) => {
+                seal_row(keyring, salt, counter, ts, json).map_err(|e| self.err(e))
+            }
+            _ => Ok(json.to_vec()),
+        }
+    }
+
+    /// Seals every snapshot and roll-up again under the newest storage key
+    /// (a new file, as [`History::erase`] writes it) when some are sealed
+    /// with an older one, so that key can be erased; whether it did.
+    pub fn rekey(&self) -> Result<bool, HistoryError> {
+        let Some(keyring) = self.keyring.as_ref().filter(|_| self.encrypt) else {
+            return Ok(false);
+        };
+        let current = keyring.current();
+        if self.keys_in_use()?.iter().all(|id| *id == current) {
+            return Ok(false);
+        }
+        self.erase(Some(0))?;
+        Ok(true)
+    }
+
+    /// The storage keys raw snapshots are sealed with now.
+    pub fn keys_in_use(&self) -> Result<Vec<String>, HistoryError> {
+        let db = self.db();
+        let read = db.begin_read().map_err(|e| self.err(e))?;
+        let mut ids = std::collections::BTreeSet::new();
+        let mut note = |v: &[u8]| {
+            if let Some(id) = v.get(9..).and_then(crate::queue::crypt::entry_key_id) {
+                ids.insert(id);
+            }
+        };
+        if let Ok(raw) = read.open_table(RAW) {
+            for row in raw.iter().map_err(|e| self.err(e))? {
+                note(row.map_err(|e| self.err(e))?.1.value());
+            }
+        }
+        if let Ok(sealed) = read.open_table(HOURLY_SEALED) {
+            for row in sealed.iter().map_err(|e| self.err(e))? {
+                note(row.map_err(|e| self.err(e))?.1.value());
+            }
+        }
+        Ok(ids.into_iter().collect())
     }
 
     fn err(&self, e: impl std::fmt::Display) -> HistoryError {
@@ -234,6 +350,11 @@ impl History {
                 for entry in hourly.iter().map_err(|e| self.err(e))? {
                     let (key, _) = entry.map_err(|e| self.err(e))?;
                     hourly_bytes += hourly_row_bytes(key.value().1);
+                }
+                let sealed = txn.open_table(HOURLY_SEALED).map_err(|e| self.err(e))?;
+                for entry in sealed.iter().map_err(|e| self.err(e))? {
+                    let (_, v) = entry.map_err(|e| self.err(e))?;
+                    hourly_bytes += v.value().len() as u64;
                 }
                 meta.insert(RAW_BYTES, raw_bytes).map_err(|e| self.err(e))?;
                 meta.insert(HOURLY_BYTES, hourly_bytes)
@@ -314,9 +435,15 @@ impl History {
         let target = self.path.with_file_name(name);
         let _ = std::fs::remove_file(&target);
         let mut db = self.db();
+        let old_salt = *self
+            .salt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let new_salt = crate::queue::crypt::new_salt().map_err(|e| self.err(e))?;
         let erased = (|| -> Result<(Database, u64), HistoryError> {
             let new = builder().create(&target).map_err(|e| self.err(e))?;
             let read = db.begin_read().map_err(|e| self.err(e))?;
+            let mut sealed = 0u64;
             let mut txn = new.begin_write().map_err(|e| self.err(e))?;
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| self.err(e))?;
@@ -330,9 +457,48 @@ impl History {
                         let (k, v) = row.map_err(|e| self.err(e))?;
                         if k.value() < cutoff {
                             erased += 1;
-                        } else {
-                            raw.insert(k.value(), v.value()).map_err(|e| self.err(e))?;
+                            continue;
                         }
+                        // Kept rows move to the new salt (and the newest
+                        // key); a row that cannot be read stays as it is.
+                        let was_sealed = v.value().first() == Some(&SEALED_ROW);
+                        let stored = match (
+                            &self.keyring,
+                            open_row(self.keyring.as_deref(), &old_salt, k.value(), v.value()),
+                        ) {
+                            (Some(keyring), Ok(json)) if self.encrypt || was_sealed => {
+                                sealed += 1;
+                                seal_row(keyring, &new_salt, sealed, k.value(), &json)
+                                    .map_err(|e| self.err(e))?
+                            }
+                            _ => v.value().to_vec(),
+                        };
+                        raw.insert(k.value(), stored.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
+                }
+                let mut hours = txn.open_table(HOURLY_SEALED).map_err(|e| self.err(e))?;
+                if let Ok(old) = read.open_table(HOURLY_SEALED) {
+                    for row in old.iter().map_err(|e| self.err(e))? {
+                        let (k, v) = row.map_err(|e| self.err(e))?;
+                        if k.value().saturating_add(HOUR_MS) <= cutoff {
+                            erased += 1;
+                            continue;
+                        }
+                        let stored = match (
+                            &self.keyring,
+                            open_row(self.keyring.as_deref(), &old_salt, k.value(), v.value()),
+                        ) {
+                            (Some(keyring), Ok(json)) => {
+                                sealed += 1;
+                                seal_row(keyring, &new_salt, sealed, k.value(), &json)
+                                    .map_err(|e| self.err(e))?
+                            }
+                            _ => v.value().to_vec(),
+                        };
+                        hours
+                            .insert(k.value(), stored.as_slice())
+                            .map_err(|e| self.err(e))?;
                     }
                 }
                 if let Ok(old) = read.open_table(HOURLY) {
@@ -347,6 +513,11 @@ impl History {
                         }
                     }
                 }
+                meta.insert(SEALED, sealed).map_err(|e| self.err(e))?;
+                txn.open_table(CRYPT)
+                    .map_err(|e| self.err(e))?
+                    .insert("salt", new_salt.as_slice())
+                    .map_err(|e| self.err(e))?;
                 if let Ok(old) = read.open_table(META) {
                     for key in [DROPPED_RAW, DROPPED_HOURLY, AGED_RAW, AGED_HOURLY] {
                         if let Some(v) = old.get(key).map_err(|e| self.err(e))? {
@@ -370,6 +541,10 @@ impl History {
             let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
         *db = new;
+        *self
+            .salt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = new_salt;
         drop(db);
         self.count_if_uncounted()?;
         Ok(erased)
@@ -396,6 +571,16 @@ impl History {
         let mut dropped_hourly = get(&meta, DROPPED_HOURLY)?;
 
         let mut raw = txn.open_table(RAW).map_err(|e| self.err(e))?;
+        let mut nonce = get(&meta, SEALED)? + 1;
+        let salt = *self
+            .salt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stored = self.stored_form(&salt, nonce, now, json)?;
+        if self.encrypt {
+            meta.insert(SEALED, nonce).map_err(|e| self.err(e))?;
+        }
+        let json = stored.as_slice();
         if let Some(old) = raw
             .insert(now, json)
             .map_err(|e| self.err(e))?
@@ -419,19 +604,55 @@ impl History {
         }
 
         let mut hourly = txn.open_table(HOURLY).map_err(|e| self.err(e))?;
-        for (figure, v) in figures(snapshot) {
-            let key = (hour, figure.as_str());
-            let next = match hourly.get(key).map_err(|e| self.err(e))? {
-                Some(old) => {
-                    let (min, max, sum, n) = old.value();
-                    (min.min(v), max.max(v), sum + v, n + 1)
+        let mut sealed = txn.open_table(HOURLY_SEALED).map_err(|e| self.err(e))?;
+        match (&self.keyring, self.encrypt) {
+            (Some(keyring), true) => {
+                let mut block: HourBlock = match sealed.get(hour).map_err(|e| self.err(e))? {
+                    Some(old) => {
+                        hourly_bytes = hourly_bytes.saturating_sub(old.value().len() as u64);
+                        open_row(Some(keyring), &salt, hour, old.value())
+                            .ok()
+                            .and_then(|json| serde_json::from_slice(&json).ok())
+                            .unwrap_or_default()
+                    }
+                    None => HourBlock::new(),
+                };
+                for (figure, v) in figures(snapshot) {
+                    if !v.is_finite() {
+                        continue;
+                    }
+                    let next = match block.get(&figure) {
+                        Some(&(min, max, sum, n)) => (min.min(v), max.max(v), sum + v, n + 1),
+                        None => (v, v, v, 1),
+                    };
+                    block.insert(figure, next);
                 }
-                None => {
-                    hourly_bytes += hourly_row_bytes(&figure);
-                    (v, v, v, 1)
+                nonce += 1;
+                let json = serde_json::to_vec(&block).map_err(|e| self.err(e))?;
+                let stored =
+                    seal_row(keyring, &salt, nonce, hour, &json).map_err(|e| self.err(e))?;
+                hourly_bytes += stored.len() as u64;
+                sealed
+                    .insert(hour, stored.as_slice())
+                    .map_err(|e| self.err(e))?;
+                meta.insert(SEALED, nonce).map_err(|e| self.err(e))?;
+            }
+            _ => {
+                for (figure, v) in figures(snapshot) {
+                    let key = (hour, figure.as_str());
+                    let next = match hourly.get(key).map_err(|e| self.err(e))? {
+                        Some(old) => {
+                            let (min, max, sum, n) = old.value();
+                            (min.min(v), max.max(v), sum + v, n + 1)
+                        }
+                        None => {
+                            hourly_bytes += hourly_row_bytes(&figure);
+                            (v, v, v, 1)
+                        }
+                    };
+                    hourly.insert(key, next).map_err(|e| self.err(e))?;
                 }
-            };
-            hourly.insert(key, next).map_err(|e| self.err(e))?;
+            }
         }
         let trend_cut = now.saturating_sub(ms(self.trend_retention));
         let trend_cut_hour = trend_cut - trend_cut % HOUR_MS;
@@ -439,6 +660,13 @@ impl History {
         hourly
             .retain_in(..(trend_cut_hour, ""), |k, _| {
                 aged += hourly_row_bytes(k.1);
+                aged_rows += 1;
+                false
+            })
+            .map_err(|e| self.err(e))?;
+        sealed
+            .retain_in(..trend_cut_hour, |_, v| {
+                aged += v.len() as u64;
                 aged_rows += 1;
                 false
             })
@@ -459,10 +687,14 @@ impl History {
             dropped_raw += 1;
         }
         while raw_bytes + hourly_bytes > self.max_bytes {
-            let Some((k, _)) = hourly.pop_first().map_err(|e| self.err(e))? else {
+            // Plaintext rows are the older ones (written before encryption).
+            if let Some((k, _)) = hourly.pop_first().map_err(|e| self.err(e))? {
+                hourly_bytes = hourly_bytes.saturating_sub(hourly_row_bytes(k.value().1));
+            } else if let Some((_, v)) = sealed.pop_first().map_err(|e| self.err(e))? {
+                hourly_bytes = hourly_bytes.saturating_sub(v.value().len() as u64);
+            } else {
                 break;
-            };
-            hourly_bytes = hourly_bytes.saturating_sub(hourly_row_bytes(k.value().1));
+            }
             dropped_hourly += 1;
         }
         meta.insert(RAW_BYTES, raw_bytes).map_err(|e| self.err(e))?;
@@ -481,6 +713,52 @@ impl History {
     }
 }
 
+/// A raw snapshot's stored form, sealed: [`SEALED_ROW`], the nonce
+/// counter, then the time and the JSON as the keyring seals an entry.
+fn seal_row(
+    keyring: &Keyring,
+    salt: &[u8; 32],
+    counter: u64,
+    ts: u64,
+    json: &[u8],
+) -> Result<Vec<u8>, String> {
+    let mut plain = Vec::with_capacity(8 + json.len());
+    plain.extend_from_slice(&ts.to_le_bytes());
+    plain.extend_from_slice(json);
+    let sealed = keyring.seal(salt, counter, &plain)?;
+    let mut out = Vec::with_capacity(9 + sealed.len());
+    out.push(SEALED_ROW);
+    out.extend_from_slice(&counter.to_le_bytes());
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// A raw snapshot's JSON from its stored form (decrypted if sealed).
+fn open_row<'a>(
+    keyring: Option<&Keyring>,
+    salt: &[u8; 32],
+    ts: u64,
+    stored: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, String> {
+    if stored.first() != Some(&SEALED_ROW) {
+        return Ok(std::borrow::Cow::Borrowed(stored));
+    }
+    let keyring = keyring.ok_or("sealed, and no storage key is at hand")?;
+    let counter = stored
+        .get(1..9)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or("a sealed row too short")?;
+    let plain = keyring.open(salt, counter, &stored[9..])?;
+    if plain.get(..8) != Some(&ts.to_le_bytes()[..]) {
+        return Err("a sealed row moved to another time".into());
+    }
+    Ok(std::borrow::Cow::Owned(plain[8..].to_vec()))
+}
+
+/// One hour's roll-ups as sealed: figure → (min, max, sum, count).
+type HourBlock = BTreeMap<String, (f64, f64, f64, u64)>;
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -496,10 +774,13 @@ pub struct Stored {
     pub aged_raw: u64,
     /// Roll-up rows removed by `trend_retention`, ever.
     pub aged_hourly: u64,
+    /// Raw snapshots that could not be read (sealed with a key not at hand).
+    pub unreadable: u64,
 }
 
-/// Reads the history file at `path`.
-pub fn read(path: &Path) -> Result<Stored, HistoryError> {
+/// Reads the history file at `path` (sealed snapshots with `keyring`;
+/// those it cannot read are counted in [`Stored::unreadable`]).
+pub fn read(path: &Path, keyring: Option<&Keyring>) -> Result<Stored, HistoryError> {
     let err = |e: &dyn std::fmt::Display| HistoryError {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -511,6 +792,15 @@ pub fn read(path: &Path) -> Result<Stored, HistoryError> {
         hourly: BTreeMap::new(),
         aged_raw: 0,
         aged_hourly: 0,
+        unreadable: 0,
+    };
+    let salt = match txn.open_table(CRYPT) {
+        Ok(t) => t
+            .get("salt")
+            .map_err(|e| err(&e))?
+            .and_then(|v| <[u8; 32]>::try_from(v.value()).ok())
+            .unwrap_or_default(),
+        Err(_) => [0; 32],
     };
     match txn.open_table(META) {
         Ok(meta) => {
@@ -526,9 +816,38 @@ pub fn read(path: &Path) -> Result<Stored, HistoryError> {
     match txn.open_table(RAW) {
         Ok(raw) => {
             for entry in raw.iter().map_err(|e| err(&e))? {
-                let (_, json) = entry.map_err(|e| err(&e))?;
-                if let Ok(s) = serde_json::from_slice::<Snapshot>(json.value()) {
-                    stored.raw.push(s);
+                let (ts, value) = entry.map_err(|e| err(&e))?;
+                let snapshot = open_row(keyring, &salt, ts.value(), value.value())
+                    .ok()
+                    .and_then(|json| serde_json::from_slice::<Snapshot>(&json).ok());
+                match snapshot {
+                    Some(s) => stored.raw.push(s),
+                    None => stored.unreadable += 1,
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(err(&e)),
+    }
+    match txn.open_table(HOURLY_SEALED) {
+        Ok(sealed) => {
+            for entry in sealed.iter().map_err(|e| err(&e))? {
+                let (hour, value) = entry.map_err(|e| err(&e))?;
+                let block = open_row(keyring, &salt, hour.value(), value.value())
+                    .ok()
+                    .and_then(|json| serde_json::from_slice::<HourBlock>(&json).ok());
+                let Some(block) = block else {
+                    stored.unreadable += 1;
+                    continue;
+                };
+                for (figure, (min, max, sum, samples)) in block {
+                    stored.hourly.entry(figure).or_default().push(RollUp {
+                        hour_ms: hour.value(),
+                        min,
+                        avg: sum / samples.max(1) as f64,
+                        max,
+                        samples,
+                    });
                 }
             }
         }
@@ -556,6 +875,23 @@ pub fn read(path: &Path) -> Result<Stored, HistoryError> {
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(err(&e)),
+    }
+    // Plaintext rows from before encryption and sealed hours after it;
+    // the hour encryption began has both, merged here.
+    for roll_ups in stored.hourly.values_mut() {
+        roll_ups.sort_by_key(|r| r.hour_ms);
+        roll_ups.dedup_by(|later, kept| {
+            if later.hour_ms != kept.hour_ms {
+                return false;
+            }
+            let samples = kept.samples + later.samples;
+            kept.avg = (kept.avg * kept.samples as f64 + later.avg * later.samples as f64)
+                / samples.max(1) as f64;
+            kept.min = kept.min.min(later.min);
+            kept.max = kept.max.max(later.max);
+            kept.samples = samples;
+            true
+        });
     }
     Ok(stored)
 }
@@ -610,7 +946,7 @@ mod tests {
                 .unwrap();
         }
         drop(h);
-        let stored = read(&path).unwrap();
+        let stored = read(&path, None).unwrap();
         // Raw: only the last 10 s of the second hour.
         let raw_ts: Vec<u64> = stored.raw.iter().map(|s| s.ts_ms).collect();
         assert_eq!(
@@ -638,7 +974,7 @@ mod tests {
         let h = short_lived(&path);
         h.record(&snapshot(hour + 4 * HOUR_MS, 7)).unwrap();
         drop(h);
-        let stored = read(&path).unwrap();
+        let stored = read(&path, None).unwrap();
         let hours: Vec<u64> = stored.hourly["queue.depth"]
             .iter()
             .map(|r| r.hour_ms)
@@ -698,7 +1034,7 @@ mod tests {
             );
         }
         drop(h);
-        let stored = read(&path).unwrap();
+        let stored = read(&path, None).unwrap();
         assert_eq!(
             stored.raw.last().unwrap().ts_ms,
             start + 599_000,
@@ -738,6 +1074,69 @@ mod tests {
         eprintln!("old file {before} bytes, after the cap and compaction {after} bytes");
         assert!(after <= 2 * cap + COMPACT_MARGIN, "{before} -> {after}");
         drop(h);
-        assert_eq!(read(&path).unwrap().raw.last().unwrap().ts_ms, start + 1000);
+        assert_eq!(
+            read(&path, None).unwrap().raw.last().unwrap().ts_ms,
+            start + 1000
+        );
+    }
+
+    #[test]
+    fn sealed_snapshots_leave_no_plaintext_read_back_with_the_key_and_move_to_a_new_key_when_erased()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.redb");
+        // A plaintext snapshot from before encryption stays readable.
+        short_lived(&path).record(&snapshot(1_000, 7)).unwrap();
+        let keyring = std::sync::Arc::new(Keyring::create(&dir.path().join("k")).unwrap());
+        let h = short_lived(&path)
+            .with_keys(Some(keyring.clone()), true)
+            .unwrap();
+        let mut s = snapshot(2_000, 8);
+        s.drivers[0].name = "zq-history-driver-41".into();
+        h.record(&s).unwrap();
+        h.record(&snapshot(3_000, 9)).unwrap();
+        let raw_file = || std::fs::read(&path).unwrap();
+        let holds = |needle: &[u8]| raw_file().windows(needle.len()).any(|w| w == needle);
+        assert!(!holds(b"zq-history-driver-41"), "sealed on disk");
+        assert_eq!(h.keys_in_use().unwrap(), [keyring.current()]);
+        let stored = read(&path, Some(&keyring)).unwrap();
+        assert_eq!((stored.raw.len(), stored.unreadable), (3, 0));
+        assert_eq!(stored.raw[1].drivers[0].name, "zq-history-driver-41");
+        // The hour's roll-ups, sealed too, merge with the older plaintext rows.
+        assert!(
+            stored
+                .hourly
+                .contains_key("drivers.zq-history-driver-41.polls_ok")
+        );
+        let depth = &stored.hourly["queue.depth"];
+        assert_eq!(
+            (depth.len(), depth[0].samples, depth[0].min, depth[0].max),
+            (1, 3, 7.0, 9.0)
+        );
+        assert_eq!(depth[0].avg, 8.0);
+        // Without the key: counted (two snapshots, one hour), not guessed at.
+        let stored = read(&path, None).unwrap();
+        assert_eq!((stored.raw.len(), stored.unreadable), (1, 3));
+        // An erasure after a new key: the kept rows move to it.
+        let old = keyring.current();
+        let new = keyring.add_key().unwrap();
+        assert_eq!(h.erase(Some(2_500)).unwrap(), 2);
+        assert_eq!(h.keys_in_use().unwrap(), [new]);
+        assert_eq!(
+            keyring.erase_unused(&h.keys_in_use().unwrap()).unwrap(),
+            [old]
+        );
+        let stored = read(&path, Some(&keyring)).unwrap();
+        assert_eq!(stored.raw.len(), 1);
+        assert_eq!(stored.raw[0].ts_ms, 3_000);
+        // Sealing goes on in the new file.
+        h.record(&snapshot(4_000, 10)).unwrap();
+        assert_eq!(read(&path, Some(&keyring)).unwrap().raw.len(), 2);
+        // After a rotation, re-sealing moves everything to the newest key.
+        let newest = keyring.add_key().unwrap();
+        assert!(h.rekey().unwrap());
+        assert_eq!(h.keys_in_use().unwrap(), [newest]);
+        assert!(!h.rekey().unwrap());
+        assert_eq!(read(&path, Some(&keyring)).unwrap().raw.len(), 2);
     }
 }
