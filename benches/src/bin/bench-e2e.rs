@@ -55,6 +55,68 @@ const DRIVERS: usize = 8;
 const CHANNELS: usize = 100;
 const INFLIGHT: u16 = 64;
 
+/// What one ferrule run delivered.
+struct Run {
+    msgs: f64,
+    readings: f64,
+    cpu_us: f64,
+    usage: bench::Usage,
+    switches_per_s: Option<f64>,
+    /// Payloads it published, for the bare client to replay.
+    kept: Vec<Vec<u8>>,
+}
+
+/// Runs ferrule with `[storage] encryption` set so, in its own data dir
+/// `name`, and counts what arrives over `span`.
+async fn ferrule_run(
+    dir: &std::path::Path,
+    pki: &Pki,
+    port: u16,
+    name: &str,
+    encryption: &str,
+    span: Span,
+) -> anyhow::Result<Run> {
+    let mut sub = Subscriber::connect(pki, port, "ferrule/gw-test/data/#").await?;
+    let tally = Tally::start(&mut sub, |_| true, bench::readings_in, 1000);
+    let drivers = (0..DRIVERS)
+        .map(|d| bench::sim_driver(&format!("sim-{d}"), CHANNELS, 1, 1))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // A telemetry snapshot every second: the process's context switches.
+    let config = bench::gateway_of(&dir.join(name), pki, port, INFLIGHT, drivers)
+        .set("telemetry", "interval_s", 1)
+        .set("storage", "encryption", encryption)
+        .set("storage", "key_file", format!("{name}.key"))
+        .render();
+    let switches = ContextSwitches::watch(pki, port).await?;
+    let config_path = dir.join(format!("{name}.toml"));
+    std::fs::write(&config_path, config)?;
+    let mut ferrule = bench::start_ferrule(dir, &config_path, &format!("{name}.log"))?;
+    let pid = ferrule.child.id();
+    bench::pin_gateway(pid)?;
+    bench::first_arrival("ferrule", || tally.now().0 > 0, &ferrule).await?;
+    tokio::time::sleep(span.warmup).await;
+    let (m0, r0) = tally.now();
+    let window_start = ferrule::reading::now_ns() / 1_000_000;
+    let usage = bench::measure(&[pid], span.window).await?;
+    let (m1, r1) = tally.now();
+    let window_end = ferrule::reading::now_ns() / 1_000_000;
+    ferrule.terminate(Duration::from_secs(20))?;
+    let kept = tally.kept();
+    anyhow::ensure!(
+        !kept.is_empty(),
+        "ferrule delivered nothing; log:\n{}",
+        ferrule.log_text()
+    );
+    Ok(Run {
+        msgs: (m1 - m0) as f64 / usage.wall_s,
+        readings: (r1 - r0) as f64 / usage.wall_s,
+        cpu_us: usage.cpu_s * 1e6 / (m1 - m0).max(1) as f64,
+        switches_per_s: switches.rate_between(window_start, window_end),
+        usage,
+        kept,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut report = Report::pinned(
@@ -66,48 +128,32 @@ async fn main() -> anyhow::Result<()> {
         "ferrule: {DRIVERS} sim drivers x {CHANNELS} channels polled every 1 ms, each through one scale processor (every channel), queue with an fsync per commit (group commit), max_inflight {INFLIGHT}; counted at a TLS subscriber for {span} of warm-up"
     ));
     report.method(format!(
+        "encryption: the same ferrule run twice in a row, with [storage] encryption = \"aes-256-gcm\" (the default; queue entries and telemetry sealed) and = \"none\", each for {span}"
+    ));
+    report.method(format!(
         "baseline: bare-publisher (rumqttc, same TLS settings and TCP_NODELAY, in-flight {INFLIGHT}) replaying payloads ferrule sent, as fast as acknowledged, same window"
     ));
 
     let (dir, pki, port, broker) = bench::broker("e2e")?;
 
-    // ferrule
-    let mut sub = Subscriber::connect(&pki, port, "ferrule/gw-test/data/#").await?;
-    let tally = Tally::start(&mut sub, |_| true, bench::readings_in, 1000);
-    let drivers = (0..DRIVERS)
-        .map(|d| bench::sim_driver(&format!("sim-{d}"), CHANNELS, 1, 1))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    // A telemetry snapshot every second: the process's context switches.
-    let config = bench::gateway_of(&dir.path().join("data"), &pki, port, INFLIGHT, drivers)
-        .set("telemetry", "interval_s", 1)
-        .render();
-    let switches = ContextSwitches::watch(&pki, port).await?;
-    let config_path = dir.path().join("e2e.toml");
-    std::fs::write(&config_path, config)?;
-    let mut ferrule = bench::start_ferrule(dir.path(), &config_path, "ferrule.log")?;
-    let pid = ferrule.child.id();
-    bench::pin_gateway(pid)?;
-    bench::first_arrival("ferrule", || tally.now().0 > 0, &ferrule).await?;
-    tokio::time::sleep(span.warmup).await;
-    let (m0, r0) = tally.now();
-    let window_start = ferrule::reading::now_ns() / 1_000_000;
-    let usage = bench::measure(&[pid], span.window).await?;
-    let (m1, r1) = tally.now();
-    let window_end = ferrule::reading::now_ns() / 1_000_000;
-    ferrule.terminate(Duration::from_secs(20))?;
-    let ferrule_msgs = (m1 - m0) as f64 / usage.wall_s;
-    let ferrule_readings = (r1 - r0) as f64 / usage.wall_s;
-    let ferrule_cpu_us = usage.cpu_s * 1e6 / (m1 - m0).max(1) as f64;
-    let switches_per_s = switches.rate_between(window_start, window_end);
+    let run = |name: &'static str, encryption: &'static str| {
+        let (dir, pki) = (dir.path().to_path_buf(), &pki);
+        async move { ferrule_run(&dir, pki, port, name, encryption, span).await }
+    };
+    // Encrypted at rest (the default), then the same in plaintext.
+    let sealed = run("e2e", "aes-256-gcm").await?;
+    let plain = run("e2e-plaintext", "none").await?;
+    let Run {
+        msgs: ferrule_msgs,
+        readings: ferrule_readings,
+        cpu_us: ferrule_cpu_us,
+        usage,
+        switches_per_s,
+        kept,
+    } = sealed;
 
     // Baseline: the same payloads from a bare client.
     let payloads = dir.path().join("payloads.txt");
-    let kept = tally.kept();
-    anyhow::ensure!(
-        !kept.is_empty(),
-        "ferrule delivered nothing; log:\n{}",
-        ferrule.log_text()
-    );
     std::fs::write(&payloads, kept.join(&b'\n'))?;
     let mut bare_sub = Subscriber::connect(&pki, port, "bench/bare").await?;
     let bare_tally = Tally::start(&mut bare_sub, |_| true, bench::readings_in, 0);
@@ -159,6 +205,22 @@ async fn main() -> anyhow::Result<()> {
         "µs",
         "bare rumqttc",
         bare_cpu_us,
+    );
+    report
+        .compare(
+            "messages per second, encrypted at rest",
+            ferrule_msgs,
+            "msg/s",
+            "plaintext at rest, same run",
+            plain.msgs,
+        )
+        .ratio_at_least(0.9);
+    report.compare(
+        "CPU time per message, encrypted at rest",
+        ferrule_cpu_us,
+        "µs",
+        "plaintext at rest, same run",
+        plain.cpu_us,
     );
     report.figure("ferrule CPU use", usage.cpu_percent(), "% of one core");
     match switches_per_s {
