@@ -284,7 +284,9 @@ impl Stores {
     }
 
     async fn erase(&self, selector: &Selector, outcome: &mut Outcome, errors: &mut Vec<String>) {
-        if let Some(keyring) = &self.keyring {
+        if let Some(keyring) = self.keyring.as_ref().filter(|k| k.is_fixed()) {
+            tracing::warn!(credential = %keyring.path().display(), "the storage key is a systemd credential: it is not rotated by this erasure, so the erased entries' key stays; replace the credential to shred it");
+        } else if let Some(keyring) = &self.keyring {
             let keyring = keyring.clone();
             match tokio::task::spawn_blocking(move || keyring.add_key()).await {
                 Ok(Ok(id)) => outcome.key = Some(id),

@@ -535,6 +535,19 @@ fn print_erasure(o: &ferrule::erase::Outcome) {
 
 fn key(command: KeyCommand) -> anyhow::Result<()> {
     use ferrule::queue::crypt::Keyring;
+    let changes = !matches!(command, KeyCommand::Show { .. });
+    let config = match &command {
+        KeyCommand::Init { config }
+        | KeyCommand::Rotate { config }
+        | KeyCommand::Show { config } => config,
+    };
+    if changes && let Some(name) = &Config::load(config)?.storage.key_credential {
+        anyhow::bail!(
+            "the storage key is the systemd credential {:?}, which ferrule does not change: make a key file with `ferrule key init` on a config without key_credential, then `systemd-creds encrypt --name={} storage.key storage.key.cred` and point LoadCredentialEncrypted= at it",
+            name.get_ref(),
+            name.get_ref()
+        );
+    }
     match command {
         KeyCommand::Init { config } => {
             let config = Config::load(&config)?;
@@ -564,8 +577,9 @@ fn key(command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::Show { config } => {
             let config = Config::load(&config)?;
-            let path = gateway::key_file(&config);
-            let keyring = Keyring::load(&path)?;
+            let keyring = gateway::existing_keys(&config)?.with_context(|| {
+                format!("no storage key at {}", gateway::key_file(&config).display())
+            })?;
             let queue = gateway::queue_path(&config);
             let counts = ferrule::queue::key_counts(&queue).unwrap_or_default();
             let encrypting = keyring.current();
@@ -625,10 +639,7 @@ fn queue(command: QueueCommand) -> anyhow::Result<()> {
                 ExportFormat::Jsonl => {
                     let stdout = std::io::stdout();
                     let mut out = std::io::BufWriter::new(stdout.lock());
-                    let keyring = match gateway::key_file(&config) {
-                        k if k.exists() => Some(ferrule::queue::crypt::Keyring::load(&k)?),
-                        _ => None,
-                    };
+                    let keyring = gateway::existing_keys(&config)?;
                     let summary = ferrule::queue::export_jsonl(&path, keyring.as_ref(), &mut out)?;
                     std::io::Write::flush(&mut out)?;
                     audit_log(&config).record(

@@ -577,6 +577,11 @@ pub struct StorageConfig {
     /// The storage key file (a keyring), relative to the config file.
     #[serde(default = "default_key_file")]
     pub key_file: Spanned<String>,
+    /// The keyring comes from this systemd credential instead
+    /// (`$CREDENTIALS_DIRECTORY/{name}`, from `LoadCredential=` or
+    /// `LoadCredentialEncrypted=`); ferrule reads it and never changes it.
+    #[serde(default)]
+    pub key_credential: Option<Spanned<String>>,
 }
 
 impl Default for StorageConfig {
@@ -584,6 +589,7 @@ impl Default for StorageConfig {
         StorageConfig {
             encryption: Encryption::default(),
             key_file: default_key_file(),
+            key_credential: None,
         }
     }
 }

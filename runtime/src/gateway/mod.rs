@@ -453,7 +453,38 @@ fn engine_settings(config: &Config, data_root: &Path) -> EngineSettings {
 
 /// The storage key file a config points at.
 pub fn key_file(config: &Config) -> PathBuf {
-    config.resolve(Path::new(config.storage.key_file.get_ref()))
+    match &config.storage.key_credential {
+        Some(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => PathBuf::from(dir).join(name.get_ref()),
+            None => PathBuf::from(format!("$CREDENTIALS_DIRECTORY/{}", name.get_ref())),
+        },
+        None => config.resolve(Path::new(config.storage.key_file.get_ref())),
+    }
+}
+
+/// The keyring of `[storage] key_credential`, when the config names one:
+/// read from `$CREDENTIALS_DIRECTORY`, never changed; a clear error when
+/// the credential is not there.
+fn credential_keys(
+    config: &Config,
+) -> Option<Result<crate::queue::crypt::Keyring, crate::queue::crypt::KeyError>> {
+    let name = config.storage.key_credential.as_ref()?;
+    let path = key_file(config);
+    if !path.exists() {
+        let why = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            None => "CREDENTIALS_DIRECTORY is not set".to_string(),
+            Some(_) => "the credentials directory has no such file".to_string(),
+        };
+        return Some(Err(crate::queue::crypt::KeyError::File {
+            path,
+            message: format!(
+                "[storage] key_credential {:?}: {why}; run ferrule under systemd with LoadCredentialEncrypted={}:… (or LoadCredential=), or a command through `systemd-run --pipe -p LoadCredentialEncrypted=…`",
+                name.get_ref(),
+                name.get_ref()
+            ),
+        }));
+    }
+    Some(crate::queue::crypt::Keyring::load(&path).map(crate::queue::crypt::Keyring::fixed))
 }
 
 /// The storage keys in the config's key file, if it exists (for reading
@@ -461,6 +492,9 @@ pub fn key_file(config: &Config) -> PathBuf {
 pub fn existing_keys(
     config: &Config,
 ) -> Result<Option<crate::queue::crypt::Keyring>, crate::queue::crypt::KeyError> {
+    if let Some(keys) = credential_keys(config) {
+        return keys.map(Some);
+    }
     let path = key_file(config);
     match path.exists() {
         true => crate::queue::crypt::Keyring::load(&path).map(Some),
@@ -484,6 +518,11 @@ pub fn storage_keys(
         config: config.source.clone(),
         message: e.to_string(),
     };
+    if let Some(keys) = credential_keys(config) {
+        let keyring = keys.map_err(err)?;
+        tracing::info!(credential = %path.display(), key_id = %keyring.current(), "storage key read from a systemd credential");
+        return Ok((Some(Arc::new(keyring)), on));
+    }
     if path.exists() {
         let keyring = Keyring::load(&path).map_err(err)?;
         return Ok((Some(Arc::new(keyring)), on));

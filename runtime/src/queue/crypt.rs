@@ -86,6 +86,9 @@ pub struct Keyring {
     keys: std::sync::RwLock<Vec<(String, [u8; 32], u64)>>,
     /// Subkeys by (file salt, key id).
     derived: Mutex<Derived>,
+    /// Read from a source ferrule may not change (a systemd credential):
+    /// keys are neither added nor erased.
+    fixed: bool,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -172,6 +175,7 @@ impl Keyring {
             path: path.to_path_buf(),
             keys: std::sync::RwLock::new(keys),
             derived: Mutex::new(HashMap::new()),
+            fixed: false,
         })
     }
 
@@ -188,6 +192,7 @@ impl Keyring {
             path: path.to_path_buf(),
             keys: std::sync::RwLock::new(Vec::new()),
             derived: Mutex::new(HashMap::new()),
+            fixed: false,
         };
         ring.add_key()?;
         Ok(ring)
@@ -199,9 +204,28 @@ impl Keyring {
         Keyring::load(path)?.add_key()
     }
 
+    /// This keyring as read from a source ferrule may not change (a
+    /// systemd credential): [`Keyring::add_key`] refuses and
+    /// [`Keyring::erase_unused`] erases nothing.
+    pub fn fixed(mut self) -> Keyring {
+        self.fixed = true;
+        self
+    }
+
+    /// Whether keys can be neither added nor erased.
+    pub fn is_fixed(&self) -> bool {
+        self.fixed
+    }
+
     /// Adds a new key to this keyring and its file; it encrypts from now
     /// on, the older ones still decrypt. Its id.
     pub fn add_key(&self) -> Result<String, KeyError> {
+        if self.fixed {
+            return Err(KeyError::File {
+                path: self.path.clone(),
+                message: "a systemd credential, which ferrule does not change; rotate the key by replacing the credential".into(),
+            });
+        }
         let raw = random::<32>().map_err(|message| KeyError::File {
             path: self.path.clone(),
             message,
@@ -267,6 +291,9 @@ impl Keyring {
     /// keyring and its file: nothing stored needs it any more. Returns the
     /// ids erased.
     pub fn erase_unused(&self, in_use: &[String]) -> Result<Vec<String>, KeyError> {
+        if self.fixed {
+            return Ok(Vec::new());
+        }
         let mut keys = write(&self.keys);
         let current = keys.last().map(|(id, ..)| id.clone());
         let (keep, erase): (Vec<_>, Vec<_>) = keys

@@ -335,3 +335,88 @@ async fn an_export_holds_every_queued_reading_once_with_a_manifest_that_checks_o
     ensure!(audit.contains("\"data export\""), "{audit}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_key_from_a_systemd_credential_encrypts_everything_and_is_never_changed()
+-> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let rig = Rig::start("", "ferrule/gw-test/data/#").await?;
+    let dir = rig.dir.path().to_path_buf();
+    // The key, made once and handed to the service as a credential
+    // (systemd makes credential files read-only for their owner).
+    let creds = dir.join("credentials");
+    std::fs::create_dir(&creds)?;
+    let key = creds.join("ferrule-storage-key");
+    let maker = config(&dir, &rig, rig.port, "maker.toml")?;
+    let text = std::fs::read_to_string(&maker)?.replace(
+        "[mqtt]",
+        &format!(
+            "[storage]\nkey_file = {:?}\n\n[mqtt]",
+            key.to_string_lossy()
+        ),
+    );
+    std::fs::write(&maker, text)?;
+    ferrule_ok(&dir, &["key", "init", "maker.toml"])?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400))?;
+    let key_bytes = std::fs::read(&key)?;
+
+    let offline = config(&dir, &rig, free_port()?, "offline.toml")?;
+    let text = std::fs::read_to_string(&offline)?.replace(
+        "[mqtt]",
+        "[storage]\nkey_credential = \"ferrule-storage-key\"\n\n[mqtt]",
+    );
+    std::fs::write(&offline, text)?;
+    let arg = offline.to_string_lossy().to_string();
+    // Outside systemd (no credentials directory): a refusal that says how.
+    let (ok, _, err) = run_ferrule(&dir, &["run", &arg])?;
+    ensure!(
+        !ok && err.contains("key_credential") && err.contains("CREDENTIALS_DIRECTORY is not set"),
+        "{err}"
+    );
+    ensure!(
+        !dir.join("storage.key").exists(),
+        "no key file made instead"
+    );
+
+    // As the service: everything sealed with the credential's key.
+    let mut command = std::process::Command::new(ferrule_tests::ferrule_bin()?);
+    command
+        .args(["run", &arg])
+        .current_dir(&dir)
+        .env("FERRULE_LOG", "info")
+        .env("CREDENTIALS_DIRECTORY", &creds);
+    let mut ferrule = ferrule_tests::spawn_logged("ferrule", command, dir.join("cred.log"))?;
+    ferrule
+        .wait_for_log(
+            "storage key read from a systemd credential",
+            Duration::from_secs(60),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ferrule.terminate(Duration::from_secs(30))?;
+    let found = plaintext_in(&rig.data_dir())?;
+    ensure!(found.is_empty(), "plaintext on disk: {found:?}");
+    ensure!(queue_stats(&dir, &offline)?["depth"].as_u64() >= Some(10));
+
+    // Commands that change the key refuse; one that reads data runs
+    // with the credential, as `systemd-run -p LoadCredentialEncrypted=` gives it.
+    let (ok, _, err) = run_ferrule(&dir, &["key", "rotate", &arg])?;
+    ensure!(!ok && err.contains("systemd credential"), "{err}");
+    let (ok, _, err) = run_ferrule(&dir, &["queue", "export", &arg])?;
+    ensure!(!ok && err.contains("CREDENTIALS_DIRECTORY"), "{err}");
+    let export = std::process::Command::new(ferrule_tests::ferrule_bin()?)
+        .args(["queue", "export", &arg])
+        .current_dir(&dir)
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .output()?;
+    ensure!(
+        export.status.success() && String::from_utf8_lossy(&export.stdout).contains(NEEDLES[0]),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    ensure!(
+        std::fs::read(&key)? == key_bytes,
+        "the credential is never written"
+    );
+    Ok(())
+}
