@@ -139,6 +139,36 @@ fn id_of(payload: &[u8]) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// A command as the audit log keeps it: its id and channel, and its value
+/// only as a SHA-256 (of its JSON) and a type; the log holds who wrote
+/// what where, not the process values themselves. A payload that is not
+/// a command is kept as its size and SHA-256.
+fn audited(payload: &[u8]) -> serde_json::Value {
+    let sha = crate::plugin::trust::sha256_hex;
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(v) if v.is_object() => {
+            let value = &v["value"];
+            serde_json::json!({
+                "id": v["id"],
+                "channel": v["channel"],
+                "value_type": match value {
+                    serde_json::Value::Bool(_) => "bool",
+                    serde_json::Value::Number(_) => "number",
+                    serde_json::Value::String(_) => "string",
+                    serde_json::Value::Null => "none",
+                    _ => "other",
+                },
+                "value_sha256": sha(value.to_string().as_bytes()),
+            })
+        }
+        _ => serde_json::json!({
+            "malformed": true,
+            "bytes": payload.len(),
+            "sha256": sha(payload),
+        }),
+    }
+}
+
 /// Each running driver's inbox, by name. A reload replaces the inbox of a
 /// driver it restarts and removes that of one it stops.
 #[derive(Debug, Clone, Default)]
@@ -177,15 +207,7 @@ pub fn start(drivers: Inboxes, audit: Option<crate::audit::AuditLog>) -> Command
             tokio::spawn(async move {
                 let answer = handle(&message, target).await;
                 if let Some(audit) = audit {
-                    let command = serde_json::from_slice::<serde_json::Value>(&message.payload)
-                        .unwrap_or_else(|_| {
-                            serde_json::Value::String(
-                                String::from_utf8_lossy(&message.payload)
-                                    .chars()
-                                    .take(512)
-                                    .collect(),
-                            )
-                        });
+                    let command = audited(&message.payload);
                     let result = serde_json::from_slice::<serde_json::Value>(&answer.payload)
                         .unwrap_or_default();
                     // Written off the runtime's workers: it syncs the file.

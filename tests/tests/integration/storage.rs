@@ -218,6 +218,10 @@ async fn the_audit_log_records_starts_plugins_commands_reloads_and_data_access_a
     );
     ensure!(
         has("command", &|d| d["command"]["id"] == "audit-1"
+            && d["command"]["value_type"] == "number"
+            && d["command"]["value_sha256"]
+                == ferrule::plugin::trust::sha256_hex(b"5")
+            && d["command"].get("value").is_none()
             && d["result"]["id"] == "audit-1"),
         "{shown}"
     );
