@@ -127,6 +127,7 @@ impl AuditLog {
         }
         let file = open_locked(&self.path)?;
         let _lock = Lock(&file);
+        drop_torn_tail(&self.path, &file)?;
         let head = read_head(&self.path)?;
         let head_before = head.clone();
         let mut record = Record {
@@ -405,22 +406,33 @@ impl AuditLog {
         let _lock = Lock(&file);
         let cutoff = crate::reading::now_ms()
             .saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX));
-        let text = std::fs::read(&self.path)?;
-        let lines: Vec<&[u8]> = text
-            .split_inclusive(|b| *b == b'\n')
-            .filter(|l| l.ends_with(b"\n"))
-            .collect();
-        let mut total: u64 = lines.iter().map(|l| l.len() as u64).sum();
-        let mut start = 0;
-        for line in &lines {
-            let old = serde_json::from_slice::<Record>(line).is_ok_and(|r| r.at_ms < cutoff);
-            // The newest record always stays: it anchors the chain.
-            if (old || total > max_bytes) && start + 1 < lines.len() {
-                total -= line.len() as u64;
-                start += 1;
-            } else {
+        // Read line by line (the log may be hundreds of MiB): how many of
+        // the oldest records go, and the first one kept.
+        let len = file.metadata()?.len();
+        let whole = whole_lines_end(&self.path, len)?;
+        let mut reader = std::io::BufReader::new(std::fs::File::open(&self.path)?);
+        let mut line = Vec::new();
+        let (mut start, mut offset, mut kept_from) = (0u64, 0u64, 0u64);
+        let first: Option<Record>;
+        loop {
+            line.clear();
+            let read = (&mut reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)? as u64;
+            // The newest whole record always stays: it anchors the chain.
+            if read == 0 || !line.ends_with(b"\n") || offset + read >= whole {
+                first = serde_json::from_slice(&line).ok();
                 break;
             }
+            let record = serde_json::from_slice::<Record>(&line).ok();
+            let old = record.as_ref().is_some_and(|r| r.at_ms < cutoff);
+            if !(old || len - offset > max_bytes) {
+                first = record;
+                break;
+            }
+            offset += read;
+            start += 1;
+            kept_from = offset;
         }
         let mut head = read_head(&self.path)?;
         if start == 0 {
@@ -429,17 +441,17 @@ impl AuditLog {
                 dropped_total: head.dropped,
             });
         }
-        let first: Record = serde_json::from_slice(lines[start])
-            .map_err(|e| std::io::Error::other(format!("record after the removed ones: {e}")))?;
-        let kept: Vec<u8> = lines[start..].concat();
-        crate::plugin::trust::write_atomically(&self.path, &kept, None)?;
+        let first = first.ok_or_else(|| {
+            std::io::Error::other("the record after the removed ones is unreadable")
+        })?;
+        copy_from(&self.path, kept_from)?;
         head.first = Some((first.n, first.prev.clone()));
-        head.dropped += start as u64;
+        head.dropped += start;
         let json = serde_json::to_vec(&head).map_err(std::io::Error::other)?;
         crate::plugin::trust::write_atomically(&head_path(&self.path), &json, None)?;
         drop(_lock);
         let retained = Retained {
-            dropped: start as u64,
+            dropped: start,
             dropped_total: head.dropped,
         };
         self.record(
@@ -454,6 +466,56 @@ impl AuditLog {
         );
         Ok(retained)
     }
+}
+
+/// Cuts a record left half-written by a crash off the end of the log (its
+/// writer died before it was synced and the head moved to it, so it was
+/// never recorded), so the next record starts on a line of its own.
+fn drop_torn_tail(path: &Path, file: &std::fs::File) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    let whole = whole_lines_end(path, len)?;
+    if whole < len {
+        tracing::warn!(log = %path.display(), bytes = len - whole, "audit log: a record cut short by a crash removed from its end");
+        file.set_len(whole)?;
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Where the last whole line (ending in a newline) of the file at `path`,
+/// `len` bytes long, ends: a record being written may follow it.
+fn whole_lines_end(path: &Path, len: u64) -> std::io::Result<u64> {
+    use std::io::Seek;
+    let from = len.saturating_sub(MAX_LINE as u64 + 1);
+    let mut file = std::fs::File::open(path)?;
+    file.seek(std::io::SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    file.take(len - from).read_to_end(&mut tail)?;
+    Ok(tail
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| from + i as u64 + 1))
+}
+
+/// Replaces the file at `path` with its bytes from `offset` on, streamed
+/// through a temporary file beside it (fsync, rename, fsync of the
+/// directory).
+fn copy_from(path: &Path, offset: u64) -> std::io::Result<()> {
+    use std::io::Seek;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut source = std::fs::File::open(path)?;
+    source.seek(std::io::SeekFrom::Start(offset))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::copy(&mut source, tmp.as_file_mut())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Calls `each` with every record in order (1-based line numbers) until it
@@ -641,6 +703,29 @@ mod tests {
         lines[last] = lines[last].replacen("\"n\":", "\"n\":9", 1);
         write(&log, &lines);
         assert!(verify(log.path()).is_err());
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_whole_record_when_a_torn_one_follows() {
+        let (_dir, log) = log_with(5);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // A record cut short by a crash mid-write.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .unwrap()
+            .write_all(b"{\"n\":6,\"at_ms\":1")
+            .unwrap();
+        let retained = log
+            .retain(std::time::Duration::from_millis(10), u64::MAX)
+            .unwrap();
+        assert_eq!(retained.dropped, 4);
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let first: Record = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first.n, 5, "the newest whole record anchors the chain");
+        // The retention record replaced the torn one, and the log verifies.
+        assert!(!text.contains("{\"n\":6,\"at_ms\":1,"), "{text}");
+        assert_eq!(verify(log.path()).unwrap(), 2);
     }
 }
 

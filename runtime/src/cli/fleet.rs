@@ -270,8 +270,10 @@ struct Operator {
 
 impl Operator {
     fn load(path: &Path) -> anyhow::Result<Operator> {
-        let text = std::fs::read_to_string(path)
+        let bytes = ferrule::plugin::trust::read_bounded(path, 1 << 20)
             .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
         let file: OperatorFile =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let dir = path

@@ -133,22 +133,35 @@ fn counter(name: &str, interval_ms: u64) -> String {
 async fn deploy(dir: &Path, state: &Path) -> anyhow::Result<(bool, String, String)> {
     let (dir, state) = (dir.to_path_buf(), state.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        run_ferrule(
-            &dir,
-            &[
-                "fleet",
-                "deploy",
-                "--bootstrap",
-                "operator.toml",
-                "--gateway",
-                "gw-test",
-                "--wait",
-                "120s",
-                &state.to_string_lossy(),
-            ],
-        )
+        let args = deploy_args(&state, "120s");
+        run_ferrule(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
     })
     .await?
+}
+
+/// The arguments of `ferrule fleet deploy` of `state` to gw-test, waiting
+/// up to `wait`.
+fn deploy_args(state: &Path, wait: &str) -> Vec<String> {
+    [
+        "fleet",
+        "deploy",
+        "--bootstrap",
+        "operator.toml",
+        "--gateway",
+        "gw-test",
+        "--wait",
+        wait,
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .chain([state.to_string_lossy().into_owned()])
+    .collect()
+}
+
+/// `ferrule fleet deploy` of `state` to gw-test, started in the background.
+fn start_deploy(dir: &Path, state: &Path, wait: &str) -> anyhow::Result<Process> {
+    let args = deploy_args(state, wait);
+    start_ferrule(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The gateway's retained report, through `ferrule fleet status`.
@@ -700,20 +713,7 @@ async fn transfers_resume_across_kill_9_and_broker_restarts_a_kill_in_the_health
             counter("a", 100)
         ),
     )?;
-    let operator = start_ferrule(
-        &dir,
-        &[
-            "fleet",
-            "deploy",
-            "--bootstrap",
-            "operator.toml",
-            "--gateway",
-            "gw-test",
-            "--wait",
-            "300s",
-            &one.to_string_lossy(),
-        ],
-    )?;
+    let operator = start_deploy(&dir, &one, "300s")?;
     let data = rig_data(&dir);
     // Killed mid-transfer: it resumes where the staged file ends.
     wait_staged(&data, &sha, 1 << 20).await?;
@@ -769,20 +769,7 @@ async fn transfers_resume_across_kill_9_and_broker_restarts_a_kill_in_the_health
             counter("b", 100)
         ),
     )?;
-    let operator = start_ferrule(
-        &dir,
-        &[
-            "fleet",
-            "deploy",
-            "--bootstrap",
-            "operator.toml",
-            "--gateway",
-            "gw-test",
-            "--wait",
-            "120s",
-            &two.to_string_lossy(),
-        ],
-    )?;
+    let operator = start_deploy(&dir, &two, "120s")?;
     seen.until(
         &mut sub,
         Duration::from_secs(60),
