@@ -126,8 +126,13 @@ pub fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         .map(|ns| age(ns / 1_000_000))
         .unwrap_or_else(|| "-".to_string());
     println!(
-        "queue        {} entries, {} bytes, oldest {oldest} old, dropped {} (cap) {} (age), erased {}",
-        queue.depth, queue.bytes, queue.dropped_cap, queue.dropped_age, queue.erased
+        "queue        {} entries, {} bytes, oldest {oldest} old, dropped {} (cap) {} (age), erased {}, set aside as unreadable {}",
+        queue.depth,
+        queue.bytes,
+        queue.dropped_cap,
+        queue.dropped_age,
+        queue.erased,
+        queue.set_aside
     );
     for class in &retention {
         println!(

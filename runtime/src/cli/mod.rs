@@ -630,6 +630,11 @@ fn queue(command: QueueCommand) -> anyhow::Result<()> {
                 "dropped      cap {}, age {}",
                 stats.dropped_cap, stats.dropped_age
             );
+            println!("erased       {} (on request)", stats.erased);
+            println!(
+                "set aside    {} (unreadable, kept in the file)",
+                stats.set_aside
+            );
             Ok(())
         }
         QueueCommand::Export { config, format } => {

@@ -598,7 +598,11 @@ async fn audit_housekeeping(
     retain(audit.clone()).await;
     prune(audit.clone(), data_dir.clone()).await;
     let mut minutes = 0u64;
-    let counts = |q: &Queue| q.stats().map(|s| (s.dropped_cap, s.dropped_age)).ok();
+    let counts = |q: &Queue| {
+        q.stats()
+            .map(|s| (s.dropped_cap, s.dropped_age, s.set_aside))
+            .ok()
+    };
     let Some(mut last) = counts(&queue) else {
         return;
     };
@@ -612,19 +616,30 @@ async fn audit_housekeeping(
             _ = shutdown.cancelled() => true,
             _ = tokio::time::sleep(Duration::from_secs(60)) => false,
         };
-        if let Some(now) = counts(&queue)
-            && now != last
-        {
-            audit.record(
-                "policy-drop",
-                serde_json::json!({
-                    "queue": queue.path().display().to_string(),
-                    "dropped_cap": now.0 - last.0.min(now.0),
-                    "dropped_age": now.1 - last.1.min(now.1),
-                    "dropped_cap_total": now.0,
-                    "dropped_age_total": now.1,
-                }),
-            );
+        if let Some(now) = counts(&queue) {
+            if (now.0, now.1) != (last.0, last.1) {
+                audit.record(
+                    "policy-drop",
+                    serde_json::json!({
+                        "queue": queue.path().display().to_string(),
+                        "dropped_cap": now.0 - last.0.min(now.0),
+                        "dropped_age": now.1 - last.1.min(now.1),
+                        "dropped_cap_total": now.0,
+                        "dropped_age_total": now.1,
+                    }),
+                );
+            }
+            if now.2 != last.2 {
+                audit.record(
+                    "quarantine",
+                    serde_json::json!({
+                        "queue": queue.path().display().to_string(),
+                        "entries_set_aside": now.2 - last.2.min(now.2),
+                        "entries_set_aside_total": now.2,
+                        "why": "unreadable (damaged on disk); kept in the file's set-aside table",
+                    }),
+                );
+            }
             last = now;
         }
         if stopping {

@@ -25,6 +25,11 @@
 //!   in-flight window, are kept because they may have arrived) and
 //!   `max_age` retention (counted in `dropped.age`); both counters change in
 //!   the same transaction as the deletion.
+//! - **A damaged entry never stops delivery.** An entry the publisher
+//!   cannot read (its bytes damaged on disk, so it fails to decrypt or
+//!   parse) is moved, as it is, to the file's `set-aside` table in the
+//!   writer's next commit and counted in `set_aside`; the entries after it
+//!   are sent. Nothing readable is ever set aside.
 //! - **Group commit.** One writer thread takes every request waiting when
 //!   the previous commit finished — appends (up to [`MAX_GROUP`]) and
 //!   removals — and commits them in one transaction with
@@ -335,6 +340,10 @@ pub struct QueueStats {
     pub dropped_age: u64,
     /// Entries erased on request ([`Queue::erase`]), ever.
     pub erased: u64,
+    /// Entries found unreadable when being sent (damaged on disk) and set
+    /// aside in the file's `set-aside` table, ever: delivery goes on past
+    /// them, nothing is deleted.
+    pub set_aside: u64,
 }
 
 /// Conditions worth an operator's attention.
@@ -639,18 +648,21 @@ impl Queue {
 
     /// Up to `max` entries with sequence `>= from`, in order.
     pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Batch)>, QueueError> {
-        self.read_entries(from, max, usize::MAX, store::decode_entry)
+        self.read_entries(from, max, usize::MAX, store::decode_entry, None)
     }
 
     /// Up to `max` stored entries from `from` on, each mapped by `entry`.
     /// Up to `max` entries from `from` on, stopping early once `max_bytes`
     /// of them are read (always at least one).
+    /// With `unreadable`, an entry that cannot be read is listed there
+    /// (its sequence number and why) instead of failing the read.
     fn read_entries<T>(
         &self,
         from: u64,
         max: usize,
         max_bytes: usize,
         entry: impl Fn(u64, &[u8]) -> Result<T, QueueError>,
+        mut unreadable: Option<&mut Vec<(u64, String)>>,
     ) -> Result<Vec<(u64, T)>, QueueError> {
         self.inner.shared.with_db(|db| {
             let txn = db.begin_read().map_err(storage)?;
@@ -664,8 +676,15 @@ impl Queue {
                 let (key, value) = item.map_err(storage)?;
                 let seq = key.value();
                 bytes = bytes.saturating_add(value.value().len());
-                let plain = self.inner.shared.plain(seq, value.value())?;
-                out.push((seq, entry(seq, &plain)?));
+                let read = (self.inner.shared.plain(seq, value.value()))
+                    .and_then(|plain| entry(seq, &plain));
+                match (read, unreadable.as_deref_mut()) {
+                    (Ok(item), _) => out.push((seq, item)),
+                    (Err(QueueError::Corrupt { message, .. }), Some(bad)) => {
+                        bad.push((seq, message));
+                    }
+                    (Err(e), _) => return Err(e),
+                }
             }
             Ok(out)
         })
@@ -726,7 +745,10 @@ impl Queue {
     }
 
     /// Up to `max` entries from `from` on, for the publisher, marked as sent
-    /// in the same step: the size cap then drops only never-sent entries, so
+    /// in the same step. An entry that cannot be read (damaged on disk) is
+    /// left out and moved to the file's `set-aside` table by the writer,
+    /// counted in [`QueueStats::set_aside`]: one bad entry never stops
+    /// delivery of the others. The same: the size cap then drops only never-sent entries, so
     /// a dropped entry is one that surely never arrived and `dropped_cap`
     /// counts real losses exactly.
     pub fn read_for_send(
@@ -738,12 +760,23 @@ impl Queue {
         let _guard = lock(&shared.handover);
         // A few large entries (a plugin's ~2 MiB results) must not pull
         // the whole in-flight window into memory at once.
-        let entries = self.read_entries(from, max, SEND_READ_BYTES, |seq, bytes| {
-            Ok(StoredEntry {
-                seq,
-                json: store::entry_json(seq, bytes)?.to_vec(),
-            })
-        })?;
+        let mut unreadable = Vec::new();
+        let entries = self.read_entries(
+            from,
+            max,
+            SEND_READ_BYTES,
+            |seq, bytes| {
+                Ok(StoredEntry {
+                    seq,
+                    json: store::entry_json(seq, bytes)?.to_vec(),
+                })
+            },
+            Some(&mut unreadable),
+        )?;
+        if !unreadable.is_empty() {
+            // Delivery goes on past them; the writer moves them aside.
+            self.send(writer::Request::SetAside(unreadable))?;
+        }
         if let Some((last, _)) = entries.last() {
             shared
                 .sent_below

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{
     self, BYTES, CRYPT, DROPPED_AGE, DROPPED_CAP, ENTRIES, ERASED, KEY_COUNT, META, NEXT_SEQ,
-    storage,
+    SET_ASIDE, SET_ASIDE_TABLE, storage,
 };
 use super::{EntryKind, QueueError, Shared, StoredEntry};
 
@@ -275,6 +275,23 @@ fn copy(
                 m.insert(BYTES, bytes).map_err(storage)?;
                 m.insert(DROPPED_CAP, get(DROPPED_CAP)?).map_err(storage)?;
                 m.insert(DROPPED_AGE, get(DROPPED_AGE)?).map_err(storage)?;
+                m.insert(SET_ASIDE, get(SET_ASIDE)?).map_err(storage)?;
+                // Entries set aside as unreadable stay as they were, but
+                // for `all`, which takes them too.
+                if let Ok(aside) = read.open_table(SET_ASIDE_TABLE) {
+                    let mut kept = txn.open_table(SET_ASIDE_TABLE).map_err(storage)?;
+                    for item in aside.iter().map_err(storage)? {
+                        let (k, v) = item.map_err(storage)?;
+                        if selector.all
+                            && store::captured_ns(v.value()).unwrap_or(0) <= selector.upto_ns
+                        {
+                            done.erased += 1;
+                            done.erased_bytes += v.value().len() as u64;
+                        } else {
+                            kept.insert(k.value(), v.value()).map_err(storage)?;
+                        }
+                    }
+                }
                 m.insert(ERASED, get(ERASED)? + done.erased)
                     .map_err(storage)?;
                 for (id, n) in &keys {

@@ -16,6 +16,10 @@ use crate::reading::{Batch, now_ns};
 /// Entries by sequence number. Value: captured time (u64 little-endian
 /// nanoseconds) followed by the batch as JSON.
 pub(super) const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+/// Entries the publisher found it cannot read (damaged on disk), moved
+/// here from `entries` so they no longer hold up delivery; kept as they
+/// were, counted in `meta` `set_aside`.
+pub(super) const SET_ASIDE_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("set-aside");
 /// Counters, updated in the same transaction as the entries they describe.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -29,6 +33,7 @@ pub(super) const BYTES: &str = "bytes";
 pub(super) const DROPPED_CAP: &str = "dropped.cap";
 pub(super) const DROPPED_AGE: &str = "dropped.age";
 pub(super) const ERASED: &str = "erased";
+pub(super) const SET_ASIDE: &str = "set_aside";
 
 const HEADER: usize = 8;
 
@@ -447,6 +452,7 @@ pub(super) fn stats_in(txn: &redb::ReadTransaction) -> Result<QueueStats, QueueE
         dropped_cap: get(DROPPED_CAP)?,
         dropped_age: get(DROPPED_AGE)?,
         erased: get(ERASED)?,
+        set_aside: get(SET_ASIDE)?,
     })
 }
 

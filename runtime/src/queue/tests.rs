@@ -755,3 +755,57 @@ async fn an_unfinished_rewrite_left_by_a_crash_is_deleted_and_the_queue_is_whole
     assert!(!super::rewrite::rewrite_path(&path).exists());
     assert!(quarantined_files(&path).is_empty());
 }
+
+#[tokio::test]
+async fn an_entry_damaged_on_disk_is_set_aside_and_delivery_goes_on_past_it() {
+    use redb::{ReadableDatabase, ReadableTable};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let keyring = Arc::new(crypt::Keyring::create(&dir.path().join("storage.key")).unwrap());
+    let options = || QueueOptions {
+        keyring: Some(keyring.clone()),
+        encrypt: true,
+        ..QueueOptions::default()
+    };
+    {
+        let queue = Queue::open(&path, options()).unwrap();
+        for n in 0..5 {
+            queue.append(secret_batch(n)).await.unwrap();
+        }
+    }
+    // Bit rot in entry 3's ciphertext.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut entries = txn.open_table(ENTRIES).unwrap();
+            let mut bytes = entries.get(3).unwrap().unwrap().value().to_vec();
+            let last = bytes.len() - 20;
+            bytes[last] ^= 0x40;
+            entries.insert(3, bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let queue = Queue::open(&path, options()).unwrap();
+    let sent: Vec<u64> = queue
+        .read_for_send(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(sent, [1, 2, 4, 5], "the damaged entry is left out");
+    queue.sync().await.unwrap();
+    let stats = queue.stats().unwrap();
+    assert_eq!((stats.depth, stats.set_aside), (4, 1));
+    // Kept as it was, outside the entries, and counted only once.
+    drop(queue);
+    let db = redb::Database::create(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let aside = txn.open_table(store::SET_ASIDE_TABLE).unwrap();
+    assert!(aside.get(3).unwrap().is_some());
+    drop((aside, txn, db));
+    let queue = Queue::open(&path, options()).unwrap();
+    assert_eq!(queue.read_for_send(0, 10).unwrap().len(), 4);
+    queue.sync().await.unwrap();
+    assert_eq!(queue.stats().unwrap().set_aside, 1);
+}

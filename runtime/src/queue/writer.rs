@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use crate::backoff::Backoff;
 
 use super::store::{
-    self, BYTES, DROPPED_AGE, DROPPED_CAP, ENTRIES, KEY_COUNT, META, NEXT_SEQ, storage,
+    self, BYTES, DROPPED_AGE, DROPPED_CAP, ENTRIES, KEY_COUNT, META, NEXT_SEQ, SET_ASIDE, storage,
 };
 use super::{FullPolicy, MAX_GROUP, MAX_GROUP_BYTES, QueueError, Shared, lock};
 use crate::reading::now_ns;
@@ -35,6 +35,8 @@ pub(super) enum Request {
     },
     /// The last expected batch was submitted, or will not come.
     Nudge,
+    /// Entries the publisher could not read: moved to the set-aside table.
+    SetAside(Vec<(u64, String)>),
     /// Erase entries and rewrite the file without them.
     Erase {
         selector: super::Selector,
@@ -87,6 +89,7 @@ pub(super) fn spawn(
         removes_since: None,
         remove_waiters: Vec::new(),
         erasures: Vec::new(),
+        set_aside: Vec::new(),
         blocked_since: None,
         bytes_hint,
     };
@@ -109,6 +112,8 @@ struct Writer {
     /// When the oldest pending deletion arrived.
     removes_since: Option<Instant>,
     remove_waiters: Vec<oneshot::Sender<Result<(), QueueError>>>,
+    /// Unreadable entries to move to the set-aside table in the next commit.
+    set_aside: Vec<(u64, String)>,
     /// Erasures asked for, done before the next commit.
     erasures: Vec<(
         super::Selector,
@@ -141,6 +146,7 @@ impl Writer {
         loop {
             let progress_possible = self.removes_due(open)
                 || !self.remove_waiters.is_empty()
+                || !self.set_aside.is_empty()
                 || (!self.appends.is_empty() && self.blocked_since.is_none());
             if !progress_possible {
                 if !open {
@@ -201,6 +207,7 @@ impl Writer {
             if !retention_due
                 && !self.removes_due(open)
                 && self.remove_waiters.is_empty()
+                && self.set_aside.is_empty()
                 && self.appends.is_empty()
             {
                 continue;
@@ -283,6 +290,14 @@ impl Writer {
             }
             Request::Nudge => {}
             Request::Erase { selector, done } => self.erasures.push((selector, done)),
+            Request::SetAside(bad) => {
+                for (seq, why) in &bad {
+                    if !self.set_aside.iter().any(|(s, _)| s == seq) {
+                        tracing::error!(seq, error = %why, queue = %self.shared.path.display(), "QUEUE ENTRY UNREADABLE (damaged on disk): set aside in the file's set-aside table, kept, not sent; delivery goes on");
+                    }
+                }
+                self.set_aside.extend(bad);
+            }
         }
     }
 
@@ -322,6 +337,7 @@ impl Writer {
             _ => {}
         }
         drop(health);
+        self.set_aside.clear();
         self.removes.clear();
         self.removes_since = None;
         for done in self.remove_waiters.drain(..) {
@@ -407,6 +423,7 @@ impl Writer {
         let first = self.next_seq;
         let appends = &self.appends;
         let removes = &self.removes;
+        let set_aside = &self.set_aside;
         let shared = &self.shared;
         // A cycle that may drop at the cap holds the hand-over lock from
         // reading the sent mark until its commit (see `Queue::read_for_send`).
@@ -482,6 +499,24 @@ impl Writer {
                     }
                     if cycle.expired > 0 {
                         meta.insert(DROPPED_AGE, counter(&meta, DROPPED_AGE)? + cycle.expired)
+                            .map_err(storage)?;
+                        changed = true;
+                    }
+                }
+
+                if !set_aside.is_empty() {
+                    let mut aside = txn.open_table(store::SET_ASIDE_TABLE).map_err(storage)?;
+                    let mut moved = 0;
+                    for (seq, _) in set_aside {
+                        if let Some(old) = entries.remove(seq).map_err(storage)? {
+                            bytes = bytes.saturating_sub(old.value().len() as u64);
+                            forget(&mut keys, old.value());
+                            aside.insert(seq, old.value()).map_err(storage)?;
+                            moved += 1;
+                        }
+                    }
+                    if moved > 0 {
+                        meta.insert(SET_ASIDE, counter(&meta, SET_ASIDE)? + moved)
                             .map_err(storage)?;
                         changed = true;
                     }

@@ -889,6 +889,7 @@ mod tests {
             dropped_cap: 1,
             dropped_age: 2,
             erased: 0,
+            set_aside: 0,
         };
         let s = collector.collect(&Sources {
             drivers: &drivers,
