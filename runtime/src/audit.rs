@@ -130,19 +130,7 @@ impl AuditLog {
         drop_torn_tail(&self.path, &file)?;
         let head = read_head(&self.path)?;
         let head_before = head.clone();
-        let mut record = Record {
-            n: head.n + 1,
-            at_ms: crate::reading::now_ms(),
-            event: event.to_string(),
-            detail,
-            prev: if head.n == 0 {
-                GENESIS.to_string()
-            } else {
-                head.hash
-            },
-            hash: String::new(),
-        };
-        record.hash = hash_of(&record);
+        let record = next_record(&head, event, detail);
         let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         (&file).write_all(&line)?;
@@ -175,19 +163,7 @@ impl AuditLog {
             (n, Some((first, _))) => n.saturating_sub(*first) + 1,
             (n, None) => n,
         };
-        let mut record = Record {
-            n: head.n + 1,
-            at_ms: crate::reading::now_ms(),
-            event: event.to_string(),
-            detail,
-            prev: if head.n == 0 {
-                GENESIS.to_string()
-            } else {
-                head.hash.clone()
-            },
-            hash: String::new(),
-        };
-        record.hash = hash_of(&record);
+        let record = next_record(&head, event, detail);
         let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let new_head = Head {
@@ -211,6 +187,24 @@ impl AuditLog {
 /// `erase --all`.
 pub fn removed(path: &Path) -> (u64, u64) {
     read_head(path).map_or((0, 0), |h| (h.dropped, h.erased))
+}
+
+/// The record after the one `head` names, hashed.
+fn next_record(head: &Head, event: &str, detail: Value) -> Record {
+    let mut record = Record {
+        n: head.n + 1,
+        at_ms: crate::reading::now_ms(),
+        event: event.to_string(),
+        detail,
+        prev: if head.n == 0 {
+            GENESIS.to_string()
+        } else {
+            head.hash.clone()
+        },
+        hash: String::new(),
+    };
+    record.hash = hash_of(&record);
+    record
 }
 
 fn read_head(log: &Path) -> std::io::Result<Head> {

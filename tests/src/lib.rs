@@ -341,6 +341,26 @@ pub fn start_ferrule_with_open_files(
     spawn_logged("ferrule", command, dir.join("ferrule.log"))
 }
 
+/// The arguments of `ferrule fleet deploy` of the state file `state` to
+/// gateway gw-test with the operator file `operator.toml`, waiting up to
+/// `wait` for its outcome.
+pub fn fleet_deploy_args(state: &Path, wait: &str) -> Vec<String> {
+    [
+        "fleet",
+        "deploy",
+        "--bootstrap",
+        "operator.toml",
+        "--gateway",
+        "gw-test",
+        "--wait",
+        wait,
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .chain([state.to_string_lossy().into_owned()])
+    .collect()
+}
+
 /// Runs the `ferrule` binary to completion; returns (success, stdout, stderr).
 pub fn run_ferrule(dir: &Path, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     let output = Command::new(ferrule_bin()?)

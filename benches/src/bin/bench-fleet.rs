@@ -143,15 +143,7 @@ async fn main() -> anyhow::Result<()> {
             let from = now_ns();
             let started = Instant::now();
             let mut operator = Command::new(ferrule_tests::ferrule_bin()?)
-                .args([
-                    "fleet",
-                    "deploy",
-                    "--bootstrap",
-                    "operator.toml",
-                    "--gateway",
-                    "gw-test",
-                ])
-                .arg(&state)
+                .args(ferrule_tests::fleet_deploy_args(&state, "300s"))
                 .current_dir(d)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())

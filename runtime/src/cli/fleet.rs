@@ -74,15 +74,8 @@ pub enum FleetCommand {
         bootstrap: PathBuf,
         #[arg(long)]
         gateway: String,
-        /// Erase this driver's batches.
-        #[arg(long)]
-        driver: Option<String>,
-        /// Erase what was captured before this time (RFC 3339 or ms).
-        #[arg(long)]
-        before: Option<String>,
-        /// Erase everything (decommissioning).
-        #[arg(long, conflicts_with_all = ["driver", "before"])]
-        all: bool,
+        #[command(flatten)]
+        what: super::EraseArgs,
         /// The order's number (must rise per gateway); the time in ms
         /// when absent.
         #[arg(long)]
@@ -146,24 +139,19 @@ pub async fn run(command: FleetCommand) -> anyhow::Result<()> {
         FleetCommand::Erase {
             bootstrap,
             gateway,
-            driver,
-            before,
-            all,
+            what,
             number,
             wait,
         } => {
+            let selector = what.selector()?;
             let order = ferrule::erase::Order {
                 schema: ferrule::erase::SCHEMA,
                 erase: number.unwrap_or_else(ferrule::reading::now_ms),
                 gateway,
                 issued_ms: ferrule::reading::now_ms(),
-                driver,
-                before_ms: before
-                    .as_deref()
-                    .map(super::parse_time)
-                    .transpose()?
-                    .map(|ns| ns / 1_000_000),
-                all,
+                driver: selector.driver,
+                before_ms: selector.before_ns.map(|ns| ns / 1_000_000),
+                all: selector.all,
             };
             erase(&bootstrap, &order, wait).await
         }

@@ -134,17 +134,8 @@ pub enum DataCommand {
     /// out (asked by SIGUSR1); otherwise this command does. Audited.
     Erase {
         config: PathBuf,
-        /// The driver whose batches to erase.
-        #[arg(long)]
-        driver: Option<String>,
-        /// Erase what was captured before this time: RFC 3339
-        /// (2026-11-30T00:00:00Z) or milliseconds since the Unix epoch.
-        #[arg(long)]
-        before: Option<String>,
-        /// Erase everything the gateway holds but the audit record of
-        /// this erasure.
-        #[arg(long, conflicts_with_all = ["driver", "before"])]
-        all: bool,
+        #[command(flatten)]
+        what: EraseArgs,
         /// Confirm --all.
         #[arg(long)]
         yes: bool,
@@ -152,6 +143,36 @@ pub enum DataCommand {
         #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
+}
+
+/// What an erasure takes (`data erase`, `fleet erase`).
+#[derive(Debug, clap::Args)]
+pub struct EraseArgs {
+    /// The driver whose batches to erase.
+    #[arg(long)]
+    driver: Option<String>,
+    /// Erase what was captured before this time: RFC 3339
+    /// (2026-11-30T00:00:00Z) or milliseconds since the Unix epoch.
+    #[arg(long)]
+    before: Option<String>,
+    /// Erase everything the gateway holds but the audit record of this
+    /// erasure (decommissioning).
+    #[arg(long, conflicts_with_all = ["driver", "before"])]
+    all: bool,
+}
+
+impl EraseArgs {
+    /// The selector, for an erasure asked for now.
+    pub(crate) fn selector(self) -> anyhow::Result<ferrule::queue::Selector> {
+        let selector = ferrule::queue::Selector {
+            driver: self.driver,
+            before_ns: self.before.as_deref().map(parse_time).transpose()?,
+            all: self.all,
+            upto_ns: ferrule::reading::now_ns(),
+        };
+        selector.check().map_err(anyhow::Error::msg)?;
+        Ok(selector)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,13 +274,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command:
                 DataCommand::Erase {
                     config,
-                    driver,
-                    before,
-                    all,
+                    what,
                     yes,
                     wait,
                 },
-        } => erase(&config, driver, before, all, yes, wait).await,
+        } => erase(&config, what, yes, wait).await,
         Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
         Command::Telemetry {
             command:
@@ -424,7 +443,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
 }
 
 /// A time given as RFC 3339 or milliseconds since the Unix epoch, in ns.
-pub(crate) fn parse_time(text: &str) -> anyhow::Result<u64> {
+fn parse_time(text: &str) -> anyhow::Result<u64> {
     if let Ok(ms) = text.parse::<u64>() {
         return Ok(ms.saturating_mul(1_000_000));
     }
@@ -437,32 +456,19 @@ pub(crate) fn parse_time(text: &str) -> anyhow::Result<u64> {
     u64::try_from(t.unix_timestamp_nanos()).context("--before: before 1970")
 }
 
-async fn erase(
-    path: &Path,
-    driver: Option<String>,
-    before: Option<String>,
-    all: bool,
-    yes: bool,
-    wait: Duration,
-) -> anyhow::Result<()> {
+async fn erase(path: &Path, what: EraseArgs, yes: bool, wait: Duration) -> anyhow::Result<()> {
     use ferrule::erase;
     let config = Config::load(path)?;
-    if all && !yes {
+    if what.all && !yes {
         anyhow::bail!(
             "--all erases everything this gateway holds (queued data, telemetry, plugin data, the audit log but this erasure's record) and its storage key; add --yes to confirm"
         );
     }
     let request = erase::Request {
         id: format!("cli-{}-{}", ferrule::reading::now_ms(), std::process::id()),
-        selector: ferrule::queue::Selector {
-            driver,
-            before_ns: before.as_deref().map(parse_time).transpose()?,
-            all,
-            upto_ns: ferrule::reading::now_ns(),
-        },
+        selector: what.selector()?,
         by: ferrule::audit::os_user(),
     };
-    request.selector.check().map_err(anyhow::Error::msg)?;
     let data_dir = config.resolve(&config.gateway.data_dir);
     let outcome = match reload::running_gateway(&config) {
         Some(pid) => {

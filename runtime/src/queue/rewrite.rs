@@ -191,13 +191,7 @@ fn copy(
     let read = old.begin_read().map_err(storage)?;
     let entries = read.open_table(ENTRIES).map_err(storage)?;
     let meta = read.open_table(META).map_err(storage)?;
-    let get = |key: &str| -> Result<u64, QueueError> {
-        Ok(meta
-            .get(key)
-            .map_err(storage)?
-            .map(|v| v.value())
-            .unwrap_or(0))
-    };
+    let get = |key: &str| store::meta_counter(&meta, key);
     let mut done = Erased::default();
     let mut bytes = 0u64;
     let mut keys: std::collections::BTreeMap<String, u64> = Default::default();

@@ -432,16 +432,22 @@ pub fn read_stats(path: &Path) -> Result<QueueStats, QueueError> {
     stats_in(&read_only(path)?)
 }
 
+/// The `meta` counter `key` (0 when never set).
+pub(super) fn meta_counter(
+    meta: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+) -> Result<u64, QueueError> {
+    Ok(meta
+        .get(key)
+        .map_err(storage)?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
 pub(super) fn stats_in(txn: &redb::ReadTransaction) -> Result<QueueStats, QueueError> {
     let meta = txn.open_table(META).map_err(storage)?;
     let entries = txn.open_table(ENTRIES).map_err(storage)?;
-    let get = |key: &str| -> Result<u64, QueueError> {
-        Ok(meta
-            .get(key)
-            .map_err(storage)?
-            .map(|v| v.value())
-            .unwrap_or(0))
-    };
+    let get = |key: &str| meta_counter(&meta, key);
     let first = entries.first().map_err(storage)?;
     Ok(QueueStats {
         depth: entries.len().map_err(storage)?,

@@ -608,6 +608,24 @@ async fn encrypted_entries_read_back_leave_no_plaintext_and_need_their_key() {
     );
 }
 
+/// A temporary directory with a storage key in it, the queue path there,
+/// and the keyring.
+fn encrypted_dir() -> (tempfile::TempDir, std::path::PathBuf, Arc<crypt::Keyring>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let keyring = Arc::new(crypt::Keyring::create(&dir.path().join("storage.key")).unwrap());
+    (dir, path, keyring)
+}
+
+/// Options of a queue that encrypts with `keyring`.
+fn sealed_with(keyring: &Arc<crypt::Keyring>) -> QueueOptions {
+    QueueOptions {
+        keyring: Some(keyring.clone()),
+        encrypt: true,
+        ..QueueOptions::default()
+    }
+}
+
 /// A batch of `driver` captured at `captured_ns` with a distinctive text.
 fn marked(driver: &str, captured_ns: u64, mark: &str) -> Batch {
     let mut b = batch(driver, 0);
@@ -689,14 +707,8 @@ async fn an_erasure_leaves_the_erased_entries_in_no_file_and_keeps_the_rest() {
 
 #[tokio::test]
 async fn an_encrypted_queue_is_rewritten_with_a_new_salt_and_all_erases_every_kind() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("q.redb");
-    let keyring = Arc::new(crypt::Keyring::create(&dir.path().join("storage.key")).unwrap());
-    let options = || QueueOptions {
-        keyring: Some(keyring.clone()),
-        encrypt: true,
-        ..QueueOptions::default()
-    };
+    let (_dir, path, keyring) = encrypted_dir();
+    let options = || sealed_with(&keyring);
     let queue = Queue::open(&path, options()).unwrap();
     for n in 0..20 {
         queue.append(secret_batch(n)).await.unwrap();
@@ -759,14 +771,8 @@ async fn an_unfinished_rewrite_left_by_a_crash_is_deleted_and_the_queue_is_whole
 #[tokio::test]
 async fn an_entry_damaged_on_disk_is_set_aside_and_delivery_goes_on_past_it() {
     use redb::{ReadableDatabase, ReadableTable};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("q.redb");
-    let keyring = Arc::new(crypt::Keyring::create(&dir.path().join("storage.key")).unwrap());
-    let options = || QueueOptions {
-        keyring: Some(keyring.clone()),
-        encrypt: true,
-        ..QueueOptions::default()
-    };
+    let (_dir, path, keyring) = encrypted_dir();
+    let options = || sealed_with(&keyring);
     {
         let queue = Queue::open(&path, options()).unwrap();
         for n in 0..5 {

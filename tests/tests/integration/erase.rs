@@ -224,6 +224,22 @@ async fn answer(sub: &mut ferrule_tests::Subscriber) -> anyhow::Result<serde_jso
     }
 }
 
+/// Sends an erasure order to gw-test and waits for its answer.
+async fn ask(
+    sub: &mut ferrule_tests::Subscriber,
+    payload: Vec<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    sub.client
+        .publish(
+            "ferrule/gw-test/data/erase",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await?;
+    answer(sub).await
+}
+
 /// An erasure order for gw-test, signed with `key`.
 fn order(
     dir: &Path,
@@ -270,7 +286,6 @@ async fn signed_erasure_orders_are_answered_with_counts_bad_ones_refused_and_all
     tokio::time::sleep(Duration::from_secs(2)).await;
     let first_key = ferrule_ok(&dir, &["key", "show", &arg])?;
     let mut sub = rig.sub;
-    let topic = "ferrule/gw-test/data/erase";
 
     // A rogue key, a document changed after signing, and an order for
     // another gateway are refused, each with its reason.
@@ -284,10 +299,7 @@ async fn signed_erasure_orders_are_answered_with_counts_bad_ones_refused_and_all
         (rogue, "does not trust"),
         (serde_json::to_vec(&tampered)?, "does not match"),
     ] {
-        sub.client
-            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
-            .await?;
-        let a = answer(&mut sub).await?;
+        let a = ask(&mut sub, payload).await?;
         ensure!(
             a["ok"] == false && a["error"].as_str().is_some_and(|e| e.contains(reason)),
             "{a}"
@@ -300,15 +312,7 @@ async fn signed_erasure_orders_are_answered_with_counts_bad_ones_refused_and_all
 
     // A good order by driver: answered with what it erased, and the old
     // storage key is gone from the key file.
-    sub.client
-        .publish(
-            topic,
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            order(&dir, "op.key", 5, false, Some("meter"))?,
-        )
-        .await?;
-    let a = answer(&mut sub).await?;
+    let a = ask(&mut sub, order(&dir, "op.key", 5, false, Some("meter"))?).await?;
     ensure!(a["ok"] == true && a["erase"] == 5, "{a}");
     let old_key = first_key
         .split_whitespace()
@@ -324,15 +328,7 @@ async fn signed_erasure_orders_are_answered_with_counts_bad_ones_refused_and_all
     );
     ensure!(!ferrule_ok(&dir, &["key", "show", &arg])?.contains(&old_key));
     // Replayed: refused.
-    sub.client
-        .publish(
-            topic,
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            order(&dir, "op.key", 5, false, Some("meter"))?,
-        )
-        .await?;
-    let a = answer(&mut sub).await?;
+    let a = ask(&mut sub, order(&dir, "op.key", 5, false, Some("meter"))?).await?;
     ensure!(
         a["ok"] == false && a["error"].as_str().is_some_and(|e| e.contains("not above")),
         "{a}"

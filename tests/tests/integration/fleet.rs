@@ -133,34 +133,15 @@ fn counter(name: &str, interval_ms: u64) -> String {
 async fn deploy(dir: &Path, state: &Path) -> anyhow::Result<(bool, String, String)> {
     let (dir, state) = (dir.to_path_buf(), state.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        let args = deploy_args(&state, "120s");
+        let args = ferrule_tests::fleet_deploy_args(&state, "120s");
         run_ferrule(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
     })
     .await?
 }
 
-/// The arguments of `ferrule fleet deploy` of `state` to gw-test, waiting
-/// up to `wait`.
-fn deploy_args(state: &Path, wait: &str) -> Vec<String> {
-    [
-        "fleet",
-        "deploy",
-        "--bootstrap",
-        "operator.toml",
-        "--gateway",
-        "gw-test",
-        "--wait",
-        wait,
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .chain([state.to_string_lossy().into_owned()])
-    .collect()
-}
-
 /// `ferrule fleet deploy` of `state` to gw-test, started in the background.
 fn start_deploy(dir: &Path, state: &Path, wait: &str) -> anyhow::Result<Process> {
-    let args = deploy_args(state, wait);
+    let args = ferrule_tests::fleet_deploy_args(state, wait);
     start_ferrule(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
