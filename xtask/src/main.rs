@@ -207,6 +207,20 @@ fn test(root: &Path) -> anyhow::Result<()> {
     for ws in PLUGIN_WORKSPACES {
         linted(&root.join(ws), &["build", "--release"])?;
     }
+    // The SDK crates integrators depend on must package on their own (the
+    // WIT is inside them): `cargo package` builds them as they would be
+    // published.
+    run(
+        root,
+        cargo().args([
+            "package",
+            "--allow-dirty",
+            "-p",
+            "ferrule-sdk-macros",
+            "-p",
+            "ferrule-sdk",
+        ]),
+    )?;
     // Every test must run here: one that needs something the machine
     // lacks (a tmpfs mount) fails instead of skipping itself.
     let mut command = cargo();

@@ -37,7 +37,12 @@ pub struct DemoOptions {
 /// Runs the demo; returns an error if no reading arrived.
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let started = Instant::now();
-    for plugin in ["sim.wasm", "scale.wasm"] {
+    // With --drivers, the shipped plugins are not used.
+    let shipped: &[&str] = match options.drivers {
+        Some(_) => &[],
+        None => &["sim.wasm", "scale.wasm"],
+    };
+    for plugin in shipped {
         let path = options.plugin_dir.join(plugin);
         if !path.is_file() {
             bail!(
@@ -225,9 +230,10 @@ fn drivers_from(file: &Path) -> anyhow::Result<Vec<toml::Table>> {
         toml::from_str(&text).with_context(|| format!("{}: not valid TOML", file.display()))?;
     let base = file
         .parent()
+        .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .canonicalize()
-        .unwrap_or_default();
+        .with_context(|| format!("{}: cannot resolve its directory", file.display()))?;
     let absolute = |table: &mut toml::Table| {
         if let Some(toml::Value::String(p)) = table.get_mut("plugin") {
             *p = base.join(&*p).display().to_string();

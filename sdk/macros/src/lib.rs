@@ -13,11 +13,11 @@ use quote::quote;
 use syn::{Item, parse_macro_input};
 
 const WIT_FILES: [&str; 5] = [
-    include_str!("../../../wit/0.2.0/types.wit"),
-    include_str!("../../../wit/0.2.0/host.wit"),
-    include_str!("../../../wit/0.2.0/driver.wit"),
-    include_str!("../../../wit/0.2.0/processor.wit"),
-    include_str!("../../../wit/0.2.0/worlds.wit"),
+    include_str!("../wit/0.2.0/types.wit"),
+    include_str!("../wit/0.2.0/host.wit"),
+    include_str!("../wit/0.2.0/driver.wit"),
+    include_str!("../wit/0.2.0/processor.wit"),
+    include_str!("../wit/0.2.0/worlds.wit"),
 ];
 
 /// The world the SDK itself generates its data types from: the plugin

@@ -296,3 +296,36 @@ async fn compact_payloads_list_channels_once_and_carry_the_same_readings() -> an
     ferrule.kill9();
     Ok(())
 }
+
+/// An integrator's own driver file, tried with `ferrule demo --drivers`
+/// from the file's directory: its relative plugin path is the file's,
+/// and no shipped plugin is needed.
+#[tokio::test]
+async fn demo_runs_an_integrators_drivers_file_with_paths_relative_to_it() -> anyhow::Result<()> {
+    let dir = ferrule_tests::tempdir()?;
+    let project = dir.path().join("my-driver");
+    std::fs::create_dir_all(project.join("build"))?;
+    std::fs::copy(
+        ferrule_tests::plugin("sim")?,
+        project.join("build/my-sim.wasm"),
+    )?;
+    std::fs::write(
+        project.join("drivers.toml"),
+        "[[driver]]\nname = \"mine\"\nplugin = \"build/my-sim.wasm\"\ninterval_ms = 100\n[[driver.config.channels]]\nname = \"t\"\nsignal = \"counter\"\n",
+    )?;
+    let (ok, out, err) = ferrule_tests::run_ferrule(
+        &project,
+        &[
+            "demo",
+            "--duration",
+            "4s",
+            "--plugin-dir",
+            "no-such-dir",
+            "--drivers",
+            "drivers.toml",
+        ],
+    )?;
+    anyhow::ensure!(ok, "demo failed: {err}\n{out}");
+    anyhow::ensure!(out.contains("mine"), "the driver's readings shown: {out}");
+    Ok(())
+}
