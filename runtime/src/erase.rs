@@ -524,6 +524,16 @@ pub fn orders(
     )))
 }
 
+/// Takes SIGUSR1 from now on (its default action ends the process): a
+/// signal that arrives before the eraser listens is not lost either, as
+/// the eraser carries out every request waiting when it starts.
+pub fn catch_sigusr1() {
+    #[cfg(unix)]
+    if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+        tracing::warn!(error = %e, "SIGUSR1 not handled: it would end the process");
+    }
+}
+
 /// A message each time the process gets SIGUSR1 (`ferrule data erase`
 /// announcing a request).
 fn on_sigusr1() -> Option<tokio::sync::mpsc::Receiver<()>> {
@@ -557,8 +567,10 @@ pub async fn serve(
     mut orders: Option<Orders>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    stores.run_waiting().await;
+    // Listening first: a request announced while the waiting ones are
+    // carried out is taken up next.
     let mut signals = on_sigusr1();
+    stores.run_waiting().await;
     loop {
         let order = async {
             match orders.as_mut() {

@@ -314,8 +314,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_gateway(path: &Path) -> anyhow::Result<()> {
-    // Before anything slow: SIGHUP's default action would end the process.
+    // Before anything slow (and before the pid file tells `ferrule reload`
+    // and `ferrule data erase` whom to signal): the default action of
+    // SIGHUP and SIGUSR1 would end the process.
     let reloads = reload::on_sighup();
+    ferrule::erase::catch_sigusr1();
     let config = Config::load(path)?;
     let pid_file = reload::PidFile::write(&config)?;
     let (config, managed) = ferrule::deploy::agent::startup(config).map_err(anyhow::Error::msg)?;

@@ -232,12 +232,36 @@ impl Keyring {
         })?;
         let id = key_id(&raw);
         let mut keys = write(&self.keys);
+        self.take_in_file_keys(&mut keys);
         keys.push((id.clone(), raw, crate::reading::now_ms()));
         if let Err(e) = self.save(&keys) {
             keys.pop();
             return Err(e);
         }
         Ok(id)
+    }
+
+    /// Adds the keys the file holds and `keys` lacks (one `ferrule key
+    /// rotate` added while the gateway ran), oldest first, so writing the
+    /// file never drops a key another process put there.
+    fn take_in_file_keys(&self, keys: &mut Vec<(String, [u8; 32], u64)>) {
+        let Ok(file) = Keyring::load(&self.path) else {
+            return;
+        };
+        let theirs = file
+            .keys
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut added = false;
+        for key in theirs {
+            if !keys.iter().any(|(id, ..)| *id == key.0) {
+                keys.push(key);
+                added = true;
+            }
+        }
+        if added {
+            keys.sort_by_key(|(_, _, created_ms)| *created_ms);
+        }
     }
 
     fn save(&self, keys: &[(String, [u8; 32], u64)]) -> Result<(), KeyError> {
@@ -295,6 +319,7 @@ impl Keyring {
             return Ok(Vec::new());
         }
         let mut keys = write(&self.keys);
+        self.take_in_file_keys(&mut keys);
         let current = keys.last().map(|(id, ..)| id.clone());
         let (keep, erase): (Vec<_>, Vec<_>) = keys
             .iter()
@@ -475,6 +500,30 @@ mod tests {
             .open(&salt, 7, &sealed)
             .unwrap_err();
         assert!(err.contains("not in"), "{err}");
+    }
+
+    #[test]
+    fn a_running_gateways_keyring_keeps_a_key_another_process_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("storage.key");
+        let running = Keyring::create(&path).unwrap();
+        let first = running.current();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let rotated = Keyring::rotate(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let added = running.add_key().unwrap();
+        assert_eq!(
+            running.ids(),
+            [first.clone(), rotated.clone(), added.clone()]
+        );
+        assert_eq!(Keyring::load(&path).unwrap().ids(), running.ids());
+        // Erasing what nothing needs keeps the newest, and a fixed keyring
+        // changes nothing.
+        assert_eq!(running.erase_unused(&[]).unwrap(), [first, rotated]);
+        let fixed = Keyring::load(&path).unwrap().fixed();
+        assert!(fixed.add_key().is_err());
+        assert!(fixed.erase_unused(&[]).unwrap().is_empty());
+        assert_eq!(Keyring::load(&path).unwrap().ids(), [added]);
     }
 
     #[cfg(unix)]
