@@ -72,6 +72,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         &gateway_id.cert,
         &gateway_id.key,
     );
+    // Compiled plugins outlive the demo's temporary directory, so the next
+    // demo of the same plugin (an 18 MB Python one takes seconds to
+    // compile) starts at once.
+    if let Some(cache) = user_cache_dir() {
+        gateway = gateway.set("runtime", "compile_cache_dir", cache.display().to_string());
+    }
     if let Some(file) = &options.drivers {
         gateway = drivers_from(file)?
             .into_iter()
@@ -221,6 +227,17 @@ fn demo_config(
         .driver(line)
 }
 
+/// Where the demo keeps compiled plugins: `$XDG_CACHE_HOME/ferrule/compiled`
+/// or `~/.cache/ferrule/compiled`; none (the demo's own directory) when
+/// neither is set.
+fn user_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("ferrule").join("compiled"))
+}
+
 /// The `[[driver]]` tables of `file`, with plugin paths made absolute
 /// (relative ones are relative to the file).
 fn drivers_from(file: &Path) -> anyhow::Result<Vec<toml::Table>> {
@@ -356,10 +373,15 @@ async fn subscribe(
                     println!("{}", describe_telemetry(&p.payload));
                     continue;
                 }
-                let readings = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                // Only data messages are shown and counted (the gateway also
+                // reports its deployments and answers erasure orders).
+                let Some(readings) = serde_json::from_slice::<serde_json::Value>(&p.payload)
                     .ok()
+                    .filter(|_| p.topic.starts_with(&format!("ferrule/{GATEWAY}/data/")))
                     .and_then(|v| v["readings"].as_array().map(|r| r.len() as u64))
-                    .unwrap_or(0);
+                else {
+                    continue;
+                };
                 let now = Instant::now();
                 let mut tally = *count.borrow();
                 tally.messages += 1;

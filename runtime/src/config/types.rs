@@ -403,7 +403,7 @@ pub struct TrustConfig {
 }
 
 /// Runtime-wide settings.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// First delay before rebuilding a failed plugin instance; doubles up to `restart_max_ms`.
@@ -418,6 +418,12 @@ pub struct RuntimeConfig {
     /// Keep compiled plugins in `{data_dir}/cache` so restarts skip compilation.
     #[serde(default = "default_true")]
     pub compile_cache: bool,
+    /// Where the compile cache lives instead of `{data_dir}/cache`
+    /// (relative to the config file): a directory several gateways or a
+    /// developer's repeated `ferrule demo` runs may share. Entries are keyed
+    /// by the component's SHA-256 and the engine's settings.
+    #[serde(default)]
+    pub compile_cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -427,6 +433,7 @@ impl Default for RuntimeConfig {
             restart_max_ms: default_restart_max_ms(),
             max_instances: default_max_instances(),
             compile_cache: true,
+            compile_cache_dir: None,
         }
     }
 }

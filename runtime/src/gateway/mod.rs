@@ -447,7 +447,10 @@ fn engine_settings(config: &Config, data_root: &Path) -> EngineSettings {
         cache_dir: config
             .runtime
             .compile_cache
-            .then(|| data_root.join("cache")),
+            .then(|| match &config.runtime.compile_cache_dir {
+                Some(dir) => config.resolve(dir),
+                None => data_root.join("cache"),
+            }),
     }
 }
 

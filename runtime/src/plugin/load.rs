@@ -248,7 +248,7 @@ impl PluginEngine {
         if provenance.signer.is_none() && !self.trust.key_ids().is_empty() {
             tracing::warn!(plugin = %path.display(), "plugin runs UNSIGNED: no valid signature by a trusted key ([trust] require_signed = false)");
         }
-        let compile = || Component::new(&self.engine, &bytes);
+        let compile = || compile_reporting(&self.engine, path, &bytes);
         let compiled = match &self.cache {
             Some(cache) => cache.get_or_compile(&self.engine, &provenance.sha256, compile),
             None => compile().map(|c| (c, super::cache::Source::Compiled)),
@@ -344,4 +344,45 @@ impl PluginEngine {
             }
         )))
     }
+}
+
+/// Components from this size on (a Python or JavaScript plugin carries its
+/// interpreter: 12–20 MB) say in the log that they are being compiled, and
+/// every few seconds that they still are.
+const LARGE_COMPONENT: usize = 4 << 20;
+
+/// How often a long compile reports that it is still running.
+const COMPILE_PROGRESS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Compiles `bytes`, logging the start, progress and end of a large
+/// component's compile (seconds of Cranelift on a small gateway; once per
+/// file, as later starts read it from the compile cache).
+fn compile_reporting(
+    engine: &wasmtime::Engine,
+    path: &Path,
+    bytes: &[u8],
+) -> wasmtime::Result<Component> {
+    if bytes.len() < LARGE_COMPONENT {
+        return Component::new(engine, bytes);
+    }
+    let started = std::time::Instant::now();
+    let mb = bytes.len() as f64 / 1e6;
+    tracing::info!(plugin = %path.display(), size_mb = format!("{mb:.1}"), "compiling plugin: a large component takes a while the first time; later starts read it from the compile cache");
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let compiled = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                wait.recv_timeout(COMPILE_PROGRESS)
+            {
+                tracing::info!(plugin = %path.display(), elapsed_s = started.elapsed().as_secs(), "still compiling plugin");
+            }
+        });
+        let compiled = Component::new(engine, bytes);
+        drop(done);
+        compiled
+    });
+    if compiled.is_ok() {
+        tracing::info!(plugin = %path.display(), seconds = format!("{:.1}", started.elapsed().as_secs_f64()), "plugin compiled");
+    }
+    compiled
 }
