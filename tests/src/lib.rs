@@ -76,6 +76,27 @@ pub fn plugin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A Python or JavaScript plugin built by `cargo xtask guest-plugins`
+/// (`py-sim`, `js-scale`, `py-hostile`, ...).
+pub fn guest_plugin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = target_dir()
+        .join("guest-plugins")
+        .join(format!("{name}.wasm"));
+    if !path.is_file() {
+        bail!(
+            "{} not found; build the guest plugins first (`cargo xtask guest-plugins`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A compile cache shared by every test gateway of a run, so a 12–19 MB
+/// guest-language component is compiled once, not once per test.
+pub fn shared_compile_cache() -> PathBuf {
+    target_dir().join("guest-plugins").join("compiled")
+}
+
 /// A plugin as an older ferrule SDK built it, kept in `tests/fixtures`
 /// (`abi` is the package version, e.g. `0.1.0`; `name` the plugin): every
 /// ABI a ferrule ever shipped must keep loading.

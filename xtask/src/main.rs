@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod guest;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -46,6 +47,9 @@ enum Task {
         /// renders BENCHMARKS.md again (after editing benchmarks/notes/).
         part: Option<String>,
     },
+    /// Install the Python and JavaScript plugin toolchains (when missing)
+    /// and build the guest-language plugins the tests run.
+    GuestPlugins,
     /// Long fault runs: kill -9 ferrule 50 times and check nothing is lost.
     Soak,
     /// Run an example from examples/ against its simulated device. Examples: modbus.
@@ -77,6 +81,7 @@ fn main() -> anyhow::Result<()> {
             build_plugins(&root)
         }
         Task::Bench { part } => bench(&root, part.as_deref()),
+        Task::GuestPlugins => guest::build_all(&root).map(|_| ()),
         Task::Soak => soak(&root),
         Task::Example { name, duration } => example(&root, &name, &duration),
     }
@@ -221,6 +226,11 @@ fn test(root: &Path) -> anyhow::Result<()> {
             "ferrule-sdk",
         ]),
     )?;
+    // The Python and JavaScript kits: their own tests, then the example
+    // and fixture plugins the integration tests run (rebuilt only when
+    // their sources change).
+    guest::test_kits(root)?;
+    guest::build_all(root)?;
     // Every test must run here: one that needs something the machine
     // lacks (a tmpfs mount) fails instead of skipping itself.
     let mut command = cargo();

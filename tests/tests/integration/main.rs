@@ -9,6 +9,7 @@ mod containment;
 mod end_to_end;
 mod erase;
 mod fleet;
+mod guest;
 mod modbus;
 mod mqtt_link;
 mod reload;

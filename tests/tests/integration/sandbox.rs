@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use ferrule::dev::config::table;
 use ferrule_tests::{
-    GatewayToml, Mosquitto, Pki, PluginToml, Process, Rig, Subscriber, log_clock, plugin, rss_kib,
+    GatewayToml, Mosquitto, Pki, PluginToml, Process, Rig, Subscriber, guest_plugin, log_clock,
+    plugin, rss_kib,
 };
 pub(crate) use ferrule_tests::{hostile_driver as hostile, rss_peak};
 
@@ -483,5 +484,79 @@ async fn a_thousand_trap_and_restart_cycles_do_not_leak_host_memory() -> anyhow:
         growth_kib < 5 * 1024,
         "RSS grew by {growth_kib} KiB over 1000 restarts"
     );
+    Ok(())
+}
+
+/// A hostile Python or JavaScript driver (sdk/python, sdk/js; fixtures in
+/// tests/fixtures/guest) of `kit` (`py` or `js`) doing `behavior`.
+fn guest_hostile(kit: &str, behavior: &str) -> anyhow::Result<PluginToml> {
+    Ok(PluginToml::new(
+        &format!("{kit}-{behavior}"),
+        &guest_plugin(&format!("{kit}-hostile"))?,
+    )
+    .set("interval_ms", 200)
+    .limit("memory_mb", 64)
+    .limit("timeout_ms", 500)
+    .config("behavior", behavior))
+}
+
+#[tokio::test]
+async fn guest_language_loops_memory_bombs_and_exceptions_are_contained() -> anyhow::Result<()> {
+    let drivers = ["py", "js"]
+        .into_iter()
+        .flat_map(|kit| ["loop", "memory-bomb", "raise"].map(move |b| guest_hostile(kit, b)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut run = start_with_open_files(
+        drivers,
+        |g| backoff(300, 2000)(crate::guest::shared_cache(g)),
+        |_| {},
+        None,
+    )
+    .await?;
+    // The gateway's first start may compile the components (once per
+    // run): wait for it before the measured window.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !run.ferrule.log_text().contains("ferrule running") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not up in 300 s:\n{}",
+            run.ferrule.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let window = Duration::from_secs(10);
+    let (healthy, all) = observe(&mut run, window).await?;
+    let log = run.ferrule.log_text();
+    assert_healthy(healthy, window, &all, &log);
+    let others: Vec<&serde_json::Value> = all.iter().filter(|v| v["driver"] != "healthy").collect();
+    assert!(
+        others.is_empty(),
+        "only the healthy driver produced data: {others:?}"
+    );
+    for kit in ["py", "js"] {
+        let loop_line = format!("plugin {kit}-loop: poll did not return within");
+        assert!(
+            log.contains(&loop_line),
+            "{loop_line:?} not in the log:\n{log}"
+        );
+        let bomb: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("{kit}-memory-bomb")) && l.contains("poll"))
+            .collect();
+        assert!(
+            bomb.iter()
+                .any(|l| l.contains("memory") || l.contains("Memory")),
+            "{kit}-memory-bomb: no poll failure naming memory in the log:\n{log}"
+        );
+        let raised = match kit {
+            "py" => "ZeroDivisionError",
+            _ => "RangeError: poll",
+        };
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("{kit}-raise")) && l.contains(raised)),
+            "{kit}-raise: {raised:?} not in the log:\n{log}"
+        );
+    }
     Ok(())
 }

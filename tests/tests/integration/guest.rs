@@ -1,0 +1,128 @@
+//! Plugins written in Python and JavaScript (sdk/python, sdk/js) run in
+//! the same sandbox as Rust ones: a Python sim driver through a JavaScript
+//! scale processor and the reverse reach mosquitto over mutual TLS with
+//! correct values and contiguous sequences. (Each language's hostile
+//! basics are contained: `sandbox::guest_language_*`, which runs alone.)
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ferrule::dev::config::table;
+use ferrule_tests::{GatewayToml, PluginToml, Rig, guest_plugin, shared_compile_cache};
+
+use crate::sandbox::assert_no_sequence_gap;
+
+/// A sim driver of `kit` polled every 200 ms (a counter and a sine in
+/// degC), through `scale` of the other kit turning the sine into degF.
+fn line(name: &str, sim: &str, scale: &str) -> anyhow::Result<PluginToml> {
+    let channels = toml::Value::Array(vec![
+        table([("name", "count"), ("signal", "counter")]),
+        toml::Value::Table(
+            [
+                ("name", toml::Value::from("temperature")),
+                ("signal", "sine".into()),
+                ("offset", 20.0.into()),
+                ("amplitude", 5.0.into()),
+                ("period_s", 10.0.into()),
+                ("unit", "degC".into()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        ),
+    ]);
+    let rule = toml::Value::Table(
+        [
+            ("gain", toml::Value::from(1.8)),
+            ("offset", 32.0.into()),
+            ("rename", "temperature_f".into()),
+            ("unit", "degF".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    );
+    Ok(PluginToml::new(name, &guest_plugin(sim)?)
+        .set("interval_ms", 200)
+        .limit("memory_mb", 96)
+        .config("seed", 7)
+        .config("channels", channels)
+        .processor(
+            PluginToml::new(&format!("{name}-scale"), &guest_plugin(scale)?)
+                .limit("memory_mb", 96)
+                .config("channels", table([("temperature", rule)])),
+        ))
+}
+
+/// Every gateway here shares one compile cache, so each component is
+/// compiled once per run.
+pub(crate) fn shared_cache(g: GatewayToml) -> GatewayToml {
+    g.set(
+        "runtime",
+        "compile_cache_dir",
+        shared_compile_cache().display().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_python_driver_through_a_javascript_processor_and_the_reverse_deliver_correct_values()
+-> anyhow::Result<()> {
+    let rig = Rig::start("", "ferrule/gw-test/data/#").await?;
+    let gateway = shared_cache(rig.gateway())
+        .set("limits", "timeout_ms", 2000)
+        .driver(line("py-line", "py-sim", "js-scale")?)
+        .driver(line("js-line", "js-sim", "py-scale")?);
+    let (_, ferrule) = rig.run(&gateway, None)?;
+    let mut sub = rig.sub;
+    let mut all = Vec::new();
+    let mut counts: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    // The first start compiles four 12–19 MB components (once per run).
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while counts.values().map(Vec::len).min().unwrap_or(0) < 15 || counts.len() < 2 {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "too few messages in 240 s ({:?}); ferrule log:\n{}",
+                counts.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>(),
+                ferrule.log_text()
+            );
+        }
+        let m = sub
+            .next(Duration::from_secs(200), "data from both lines")
+            .await?;
+        let v = m.json()?;
+        let driver = v["driver"].as_str().unwrap_or("?").to_string();
+        let readings = v["readings"].as_array().cloned().unwrap_or_default();
+        let by_name = |name: &str| readings.iter().find(|r| r["channel"] == name).cloned();
+        // The processor renamed the sine: degC is gone, degF in range.
+        assert!(by_name("temperature").is_none(), "{v}");
+        let f = by_name("temperature_f").unwrap_or_else(|| panic!("no temperature_f in {v}"));
+        assert_eq!(f["unit"], "degF", "{v}");
+        let value = f["value"].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            (15.0 * 1.8 + 32.0 - 1e-9..=25.0 * 1.8 + 32.0 + 1e-9).contains(&value),
+            "{driver}: temperature_f {value} outside 59..=77 °F"
+        );
+        let count = by_name("count").unwrap_or_else(|| panic!("no count in {v}"));
+        assert_eq!(count["type"], "int", "{v}");
+        counts
+            .entry(driver)
+            .or_default()
+            .push(count["value"].as_i64().unwrap_or(-1));
+        all.push(v);
+    }
+    for (driver, seen) in &counts {
+        let steps: Vec<i64> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            steps.iter().all(|&s| s == 1),
+            "{driver}: the counter skipped or repeated: {seen:?}"
+        );
+        assert_eq!(seen[0], 0, "{driver}: the first poll was lost: {seen:?}");
+    }
+    let (first, last) = assert_no_sequence_gap(&all);
+    eprintln!(
+        "python → javascript and javascript → python: {} messages, seqs {first}..={last} contiguous, counters {:?}",
+        all.len(),
+        counts.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>()
+    );
+    Ok(())
+}
