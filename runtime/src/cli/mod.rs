@@ -3,6 +3,7 @@
 pub mod demo;
 mod fleet;
 mod inspect;
+mod new;
 mod plugin;
 mod reload;
 
@@ -106,6 +107,23 @@ pub enum Command {
         /// examples/modbus/drivers.toml.
         #[arg(long)]
         drivers: Option<PathBuf>,
+    },
+    /// Create a plugin project that builds as it is (with a README and a
+    /// test): `ferrule new driver --lang python my-meter`.
+    New {
+        #[arg(value_enum)]
+        kind: new::Kind,
+        /// A lowercase name with '-' (the project's folder and package).
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: new::Lang,
+        /// Where to create the project's folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Depend on the SDK in this folder (a ferrule checkout's `sdk/`)
+        /// instead of its released version.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
     },
 }
 
@@ -309,6 +327,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 drivers,
             })
             .await
+        }
+        Command::New {
+            kind,
+            name,
+            lang,
+            dir,
+            sdk_path,
+        } => {
+            let project = new::create(kind, lang, &name, &dir, sdk_path.as_deref())?;
+            println!(
+                "created {}: see its README.md to build, test and try it",
+                project.display()
+            );
+            Ok(())
         }
     }
 }

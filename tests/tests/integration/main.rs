@@ -12,6 +12,7 @@ mod fleet;
 mod guest;
 mod modbus;
 mod mqtt_link;
+mod new;
 mod reload;
 mod sandbox;
 mod storage;
