@@ -4,8 +4,6 @@
 //   [[driver.processor]]
 //   name = "{{name}}"
 //   plugin = "{{lib}}.wasm"
-//   [driver.processor.limits]
-//   memory_mb = 64
 //   [driver.processor.config]
 //   factor = 2.0
 

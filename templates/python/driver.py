@@ -5,8 +5,6 @@ grows every poll; replace ``poll`` with your device's protocol.
     name = "{{name}}"
     plugin = "{{lib}}.wasm"
     interval_ms = 1000
-    [driver.limits]
-    memory_mb = 64
     [driver.config]
     start = 100
 """

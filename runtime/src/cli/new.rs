@@ -31,7 +31,7 @@ type Template = (&'static str, &'static str);
 const RUST_COMMON: [Template; 3] = [
     (
         "Cargo.toml",
-        include_str!("../../../templates/rust/Cargo.toml"),
+        include_str!("../../../templates/rust/Cargo.toml.in"),
     ),
     (
         ".gitignore",
@@ -181,15 +181,9 @@ fn component_path(lang: Lang, lib: &str) -> String {
 
 /// A `drivers.toml` for `ferrule demo --drivers` (drivers only).
 fn demo_drivers(name: &str, lang: Lang, lib: &str) -> String {
-    let memory = match lang {
-        Lang::Rust => "",
-        Lang::Python | Lang::Js => {
-            "\n# The component carries its language's runtime.\n[driver.limits]\nmemory_mb = 64\n"
-        }
-    };
     format!(
         "# Try the driver: ferrule demo --drivers drivers.toml --duration 10s\n\
-         [[driver]]\nname = \"{name}\"\nplugin = \"{}\"\ninterval_ms = 500\n{memory}\
+         [[driver]]\nname = \"{name}\"\nplugin = \"{}\"\ninterval_ms = 500\n\
          \n[driver.config]\nstart = 1\n",
         component_path(lang, lib)
     )
