@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         max_instances: 4,
         max_memory_mb: 64,
         cache_dir: None,
+        ..Default::default()
     })?;
     let loaded = engine.load_driver(&plugin("modbus_tcp")?)?;
     let sandbox = Sandbox::new(

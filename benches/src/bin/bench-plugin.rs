@@ -196,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
         max_instances: 64,
         max_memory_mb: 64,
         cache_dir: None,
+        ..Default::default()
     })?;
     if let Ok(calls) = std::env::var("BENCH_PROFILE_POLLS") {
         // For profilers: only the wasm poll (of BENCH_PROFILE_CHANNELS

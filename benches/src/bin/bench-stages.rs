@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         max_instances: 16,
         max_memory_mb: 64,
         cache_dir: None,
+        ..Default::default()
     })?;
     let driver = engine.load_driver(&plugin("sim")?)?;
     let base = chain_us(

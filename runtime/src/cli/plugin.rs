@@ -128,6 +128,8 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
     let seen = trust::inspect(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let engine = PluginEngine::new()?;
     let description = engine.describe(file)?;
+    let needs = ferrule::plugin::ComponentNeeds::of(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     if json {
         let out = serde_json::json!({
             "file": file,
@@ -138,6 +140,11 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
             "world": description.world.map(|(kind, abi)| serde_json::json!({"kind": kind, "abi": abi})),
             "exports": description.exports,
             "imports": description.imports,
+            "instance_needs": {
+                "core_instances": needs.core_instances,
+                "memories": needs.memories,
+                "tables": needs.tables,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -149,6 +156,10 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
         Some((kind, abi)) => println!("world       {}-plugin of {abi}", kind.interface()),
         None => println!("world       not a ferrule plugin world"),
     }
+    println!(
+        "instance    {} core instances, {} memories, {} tables (its share of the instance pool)",
+        needs.core_instances, needs.memories, needs.tables
+    );
     match &seen.identity {
         Some(i) => println!("identity    {} version {}", i.name, i.version),
         None => println!("identity    none (sign with --name and --version)"),

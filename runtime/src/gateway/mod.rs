@@ -16,8 +16,8 @@ use crate::config::{
 use crate::pipeline::{Chain, DriverSpec, PluginSpec};
 use crate::plugin::trust;
 use crate::plugin::{
-    Capabilities, EngineSettings, Limits, LoadedDriver, LoadedProcessor, PluginEngine, PluginError,
-    Sandbox,
+    Capabilities, ComponentNeeds, EngineSettings, Limits, LoadedDriver, LoadedProcessor,
+    PluginEngine, PluginError, Sandbox,
 };
 use crate::publish::{self, Protocol, PublisherSettings, PublisherStats, TlsFiles, Topics};
 use crate::queue::{FullPolicy, Queue, QueueError, QueueOptions};
@@ -425,24 +425,56 @@ fn load_once<T: Clone>(
 }
 
 /// Pool and cache settings from config: room for every configured instance
-/// (or `runtime.max_instances`, if larger), slots as big as the largest memory cap.
+/// (or `runtime.max_instances`, if larger), slots as big as the largest
+/// memory cap, and core instances, memories and tables as each configured
+/// plugin needs them (read from its bytes).
 fn engine_settings(config: &Config, data_root: &Path) -> EngineSettings {
     let mut instances = 0u32;
     let mut max_memory_mb = config.limits.memory_mb;
+    let mut files: HashMap<PathBuf, ComponentNeeds> = HashMap::new();
+    let mut needed = ComponentNeeds::default();
+    let mut largest = ComponentNeeds::default();
+    let mut count = |plugin: &Path| {
+        let path = config.resolve(plugin);
+        let needs = *files.entry(path.clone()).or_insert_with(|| {
+            // A file that cannot be read or parsed fails to load later,
+            // with its own error; here it counts as a small component.
+            std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| ComponentNeeds::of(&bytes).ok())
+                .unwrap_or(ComponentNeeds {
+                    core_instances: 8,
+                    memories: 2,
+                    tables: 8,
+                })
+        });
+        needed = needed.plus(needs);
+        largest = largest.max(needs);
+    };
     for d in &config.drivers {
         let limits = config.limits.with(d.limits);
         max_memory_mb = max_memory_mb.max(limits.memory_mb);
+        count(d.plugin.get_ref());
         for p in &d.processors {
             max_memory_mb = max_memory_mb.max(limits.with(p.limits).memory_mb);
+            count(p.plugin.get_ref());
         }
         instances = instances.saturating_add(1 + d.processors.len() as u32);
     }
+    // Rebuilds overlap with the instance being dropped: room for two each.
+    let max_instances = config
+        .runtime
+        .max_instances
+        .max(instances.saturating_mul(2));
+    let spare = max_instances.saturating_sub(instances.saturating_mul(2));
+    let pool_total = needed.times(2).plus(largest.times(spare));
+    for (path, needs) in &files {
+        tracing::debug!(plugin = %path.display(), core_instances = needs.core_instances, memories = needs.memories, tables = needs.tables, "plugin's share of the instance pool");
+    }
     EngineSettings {
-        // Rebuilds overlap with the instance being dropped: room for two each.
-        max_instances: config
-            .runtime
-            .max_instances
-            .max(instances.saturating_mul(2)),
+        max_instances,
+        pool_total,
+        pool_per_instance: largest,
         max_memory_mb,
         cache_dir: config
             .runtime

@@ -25,6 +25,7 @@ mod error;
 mod host;
 mod instance;
 mod load;
+mod needs;
 mod output;
 mod sandbox;
 mod ticker;
@@ -45,6 +46,7 @@ pub use channels::{Channel, ChannelTable, Sample, ValueType};
 pub use error::PluginError;
 pub use instance::{DeviceStatus, DriverInstance, ProcessorInstance};
 pub use load::{Abi, Description, LoadedDriver, LoadedProcessor, PluginKind};
+pub use needs::ComponentNeeds;
 pub use sandbox::{Capabilities, Limits, Sandbox};
 pub use validate::{
     Checked as OutputChecked, MAX_TIMESTAMP_NS, MIN_TIMESTAMP_NS, Review as OutputReview,
@@ -66,6 +68,13 @@ pub const WIT_PACKAGE: &str = "ferrule:plugin@0.2.0";
 pub struct EngineSettings {
     /// Instances the pooling allocator has room for; 0 disables pooling.
     pub max_instances: u32,
+    /// What the pool must hold in all: the configured plugins' own needs
+    /// (each instance twice, as a rebuild overlaps the instance it
+    /// replaces) and, for the slots beyond them, the largest plugin's.
+    /// Zero: a fixed allowance per instance.
+    pub pool_total: ComponentNeeds,
+    /// The largest single instance's needs.
+    pub pool_per_instance: ComponentNeeds,
     /// The largest `memory_mb` of any plugin (sizes the pool's memory slots).
     pub max_memory_mb: u64,
     /// Where compiled components are cached; no cache when `None`.
@@ -96,15 +105,32 @@ fn engine_config(settings: &EngineSettings, pooling: bool) -> EngineConfig {
     if pooling && settings.max_instances > 0 {
         let n = settings.max_instances;
         let mut pool = PoolingAllocationConfig::default();
-        // A wasip2 component holds a handful of core instances (the plugin
-        // plus adapter shims), one or two memories and a few tables.
+        // Without measured needs: a Rust wasip2 component's handful of core
+        // instances (the plugin plus adapter shims), one or two memories
+        // and a few tables.
+        let fallback = ComponentNeeds {
+            core_instances: 8,
+            memories: 2,
+            tables: 8,
+        };
+        let (total, each) = match settings.pool_total.core_instances {
+            0 => (
+                fallback.times(n),
+                fallback.max(ComponentNeeds {
+                    memories: 4,
+                    ..fallback
+                }),
+            ),
+            _ => (settings.pool_total, settings.pool_per_instance),
+        };
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(8))
+            .total_core_instances(total.core_instances.max(1))
+            .total_memories(total.memories.max(1))
+            .total_tables(total.tables.max(1))
             .total_stacks(n)
-            .max_memories_per_component(4)
-            .max_tables_per_component(8)
+            .max_core_instances_per_component(each.core_instances.max(1))
+            .max_memories_per_component(each.memories.max(1))
+            .max_tables_per_component(each.tables.max(1))
             .max_memory_size(
                 usize::try_from(settings.max_memory_mb.max(1).saturating_mul(1 << 20))
                     .unwrap_or(usize::MAX),

@@ -17,6 +17,7 @@ fn a_corrupt_cache_entry_is_discarded_and_recompiled() -> anyhow::Result<()> {
         max_instances: 8,
         max_memory_mb: 64,
         cache_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
     };
     let sim = plugin("sim")?;
     PluginEngine::with_settings(&settings)?.load_driver(&sim)?;

@@ -126,3 +126,35 @@ async fn a_python_driver_through_a_javascript_processor_and_the_reverse_deliver_
     );
     Ok(())
 }
+
+/// The instance pool is sized from each plugin's own needs: `plugin
+/// inspect` reads them from the component, and a Python component's share
+/// (its interpreter's modules) is several times a Rust one's.
+#[test]
+fn each_components_share_of_the_instance_pool_is_read_from_its_bytes() -> anyhow::Result<()> {
+    let needs = |path: &std::path::Path| -> anyhow::Result<serde_json::Value> {
+        let out = std::process::Command::new(ferrule_tests::ferrule_bin()?)
+            .args(["plugin", "inspect", "--json"])
+            .arg(path)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice::<serde_json::Value>(&out.stdout)?["instance_needs"].clone())
+    };
+    let rust = needs(&ferrule_tests::plugin("sim")?)?;
+    let python = needs(&guest_plugin("py-sim")?)?;
+    let js = needs(&guest_plugin("js-sim")?)?;
+    eprintln!("core instances, memories, tables: rust {rust}, python {python}, javascript {js}");
+    for n in [&rust, &python, &js] {
+        assert!(n["core_instances"].as_u64() >= Some(2), "{n}");
+        assert!(n["memories"].as_u64() >= Some(1), "{n}");
+    }
+    assert!(
+        python["core_instances"].as_u64() > rust["core_instances"].as_u64().map(|r| r * 2),
+        "python {python} against rust {rust}"
+    );
+    Ok(())
+}
