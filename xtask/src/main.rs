@@ -265,6 +265,7 @@ fn bench(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
     ensure_wasm_target()?;
     ensure_peers()?;
     build_plugins(root)?;
+    guest::build_all(root)?;
     bench::run_parts(root, part)
 }
 

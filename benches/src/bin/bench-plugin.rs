@@ -2,7 +2,8 @@
 //! driver against the same logic compiled natively (1, 10 and 100 readings
 //! per poll; at 100, the 0.1.0-ABI build of the same driver beside it), the
 //! time to start an instance with the pooling allocator, the start-up of a
-//! 20-plugin config with a cold and a warm compile cache. (The signature
+//! 20-plugin config with a cold and a warm compile cache, and the same
+//! driver written in Rust, Python and JavaScript side by side. (The signature
 //! check's cost is in `bench reload`.)
 //! Prints figures; asserts nothing.
 
@@ -15,7 +16,7 @@ use ferrule::plugin::{
     Capabilities, ChannelTable, EngineSettings, LoadedDriver, PluginEngine, Sandbox,
 };
 use ferrule_benches::{self as bench, Report};
-use ferrule_tests::{old_plugin, plugin};
+use ferrule_tests::{guest_plugin, old_plugin, plugin};
 
 fn per_call(total: Duration, calls: u32) -> f64 {
     total.as_nanos() as f64 / f64::from(calls)
@@ -126,6 +127,101 @@ async fn start_cost(engine: &PluginEngine, report: &mut Report) -> anyhow::Resul
     Ok(())
 }
 
+/// Resident memory of this process, in KiB.
+fn own_rss_kib() -> anyhow::Result<u64> {
+    ferrule_tests::rss_kib(std::process::id())
+}
+
+/// The same `sim` driver written in Rust, Python and JavaScript: component
+/// size, cold compile, warm start from the compile cache, instance start,
+/// poll of 100 readings (and ÷ Rust's), and memory per live instance.
+async fn languages(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
+    let kits = [
+        ("Rust", plugin("sim")?),
+        ("Python", guest_plugin("py-sim")?),
+        ("JavaScript", guest_plugin("js-sim")?),
+    ];
+    let sandbox = Sandbox::unprivileged(gateway::plugin_limits(&PluginLimits::default()));
+    let config = bench::sim_config_json(100);
+    let calls: u32 = bench::scaled(5_000, 100);
+    let mut rust_poll = None;
+    for (lang, path) in kits {
+        let size = std::fs::metadata(&path)?.len() as f64 / 1e6;
+        report.figure(&format!("{lang}: component size"), size, "MB");
+        // Cold: a fresh cache; warm: the same file again, from that cache.
+        let cache = dir.join(format!("cache-{lang}"));
+        let settings = EngineSettings {
+            max_instances: 16,
+            max_memory_mb: 64,
+            cache_dir: Some(cache),
+            ..Default::default()
+        };
+        let engine = PluginEngine::with_settings(&settings)?;
+        let t = Instant::now();
+        drop(engine.load_driver(&path)?);
+        report.figure(
+            &format!("{lang}: cold compile"),
+            t.elapsed().as_secs_f64() * 1000.0,
+            "ms",
+        );
+        let engine = PluginEngine::with_settings(&settings)?;
+        let t = Instant::now();
+        let loaded = engine.load_driver(&path)?;
+        report.figure(
+            &format!("{lang}: warm start (read from the compile cache)"),
+            t.elapsed().as_secs_f64() * 1000.0,
+            "ms",
+        );
+        let runs: u32 = bench::scaled(200, 10);
+        let t = Instant::now();
+        for _ in 0..runs {
+            drop(
+                loaded
+                    .start("bench", &sandbox, &config, &mut channel_table())
+                    .await?,
+            );
+        }
+        report.figure(
+            &format!("{lang}: instance start (instantiate + init)"),
+            per_call(t.elapsed(), runs) / 1000.0,
+            "µs",
+        );
+        let poll = wasm_poll_ns(&loaded, &sandbox, &config, calls).await? / 1000.0;
+        match rust_poll {
+            None => {
+                report.figure(&format!("{lang}: poll of 100 readings"), poll, "µs");
+                rust_poll = Some(poll);
+            }
+            Some(rust) => {
+                report.compare(
+                    &format!("{lang}: poll of 100 readings"),
+                    poll,
+                    "µs",
+                    "Rust",
+                    rust,
+                );
+            }
+        }
+        // Memory: ten live instances, each polled once.
+        let before = own_rss_kib()?;
+        let mut live = Vec::new();
+        for _ in 0..10 {
+            let mut table = channel_table();
+            let mut instance = loaded.start("bench", &sandbox, &config, &mut table).await?;
+            instance.poll(&mut table).await?;
+            live.push((instance, table));
+        }
+        let after = own_rss_kib()?;
+        report.figure(
+            &format!("{lang}: memory per live instance"),
+            after.saturating_sub(before) as f64 / 10.0 / 1024.0,
+            "MiB",
+        );
+        drop(live);
+    }
+    Ok(())
+}
+
 /// 10 `sim` drivers, each with a `scale` processor: 20 plugin instances.
 fn twenty_plugins(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     let ca = dir.join("ca.pem");
@@ -213,9 +309,11 @@ async fn main() -> anyhow::Result<()> {
         "WASM driver poll vs native, instance start, start-up",
     );
     report.method("in-process: sim driver poll (1, 10, 100 sine channels) in the sandbox vs the same Rust logic compiled natively, after 1,000 warm-up polls, for the 0.2.0 build and (100 channels) the 0.1.0 build kept in tests/fixtures; instance start with the pooling allocator; start-up of 10 sim drivers + 10 scale processors (load, compile or read the cache, instantiate, init)");
+    report.method("per language: the same sim driver built with the Rust, Python (sdk/python, componentize-py) and JavaScript (sdk/js, componentize-js) kits: .wasm size; cold compile (empty compile cache) and warm start (read from it); instance start; poll of 100 sine channels after 1,000 warm-up polls; this process's RSS growth for ten live instances, each polled once, divided by ten");
     poll_costs(&engine, &mut report).await?;
     start_cost(&engine, &mut report).await?;
     startup(dir.path(), &mut report).await?;
+    languages(dir.path(), &mut report).await?;
     report.finish()?;
     Ok(())
 }

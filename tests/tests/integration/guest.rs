@@ -7,51 +7,21 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use ferrule::dev::config::table;
 use ferrule_tests::{GatewayToml, PluginToml, Rig, guest_plugin, shared_compile_cache};
 
+use crate::common::sim_with_scale;
 use crate::sandbox::assert_no_sequence_gap;
 
-/// A sim driver of `kit` polled every 200 ms (a counter and a sine in
-/// degC), through `scale` of the other kit turning the sine into degF.
+/// The `sim` of one kit polled every 200 ms (a counter and a sine in
+/// degC) through the `scale` of another (count → count * 2 + 1, the sine
+/// → temperature_f in degF).
 fn line(name: &str, sim: &str, scale: &str) -> anyhow::Result<PluginToml> {
-    let channels = toml::Value::Array(vec![
-        table([("name", "count"), ("signal", "counter")]),
-        toml::Value::Table(
-            [
-                ("name", toml::Value::from("temperature")),
-                ("signal", "sine".into()),
-                ("offset", 20.0.into()),
-                ("amplitude", 5.0.into()),
-                ("period_s", 10.0.into()),
-                ("unit", "degC".into()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        ),
-    ]);
-    let rule = toml::Value::Table(
-        [
-            ("gain", toml::Value::from(1.8)),
-            ("offset", 32.0.into()),
-            ("rename", "temperature_f".into()),
-            ("unit", "degF".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-    );
-    Ok(PluginToml::new(name, &guest_plugin(sim)?)
-        .set("interval_ms", 200)
-        .limit("memory_mb", 96)
-        .config("seed", 7)
-        .config("channels", channels)
-        .processor(
-            PluginToml::new(&format!("{name}-scale"), &guest_plugin(scale)?)
-                .limit("memory_mb", 96)
-                .config("channels", table([("temperature", rule)])),
-        ))
+    Ok(sim_with_scale(
+        name,
+        &guest_plugin(sim)?,
+        &guest_plugin(scale)?,
+        200,
+    ))
 }
 
 /// Every gateway here shares one compile cache, so each component is
@@ -75,6 +45,7 @@ async fn a_python_driver_through_a_javascript_processor_and_the_reverse_deliver_
     let (_, ferrule) = rig.run(&gateway, None)?;
     let mut sub = rig.sub;
     let mut all = Vec::new();
+    // Each driver's counter, recovered from the scaled value.
     let mut counts: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     // The first start compiles four 12–19 MB components (once per run).
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -102,12 +73,14 @@ async fn a_python_driver_through_a_javascript_processor_and_the_reverse_deliver_
             (15.0 * 1.8 + 32.0 - 1e-9..=25.0 * 1.8 + 32.0 + 1e-9).contains(&value),
             "{driver}: temperature_f {value} outside 59..=77 °F"
         );
+        // count → count * 2 + 1, as a float channel the processor derives.
         let count = by_name("count").unwrap_or_else(|| panic!("no count in {v}"));
-        assert_eq!(count["type"], "int", "{v}");
+        assert_eq!(count["type"], "float", "{v}");
+        let scaled = count["value"].as_f64().unwrap_or(f64::NAN);
         counts
             .entry(driver)
             .or_default()
-            .push(count["value"].as_i64().unwrap_or(-1));
+            .push(((scaled - 1.0) / 2.0) as i64);
         all.push(v);
     }
     for (driver, seen) in &counts {
