@@ -13,7 +13,7 @@ use ferrule::config::{Config, PluginLimits};
 use ferrule::dev::config::{GatewayToml, PluginToml, table};
 use ferrule::gateway;
 use ferrule::plugin::{
-    Capabilities, ChannelTable, EngineSettings, LoadedDriver, PluginEngine, Sandbox,
+    Capabilities, ChannelTable, ComponentNeeds, EngineSettings, LoadedDriver, PluginEngine, Sandbox,
 };
 use ferrule_benches::{self as bench, Report};
 use ferrule_tests::{guest_plugin, old_plugin, plugin};
@@ -150,11 +150,15 @@ async fn languages(dir: &std::path::Path, report: &mut Report) -> anyhow::Result
         report.figure(&format!("{lang}: component size"), size, "MB");
         // Cold: a fresh cache; warm: the same file again, from that cache.
         let cache = dir.join(format!("cache-{lang}"));
+        // The pool sized from the component's own needs, as a gateway does.
+        let needs =
+            ComponentNeeds::of(&std::fs::read(&path)?).map_err(|e| anyhow::anyhow!("{e}"))?;
         let settings = EngineSettings {
             max_instances: 16,
+            pool_total: needs.times(16),
+            pool_per_instance: needs,
             max_memory_mb: 64,
             cache_dir: Some(cache),
-            ..Default::default()
         };
         let engine = PluginEngine::with_settings(&settings)?;
         let t = Instant::now();

@@ -105,36 +105,31 @@ fn engine_config(settings: &EngineSettings, pooling: bool) -> EngineConfig {
     if pooling && settings.max_instances > 0 {
         let n = settings.max_instances;
         let mut pool = PoolingAllocationConfig::default();
-        // Without measured needs: a Rust wasip2 component's handful of core
-        // instances (the plugin plus adapter shims), one or two memories
-        // and a few tables.
-        let fallback = ComponentNeeds {
-            core_instances: 8,
-            memories: 2,
-            tables: 8,
+        pool.total_component_instances(n).total_stacks(n);
+        match settings.pool_total.core_instances {
+            // Without measured needs: a fixed allowance per slot (a Rust
+            // wasip2 component's handful of core instances, one or two
+            // memories, a few tables) and wasmtime's own cap per component.
+            0 => pool
+                .total_core_instances(n.saturating_mul(8))
+                .total_memories(n.saturating_mul(2))
+                .total_tables(n.saturating_mul(8))
+                .max_memories_per_component(4)
+                .max_tables_per_component(8),
+            _ => {
+                let (total, each) = (settings.pool_total, settings.pool_per_instance);
+                pool.total_core_instances(total.core_instances.max(1))
+                    .total_memories(total.memories.max(1))
+                    .total_tables(total.tables.max(1))
+                    .max_core_instances_per_component(each.core_instances.max(1))
+                    .max_memories_per_component(each.memories.max(1))
+                    .max_tables_per_component(each.tables.max(1))
+            }
         };
-        let (total, each) = match settings.pool_total.core_instances {
-            0 => (
-                fallback.times(n),
-                fallback.max(ComponentNeeds {
-                    memories: 4,
-                    ..fallback
-                }),
-            ),
-            _ => (settings.pool_total, settings.pool_per_instance),
-        };
-        pool.total_component_instances(n)
-            .total_core_instances(total.core_instances.max(1))
-            .total_memories(total.memories.max(1))
-            .total_tables(total.tables.max(1))
-            .total_stacks(n)
-            .max_core_instances_per_component(each.core_instances.max(1))
-            .max_memories_per_component(each.memories.max(1))
-            .max_tables_per_component(each.tables.max(1))
-            .max_memory_size(
-                usize::try_from(settings.max_memory_mb.max(1).saturating_mul(1 << 20))
-                    .unwrap_or(usize::MAX),
-            );
+        pool.max_memory_size(
+            usize::try_from(settings.max_memory_mb.max(1).saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+        );
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
