@@ -91,6 +91,13 @@ pub fn guest_plugin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// What `ferrule demo` started by a test takes for the user's cache
+/// folder (it keeps compiled plugins there): under the target directory,
+/// never the home of whoever runs the tests.
+pub fn test_cache_home() -> PathBuf {
+    target_dir().join("test-cache-home")
+}
+
 /// A compile cache shared by every test gateway of a run, so a 12–19 MB
 /// guest-language component is compiled once, not once per test.
 pub fn shared_compile_cache() -> PathBuf {
@@ -358,7 +365,8 @@ pub fn start_ferrule_with_open_files(
     command
         .args(args)
         .current_dir(dir)
-        .env("FERRULE_LOG", "info,ferrule=debug");
+        .env("FERRULE_LOG", "info,ferrule=debug")
+        .env("XDG_CACHE_HOME", test_cache_home());
     spawn_logged("ferrule", command, dir.join("ferrule.log"))
 }
 
@@ -388,6 +396,7 @@ pub fn run_ferrule(dir: &Path, args: &[&str]) -> anyhow::Result<(bool, String, S
         .args(args)
         .current_dir(dir)
         .env("FERRULE_LOG", "warn")
+        .env("XDG_CACHE_HOME", test_cache_home())
         .output()?;
     Ok((
         output.status.success(),

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use ferrule_tests::{
     GatewayToml, Pki, PluginToml, ferrule_bin, gateway_toml, shared_compile_cache, target_dir,
+    test_cache_home,
 };
 
 /// The repository's `sdk/` (what `--sdk-path` points at: the SDK is not
@@ -34,7 +35,12 @@ fn run(dir: &Path, command: &mut Command) -> anyhow::Result<String> {
 }
 
 fn ferrule(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    run(dir, Command::new(ferrule_bin()?).args(args))
+    run(
+        dir,
+        Command::new(ferrule_bin()?)
+            .args(args)
+            .env("XDG_CACHE_HOME", test_cache_home()),
+    )
 }
 
 /// `ferrule new KIND --lang LANG NAME` in `dir`.
