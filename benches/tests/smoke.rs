@@ -53,6 +53,8 @@ fn plausible(f: &Figure) -> anyhow::Result<()> {
         // Growth figures may be negative by noise.
         "MiB" => (-4096.0, 4096.0),
         "KiB" => (-4.0 * 1024.0 * 1024.0, 4.0 * 1024.0 * 1024.0),
+        // A file's size (a plugin component).
+        "MB" => (f64::MIN_POSITIVE, 1024.0),
         "x" => (f64::MIN_POSITIVE, 1e4),
         unit if unit.ends_with("/s") => (0.0, 1e9),
         "readings" | "messages" => (0.0, 1e12),
