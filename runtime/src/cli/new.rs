@@ -150,24 +150,25 @@ fn class_name(name: &str) -> String {
 /// The SDK dependency line: a released version, or `sdk` (the SDK's
 /// folder in a ferrule checkout) when given.
 fn sdk_dependency(lang: Lang, sdk: Option<&Path>) -> anyhow::Result<String> {
-    let folder = |sub: &str| -> anyhow::Result<PathBuf> {
-        let root = sdk.map(Path::to_path_buf).unwrap_or_default();
-        let dir = root.join(sub);
-        let dir = dir
-            .canonicalize()
-            .with_context(|| format!("--sdk-path: {} not found", dir.display()))?;
-        Ok(dir)
+    let Some(sdk) = sdk else {
+        return Ok(match lang {
+            Lang::Rust => format!("ferrule-sdk = \"{SDK_VERSION}\""),
+            Lang::Python => format!("ferrule-sdk=={SDK_VERSION}"),
+            Lang::Js => SDK_VERSION.to_string(),
+        });
     };
-    Ok(match (lang, sdk) {
-        (Lang::Rust, None) => format!("ferrule-sdk = \"{SDK_VERSION}\""),
-        (Lang::Rust, Some(_)) => format!(
-            "ferrule-sdk = {{ path = {:?} }}",
-            folder("")?.display().to_string()
-        ),
-        (Lang::Python, None) => format!("ferrule-sdk=={SDK_VERSION}"),
-        (Lang::Python, Some(_)) => format!("-e {}", folder("python")?.display()),
-        (Lang::Js, None) => SDK_VERSION.to_string(),
-        (Lang::Js, Some(_)) => format!("file:{}", folder("js")?.display()),
+    let dir = sdk.join(match lang {
+        Lang::Rust => "",
+        Lang::Python => "python",
+        Lang::Js => "js",
+    });
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("--sdk-path: {} not found", dir.display()))?;
+    Ok(match lang {
+        Lang::Rust => format!("ferrule-sdk = {{ path = {:?} }}", dir.display().to_string()),
+        Lang::Python => format!("-e {}", dir.display()),
+        Lang::Js => format!("file:{}", dir.display()),
     })
 }
 
@@ -205,11 +206,10 @@ pub fn create(
             project.display()
         );
     }
-    let lib = name.replace('-', "_");
-    let js_lib = name.to_string();
+    // Python modules and Rust libraries take `_`; a JavaScript file keeps the name.
     let lib = match lang {
-        Lang::Js => js_lib,
-        Lang::Rust | Lang::Python => lib,
+        Lang::Js => name.to_string(),
+        Lang::Rust | Lang::Python => name.replace('-', "_"),
     };
     let kind_name = match kind {
         Kind::Driver => "driver",

@@ -88,15 +88,16 @@ export function fromWireChannel(c) {
  */
 export function toBatch(table, readings) {
   const list = readings ? Array.from(readings) : [];
-  const first = list.length ? toNs(list[0].timestampNs) : undefined;
-  const shared = first !== undefined && list.every((r) => toNs(r.timestampNs) === first) ? first : undefined;
+  const stamps = list.map((r) => toNs(r?.timestampNs));
+  const first = stamps[0];
+  const shared = first !== undefined && stamps.every((ts) => ts === first) ? first : undefined;
   const added = [];
   const rest = [];
   const fc = [], fv = [], ic = [], iv = [];
-  for (const r of list) {
+  for (const [i, r] of list.entries()) {
     if (!r || typeof r !== 'object') throw new TypeError(`a plugin returns readings, not ${JSON.stringify(r)}`);
     const index = table.resolve(r, added);
-    const ts = toNs(r.timestampNs);
+    const ts = stamps[i];
     const atBatchTime = ts === undefined || ts === shared;
     const quality = r.quality ?? 'good';
     const value = toWireValue(r.value, table.get(index)?.valueType);
