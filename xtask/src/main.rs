@@ -6,6 +6,8 @@
 //!   every test. `.ci/run` calls exactly this.
 //! - `cargo xtask plugins`: build the WebAssembly plugins (release,
 //!   wasm32-wasip2) into `target/wasm32-wasip2/release/`.
+//! - `cargo xtask proto`: regenerate the Sparkplug B types from their
+//!   `.proto` (a separate workspace under `tools/protogen`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,6 +54,10 @@ enum Task {
     GuestPlugins,
     /// Long fault runs: kill -9 ferrule 50 times and check nothing is lost.
     Soak,
+    /// Regenerate the Sparkplug B protobuf types
+    /// (runtime/src/publish/sparkplug/proto.rs) from
+    /// runtime/proto/sparkplug_b.proto, with protox: no protoc needed.
+    Proto,
     /// Run an example from examples/ against its simulated device. Examples: modbus.
     Example {
         name: String,
@@ -83,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { part } => bench(&root, part.as_deref()),
         Task::GuestPlugins => guest::build_all(&root).map(|_| ()),
         Task::Soak => soak(&root),
+        Task::Proto => proto(&root),
         Task::Example { name, duration } => example(&root, &name, &duration),
     }
 }
@@ -288,6 +295,24 @@ fn soak(root: &Path) -> anyhow::Result<()> {
                 "--nocapture",
             ])
             .env("FERRULE_KILL_CYCLES", "50"),
+    )
+}
+
+/// Regenerates the Sparkplug B types, formatted as the tree is.
+fn proto(root: &Path) -> anyhow::Result<()> {
+    run(
+        root,
+        cargo()
+            .args(["run", "--quiet", "--manifest-path"])
+            .arg(root.join("tools/protogen/Cargo.toml"))
+            .arg("--")
+            .arg(root),
+    )?;
+    run(
+        root,
+        Command::new("rustfmt")
+            .args(["--edition", "2024"])
+            .arg(root.join("runtime/src/publish/sparkplug/proto.rs")),
     )
 }
 

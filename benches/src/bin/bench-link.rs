@@ -49,6 +49,7 @@ fn settings(pki: &Pki, port: u16, protocol: MqttProtocol) -> PublisherSettings {
         reconnect_min: Duration::from_millis(500),
         reconnect_max: Duration::from_secs(30),
         audit: None,
+        sparkplug: None,
     }
 }
 

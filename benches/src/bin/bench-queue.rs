@@ -141,6 +141,7 @@ async fn drain(dir: &Path, batches: u64) -> anyhow::Result<(f64, f64)> {
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(1),
         audit: None,
+        sparkplug: None,
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
 pub use types::{
-    Config, DeployConfig, DriverConfig, Encryption, GatewayConfig, LimitsOverride, MqttConfig,
-    MqttProtocol, PayloadFormatConfig, PluginLimits, ProcessorConfig, QueueConfig, RetentionConfig,
-    RuntimeConfig, StorageConfig, TelemetryConfig, WhenFull,
+    Config, DeployConfig, DriverConfig, Encryption, GatewayConfig, LimitsOverride, MessageFormat,
+    MqttConfig, MqttProtocol, PayloadFormatConfig, PluginLimits, ProcessorConfig, QueueConfig,
+    RetentionConfig, RuntimeConfig, StorageConfig, TelemetryConfig, WhenFull,
 };
 
 /// The smallest `mqtt.max_packet_size` accepted: room for the topic, the
@@ -191,6 +191,7 @@ impl Config {
                 self.invalid(text, broker.span(), format!("mqtt.hosts: {message}"))
             })?;
         }
+        self.check_sparkplug(text)?;
         let max_packet = &self.mqtt.max_packet_size;
         if *max_packet.get_ref() < MIN_PACKET_SIZE {
             return Err(self.invalid(
@@ -291,6 +292,44 @@ impl Config {
                 self.check_plugin_file(text, &processor.plugin)?;
                 self.check_plugin_name(text, &processor.plugin_name)?;
                 self.check_addresses(text, &processor.allow_net)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `format = "sparkplug-b"` needs `[mqtt.sparkplug]` with ids that
+    /// fit a Sparkplug topic, and a clean session (Sparkplug 3.0 asks for
+    /// one: a host must not see messages queued for an earlier session).
+    fn check_sparkplug(&self, text: &str) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        let Some(format) = m
+            .format
+            .as_ref()
+            .filter(|f| *f.get_ref() == MessageFormat::SparkplugB)
+        else {
+            return Ok(());
+        };
+        let Some(sparkplug) = &m.sparkplug else {
+            return Err(self.invalid(
+                text,
+                format.span(),
+                "format = \"sparkplug-b\" needs an [mqtt.sparkplug] table with group_id (and optionally edge_node_id, primary_host_id)".to_string(),
+            ));
+        };
+        if !m.clean_session {
+            return Err(self.invalid(
+                text,
+                format.span(),
+                "format = \"sparkplug-b\" needs clean_session = true (Sparkplug 3.0 edge nodes start each connection clean)".to_string(),
+            ));
+        }
+        for (what, id) in [
+            ("group_id", Some(&sparkplug.group_id)),
+            ("edge_node_id", sparkplug.edge_node_id.as_ref()),
+            ("primary_host_id", sparkplug.primary_host_id.as_ref()),
+        ] {
+            if let Some(id) = id {
+                self.check_name(text, id, &format!("mqtt.sparkplug.{what}:"))?;
             }
         }
         Ok(())

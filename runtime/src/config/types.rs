@@ -114,6 +114,12 @@ pub struct MqttConfig {
     /// readings as arrays). Applies to batches captured from then on.
     #[serde(default)]
     pub payload_format: PayloadFormatConfig,
+    /// What data messages are: "json" (default; ferrule's JSON, shaped by
+    /// `payload_format`) or "sparkplug-b" (Eclipse Sparkplug 3.0: the
+    /// gateway is an edge node, each driver a device; `[mqtt.sparkplug]`).
+    pub format: Option<Spanned<MessageFormat>>,
+    /// `[mqtt.sparkplug]`: the edge node's identity and its primary host.
+    pub sparkplug: Option<SparkplugConfig>,
     /// Start each connection with a clean session (default). With `false`
     /// the broker keeps the session (subscriptions, QoS 1 messages for this
     /// gateway) across disconnects; for MQTT 5 for `session_expiry_s`.
@@ -223,6 +229,30 @@ impl Default for QueueConfig {
 /// for what it was chosen from.
 pub fn default_commit_linger_ms() -> u64 {
     1
+}
+
+/// `mqtt.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageFormat {
+    /// ferrule's JSON messages.
+    #[default]
+    Json,
+    /// Sparkplug B (protobuf, births and deaths, metric aliases).
+    SparkplugB,
+}
+
+/// `[mqtt.sparkplug]`: how the gateway appears to Sparkplug hosts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugConfig {
+    /// The Sparkplug group the edge node belongs to.
+    pub group_id: Spanned<String>,
+    /// The edge node's id; the gateway id when absent.
+    pub edge_node_id: Option<Spanned<String>>,
+    /// A Sparkplug 3.0 primary host application: births and data wait
+    /// until its STATE says it is online (readings queue meanwhile).
+    pub primary_host_id: Option<Spanned<String>>,
 }
 
 /// `mqtt.payload_format`.

@@ -786,7 +786,10 @@ pub fn queue_options(config: &Config) -> QueueOptions {
     }
 }
 
-fn publisher_settings(config: &Config) -> PublisherSettings {
+fn publisher_settings(
+    config: &Config,
+    drivers: &crate::publish::sparkplug::Drivers,
+) -> PublisherSettings {
     let m = &config.mqtt;
     let gateway = config.gateway.id.get_ref().clone();
     let resolve = |p: &str| config.resolve(Path::new(p));
@@ -818,7 +821,33 @@ fn publisher_settings(config: &Config) -> PublisherSettings {
         audit: Some(crate::audit::AuditLog::in_dir(
             &config.resolve(&config.gateway.data_dir),
         )),
+        sparkplug: sparkplug_settings(config, drivers),
     }
+}
+
+/// The edge node's identity, with `format = "sparkplug-b"` (the config
+/// check made sure `[mqtt.sparkplug]` is there).
+fn sparkplug_settings(
+    config: &Config,
+    drivers: &crate::publish::sparkplug::Drivers,
+) -> Option<crate::publish::sparkplug::SparkplugSettings> {
+    let m = &config.mqtt;
+    if m.format.as_ref().map(|f| *f.get_ref()) != Some(crate::config::MessageFormat::SparkplugB) {
+        return None;
+    }
+    let s = m.sparkplug.as_ref()?;
+    Some(crate::publish::sparkplug::SparkplugSettings {
+        group_id: s.group_id.get_ref().clone(),
+        edge_node_id: s.edge_node_id.as_ref().map_or_else(
+            || config.gateway.id.get_ref().clone(),
+            |e| e.get_ref().clone(),
+        ),
+        primary_host_id: s.primary_host_id.as_ref().map(|h| h.get_ref().clone()),
+        bd_seq_file: config
+            .resolve(&config.gateway.data_dir)
+            .join("sparkplug-bdseq"),
+        drivers: drivers.clone(),
+    })
 }
 
 /// A plugin's limits as its sandbox enforces them, from the config's
@@ -1109,7 +1138,7 @@ pub async fn run_reloading(
         shutdown.clone(),
     ));
     tasks.spawn(publish::run(
-        publisher_settings(&config),
+        publisher_settings(&config, &live),
         queue.clone(),
         publisher_stats.clone(),
         telemetry_queue.clone(),

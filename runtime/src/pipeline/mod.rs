@@ -97,6 +97,13 @@ pub struct DriverCounters {
     pub channels_refused: AtomicU64,
     /// Channels in the chain's table after the last poll.
     pub channels: AtomicU64,
+    /// The channels readings may be taken of, as of the last poll that
+    /// changed the table: what a Sparkplug DBIRTH declares.
+    pub declared: std::sync::Mutex<Arc<[crate::plugin::Channel]>>,
+    /// Whether the driver reaches its device: [`AVAILABLE`] after a poll
+    /// that succeeded, [`UNAVAILABLE`] after one that failed (or while the
+    /// instances are rebuilt), 0 before the first poll.
+    pub availability: std::sync::atomic::AtomicU8,
     /// Descriptor and data dir budgets of the driver and its processors.
     pub budgets: Vec<Arc<BudgetCounters>>,
     /// The driver's plugin file and where it came from.
@@ -105,6 +112,11 @@ pub struct DriverCounters {
     /// them, so a snapshot always sees whole polls.
     whole: std::sync::Mutex<()>,
 }
+
+/// [`DriverCounters::availability`] after a poll that succeeded.
+pub const AVAILABLE: u8 = 1;
+/// [`DriverCounters::availability`] after a poll that failed.
+pub const UNAVAILABLE: u8 = 2;
 
 /// What one poll did to each processor of the chain.
 #[derive(Debug, Default, Clone, Copy)]
@@ -404,6 +416,7 @@ async fn poll_until_stopped(
                 Err(e) => {
                     counters.restarts.fetch_add(1, Ordering::Relaxed);
                     counters.failed(&e);
+                    counters.availability.store(UNAVAILABLE, Ordering::Relaxed);
                     let delay = restarts.next_delay();
                     tracing::error!(driver = %name, error = %e, retry_in_ms = delay.as_millis() as u64, restarts = counters.restarts.load(Ordering::Relaxed), "cannot start plugin instances; retrying after backoff");
                     if sleep_or_shutdown(delay, shutdown).await {
@@ -427,9 +440,26 @@ async fn poll_until_stopped(
                 c.errors.fetch_add(d.errors, Ordering::Relaxed);
             }
             counters.checked(live.take_checked());
-            counters
+            let table = live.channels();
+            if counters
                 .channels
-                .store(live.channels().len() as u64, Ordering::Relaxed);
+                .swap(table.len() as u64, Ordering::Relaxed)
+                != table.len() as u64
+            {
+                *counters
+                    .declared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    table.usable_channels().into();
+            }
+            counters.availability.store(
+                if polled.is_ok() {
+                    AVAILABLE
+                } else {
+                    UNAVAILABLE
+                },
+                Ordering::Relaxed,
+            );
             match &polled {
                 Ok(Some(batch)) => {
                     counters.polls_ok.fetch_add(1, Ordering::Relaxed);

@@ -193,6 +193,21 @@ impl ChannelTable {
         self.entries.iter().skip(from).map(|e| &e.channel)
     }
 
+    /// Every channel readings may be taken of, in table order (the last
+    /// of a name when a processor redeclared it).
+    pub fn usable_channels(&self) -> Vec<Channel> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<Channel> = self
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| e.refused.is_none() && seen.insert(e.channel.name.as_str()))
+            .map(|e| e.channel.clone())
+            .collect();
+        out.reverse();
+        out
+    }
+
     /// Why readings of `index` are rejected, if they are.
     pub fn refusal(&self, index: u32) -> Option<String> {
         match self.entries.get(index as usize) {

@@ -192,9 +192,18 @@ pub(super) type Events = mpsc::Receiver<Result<LinkEvent, LinkError>>;
 /// and drives its event loop on its own task. `EventLoop::poll` is never
 /// raced in a `select!`: dropping it while it connects abandons the
 /// half-made connection (the broker then fires the will).
+/// The message the broker publishes for the gateway when the connection
+/// dies without a DISCONNECT.
+pub(super) struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
 pub(super) fn open(
     settings: &PublisherSettings,
     credentials: Credentials,
+    will: Will,
 ) -> (Client, Events, tokio::task::JoinHandle<()>) {
     // Room for a full window plus the status messages, so a publish never
     // finds the request channel full.
@@ -202,7 +211,6 @@ pub(super) fn open(
     // rumqttc's own in-flight cap: the window plus the two status messages.
     let inflight = settings.max_inflight.max(1).saturating_add(2);
     let transport = Transport::tls_with_config(TlsConfiguration::Rustls(credentials.tls));
-    let status = settings.topics.status();
     let (tx, rx) = mpsc::channel(64);
     match settings.protocol {
         Protocol::V311 => {
@@ -217,10 +225,10 @@ pub(super) fn open(
                 // `max_packet_size` by the publisher.
                 .set_max_packet_size(INCOMING_LIMIT, settings.max_packet_size as usize)
                 .set_last_will(rumqttc::LastWill::new(
-                    status,
-                    "offline",
+                    will.topic,
+                    will.payload,
                     rumqttc::QoS::AtLeastOnce,
-                    true,
+                    will.retain,
                 ))
                 .set_transport(transport);
             if let Some((user, password)) = credentials.login {
@@ -249,10 +257,10 @@ pub(super) fn open(
                 .set_outgoing_inflight_upper_limit(inflight)
                 .set_max_packet_size(Some(INCOMING_LIMIT as u32))
                 .set_last_will(V5Will::new(
-                    status,
-                    "offline",
+                    will.topic,
+                    will.payload,
                     rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                    true,
+                    will.retain,
                     None,
                 ))
                 .set_transport(transport);

@@ -19,6 +19,7 @@
 //!
 //! MQTT 3.1.1 and 5 differ only inside the `link` module.
 
+mod edge;
 mod expiry;
 mod failure;
 mod link;
@@ -27,6 +28,7 @@ mod outbound;
 mod packet;
 mod relay;
 mod session;
+pub mod sparkplug;
 mod stats;
 pub mod tls;
 
@@ -107,6 +109,9 @@ pub struct PublisherSettings {
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
+    /// With `format = "sparkplug-b"`: the edge node's identity; data goes
+    /// out as Sparkplug B instead of ferrule's JSON.
+    pub sparkplug: Option<sparkplug::SparkplugSettings>,
     /// Where TLS and authorization failures are recorded (at most one
     /// record per kind a minute, with the number left out).
     pub audit: Option<crate::audit::AuditLog>,
@@ -132,6 +137,8 @@ pub async fn run(
     let mut active = settings.clone();
     let mut next = 0;
     let mut audited = AuditedFailures::default();
+    // Aliases and declarations outlive a connection; births do not.
+    let mut node = settings.sparkplug.clone().map(sparkplug::Node::new);
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -145,7 +152,7 @@ pub async fn run(
             &queue,
             [telemetry.as_ref(), audit.as_ref()],
             &stats,
-            commands.as_mut(),
+            (commands.as_mut(), node.as_mut()),
             &shutdown,
             &mut connected,
         )
@@ -253,7 +260,7 @@ async fn session(
     queue: &Queue,
     [telemetry, audit]: [Option<&Queue>; 2],
     stats: &PublisherStats,
-    commands: Option<&mut Commands>,
+    (commands, mut node): (Option<&mut Commands>, Option<&mut sparkplug::Node>),
     shutdown: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), SessionError> {
@@ -263,7 +270,24 @@ async fn session(
     for lane in [telemetry, audit].into_iter().flatten() {
         lane.sync().await?;
     }
-    let (client, mut events, driver) = link::open(settings, credentials(settings)?);
+    let credentials = credentials(settings)?;
+    let will = match node.as_deref_mut() {
+        // NDEATH with this connection's bdSeq, not retained (Sparkplug 3.0).
+        Some(node) => {
+            let (topic, payload) = node.connecting();
+            link::Will {
+                topic,
+                payload,
+                retain: false,
+            }
+        }
+        None => link::Will {
+            topic: settings.topics.status(),
+            payload: b"offline".to_vec(),
+            retain: true,
+        },
+    };
+    let (client, mut events, driver) = link::open(settings, credentials, will);
     let mut lanes = Vec::with_capacity(3);
     if let Some(t) = telemetry {
         lanes.push(Lane::new(t, LaneKind::Telemetry));
@@ -272,7 +296,7 @@ async fn session(
         lanes.push(Lane::new(a, LaneKind::Audit));
     }
     lanes.push(Lane::new(queue, LaneKind::Data));
-    let mut session = Session::new(settings, lanes, stats, &client, commands);
+    let mut session = Session::new(settings, lanes, stats, &client, commands, node);
     let result = session.run(shutdown, &mut events, connected).await;
     driver.abort();
     result

@@ -37,9 +37,16 @@ pub(super) async fn next_out(commands: Option<&mut Commands>) -> Out {
 impl Session<'_> {
     /// A message on a command topic: to the router; on a deployment
     /// topic: to the deployment agent.
-    pub(super) fn on_message(&mut self, topic: &str, payload: Vec<u8>) {
+    pub(super) fn on_message(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), super::session::SessionError> {
+        if self.on_sparkplug(topic, &payload)? {
+            return Ok(());
+        }
         let Some(commands) = self.commands.as_deref_mut() else {
-            return;
+            return Ok(());
         };
         if let Some(link) = commands.deploy.as_ref().filter(|l| l.wants(topic)) {
             // A chunk dropped here is asked for again; a document comes
@@ -47,7 +54,7 @@ impl Session<'_> {
             if let Err(e) = link.inbox.try_send((topic.to_string(), payload)) {
                 tracing::warn!(topic = %topic, error = %e, "deployment message dropped: too many waiting");
             }
-            return;
+            return Ok(());
         }
         if let Some(link) = commands.erase.as_ref().filter(|l| l.wants(topic)) {
             // The operator is answered for each order it sent; one dropped
@@ -55,11 +62,11 @@ impl Session<'_> {
             if let Err(e) = link.inbox.try_send((topic.to_string(), payload)) {
                 tracing::warn!(topic = %topic, error = %e, "erasure order dropped: too many waiting");
             }
-            return;
+            return Ok(());
         }
         let Some(driver) = self.settings.topics.command_driver(topic) else {
             tracing::warn!(topic = %topic, "message on an unexpected topic ignored");
-            return;
+            return Ok(());
         };
         let incoming = Incoming {
             driver: driver.to_string(),
@@ -68,5 +75,6 @@ impl Session<'_> {
         if let Err(e) = commands.inbox.try_send(incoming) {
             tracing::warn!(topic = %topic, error = %e, "command dropped: too many commands waiting");
         }
+        Ok(())
     }
 }

@@ -14,6 +14,7 @@ use crate::remote::Commands;
 
 use super::link::{Client, ClientError, Events, LinkError, LinkEvent};
 use super::packet::publish_packet_len;
+use super::sparkplug::{self, Node, SeqMark};
 use super::tls::TlsError;
 use super::{FailureKind, PublisherSettings, PublisherStats, expiry, explain, relay};
 
@@ -44,6 +45,10 @@ pub(super) enum SessionError {
     },
     #[error("event loop stopped")]
     Closed,
+    /// Sparkplug 3.0: when the primary host goes offline, the edge node
+    /// disconnects (and, connected again, waits for it).
+    #[error("the Sparkplug primary host {host} went offline")]
+    HostOffline { host: String },
 }
 
 impl SessionError {
@@ -66,7 +71,7 @@ impl SessionError {
 /// and its size, for the acknowledgement and the byte counters.
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
-    /// Index of the lane in [`Session::lanes`].
+    /// Index of the lane in `Session::lanes`.
     lane: usize,
     /// The entry's sequence number in that lane's queue.
     seq: u64,
@@ -99,15 +104,15 @@ pub(super) enum LaneKind {
 /// there are, are served first, so a backlog of data never holds them back.
 pub(super) struct Lane<'a> {
     queue: &'a Queue,
-    kind: LaneKind,
+    pub(super) kind: LaneKind,
     /// The next sequence to read.
     next_seq: u64,
     /// Encoded messages not yet handed over.
-    pending: VecDeque<Outbound>,
+    pub(super) pending: VecDeque<Outbound>,
     /// Messages of each entry not yet acknowledged.
-    parts_left: HashMap<u64, usize>,
+    pub(super) parts_left: HashMap<u64, usize>,
     /// Acknowledged but not yet deleted; deleted in one transaction per burst.
-    acked: Vec<u64>,
+    pub(super) acked: Vec<u64>,
 }
 
 impl<'a> Lane<'a> {
@@ -125,9 +130,27 @@ impl<'a> Lane<'a> {
 
 /// A message ready to hand to the client.
 pub(super) struct Outbound {
-    seq: u64,
-    topic: String,
-    payload: Vec<u8>,
+    pub(super) seq: u64,
+    pub(super) topic: String,
+    pub(super) payload: Vec<u8>,
+    /// Whether it is a message of queue entry `seq` (else a Sparkplug
+    /// birth or death, which settles nothing).
+    pub(super) of_entry: bool,
+    /// How its Sparkplug `seq` is set when it leaves.
+    pub(super) mark: SeqMark,
+}
+
+impl Outbound {
+    /// A Sparkplug birth or death, sent in its place among the entries.
+    pub(super) fn control(m: sparkplug::Message) -> Outbound {
+        Outbound {
+            seq: 0,
+            topic: m.topic,
+            payload: m.payload,
+            of_entry: false,
+            mark: m.seq,
+        }
+    }
 }
 
 /// Resolves when any of the lanes' queues has committed something new.
@@ -153,7 +176,7 @@ async fn any_changed(
 pub(super) struct Session<'a> {
     pub(super) settings: &'a PublisherSettings,
     /// In the order they are served: telemetry (if any), then data.
-    lanes: Vec<Lane<'a>>,
+    pub(super) lanes: Vec<Lane<'a>>,
     pub(super) stats: &'a PublisherStats,
     client: &'a Client,
     /// Requests handed over, waiting for their packet id.
@@ -166,6 +189,8 @@ pub(super) struct Session<'a> {
     /// When the connection was opened (TCP, TLS and CONNACK follow).
     opened: std::time::Instant,
     pub(super) commands: Option<&'a mut Commands>,
+    /// The Sparkplug edge node, with `format = "sparkplug-b"`.
+    pub(super) node: Option<&'a mut Node>,
 }
 
 impl<'a> Session<'a> {
@@ -175,6 +200,7 @@ impl<'a> Session<'a> {
         stats: &'a PublisherStats,
         client: &'a Client,
         commands: Option<&'a mut Commands>,
+        node: Option<&'a mut Node>,
     ) -> Self {
         Session {
             settings,
@@ -187,6 +213,7 @@ impl<'a> Session<'a> {
             packet_limit: 0,
             opened: std::time::Instant::now(),
             commands,
+            node,
         }
     }
 
@@ -199,6 +226,9 @@ impl<'a> Session<'a> {
         let mut committed: Vec<watch::Receiver<u64>> =
             self.lanes.iter().map(|l| l.queue.committed()).collect();
         let mut connected = false;
+        // How often a Sparkplug node looks for devices that died.
+        let mut deaths = tokio::time::interval(Duration::from_millis(500));
+        deaths.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = events.recv() => {
@@ -245,6 +275,9 @@ impl<'a> Session<'a> {
                     self.client.publish(topic, retain, payload)?;
                     self.handed.push_back(Handed::Other);
                 }
+                _ = deaths.tick(), if connected && self.node.is_some() => {
+                    self.device_deaths();
+                }
                 _ = shutdown.cancelled() => {
                     self.delete_acked();
                     if connected {
@@ -281,9 +314,28 @@ impl<'a> Session<'a> {
             connect_ms = took.as_secs_f64() * 1000.0,
             "mqtt connected"
         );
-        self.client
-            .publish(s.topics.status(), true, b"online".to_vec())?;
-        self.handed.push_back(Handed::Other);
+        if self.node.is_none() {
+            self.client
+                .publish(s.topics.status(), true, b"online".to_vec())?;
+            self.handed.push_back(Handed::Other);
+        }
+        if let Some(node) = self.node.as_deref() {
+            for filter in node.settings().filters() {
+                self.client.subscribe(filter)?;
+            }
+            if node.waits_for_host() {
+                tracing::info!(
+                    host = node
+                        .settings()
+                        .primary_host_id
+                        .as_deref()
+                        .unwrap_or_default(),
+                    "waiting for the Sparkplug primary host to be online before births"
+                );
+            } else {
+                self.births();
+            }
+        }
         if let Some(commands) = self.commands.as_deref() {
             self.client.subscribe(s.topics.commands())?;
             let links = commands.deploy.iter().chain(commands.erase.iter());
@@ -330,7 +382,7 @@ impl<'a> Session<'a> {
                     });
                 }
             }
-            LinkEvent::Message { topic, payload } => self.on_message(&topic, payload),
+            LinkEvent::Message { topic, payload } => self.on_message(&topic, payload)?,
             LinkEvent::Connected { .. } | LinkEvent::Other => {}
         }
         Ok(())
@@ -379,24 +431,37 @@ impl<'a> Session<'a> {
                 if outstanding >= self.window {
                     return Ok(());
                 }
+                // A Sparkplug node sends data only once it is born.
+                if self.lanes[i].kind == LaneKind::Data
+                    && self.node.as_deref().is_some_and(|n| !n.ready())
+                {
+                    break;
+                }
                 if self.lanes[i].pending.is_empty()
                     && !self.read_more(i, self.window - outstanding)?
                 {
                     break;
                 }
-                let Some(out) = self.lanes[i].pending.pop_front() else {
+                let Some(mut out) = self.lanes[i].pending.pop_front() else {
                     break;
                 };
+                if let Some(node) = self.node.as_deref_mut() {
+                    sparkplug::stamp(&mut out.payload, out.mark, &mut node.next_seq);
+                }
                 let payload_bytes = out.payload.len();
                 let packet_bytes =
                     publish_packet_len(self.settings.protocol, &out.topic, payload_bytes);
                 self.client.publish(out.topic, false, out.payload)?;
-                self.handed.push_back(Handed::Entry(InFlight {
-                    lane: i,
-                    seq: out.seq,
-                    payload_bytes,
-                    packet_bytes,
-                }));
+                self.handed.push_back(if out.of_entry {
+                    Handed::Entry(InFlight {
+                        lane: i,
+                        seq: out.seq,
+                        payload_bytes,
+                        packet_bytes,
+                    })
+                } else {
+                    Handed::Other
+                });
             }
         }
         Ok(())
@@ -413,6 +478,10 @@ impl<'a> Session<'a> {
         let kind = lane.kind;
         for (seq, entry) in entries {
             self.lanes[i].next_seq = seq + 1;
+            if kind == LaneKind::Data && self.node.is_some() {
+                self.encode_sparkplug(i, seq, &entry)?;
+                continue;
+            }
             let (topic, encoded) = match kind {
                 LaneKind::Telemetry => self.encode_telemetry(seq, &entry)?,
                 LaneKind::Audit => self.encode_audit(seq, &entry)?,
@@ -430,6 +499,8 @@ impl<'a> Session<'a> {
                     seq,
                     topic: topic.clone(),
                     payload,
+                    of_entry: true,
+                    mark: SeqMark::None,
                 });
             }
         }
@@ -439,11 +510,13 @@ impl<'a> Session<'a> {
     /// Publishes "offline" and disconnects cleanly; bounded so shutdown
     /// never hangs.
     async fn say_offline(&mut self, events: &mut Events) {
-        if self
-            .client
-            .publish(self.settings.topics.status(), true, b"offline".to_vec())
-            .is_ok()
-        {
+        // A Sparkplug node's last word is its NDEATH (the will is not sent
+        // after a DISCONNECT).
+        let (topic, retain, payload) = match self.node.as_deref() {
+            Some(node) => (node.settings().ndeath(), false, node.ndeath_payload()),
+            None => (self.settings.topics.status(), true, b"offline".to_vec()),
+        };
+        if self.client.publish(topic, retain, payload).is_ok() {
             self.handed.push_back(Handed::Other);
         }
         let _ = self.client.disconnect();
