@@ -194,6 +194,7 @@ fn test(root: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     ensure_wasm_target()?;
     ensure_peers()?;
+    ensure_sparkplug_host(root)?;
 
     run(root, cargo().args(["fmt", "--all", "--check"]))?;
     for ws in PLUGIN_WORKSPACES {
@@ -410,6 +411,26 @@ fn ensure_python_tools() -> anyhow::Result<()> {
             "--disable-pip-version-check",
             PYMODBUS,
         ]),
+    )
+}
+
+/// The independent Sparkplug B host the Sparkplug tests decode with
+/// (Eclipse Tahu's payload codec, from npm, at the version its lock file
+/// pins), under `tests/peers/sparkplug/node_modules`.
+fn ensure_sparkplug_host(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("tests/peers/sparkplug");
+    let installed =
+        std::fs::read_to_string(dir.join("node_modules/sparkplug-payload/package.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_string));
+    if installed.as_deref() == Some("1.0.3") {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the Sparkplug test host's codec into tests/peers/sparkplug (npm)");
+    run(
+        &dir,
+        Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]),
     )
 }
 

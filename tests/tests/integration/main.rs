@@ -15,6 +15,7 @@ mod mqtt_link;
 mod new;
 mod reload;
 mod sandbox;
+mod sparkplug;
 mod storage;
 mod store_forward;
 mod telemetry;

@@ -675,6 +675,10 @@ impl Node {
             metrics.push(Metric {
                 alias: Some(alias),
                 timestamp: Some(ts),
+                // Sparkplug 3.0 lets data messages leave it out (SHOULD
+                // NOT); with it, stateless decoders such as Eclipse Tahu's
+                // JavaScript codec read the value without the birth.
+                datatype: Some(datatype_of(ValueType::of(&r.value))),
                 is_historical: historical.then_some(true),
                 properties: properties(props),
                 value: Some(metric_value(&r.value)),
@@ -706,6 +710,7 @@ impl Node {
             metrics.push(Metric {
                 alias: Some(seq_alias),
                 timestamp: Some(ms(batch.captured_ns)),
+                datatype: Some(datatype::UINT64),
                 is_historical: historical.then_some(true),
                 properties: split.and_then(properties),
                 value: Some(metric::Value::LongValue(seq)),
