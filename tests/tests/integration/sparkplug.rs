@@ -524,3 +524,118 @@ fn sparkplug_without_its_table_is_refused_where_it_is_asked_for() -> anyhow::Res
 fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+/// Report by exception: the shipped `deadband` processor holds back
+/// readings that did not move past their deadband, and still reports each
+/// channel at its maximum interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadband_processor_reports_changes_and_each_channel_at_its_maximum_interval()
+-> anyhow::Result<()> {
+    let rig = Rig::start("", "ferrule/gw-test/data/#").await?;
+    let counter = |name: &str, offset: f64, step: f64| {
+        let mut t = toml::Table::new();
+        t.insert("name".into(), name.into());
+        t.insert("signal".into(), "counter".into());
+        t.insert("offset".into(), offset.into());
+        t.insert("step".into(), step.into());
+        toml::Value::Table(t)
+    };
+    // Rises 1 a second (0.05 a poll) from `offset`, wrapping every 20 s.
+    let ramp = |name: &str, offset: f64| {
+        let mut t = toml::Table::new();
+        t.insert("name".into(), name.into());
+        t.insert("signal".into(), "ramp".into());
+        t.insert("offset".into(), offset.into());
+        t.insert("amplitude".into(), 20.0.into());
+        t.insert("period_s".into(), 20.0.into());
+        toml::Value::Table(t)
+    };
+    let mut fast_rule = toml::Table::new();
+    fast_rule.insert("absolute".into(), 0.5.into());
+    let mut rules = toml::Table::new();
+    // Per channel: `slow` by percent of its last value.
+    let mut slow_rule = toml::Table::new();
+    slow_rule.insert("percent".into(), 5.0.into());
+    rules.insert("slow".into(), toml::Value::Table(slow_rule));
+    rules.insert("fast".into(), toml::Value::Table(fast_rule));
+    let line = PluginToml::new("line", &plugin("sim")?)
+        .set("interval_ms", 50)
+        .config(
+            "channels",
+            toml::Value::Array(vec![
+                counter("steady", 7.0, 0.0),
+                ramp("slow", 1.0),
+                counter("fast", 0.0, 1.0),
+            ]),
+        )
+        .processor(
+            PluginToml::new("deadband", &plugin("deadband")?)
+                .config("absolute", 0.5)
+                .config("max_interval_s", 1.0)
+                .config("channels", toml::Value::Table(rules)),
+        );
+    let (_config, ferrule) = rig.run(&rig.gateway().driver(line), None)?;
+    let mut sub = rig.sub;
+    let mut batches = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // 120 polls at 50 ms: six seconds of readings.
+    while batches.len() < 120 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = match sub.next(left, "data of the line").await {
+            Ok(m) => m,
+            Err(e) => anyhow::bail!("{e}; ferrule log:\n{}", ferrule.log_text()),
+        };
+        batches.push(m.json()?);
+    }
+    let series = |channel: &str| -> Vec<(u64, f64)> {
+        batches
+            .iter()
+            .flat_map(|b| b["readings"].as_array().cloned().unwrap_or_default())
+            .filter(|r| r["channel"] == channel)
+            .filter_map(|r| Some((r["ts_ns"].as_u64()?, r["value"].as_f64()?)))
+            .collect()
+    };
+    // `fast` moves 1 a poll, past its 0.5: every reading goes on.
+    let fast = series("fast");
+    assert_eq!(fast.len(), batches.len(), "every change of fast reported");
+    // `steady` never moves: reported first, then once a second.
+    let steady = series("steady");
+    let span_s = (fast[fast.len() - 1].0 - fast[0].0) as f64 / 1e9;
+    assert!(
+        steady.len() >= 2 && (steady.len() as f64) <= span_s + 2.0,
+        "{} steady readings over {span_s:.1} s",
+        steady.len()
+    );
+    for w in steady.windows(2) {
+        let gap_ms = (w[1].0 - w[0].0) as f64 / 1e6;
+        assert!(
+            (1000.0..1500.0).contains(&gap_ms),
+            "steady reported after {gap_ms} ms, not at its 1 s maximum interval"
+        );
+    }
+    // `slow` moves 0.05 a poll: reported when it moved over 5 % of its last
+    // reported value (or at the maximum interval).
+    let slow = series("slow");
+    assert!(
+        slow.len() >= 3 && slow.len() < batches.len() / 3,
+        "{} slow readings",
+        slow.len()
+    );
+    // Below 18, 5 % is less than the 0.9 it rises in 0.9 s: some reports
+    // come from moves, before the maximum interval.
+    assert!(
+        slow.windows(2).any(|w| w[1].0 - w[0].0 < 900_000_000),
+        "slow reported only at its maximum interval: {slow:?}"
+    );
+    // (Past its wrap it starts again low: a move, reported at once.)
+    for w in slow.windows(2).filter(|w| w[1].1 >= w[0].1) {
+        let moved = (w[1].1 - w[0].1).abs() > w[0].1 * 0.05;
+        let waited = w[1].0 - w[0].0 >= 1_000_000_000;
+        assert!(moved || waited, "slow reported without cause: {w:?}");
+        assert!(
+            (w[1].1 - w[0].1).abs() <= w[0].1.abs() * 0.05 + 0.2,
+            "a change past the deadband held back: {w:?}"
+        );
+    }
+    Ok(())
+}
