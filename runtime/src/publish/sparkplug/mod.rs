@@ -313,8 +313,8 @@ pub struct Node {
     last: HashMap<u64, (Value, u64)>,
     /// This connection's bdSeq.
     bd_seq: u64,
-    /// Devices born on this connection.
-    born: HashSet<String>,
+    /// Devices born on this connection, with the metrics their birth named.
+    born: HashMap<String, HashSet<String>>,
     /// When this connection's NBIRTH was made; 0 before.
     born_ns: u64,
     /// Whether births went out on this connection (the primary host, if
@@ -336,7 +336,7 @@ impl Node {
             known: HashMap::new(),
             last: HashMap::new(),
             bd_seq: 0,
-            born: HashSet::new(),
+            born: HashMap::new(),
             born_ns: 0,
             ready: false,
             host_ts: 0,
@@ -596,7 +596,9 @@ impl Node {
             is_null: Some(true),
             ..Metric::default()
         });
-        self.born.insert(device.to_string());
+        let named = self.known.get(device).into_iter().flatten();
+        self.born
+            .insert(device.to_string(), named.map(|(n, _)| n.clone()).collect());
         Message {
             topic: self.settings.device_topic("DBIRTH", device),
             payload: proto::Payload {
@@ -615,7 +617,7 @@ impl Node {
         let drivers = self.drivers();
         let dead: Vec<String> = self
             .born
-            .iter()
+            .keys()
             .filter(|device| {
                 !drivers
                     .iter()
@@ -647,8 +649,13 @@ impl Node {
     /// for any message is left out and returned with its size.
     pub fn data(&mut self, seq: u64, batch: &Batch, budget: usize) -> Data {
         let device = batch.driver.as_str();
-        let mut changed = !self.born.contains(device);
-        if changed {
+        // Not born, or a metric its birth did not name (a channel declared
+        // since, which the node may already know of).
+        let mut changed = match self.born.get(device) {
+            None => true,
+            Some(named) => batch.readings.iter().any(|r| !named.contains(&r.channel)),
+        };
+        if !self.born.contains_key(device) {
             // Its declarations first, so the birth carries ranges and units.
             self.drivers();
         }

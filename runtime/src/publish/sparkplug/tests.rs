@@ -340,3 +340,66 @@ fn state_follows_the_newest_timestamp() {
         Some(false)
     );
 }
+
+#[test]
+fn a_channel_declared_after_the_birth_is_born_before_its_first_data() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let counters = Arc::new(crate::pipeline::DriverCounters::default());
+    counters
+        .availability
+        .store(crate::pipeline::AVAILABLE, Ordering::Relaxed);
+    let declared = |names: &[&str]| -> Arc<[Channel]> {
+        names
+            .iter()
+            .map(|n| Channel {
+                name: (*n).to_string(),
+                unit: None,
+                value_type: ValueType::Float,
+                declared: true,
+                description: None,
+                address: None,
+                range: Some((0.0, 10.0)),
+                writable: false,
+            })
+            .collect()
+    };
+    *counters.declared.lock().unwrap() = declared(&["a"]);
+    settings
+        .drivers
+        .lock()
+        .unwrap()
+        .drivers
+        .push(("plc".to_string(), counters.clone()));
+    let mut node = Node::new(settings);
+    node.connecting();
+    let births = node.births();
+    assert_eq!(births.len(), 2, "NBIRTH and the running driver's DBIRTH");
+    let dbirth = decode(&births[1]);
+    let a = &dbirth.metrics[0];
+    assert_eq!(a.name.as_deref(), Some("a"));
+    assert_eq!(a.is_null, Some(true));
+    let keys = &a.properties.as_ref().unwrap().keys;
+    assert_eq!(keys, &["engLow", "engHigh", "readOnly"]);
+
+    // A channel declared later becomes known to the node at its next look
+    // at the drivers (the deaths check); its first data still needs a birth.
+    *counters.declared.lock().unwrap() = declared(&["a", "b"]);
+    assert!(node.deaths().is_empty());
+    let now = crate::reading::now_ns();
+    let mut r = reading("b", Value::Float(1.0), now);
+    r.unit = None;
+    let out = node.data(1, &batch(vec![r], now), 4096);
+    assert_eq!(out.messages.len(), 2, "DBIRTH naming b, then DDATA");
+    assert!(out.messages[0].topic.contains("/DBIRTH/"));
+
+    // Its polls fail: DDEATH, once.
+    counters
+        .availability
+        .store(crate::pipeline::UNAVAILABLE, Ordering::Relaxed);
+    let deaths = node.deaths();
+    assert_eq!(deaths.len(), 1);
+    assert!(deaths[0].topic.ends_with("/DDEATH/gw1/plc"));
+    assert!(node.deaths().is_empty());
+}
