@@ -589,6 +589,8 @@ pub fn start_ferrule(
 pub struct Tally {
     pub messages: std::sync::atomic::AtomicU64,
     pub readings: std::sync::atomic::AtomicU64,
+    /// Payload bytes of the messages counted.
+    pub bytes: std::sync::atomic::AtomicU64,
     /// The first payloads seen (for replay by the baseline client).
     kept: std::sync::Mutex<Vec<Vec<u8>>>,
 }
@@ -614,6 +616,7 @@ impl Tally {
                     continue;
                 }
                 counts.messages.fetch_add(1, Relaxed);
+                counts.bytes.fetch_add(m.payload.len() as u64, Relaxed);
                 counts
                     .readings
                     .fetch_add(readings(&m.payload) as u64, Relaxed);
@@ -629,6 +632,11 @@ impl Tally {
     /// The payloads kept so far.
     pub fn kept(&self) -> Vec<Vec<u8>> {
         self.kept.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Payload bytes so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// (messages, readings) so far.

@@ -58,6 +58,7 @@ fn plausible(f: &Figure) -> anyhow::Result<()> {
         "x" => (f64::MIN_POSITIVE, 1e4),
         unit if unit.ends_with("/s") => (0.0, 1e9),
         "readings" | "messages" => (0.0, 1e12),
+        "bytes" => (0.0, 1e9),
         "per message" => (0.0, 1e6),
         other => anyhow::bail!("unit {other:?} has no plausible range here; add one"),
     };
@@ -167,6 +168,20 @@ fn gateways_job_loses_no_reading_on_ferrule() -> anyhow::Result<()> {
         .unwrap_or(0.0);
     let captured = f.baseline.unwrap_or(f64::NAN);
     assert!(f.value + queued >= captured, "{r:?}");
+    // The same job with Sparkplug B: it ran, delivered, and its messages
+    // are smaller per reading than JSON's.
+    let sparkplug = r
+        .figures
+        .iter()
+        .find(|f| f.name.starts_with("ferrule Sparkplug B readings delivered"))
+        .ok_or_else(|| anyhow::anyhow!("no Sparkplug B run: {:?}", r.notes))?;
+    assert!(sparkplug.value > 0.0, "{sparkplug:?}");
+    let bytes = r
+        .figures
+        .iter()
+        .find(|f| f.name == "bytes per delivered reading: Sparkplug B vs JSON")
+        .ok_or_else(|| anyhow::anyhow!("no bytes figure"))?;
+    assert!(bytes.ratio.is_some_and(|r| r < 1.0), "{bytes:?}");
     // Node-RED and ThingsBoard gateway are installed by `cargo xtask bench`
     // only; without them the part says so instead of inventing figures.
     let peers = ferrule_tests::target_dir().join("bench-peers");

@@ -38,6 +38,31 @@ struct Outcome {
     usage: Usage,
     /// Readings counted at the subscriber during the window, per second.
     delivered_per_s: f64,
+    /// MQTT payload bytes per delivered reading in the window.
+    bytes_per_reading: f64,
+}
+
+impl Outcome {
+    /// CPU time per delivered reading, in µs: fair when a peer delivers less.
+    fn cpu_per_reading_us(&self) -> f64 {
+        self.usage.cpu_s * 1e6 / (self.delivered_per_s * self.usage.wall_s).max(1.0)
+    }
+}
+
+/// How ferrule publishes in a run of the job.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// Its JSON messages (the default).
+    Json,
+    /// Sparkplug B (protobuf, aliases).
+    SparkplugB,
+}
+
+/// Readings in a Sparkplug B DDATA: its metrics but `ferrule/seq`.
+fn readings_in_sparkplug(payload: &[u8]) -> usize {
+    use ferrule::publish::sparkplug::proto::Payload;
+    use prost::Message as _;
+    Payload::decode(payload).map_or(0, |p| p.metrics.len().saturating_sub(1))
 }
 
 fn peers_dir() -> PathBuf {
@@ -67,19 +92,35 @@ async fn observe(
     let pid = process.child.id();
     bench::first_arrival(name, || tally.now().1 > 0, process).await?;
     tokio::time::sleep(span.warmup).await;
-    let (_, r0) = tally.now();
+    let ((_, r0), b0) = (tally.now(), tally.bytes());
     let usage = bench::measure(&[pid], span.window).await?;
-    let (_, r1) = tally.now();
+    let ((_, r1), b1) = (tally.now(), tally.bytes());
     Ok(Outcome {
         usage,
         delivered_per_s: (r1 - r0) as f64 / usage.wall_s,
+        bytes_per_reading: (b1 - b0) as f64 / (r1 - r0).max(1) as f64,
     })
 }
 
 /// ferrule: returns the outcome and (captured, delivered, still queued).
-async fn run_ferrule(job: &Job<'_>) -> anyhow::Result<(Outcome, u64, u64, u64)> {
-    let mut sub = Subscriber::connect(job.pki, job.port, "ferrule/gw-test/data/#").await?;
-    let tally = Tally::start(&mut sub, |_| true, bench::readings_in, 0);
+async fn run_ferrule(job: &Job<'_>, format: Format) -> anyhow::Result<(Outcome, u64, u64, u64)> {
+    let (_sub, tally) = match format {
+        Format::Json => {
+            let mut sub = Subscriber::connect(job.pki, job.port, "ferrule/gw-test/data/#").await?;
+            let tally = Tally::start(&mut sub, |_| true, bench::readings_in, 0);
+            (sub, tally)
+        }
+        Format::SparkplugB => {
+            let mut sub = Subscriber::connect(job.pki, job.port, "spBv1.0/#").await?;
+            let tally = Tally::start(
+                &mut sub,
+                |topic| topic.contains("/DDATA/"),
+                readings_in_sparkplug,
+                0,
+            );
+            (sub, tally)
+        }
+    };
     let channels: Vec<toml::Value> = (0..REGISTERS)
         .map(|i| {
             table([
@@ -97,18 +138,28 @@ async fn run_ferrule(job: &Job<'_>) -> anyhow::Result<(Outcome, u64, u64, u64)> 
             .set("interval_ms", INTERVAL_MS as i64)
             .config("channels", toml::Value::Array(channels.clone()))
     });
+    let name = match format {
+        Format::Json => "ferrule-gateways",
+        Format::SparkplugB => "ferrule-sparkplug",
+    };
     // The default in-flight window.
-    let config = bench::gateway_of(
-        &job.dir.join("ferrule-data"),
+    let mut gateway = bench::gateway_of(
+        &job.dir.join(format!("{name}-data")),
         job.pki,
         job.port,
         32,
         drivers,
-    )
-    .render();
-    let path = job.dir.join("ferrule-gateways.toml");
-    std::fs::write(&path, config)?;
-    let mut ferrule = bench::start_ferrule(job.dir, &path, "ferrule-gateways.log")?;
+    );
+    if format == Format::SparkplugB {
+        gateway = gateway.set("mqtt", "format", "sparkplug-b").set(
+            "mqtt",
+            "sparkplug",
+            table([("group_id", toml::Value::from("bench"))]),
+        );
+    }
+    let path = job.dir.join(format!("{name}.toml"));
+    std::fs::write(&path, gateway.render())?;
+    let mut ferrule = bench::start_ferrule(job.dir, &path, &format!("{name}.log"))?;
     bench::pin_gateway(ferrule.child.id())?;
     let outcome = observe("ferrule", &ferrule, &tally, job.span).await?;
     ferrule.terminate(Duration::from_secs(20))?;
@@ -372,7 +423,7 @@ async fn main() -> anyhow::Result<()> {
     report.method(format!(
         "job: {DEVICES} pymodbus 3.8 devices (one process), {REGISTERS} holding registers each, polled every {INTERVAL_MS} ms = {EXPECTED_PER_S:.0} readings/s, published to mosquitto over TLS 1.2 with client certificates, QoS 1; each gateway alone, a window of {span} past its first reading"
     ));
-    report.method("ferrule: 10 modbus-tcp drivers (one 100-register read per poll), queue with an fsync per commit, logging at info");
+    report.method("ferrule: 10 modbus-tcp drivers (one 100-register read per poll), queue with an fsync per commit, logging at info; run twice, with its JSON messages and with Sparkplug B (`format = \"sparkplug-b\"`, DDATA counted at a subscriber to spBv1.0/#)");
     report.method("Node-RED 4.1.15 + node-red-contrib-modbus 5.23.3: 10 Modbus-Read nodes (100 registers, 100 ms) → function node {device, ts, values} → MQTT out (QoS 1, TLS), logging at info");
     report.method("ThingsBoard IoT Gateway 3.8.5 (its own venv, pymodbus 3.9.2 as its connector requires): Modbus connector, 100 time series tags per device (one read per tag), memory storage, report strategy ON_RECEIVED, publishing v1/gateway/telemetry; the measuring process answers its getSessionLimits RPC as a ThingsBoard platform without rate limits would; its update check (an HTTPS call to the internet at start) is replaced by a no-op");
     report.method("CPU = user + system time of the gateway's process over the window; RSS = mean of samples taken every second");
@@ -390,7 +441,8 @@ async fn main() -> anyhow::Result<()> {
         sim: &sim,
         span,
     };
-    let (ours, captured, delivered, queued) = run_ferrule(&job).await?;
+    let (ours, captured, delivered, queued) = run_ferrule(&job, Format::Json).await?;
+    let sparkplug = run_ferrule(&job, Format::SparkplugB).await;
     // For profiling ferrule alone: BENCH_GATEWAYS_ONLY_FERRULE=1.
     let (node_red, thingsboard) = if std::env::var_os("BENCH_GATEWAYS_ONLY_FERRULE").is_some() {
         let skipped = || Err(anyhow::anyhow!("skipped (BENCH_GATEWAYS_ONLY_FERRULE)"));
@@ -421,6 +473,49 @@ async fn main() -> anyhow::Result<()> {
         report.note(format!(
             "{queued} captured readings were still queued at the stop (kept on disk, sent at the next start)"
         ));
+    }
+    report.figure(
+        "ferrule bytes per delivered reading (JSON)",
+        ours.bytes_per_reading,
+        "bytes",
+    );
+    match &sparkplug {
+        Ok((sp, captured, delivered, _)) => {
+            report.figure(
+                "ferrule Sparkplug B CPU",
+                sp.usage.cpu_percent(),
+                "% of one core",
+            );
+            report.figure(
+                "ferrule Sparkplug B RSS",
+                sp.usage.rss_mean_kib / 1024.0,
+                "MiB",
+            );
+            report
+                .compare(
+                    "ferrule Sparkplug B readings delivered of those captured (whole run)",
+                    *delivered as f64,
+                    "readings",
+                    "captured",
+                    *captured as f64,
+                )
+                .ratio_at_least(1.0);
+            report.compare(
+                "bytes per delivered reading: Sparkplug B vs JSON",
+                sp.bytes_per_reading,
+                "bytes",
+                "JSON",
+                ours.bytes_per_reading,
+            );
+            report.compare(
+                "CPU per delivered reading: Sparkplug B vs JSON",
+                sp.cpu_per_reading_us(),
+                "µs",
+                "JSON",
+                ours.cpu_per_reading_us(),
+            );
+        }
+        Err(e) => report.note(format!("ferrule with Sparkplug B not measured: {e:#}")),
     }
     for (name, outcome) in [
         ("Node-RED", &node_red),
@@ -466,17 +561,36 @@ async fn main() -> anyhow::Result<()> {
                         theirs.usage.rss_mean_kib / 1024.0,
                     )
                     .ratio_at_most(1.0 / 3.0);
-                // CPU per delivered reading: fair when a peer delivers less.
-                let per = |o: &Outcome| {
-                    o.usage.cpu_s * 1e6 / (o.delivered_per_s * o.usage.wall_s).max(1.0)
-                };
                 report.compare(
                     &format!("CPU per delivered reading: ferrule vs {name}"),
-                    per(&ours),
+                    ours.cpu_per_reading_us(),
                     "µs",
                     name,
-                    per(theirs),
+                    theirs.cpu_per_reading_us(),
                 );
+                report.compare(
+                    &format!("bytes per delivered reading: ferrule vs {name}"),
+                    ours.bytes_per_reading,
+                    "bytes",
+                    name,
+                    theirs.bytes_per_reading,
+                );
+                if let Ok((sp, ..)) = &sparkplug {
+                    report.compare(
+                        &format!("CPU per delivered reading: ferrule Sparkplug B vs {name}"),
+                        sp.cpu_per_reading_us(),
+                        "µs",
+                        name,
+                        theirs.cpu_per_reading_us(),
+                    );
+                    report.compare(
+                        &format!("bytes per delivered reading: ferrule Sparkplug B vs {name}"),
+                        sp.bytes_per_reading,
+                        "bytes",
+                        name,
+                        theirs.bytes_per_reading,
+                    );
+                }
             }
             Err(e) => report.note(format!("{name} not measured: {e:#}")),
         }
