@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::packet::payload_budget;
 use super::session::{LaneKind, Outbound, Session, SessionError};
-use super::sparkplug::Incoming;
+use super::sparkplug::{Incoming, SeqMark};
 use crate::remote::Incoming as Command;
 
 /// Numbers the commands a DCMD becomes, for their results and the log.
@@ -21,8 +21,17 @@ impl Session<'_> {
         }
     }
 
-    /// NBIRTH and the DBIRTHs, after whatever the data lane already holds.
+    /// NBIRTH and the DBIRTHs, after whatever the data lane already holds;
+    /// none when births are already waiting there (a flood of rebirth
+    /// requests costs one set).
     pub(super) fn births(&mut self) {
+        let waiting = self.lanes.iter().any(|l| {
+            l.kind == LaneKind::Data && l.pending.iter().any(|o| o.mark == SeqMark::Reset)
+        });
+        if waiting {
+            tracing::debug!("Sparkplug births already waiting to be sent");
+            return;
+        }
         let Some(node) = self.node.as_deref_mut() else {
             return;
         };
