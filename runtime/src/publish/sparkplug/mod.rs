@@ -304,8 +304,8 @@ pub struct DeviceWrite {
 /// and the state of the current connection.
 pub struct Node {
     settings: SparkplugSettings,
-    /// Every (device, metric) ever declared, with its alias.
-    aliases: HashMap<(String, String), u64>,
+    /// Every metric ever declared, by device, with its alias.
+    aliases: HashMap<String, HashMap<String, u64>>,
     next_alias: u64,
     /// What each device's metrics are, as last declared.
     known: HashMap<String, BTreeMap<String, Meta>>,
@@ -474,13 +474,15 @@ impl Node {
     }
 
     fn alias(&mut self, device: &str, metric: &str) -> u64 {
-        let key = (device.to_string(), metric.to_string());
-        if let Some(a) = self.aliases.get(&key) {
+        if let Some(a) = self.aliases.get(device).and_then(|m| m.get(metric)) {
             return *a;
         }
         let a = self.next_alias;
         self.next_alias += 1;
-        self.aliases.insert(key, a);
+        self.aliases
+            .entry(device.to_string())
+            .or_default()
+            .insert(metric.to_string(), a);
         a
     }
 
