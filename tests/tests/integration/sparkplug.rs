@@ -303,7 +303,7 @@ async fn a_tahu_host_accepts_births_data_seq_wrap_backfill_and_the_will() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_host_state_rebirth_and_dcmd_writes_reach_the_device() -> anyhow::Result<()> {
     let rig = Rig::start("", "spBv1.0/#").await?;
-    let device = ModbusSim::start(rig.dir.path(), &json!({ "holding": [5, 0, 0] }))?;
+    let mut device = ModbusSim::start(rig.dir.path(), &json!({ "holding": [5, 0, 0] }))?;
     let plc = PluginToml::new("plc", &plugin("modbus_tcp")?)
         .set("device", format!("127.0.0.1:{}", device.port))
         .set("interval_ms", 200)
@@ -410,7 +410,12 @@ async fn primary_host_state_rebirth_and_dcmd_writes_reach_the_device() -> anyhow
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // The new value shows in the data the host reads.
+    // The new value shows in the data the host reads: a second of polls
+    // after the last write, then whatever the subscriber holds, then more.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while let Ok(m) = sub.messages.try_recv() {
+        all.push(m);
+    }
     let written_at = all.len();
     collect_until(
         &mut sub,
@@ -419,6 +424,38 @@ async fn primary_host_state_rebirth_and_dcmd_writes_reach_the_device() -> anyhow
         "DDATA after the writes",
         &ferrule,
         |all| count(&all[written_at..], "DDATA") >= 3,
+    )
+    .await?;
+
+    // The device goes away: its polls fail and it dies (DDEATH); when it
+    // answers again it is born again before its data.
+    device.stop();
+    let stopped_at = all.len();
+    collect_until(
+        &mut sub,
+        &mut all,
+        Duration::from_secs(30),
+        "DDEATH of the unavailable device",
+        &ferrule,
+        |all| all[stopped_at..].iter().any(|m| kind(m) == "DDEATH"),
+    )
+    .await?;
+    device.restart()?;
+    collect_until(
+        &mut sub,
+        &mut all,
+        Duration::from_secs(30),
+        "DBIRTH and data once the device answers again",
+        &ferrule,
+        |all| {
+            let after = &all[stopped_at..];
+            after
+                .iter()
+                .position(|m| kind(m) == "DDEATH")
+                .is_some_and(|i| {
+                    count(&after[i..], "DBIRTH") >= 1 && count(&after[i..], "DDATA") >= 2
+                })
+        },
     )
     .await?;
     let before_offline = all.len();
@@ -474,10 +511,11 @@ async fn primary_host_state_rebirth_and_dcmd_writes_reach_the_device() -> anyhow
         .filter(|m| m["name"] == "setpoint")
         .filter_map(|m| m["value"].as_f64())
         .collect();
-    assert!(
-        written.contains(&1234.0) && written.last() == Some(&77.0),
-        "{written:?}"
-    );
+    let at = |v: f64| written.iter().position(|w| *w == v);
+    assert!(at(1234.0) < at(77.0) && at(1234.0).is_some(), "{written:?}");
+    let deaths: Vec<&Value> = messages.iter().filter(|m| m["type"] == "DDEATH").collect();
+    assert_eq!(deaths.len(), 1, "one DDEATH for the outage");
+    assert_eq!(deaths[0]["device"], "plc");
     let setpoint_type = messages
         .iter()
         .filter(|m| m["type"] == "DBIRTH")
