@@ -52,9 +52,9 @@ pub struct Reading {
 
 /// Read without `#[serde(flatten)]`, which would buffer every field of
 /// every reading before looking at it: the value is taken as JSON and
-/// turned into its `type`, with [`Value`]'s own rules (a float may be
+/// read as its `type` by the same rules as [`Value`]'s (a float may be
 /// `"NaN"`, `"inf"`, `"-inf"` or, as versions before 0.2 wrote it, `null`;
-/// bytes are base64). About twice as fast to read a stored batch.
+/// bytes are base64).
 impl<'de> Deserialize<'de> for Reading {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -78,37 +78,15 @@ impl<'de> Deserialize<'de> for Reading {
             unit: Option<String>,
         }
         use serde::de::Error as _;
-        use serde_json::Value as J;
         let r = Repr::deserialize(d)?;
-        let wrong = |what: &str| D::Error::custom(format!("{what}, not {}", r.value));
-        let value = match (r.kind, &r.value) {
-            (Kind::Float, J::Number(n)) => {
-                Value::Float(n.as_f64().ok_or_else(|| wrong("a float"))?)
-            }
-            (Kind::Float, J::Null) => Value::Float(f64::NAN),
-            (Kind::Float, J::String(s)) => Value::Float(match s.as_str() {
-                float_repr::NAN => f64::NAN,
-                float_repr::INF => f64::INFINITY,
-                float_repr::NEG_INF => f64::NEG_INFINITY,
-                _ => return Err(wrong("a number, or \"NaN\", \"inf\" or \"-inf\"")),
-            }),
-            (Kind::Int, J::Number(n)) => {
-                Value::Int(n.as_i64().ok_or_else(|| wrong("a 64-bit integer"))?)
-            }
-            (Kind::Bool, J::Bool(b)) => Value::Bool(*b),
-            (Kind::Text, J::String(s)) => Value::Text(s.clone()),
-            (Kind::Bytes, J::String(s)) => {
-                use base64::Engine as _;
-                Value::Bytes(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(s)
-                        .map_err(D::Error::custom)?,
-                )
-            }
-            (Kind::Float, _) => return Err(wrong("a float")),
-            (Kind::Int, _) => return Err(wrong("an integer")),
-            (Kind::Bool, _) => return Err(wrong("a boolean")),
-            (Kind::Text | Kind::Bytes, _) => return Err(wrong("a string")),
+        // Each case read by the rules `Value`'s own derive uses.
+        let v = &r.value;
+        let value = match r.kind {
+            Kind::Float => Value::Float(float_repr::deserialize(v).map_err(D::Error::custom)?),
+            Kind::Int => Value::Int(i64::deserialize(v).map_err(D::Error::custom)?),
+            Kind::Bool => Value::Bool(bool::deserialize(v).map_err(D::Error::custom)?),
+            Kind::Text => Value::Text(String::deserialize(v).map_err(D::Error::custom)?),
+            Kind::Bytes => Value::Bytes(base64_bytes::deserialize(v).map_err(D::Error::custom)?),
         };
         Ok(Reading {
             channel: r.channel,

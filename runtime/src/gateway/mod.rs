@@ -442,11 +442,7 @@ fn engine_settings(config: &Config, data_root: &Path) -> EngineSettings {
             std::fs::read(&path)
                 .ok()
                 .and_then(|bytes| ComponentNeeds::of(&bytes).ok())
-                .unwrap_or(ComponentNeeds {
-                    core_instances: 8,
-                    memories: 2,
-                    tables: 8,
-                })
+                .unwrap_or(ComponentNeeds::UNMEASURED)
         });
         needed = needed.plus(needs);
         largest = largest.max(needs);

@@ -107,13 +107,12 @@ fn engine_config(settings: &EngineSettings, pooling: bool) -> EngineConfig {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(n).total_stacks(n);
         match settings.pool_total.core_instances {
-            // Without measured needs: a fixed allowance per slot (a Rust
-            // wasip2 component's handful of core instances, one or two
-            // memories, a few tables) and wasmtime's own cap per component.
+            // Without measured needs: a fixed allowance per slot and
+            // wasmtime's own cap per component.
             0 => pool
-                .total_core_instances(n.saturating_mul(8))
-                .total_memories(n.saturating_mul(2))
-                .total_tables(n.saturating_mul(8))
+                .total_core_instances(n.saturating_mul(ComponentNeeds::UNMEASURED.core_instances))
+                .total_memories(n.saturating_mul(ComponentNeeds::UNMEASURED.memories))
+                .total_tables(n.saturating_mul(ComponentNeeds::UNMEASURED.tables))
                 .max_memories_per_component(4)
                 .max_tables_per_component(8),
             _ => {

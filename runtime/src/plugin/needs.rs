@@ -19,6 +19,16 @@ pub struct ComponentNeeds {
 }
 
 impl ComponentNeeds {
+    /// What is assumed of a component whose needs were not measured (a
+    /// file that cannot be read yet, or a caller that measures nothing): a
+    /// Rust wasip2 component's handful of core instances, one or two
+    /// memories and a few tables.
+    pub const UNMEASURED: ComponentNeeds = ComponentNeeds {
+        core_instances: 8,
+        memories: 2,
+        tables: 8,
+    };
+
     /// What a component's bytes say: every core instantiation, and the
     /// memories and tables each instantiated module defines. A module
     /// instantiated twice counts twice.

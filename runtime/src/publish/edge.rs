@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::packet::payload_budget;
 use super::session::{LaneKind, Outbound, Session, SessionError};
 use super::sparkplug::{Incoming, SeqMark};
 use crate::remote::Incoming as Command;
@@ -67,19 +66,14 @@ impl Session<'_> {
         let Some(node) = self.node.as_deref_mut() else {
             return Ok(());
         };
-        let topic = node.settings().device_topic("DDATA", &batch.driver);
-        // Room for the `seq` added when it leaves.
-        let budget = payload_budget(self.packet_limit, &topic).saturating_sub(3);
-        let data = node.data(seq, &batch, budget);
-        for (channel, size) in &data.too_large {
-            self.stats
-                .readings_too_large
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(driver = %batch.driver, seq, channel = %channel, reading_bytes = size, max_payload_bytes = budget, "reading larger than the broker's packet size limit; left out (counted as readings_too_large)");
-        }
-        if data.entry_messages > 1 {
-            self.stats.entries_split.fetch_add(1, Ordering::Relaxed);
-        }
+        let data = node.data(seq, &batch, self.packet_limit);
+        self.left_out_and_split(
+            &batch.driver,
+            seq,
+            &data.too_large,
+            data.budget,
+            data.entry_messages,
+        );
         let births = data.messages.len() - data.entry_messages;
         let lane = &mut self.lanes[i];
         lane.parts_left.insert(seq, data.entry_messages);

@@ -35,12 +35,33 @@ impl Session<'_> {
         let batch = entry.batch()?;
         let encoded =
             encode_parts(&self.settings.gateway, seq, &batch, budget).map_err(encode_error)?;
-        for (channel, size) in &encoded.too_large {
+        self.left_out_and_split(
+            &batch.driver,
+            seq,
+            &encoded.too_large,
+            budget,
+            encoded.payloads.len(),
+        );
+        Ok((topic, encoded.payloads))
+    }
+
+    /// Counts and logs the readings of entry `seq` left out as too large
+    /// for a packet, and the entry as split when it takes several
+    /// messages: the same for JSON and Sparkplug B.
+    pub(super) fn left_out_and_split(
+        &self,
+        driver: &str,
+        seq: u64,
+        too_large: &[(String, usize)],
+        budget: usize,
+        messages: usize,
+    ) {
+        for (channel, size) in too_large {
             self.stats
                 .readings_too_large
                 .fetch_add(1, Ordering::Relaxed);
             tracing::error!(
-                driver = %batch.driver,
+                driver = %driver,
                 seq,
                 channel = %channel,
                 reading_bytes = size,
@@ -48,11 +69,10 @@ impl Session<'_> {
                 "reading larger than the broker's packet size limit; left out (counted as readings_too_large)"
             );
         }
-        if encoded.payloads.len() > 1 {
+        if messages > 1 {
             self.stats.entries_split.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(seq, parts = encoded.payloads.len(), "entry sent in parts");
+            tracing::debug!(seq, parts = messages, "entry sent in parts");
         }
-        Ok((topic, encoded.payloads))
     }
 
     /// A telemetry entry's topic and payload: the snapshot's JSON as stored.

@@ -364,15 +364,20 @@ impl Node {
     pub fn ndeath_payload(&self) -> Vec<u8> {
         proto::Payload {
             timestamp: Some(crate::reading::now_ms()),
-            metrics: vec![Metric {
-                name: Some("bdSeq".to_string()),
-                datatype: Some(datatype::UINT64),
-                value: Some(metric::Value::LongValue(self.bd_seq)),
-                ..Metric::default()
-            }],
+            metrics: vec![self.bd_seq_metric()],
             ..proto::Payload::default()
         }
         .encode_to_vec()
+    }
+
+    /// `bdSeq`, as NBIRTH and NDEATH carry it.
+    fn bd_seq_metric(&self) -> Metric {
+        Metric {
+            name: Some("bdSeq".to_string()),
+            datatype: Some(datatype::UINT64),
+            value: Some(metric::Value::LongValue(self.bd_seq)),
+            ..Metric::default()
+        }
     }
 
     /// Whether births went out on this connection.
@@ -396,12 +401,7 @@ impl Node {
         let nbirth = proto::Payload {
             timestamp: Some(ms(now)),
             metrics: vec![
-                Metric {
-                    name: Some("bdSeq".to_string()),
-                    datatype: Some(datatype::UINT64),
-                    value: Some(metric::Value::LongValue(self.bd_seq)),
-                    ..Metric::default()
-                },
+                self.bd_seq_metric(),
                 Metric {
                     name: Some(REBIRTH.to_string()),
                     datatype: Some(datatype::BOOLEAN),
@@ -425,6 +425,7 @@ impl Node {
             payload: nbirth.encode_to_vec(),
             seq: SeqMark::Reset,
         }];
+        self.take_declarations(None);
         for (name, available) in self.drivers() {
             if available != Some(false) {
                 out.push(self.dbirth(&name));
@@ -434,10 +435,33 @@ impl Node {
     }
 
     /// Each running driver's name and whether its last poll succeeded
-    /// (`None` before its first), with its declared channels merged into
-    /// what the node knows.
-    fn drivers(&mut self) -> Vec<(String, Option<bool>)> {
-        let list: Vec<_> = {
+    /// (`None` before its first).
+    fn drivers(&self) -> Vec<(String, Option<bool>)> {
+        let live = self
+            .settings
+            .drivers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        live.drivers
+            .iter()
+            .map(|(name, counters)| {
+                let available = match counters
+                    .availability
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    crate::pipeline::AVAILABLE => Some(true),
+                    crate::pipeline::UNAVAILABLE => Some(false),
+                    _ => None,
+                };
+                (name.clone(), available)
+            })
+            .collect()
+    }
+
+    /// Takes what the running drivers (or only `device`) declared of their
+    /// channels, so the births to come carry their units and ranges.
+    fn take_declarations(&mut self, device: Option<&str>) {
+        let declared: Vec<_> = {
             let live = self
                 .settings
                 .drivers
@@ -445,32 +469,22 @@ impl Node {
                 .unwrap_or_else(PoisonError::into_inner);
             live.drivers
                 .iter()
+                .filter(|(name, _)| device.is_none_or(|d| d == name))
                 .map(|(name, counters)| {
-                    let declared = counters
+                    let channels = counters
                         .declared
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .clone();
-                    let availability = counters
-                        .availability
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    (name.clone(), declared, availability)
+                    (name.clone(), channels)
                 })
                 .collect()
         };
-        list.into_iter()
-            .map(|(name, declared, availability)| {
-                for channel in declared.iter() {
-                    self.declare(&name, channel);
-                }
-                let available = match availability {
-                    crate::pipeline::AVAILABLE => Some(true),
-                    crate::pipeline::UNAVAILABLE => Some(false),
-                    _ => None,
-                };
-                (name, available)
-            })
-            .collect()
+        for (name, channels) in declared {
+            for channel in channels.iter() {
+                self.declare(&name, channel);
+            }
+        }
     }
 
     fn alias(&mut self, device: &str, metric: &str) -> u64 {
@@ -646,26 +660,28 @@ impl Node {
     /// The messages for queue entry `seq` holding `batch`: a DBIRTH first
     /// when the device is not born on this connection or the batch brings
     /// a metric (or a type or unit) its birth did not declare, then DDATA
-    /// of at most `budget` bytes each. Readings captured before this
+    /// that fit a packet of `packet_limit` bytes. Readings captured before this
     /// connection's births are sent `is_historical`. A reading too large
     /// for any message is left out and returned with its size.
-    pub fn data(&mut self, seq: u64, batch: &Batch, budget: usize) -> Data {
+    pub fn data(&mut self, seq: u64, batch: &Batch, packet_limit: usize) -> Data {
         let device = batch.driver.as_str();
+        let topic = self.settings.device_topic("DDATA", device);
+        // Room for the `seq` added when it leaves.
+        let budget = super::packet::payload_budget(packet_limit, &topic).saturating_sub(3);
         // Not born, or a metric its birth did not name (a channel declared
         // since, which the node may already know of).
         let mut changed = match self.born.get(device) {
             None => true,
             Some(named) => batch.readings.iter().any(|r| !named.contains(&r.channel)),
         };
-        if !self.born.contains_key(device) {
-            // Its declarations first, so the birth carries ranges and units.
-            self.drivers();
-        }
         for r in &batch.readings {
             changed |= self.learn(device, &r.channel, &r.value, r.unit.as_deref());
         }
         let mut messages = Vec::new();
         if changed {
+            // Its declarations over what readings taught, so the birth
+            // carries units and ranges.
+            self.take_declarations(Some(device));
             messages.push(self.dbirth(device));
         }
         let historical = batch.captured_ns < self.born_ns;
@@ -700,7 +716,6 @@ impl Node {
         let seq_alias = self.alias(device, SEQ_METRIC);
         let (parts, too_large) = pack(metrics, budget, &batch.readings);
         let count = u32::try_from(parts.len()).unwrap_or(u32::MAX);
-        let topic = self.settings.device_topic("DDATA", device);
         let entry_messages = parts.len();
         for (i, mut metrics) in parts.into_iter().enumerate() {
             let split = (count > 1).then(|| {
@@ -740,6 +755,7 @@ impl Node {
             messages,
             entry_messages,
             too_large,
+            budget,
         }
     }
 
@@ -875,6 +891,8 @@ pub struct Data {
     pub entry_messages: usize,
     /// Readings left out: too large for any message (channel, bytes).
     pub too_large: Vec<(String, usize)>,
+    /// The payload bytes a DDATA on its topic may take.
+    pub budget: usize,
 }
 
 /// Bytes a DDATA needs besides its reading metrics: the payload's

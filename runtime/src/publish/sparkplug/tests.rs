@@ -383,8 +383,8 @@ fn a_channel_declared_after_the_birth_is_born_before_its_first_data() {
     let keys = &a.properties.as_ref().unwrap().keys;
     assert_eq!(keys, &["engLow", "engHigh", "readOnly"]);
 
-    // A channel declared later becomes known to the node at its next look
-    // at the drivers (the deaths check); its first data still needs a birth.
+    // A channel declared later: its first data needs a birth (the deaths
+    // check in between looks at availability only).
     *counters.declared.lock().unwrap() = declared(&["a", "b"]);
     assert!(node.deaths().is_empty());
     let now = crate::reading::now_ns();
