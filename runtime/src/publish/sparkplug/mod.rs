@@ -172,9 +172,12 @@ impl SparkplugSettings {
 /// value is written before it is used, so a crash never makes two
 /// connections share one.
 pub fn next_bd_seq(path: &std::path::Path) -> u64 {
-    let last = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok());
+    // A number and a newline; more than that is not a bdSeq this wrote.
+    let last = std::fs::File::open(path).ok().and_then(|f| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(f, 32), &mut text).ok()?;
+        text.trim().parse::<u64>().ok()
+    });
     let next = match last {
         Some(n) if n < 255 => n + 1,
         _ => 0,

@@ -75,6 +75,9 @@ fn bd_seq_counts_up_across_connections_and_wraps_after_255() {
     assert_eq!(next_bd_seq(&path), 0);
     std::fs::write(&path, "garbage").unwrap();
     assert_eq!(next_bd_seq(&path), 0);
+    // A huge file is not read whole, and is no bdSeq.
+    std::fs::write(&path, "7".repeat(1 << 20)).unwrap();
+    assert_eq!(next_bd_seq(&path), 0);
 }
 
 #[test]
