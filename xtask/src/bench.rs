@@ -4,7 +4,7 @@
 //! renders `BENCHMARKS.md` with the machine, the date and how to reproduce.
 //! Running one part updates that part and keeps the others' last results.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -78,22 +78,22 @@ pub fn run_parts(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
             PARTS.map(|(p, _)| p).join(", ")
         ),
     };
-    let target = target_dir(root);
+    let target = crate::target_dir(root);
     let peers = target.join("bench-peers");
     if parts.contains(&"gateways") {
         ensure_gateway_peers(&peers)?;
     }
+    // The benchmarks link the library with its `demo` feature (test PKI,
+    // config builders); the gateway they measure is the production binary,
+    // built on its own afterwards so `target/release/ferrule` is the one
+    // the .deb ships.
     crate::run(
         root,
-        crate::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "ferrule",
-            "-p",
-            "ferrule-benches",
-            "--bins",
-        ]),
+        crate::cargo().args(["build", "--release", "-p", "ferrule-benches", "--bins"]),
+    )?;
+    crate::run(
+        root,
+        crate::cargo().args(["build", "--release", "-p", "ferrule", "--bins"]),
     )?;
     let out = target.join("bench-results");
     let _ = std::fs::remove_dir_all(&out);
@@ -130,12 +130,6 @@ pub fn run_parts(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
         bail!("benchmarks failed: {}", failed.join(", "));
     }
     Ok(())
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
 }
 
 /// Installs Node-RED (npm) and ThingsBoard IoT Gateway (pip, in a venv of

@@ -6,6 +6,8 @@
 //!   every test. `.ci/run` calls exactly this.
 //! - `cargo xtask plugins`: build the WebAssembly plugins (release,
 //!   wasm32-wasip2) into `target/wasm32-wasip2/release/`.
+//! - `cargo xtask package [--profile P] [--check]`: the .deb (cargo-deb),
+//!   and with `--check` lint, install, verify and purge it (as root).
 //! - `cargo xtask proto`: regenerate the Sparkplug B types from their
 //!   `.proto` (a separate workspace under `tools/protogen`).
 
@@ -18,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod guest;
+mod package;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -54,6 +57,17 @@ enum Task {
     GuestPlugins,
     /// Long fault runs: kill -9 ferrule 50 times and check nothing is lost.
     Soak,
+    /// Build the .deb a gateway installs (target/debian/): the production
+    /// binary, the hardened systemd unit, the config and example plugins.
+    Package {
+        /// Cargo profile of the binary (release for gateways).
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Then lint it, install it here, check the installed unit and
+        /// config, upgrade over a changed config and purge it (as root).
+        #[arg(long)]
+        check: bool,
+    },
     /// Regenerate the Sparkplug B protobuf types
     /// (runtime/src/publish/sparkplug/proto.rs) from
     /// runtime/proto/sparkplug_b.proto, with protox: no protoc needed.
@@ -90,6 +104,13 @@ fn main() -> anyhow::Result<()> {
         Task::GuestPlugins => guest::build_all(&root).map(|_| ()),
         Task::Soak => soak(&root),
         Task::Proto => proto(&root),
+        Task::Package { profile, check } => {
+            let deb = package::build(&root, &profile)?;
+            if check {
+                package::check(&root, &deb)?;
+            }
+            Ok(())
+        }
         Task::Example { name, duration } => example(&root, &name, &duration),
     }
 }
@@ -140,6 +161,13 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
         .context("xtask must live one level below the workspace root")
 }
 
+/// The target directory every build of this workspace shares.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
@@ -166,6 +194,8 @@ fn demo_command(root: &Path) -> Command {
         "--quiet",
         "-p",
         "ferrule",
+        "--features",
+        "demo",
         "--",
         "demo",
         "--plugin-dir",
@@ -262,6 +292,11 @@ fn test(root: &Path) -> anyhow::Result<()> {
     ]);
     linted_env(&mut command);
     run(root, &mut command)?;
+    // The .deb, built from this run's profile (the release package is
+    // `cargo xtask package`): linted, installed, checked and purged. Last,
+    // because it rebuilds the ferrule binary without the `demo` feature.
+    let deb = package::build(root, "dev")?;
+    package::check(root, &deb)?;
     eprintln!(
         "xtask: all checks passed in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -351,9 +386,7 @@ const MACHETE: &str = "cargo-machete@0.9.2";
 /// only reads a few dozen files). Run as its own binary from the root it
 /// checks every workspace below it.
 fn ensure_machete(root: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let tools = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), std::path::PathBuf::from)
-        .join("tools");
+    let tools = target_dir(root).join("tools");
     let bin = tools.join("bin").join("cargo-machete");
     if !bin.is_file() {
         run(
@@ -436,33 +469,41 @@ fn ensure_sparkplug_host(root: &Path) -> anyhow::Result<()> {
 
 fn ensure_peers() -> anyhow::Result<()> {
     ensure_python_tools()?;
+    // The broker and its clients, and the openssl tool (the TLS tests run
+    // `openssl s_server` as a peer that speaks only old or weak TLS).
+    ensure_debian_packages(&[
+        ("mosquitto", "mosquitto"),
+        ("mosquitto_sub", "mosquitto-clients"),
+        ("openssl", "openssl"),
+    ])
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Installs the Debian packages (apt-get, as root or through sudo) whose
+/// program (the first of each pair) is not on the machine.
+fn ensure_debian_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
     let have = |bin: &str| {
         ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
             .iter()
             .any(|dir| Path::new(dir).join(bin).is_file())
     };
-    // The broker and its clients, and the openssl tool (the TLS tests run
-    // `openssl s_server` as a peer that speaks only old or weak TLS).
-    let missing: Vec<&str> = [
-        ("mosquitto", "mosquitto"),
-        ("mosquitto_sub", "mosquitto-clients"),
-        ("openssl", "openssl"),
-    ]
-    .into_iter()
-    .filter(|(bin, _)| !have(bin))
-    .map(|(_, package)| package)
-    .collect();
+    let missing: Vec<&str> = (wanted.iter())
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, package)| *package)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("xtask: installing {} (Debian packages)", missing.join(", "));
     let as_root = |args: &[&str]| {
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false);
-        let mut command = if is_root {
+        let mut command = if is_root() {
             Command::new(args[0])
         } else {
             let mut sudo = Command::new("sudo");

@@ -290,10 +290,7 @@ impl Operator {
                 .client_cert_file
                 .as_ref()
                 .map(|f| self.resolve(f.get_ref())),
-            client_key: m
-                .client_key_file
-                .as_ref()
-                .map(|f| self.resolve(f.get_ref())),
+            client_key: m.client_key(|f| self.resolve(f)),
         })?;
         let client_id = (self.file.operator.client_id.clone())
             .unwrap_or_else(|| format!("ferrule-operator-{}", std::process::id()));

@@ -1,5 +1,6 @@
 //! The `ferrule` command line.
 
+#[cfg(feature = "demo")]
 pub mod demo;
 mod fleet;
 mod inspect;
@@ -88,6 +89,7 @@ pub enum Command {
         command: fleet::FleetCommand,
     },
     /// Run a self-contained demo: embedded TLS broker, sim driver, scale processor.
+    #[cfg(feature = "demo")]
     Demo {
         /// Directory with sim.wasm and scale.wasm.
         #[arg(
@@ -130,7 +132,12 @@ pub enum Command {
 impl Command {
     /// `run` and `demo` run a gateway; every other command reports and ends.
     pub fn is_long_running(&self) -> bool {
-        matches!(self, Command::Run { .. } | Command::Demo { .. })
+        match self {
+            Command::Run { .. } => true,
+            #[cfg(feature = "demo")]
+            Command::Demo { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -219,6 +226,11 @@ pub enum KeyCommand {
     Rotate { config: PathBuf },
     /// The key ids in the file and how many queued entries each encrypts.
     Show { config: PathBuf },
+    /// Create a storage key file at PATH (mode 0600) without a config: the
+    /// file a `[storage] key_credential` is loaded from (the .deb makes
+    /// /etc/ferrule/credentials/storage.key this way). Refuses to replace
+    /// an existing file.
+    New { path: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,6 +326,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             inspect::telemetry_show(&config, json, hours, raw)
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             plugin_dir,
             duration,
@@ -574,34 +587,39 @@ fn print_erasure(o: &ferrule::erase::Outcome) {
     println!("erasure {} by {} took {} ms", o.id, o.by, o.took_ms);
 }
 
+fn create_key(path: &Path) -> anyhow::Result<()> {
+    let keyring = ferrule::queue::crypt::Keyring::create(path)?;
+    println!(
+        "storage key {} created in {} (mode 0600)",
+        keyring.current(),
+        path.display()
+    );
+    println!("keep a copy somewhere safe: without it, encrypted entries cannot be read");
+    Ok(())
+}
+
 fn key(command: KeyCommand) -> anyhow::Result<()> {
     use ferrule::queue::crypt::Keyring;
-    let changes = !matches!(command, KeyCommand::Show { .. });
+    let changes = matches!(command, KeyCommand::Init { .. } | KeyCommand::Rotate { .. });
     let config = match &command {
         KeyCommand::Init { config }
         | KeyCommand::Rotate { config }
-        | KeyCommand::Show { config } => config,
+        | KeyCommand::Show { config } => Some(config),
+        KeyCommand::New { .. } => None,
     };
-    if changes && let Some(name) = &Config::load(config)?.storage.key_credential {
+    if changes
+        && let Some(config) = config
+        && let Some(name) = &Config::load(config)?.storage.key_credential
+    {
         anyhow::bail!(
-            "the storage key is the systemd credential {:?}, which ferrule does not change: make a key file with `ferrule key init` on a config without key_credential, then `systemd-creds encrypt --name={} storage.key storage.key.cred` and point LoadCredentialEncrypted= at it",
+            "the storage key is the systemd credential {:?}, which ferrule does not change: make a key file with `ferrule key new FILE`, then `systemd-creds encrypt --name={} FILE FILE.cred` and point LoadCredentialEncrypted= at it (or put FILE where LoadCredential= reads it)",
             name.get_ref(),
             name.get_ref()
         );
     }
     match command {
-        KeyCommand::Init { config } => {
-            let config = Config::load(&config)?;
-            let path = gateway::key_file(&config);
-            let keyring = Keyring::create(&path)?;
-            println!(
-                "storage key {} created in {} (mode 0600)",
-                keyring.current(),
-                path.display()
-            );
-            println!("keep a copy somewhere safe: without it, encrypted entries cannot be read");
-            Ok(())
-        }
+        KeyCommand::Init { config } => create_key(&gateway::key_file(&Config::load(&config)?)),
+        KeyCommand::New { path } => create_key(&path),
         KeyCommand::Rotate { config } => {
             let config = Config::load(&config)?;
             let path = gateway::key_file(&config);

@@ -14,7 +14,7 @@ pub use error::ConfigError;
 pub use types::{
     Config, DeployConfig, DriverConfig, Encryption, GatewayConfig, LimitsOverride, MessageFormat,
     MqttConfig, MqttProtocol, PayloadFormatConfig, PluginLimits, ProcessorConfig, QueueConfig,
-    RetentionConfig, RuntimeConfig, StorageConfig, TelemetryConfig, WhenFull,
+    RetentionConfig, RuntimeConfig, StorageConfig, TelemetryConfig, WhenFull, credential_path,
 };
 
 /// The smallest `mqtt.max_packet_size` accepted: room for the topic, the
@@ -236,12 +236,62 @@ impl Config {
                 })?;
             }
         }
-        if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
+        if let (Some(file), Some(credential)) =
+            (&self.mqtt.client_key_file, &self.mqtt.client_key_credential)
+        {
+            return Err(self.invalid(
+                text,
+                credential.span().start.min(file.span().start)..credential.span().end,
+                "mqtt: client_key_file and client_key_credential both name the key; keep one"
+                    .to_string(),
+            ));
+        }
+        for credential in [
+            &self.mqtt.client_key_credential,
+            &self.storage.key_credential,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.check_name(text, credential, "credential")?;
+            if credential.get_ref().chars().all(|c| c == '.') {
+                return Err(self.invalid(
+                    text,
+                    credential.span(),
+                    format!(
+                        "credential name {:?}: not a file name",
+                        credential.get_ref()
+                    ),
+                ));
+            }
+        }
+        if let Some(credential) = &self.mqtt.client_key_credential {
+            // Outside the service (`ferrule check` by an operator) there is
+            // no credentials directory to look in; inside it, a missing
+            // key is named here rather than at the first connect.
+            if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
+                let path = credential_path(credential.get_ref());
+                if !path.is_file() {
+                    return Err(self.invalid(
+                        text,
+                        credential.span(),
+                        format!(
+                            "client_key_credential {:?}: no such credential (looked at {})",
+                            credential.get_ref(),
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let has_key =
+            self.mqtt.client_key_file.is_some() || self.mqtt.client_key_credential.is_some();
+        if self.mqtt.client_cert_file.is_some() != has_key {
             return Err(ConfigError::Invalid {
                 path: self.source.clone(),
                 line: 1,
                 column: 1,
-                message: "mqtt: client_cert_file and client_key_file must be set together"
+                message: "mqtt: client_cert_file and its key (client_key_file or client_key_credential) must be set together"
                     .to_string(),
             });
         }

@@ -100,6 +100,12 @@ pub struct MqttConfig {
     pub client_cert_file: Option<Spanned<String>>,
     /// PEM private key of this gateway (PKCS#8, PKCS#1 or SEC1).
     pub client_key_file: Option<Spanned<String>>,
+    /// The private key comes from this systemd credential instead
+    /// (`$CREDENTIALS_DIRECTORY/{name}`, from `LoadCredential=` or
+    /// `LoadCredentialEncrypted=`), so no file the gateway's user can read
+    /// outside the service holds it.
+    #[serde(default)]
+    pub client_key_credential: Option<Spanned<String>>,
     /// Optional MQTT user name; the broker may also map the client
     /// certificate to a user.
     pub username: Option<String>,
@@ -454,6 +460,15 @@ pub struct RuntimeConfig {
     /// by the component's SHA-256 and the engine's settings.
     #[serde(default)]
     pub compile_cache_dir: Option<PathBuf>,
+    /// The live status file `ferrule top` reads (relative to the config
+    /// file); `{data_dir}/status.json` when absent. Under systemd, a file
+    /// in the service's RuntimeDirectory (RAM) such as
+    /// /run/ferrule/status.json.
+    #[serde(default)]
+    pub status_file: Option<PathBuf>,
+    /// How often the live status file is rewritten; 0 writes none.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -464,8 +479,14 @@ impl Default for RuntimeConfig {
             max_instances: default_max_instances(),
             compile_cache: true,
             compile_cache_dir: None,
+            status_file: None,
+            status_interval_ms: default_status_interval_ms(),
         }
     }
+}
+
+fn default_status_interval_ms() -> u64 {
+    1000
 }
 
 fn default_restart_min_ms() -> u64 {
@@ -619,6 +640,27 @@ pub struct StorageConfig {
     /// `LoadCredentialEncrypted=`); ferrule reads it and never changes it.
     #[serde(default)]
     pub key_credential: Option<Spanned<String>>,
+}
+
+impl MqttConfig {
+    /// Where the gateway's private key is read from: the credential's file
+    /// in `$CREDENTIALS_DIRECTORY`, or `client_key_file` through `resolve`.
+    pub fn client_key(&self, resolve: impl Fn(&str) -> PathBuf) -> Option<PathBuf> {
+        match &self.client_key_credential {
+            Some(name) => Some(credential_path(name.get_ref())),
+            None => self.client_key_file.as_ref().map(|f| resolve(f.get_ref())),
+        }
+    }
+}
+
+/// The file of the systemd credential `name`: in `$CREDENTIALS_DIRECTORY`
+/// when the service manager set it, else a path that names the variable
+/// (so an error message says where the file was looked for).
+pub fn credential_path(name: &str) -> PathBuf {
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => PathBuf::from(format!("$CREDENTIALS_DIRECTORY/{name}")),
+    }
 }
 
 impl Default for StorageConfig {

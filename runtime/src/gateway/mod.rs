@@ -482,13 +482,18 @@ fn engine_settings(config: &Config, data_root: &Path) -> EngineSettings {
     }
 }
 
+/// The live status file a config points at (`ferrule top` reads it).
+pub fn status_path(config: &Config) -> PathBuf {
+    match &config.runtime.status_file {
+        Some(file) => config.resolve(file),
+        None => data_root_file(config, "status.json"),
+    }
+}
+
 /// The storage key file a config points at.
 pub fn key_file(config: &Config) -> PathBuf {
     match &config.storage.key_credential {
-        Some(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(dir) => PathBuf::from(dir).join(name.get_ref()),
-            None => PathBuf::from(format!("$CREDENTIALS_DIRECTORY/{}", name.get_ref())),
-        },
+        Some(name) => crate::config::credential_path(name.get_ref()),
         None => config.resolve(Path::new(config.storage.key_file.get_ref())),
     }
 }
@@ -799,7 +804,7 @@ fn publisher_settings(
         tls: TlsFiles {
             ca: resolve(m.ca_file.get_ref()),
             client_cert: m.client_cert_file.as_ref().map(|f| resolve(f.get_ref())),
-            client_key: m.client_key_file.as_ref().map(|f| resolve(f.get_ref())),
+            client_key: m.client_key(resolve),
         },
         protocol: match m.protocol {
             MqttProtocol::V311 => Protocol::V311,
@@ -1151,6 +1156,28 @@ pub async fn run_reloading(
         queue.clone(),
         shutdown.clone(),
     ));
+    if config.runtime.status_interval_ms > 0 {
+        let path = status_path(&config);
+        tasks.spawn(telemetry::status::run(
+            telemetry::status::StatusWriter {
+                collector: telemetry::Collector::new(
+                    config.gateway.id.get_ref(),
+                    &config.resolve(&config.gateway.data_dir),
+                ),
+                withhold: telemetry::status::withhold_reason(
+                    &path,
+                    config.storage.encryption != crate::config::Encryption::None,
+                ),
+                path,
+                interval: Duration::from_millis(config.runtime.status_interval_ms),
+                live: live.clone(),
+                publisher: publisher_stats.clone(),
+                data: queue.clone(),
+                failing: false,
+            },
+            shutdown.clone(),
+        ));
+    }
     if let Some(lane) = telemetry_queue {
         tasks.spawn(telemetry::run(
             telemetry::Reporter {

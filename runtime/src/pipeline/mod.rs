@@ -108,6 +108,10 @@ pub struct DriverCounters {
     pub budgets: Vec<Arc<BudgetCounters>>,
     /// The driver's plugin file and where it came from.
     pub plugin: Option<PluginFigures>,
+    /// The last batch captured, as queued (for the live status `ferrule
+    /// top` shows): None before the first, `Some(None)` when it was over
+    /// [`crate::telemetry::status::MAX_BATCH_SHOWN`].
+    pub last_batch: std::sync::Mutex<Option<Option<Arc<[u8]>>>>,
     /// Held while a poll's figures are applied and while telemetry reads
     /// them, so a snapshot always sees whole polls.
     whole: std::sync::Mutex<()>,
@@ -667,6 +671,12 @@ async fn capture(
         window.pop();
         record_commit(driver, counters, outcome);
     }
+    let shown = (batch.json.len() <= crate::telemetry::status::MAX_BATCH_SHOWN)
+        .then(|| Arc::<[u8]>::from(batch.json.as_slice()));
+    *counters
+        .last_batch
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shown);
     let submitted = tokio::select! {
         result = queue.submit_entry(Entry::Prepared(batch)) => result,
         _ = &mut give_up => return gave_up(),

@@ -7,6 +7,7 @@
 //! CPU temperature where the OS exposes one).
 
 pub mod history;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
