@@ -10,11 +10,17 @@ use ferrule_benches::{Figure, OUT_ENV, PartResult, SMOKE_ENV};
 
 /// Runs one part's binary in smoke mode; returns its results.
 fn smoke(part: &str, bin: &str) -> anyhow::Result<PartResult> {
+    smoke_with(part, bin, &[])
+}
+
+/// [`smoke`] with more of the part's environment.
+fn smoke_with(part: &str, bin: &str, env: &[(&str, &Path)]) -> anyhow::Result<PartResult> {
     let out = tempfile::tempdir()?;
     let output = Command::new(bin)
         .env(SMOKE_ENV, "1")
         .env(OUT_ENV, out.path())
         .env("FERRULE_LOG", "warn")
+        .envs(env.iter().copied())
         .output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     anyhow::ensure!(
@@ -58,6 +64,8 @@ fn plausible(f: &Figure) -> anyhow::Result<()> {
         "x" => (f64::MIN_POSITIVE, 1e4),
         unit if unit.ends_with("/s") => (0.0, 1e9),
         "readings" | "messages" => (0.0, 1e12),
+        "faults" => (0.0, 1e6),
+        "min" => (f64::MIN_POSITIVE, 1e4),
         "bytes" => (0.0, 1e9),
         "per message" => (0.0, 1e6),
         other => anyhow::bail!("unit {other:?} has no plausible range here; add one"),
@@ -237,5 +245,25 @@ fn hostile_measures_both_gateways_and_the_telemetry_files() -> anyhow::Result<()
         value(&r, "telemetry-history.redb after the run")? > 0.0,
         "{r:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn soak_survives_its_faults_and_draws_its_plot() -> anyhow::Result<()> {
+    let plots = tempfile::tempdir()?;
+    let r = smoke_with(
+        "soak",
+        env!("CARGO_BIN_EXE_bench-soak"),
+        &[("FERRULE_SOAK_OUT", plots.path())],
+    )?;
+    assert_eq!(value(&r, "queue sequences missing")?, 0.0, "{r:?}");
+    assert!(value(&r, "messages delivered (unique)")? > 0.0, "{r:?}");
+    assert!(value(&r, "kill -9")? >= 1.0, "{r:?}");
+    assert!(value(&r, "broker restarts")? >= 1.0, "{r:?}");
+    let png = std::fs::read(plots.path().join("soak.png"))?;
+    assert!(png.starts_with(b"\x89PNG"), "soak.png is a PNG");
+    let csv = std::fs::read_to_string(plots.path().join("soak.csv"))?;
+    assert!(csv.starts_with("t_s,rss_mib,cpu_percent,queue_depth,delivered,event\n"));
+    assert!(csv.lines().count() > 3, "samples in the CSV:\n{csv}");
     Ok(())
 }

@@ -48,6 +48,10 @@ pub const PARTS: [(&str, &str); 13] = [
     ),
 ];
 
+/// The soak (`cargo xtask soak --minutes N`): a part of its own, never in
+/// a full run.
+pub const SOAK: &str = "soak";
+
 /// Node-RED and the Modbus nodes the side-by-side part runs (Node-RED 5
 /// needs a newer Node.js than 20; newer node-red-contrib-modbus releases
 /// depend on a tarball outside the npm registry).
@@ -61,7 +65,9 @@ const THINGSBOARD: [&str; 4] = [
     "pyserial-asyncio==0.6",
 ];
 
-pub fn run_parts(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
+/// Runs `part` (every part of a full run when None), with `env` set for
+/// the parts' processes.
+pub fn run_parts(root: &Path, part: Option<&str>, env: &[(&str, String)]) -> anyhow::Result<()> {
     if part == Some("render") {
         // Notes edited after a run: render the recorded results again.
         let path = root.join("benchmarks/results.json");
@@ -73,6 +79,8 @@ pub fn run_parts(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
     let parts: Vec<&str> = match part {
         None => PARTS.iter().map(|(p, _)| *p).collect(),
         Some(p) if PARTS.iter().any(|(name, _)| *name == p) => vec![p],
+        // Not in a full run: it takes as long as it is asked to.
+        Some(SOAK) => vec![SOAK],
         Some(other) => bail!(
             "unknown benchmark {other:?}; parts: {}",
             PARTS.map(|(p, _)| p).join(", ")
@@ -106,7 +114,8 @@ pub fn run_parts(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
         command
             .env("FERRULE_BENCH_OUT", &out)
             .env("FERRULE_BENCH_PEERS", &peers)
-            .env("FERRULE_LOG", "warn");
+            .env("FERRULE_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let part_started = Instant::now();
         if let Err(e) = crate::run(root, &mut command) {
             eprintln!("xtask: benchmark {part} failed: {e:#}");

@@ -55,8 +55,14 @@ enum Task {
     /// Install the Python and JavaScript plugin toolchains (when missing)
     /// and build the guest-language plugins the tests run.
     GuestPlugins,
-    /// Long fault runs: kill -9 ferrule 50 times and check nothing is lost.
-    Soak,
+    /// Ten drivers against mosquitto for N minutes with broker restarts
+    /// and kill -9s: samples RSS, CPU, queue depth and delivered messages,
+    /// checks no sequence is missing, writes benchmarks/soak/soak.{csv,png}
+    /// and its figures into BENCHMARKS.md (release build).
+    Soak {
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+    },
     /// Build the .deb a gateway installs (target/debian/): the production
     /// binary, the hardened systemd unit, the config and example plugins.
     Package {
@@ -102,7 +108,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench { part } => bench(&root, part.as_deref()),
         Task::GuestPlugins => guest::build_all(&root).map(|_| ()),
-        Task::Soak => soak(&root),
+        Task::Soak { minutes } => soak(&root, minutes),
         Task::Proto => proto(&root),
         Task::Package { profile, check } => {
             let deb = package::build(&root, &profile)?;
@@ -309,28 +315,30 @@ fn bench(root: &Path, part: Option<&str>) -> anyhow::Result<()> {
     ensure_peers()?;
     build_plugins(root)?;
     guest::build_all(root)?;
-    bench::run_parts(root, part)
+    bench::run_parts(root, part, &[])
 }
 
-fn soak(root: &Path) -> anyhow::Result<()> {
+fn soak(root: &Path, minutes: f64) -> anyhow::Result<()> {
+    if !(minutes > 0.0 && minutes <= 7.0 * 24.0 * 60.0) {
+        bail!("--minutes {minutes}: expected more than 0 and at most a week");
+    }
+    // The plot's text is drawn in DejaVu Sans.
+    ensure_debian_packages(&[(
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    )])?;
     ensure_wasm_target()?;
     ensure_peers()?;
     build_plugins(root)?;
-    run(root, cargo().args(["build", "-p", "ferrule", "--bins"]))?;
-    run(
+    let out = root.join("benchmarks/soak");
+    std::fs::create_dir_all(&out)?;
+    bench::run_parts(
         root,
-        cargo()
-            .args([
-                "test",
-                "-p",
-                "ferrule-tests",
-                "--test",
-                "integration",
-                "kill9",
-                "--",
-                "--nocapture",
-            ])
-            .env("FERRULE_KILL_CYCLES", "50"),
+        Some(bench::SOAK),
+        &[
+            ("FERRULE_SOAK_MINUTES", minutes.to_string()),
+            ("FERRULE_SOAK_OUT", out.display().to_string()),
+        ],
     )
 }
 
@@ -469,12 +477,14 @@ fn ensure_sparkplug_host(root: &Path) -> anyhow::Result<()> {
 
 fn ensure_peers() -> anyhow::Result<()> {
     ensure_python_tools()?;
-    // The broker and its clients, and the openssl tool (the TLS tests run
-    // `openssl s_server` as a peer that speaks only old or weak TLS).
+    // The broker and its clients, the openssl tool (the TLS tests run
+    // `openssl s_server` as a peer that speaks only old or weak TLS), and
+    // tmux (the terminal `ferrule top` is tested in).
     ensure_debian_packages(&[
         ("mosquitto", "mosquitto"),
         ("mosquitto_sub", "mosquitto-clients"),
         ("openssl", "openssl"),
+        ("tmux", "tmux"),
     ])
 }
 
@@ -487,12 +497,14 @@ fn is_root() -> bool {
 }
 
 /// Installs the Debian packages (apt-get, as root or through sudo) whose
-/// program (the first of each pair) is not on the machine.
+/// program (the first of each pair: a name looked up in the system's
+/// binary directories, or an absolute path) is not on the machine.
 fn ensure_debian_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
     let have = |bin: &str| {
-        ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
-            .iter()
-            .any(|dir| Path::new(dir).join(bin).is_file())
+        Path::new(bin).is_absolute() && Path::new(bin).is_file()
+            || ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+                .iter()
+                .any(|dir| Path::new(dir).join(bin).is_file())
     };
     let missing: Vec<&str> = (wanted.iter())
         .filter(|(bin, _)| !have(bin))

@@ -7,6 +7,7 @@ mod inspect;
 mod new;
 mod plugin;
 mod reload;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,6 +45,11 @@ pub enum Command {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
+    /// A live terminal view of the gateway running CONFIG (drivers, last
+    /// values, broker link, queue, system), from the status file it
+    /// rewrites every second; works over SSH at 80×24. Keys: 1-4/Tab
+    /// views, arrows scroll, q quits.
+    Top { config: PathBuf },
     /// What an operator on site needs: broker connection, queue, each
     /// driver's health (from the queue and the telemetry history; works while
     /// ferrule runs).
@@ -309,6 +315,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     wait,
                 },
         } => erase(&config, what, yes, wait).await,
+        Command::Top { config } => top::run(&Config::load(&config)?),
         Command::Status { config, json } => inspect::status(&Config::load(&config)?, json),
         Command::Telemetry {
             command:

@@ -20,4 +20,5 @@ mod storage;
 mod store_forward;
 mod telemetry;
 mod tls_errors;
+mod top;
 mod trust;
