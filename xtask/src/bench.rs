@@ -108,7 +108,19 @@ pub fn run_parts(root: &Path, part: Option<&str>, env: &[(&str, String)]) -> any
     std::fs::create_dir_all(&out)?;
     let started = Instant::now();
     let mut failed = Vec::new();
-    for part in &parts {
+    for (i, part) in parts.iter().enumerate() {
+        let title = PARTS
+            .iter()
+            .find(|(p, _)| p == part)
+            .map_or("", |(_, t)| *t);
+        crate::step(
+            i + 1,
+            parts.len(),
+            &format!(
+                "benchmark {part}: {title} ({:.0} s in so far)",
+                started.elapsed().as_secs_f64()
+            ),
+        );
         let bin = target.join("release").join(format!("bench-{part}"));
         let mut command = Command::new(&bin);
         command

@@ -145,7 +145,7 @@ fn example(root: &Path, name: &str, duration: &str) -> anyhow::Result<()> {
         std::net::TcpStream::connect(("127.0.0.1", MODBUS_EXAMPLE_PORT)).is_ok()
     });
     let result = if ready {
-        let mut command = demo_command(root);
+        let mut command = demo_command(root)?;
         command.args(["--duration", duration, "--drivers"]);
         command.arg(root.join("examples/modbus/drivers.toml"));
         run(root, &mut command)
@@ -192,28 +192,48 @@ fn run(dir: &Path, command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ferrule demo` (debug build) with the plugins just built.
-fn demo_command(root: &Path) -> Command {
-    let mut command = cargo();
-    command.args([
-        "run",
-        "--quiet",
-        "-p",
-        "ferrule",
-        "--features",
-        "demo",
-        "--",
-        "demo",
-        "--plugin-dir",
-    ]);
-    command.arg(root.join("target").join(WASM_TARGET).join("release"));
-    command
+/// `ferrule demo` (debug build, with the `demo` feature) with the plugins
+/// just built. The build runs first on its own, showing cargo's progress:
+/// from a fresh clone it compiles wasmtime, minutes on 2 cores.
+fn demo_command(root: &Path) -> anyhow::Result<Command> {
+    step(
+        2,
+        3,
+        "building ferrule (a first build compiles wasmtime: several minutes on 2 cores)",
+    );
+    run(
+        root,
+        cargo().args(["build", "-p", "ferrule", "--features", "demo", "--bins"]),
+    )?;
+    step(3, 3, "starting the demo");
+    let mut command = Command::new(target_dir(root).join("debug").join("ferrule"));
+    command.args(["demo", "--plugin-dir"]);
+    command.arg(target_dir(root).join(WASM_TARGET).join("release"));
+    Ok(command)
+}
+
+/// One step of a long xtask, said before it starts, with the time.
+fn step(n: usize, of: usize, what: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    eprintln!(
+        "xtask: [{n}/{of}] {what} ({:02}:{:02}:{:02} UTC)",
+        now / 3600 % 24,
+        now / 60 % 60,
+        now % 60
+    );
 }
 
 fn demo(root: &Path, duration: Option<&str>, interval_ms: Option<u64>) -> anyhow::Result<()> {
     ensure_wasm_target()?;
+    step(
+        1,
+        3,
+        "building the example plugins (wasm32-wasip2, release)",
+    );
     build_plugins(root)?;
-    let mut command = demo_command(root);
+    let mut command = demo_command(root)?;
     if let Some(d) = duration {
         command.args(["--duration", d]);
     }

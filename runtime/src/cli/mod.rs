@@ -6,6 +6,7 @@ mod fleet;
 mod inspect;
 mod new;
 mod plugin;
+mod progress;
 mod reload;
 mod top;
 
@@ -709,10 +710,15 @@ fn queue(command: QueueCommand) -> anyhow::Result<()> {
             match format {
                 ExportFormat::Jsonl => {
                     let stdout = std::io::stdout();
-                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    let total = ferrule::queue::read_stats(&path)?.depth;
+                    let mut out = progress::LineProgress::new(
+                        std::io::BufWriter::new(stdout.lock()),
+                        "exported",
+                        total,
+                    );
                     let keyring = gateway::existing_keys(&config)?;
                     let summary = ferrule::queue::export_jsonl(&path, keyring.as_ref(), &mut out)?;
-                    std::io::Write::flush(&mut out)?;
+                    std::io::Write::flush(&mut out.finish()?)?;
                     audit_log(&config).record(
                         "data-access",
                         serde_json::json!({
