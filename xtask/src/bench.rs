@@ -52,6 +52,9 @@ pub const PARTS: [(&str, &str); 13] = [
 /// a full run.
 pub const SOAK: &str = "soak";
 
+/// How long the soak runs, in minutes (set by `cargo xtask soak`).
+pub const SOAK_MINUTES_ENV: &str = "FERRULE_SOAK_MINUTES";
+
 /// Node-RED and the Modbus nodes the side-by-side part runs (Node-RED 5
 /// needs a newer Node.js than 20; newer node-red-contrib-modbus releases
 /// depend on a tarball outside the npm registry).
@@ -138,7 +141,7 @@ pub fn run_parts(root: &Path, part: Option<&str>, env: &[(&str, String)]) -> any
             part_started.elapsed().as_secs_f64()
         );
     }
-    let results = merge(root, &out, &parts)?;
+    let results = merge(root, &out, &parts, env)?;
     std::fs::write(root.join("BENCHMARKS.md"), render(root, &results)?)?;
     update_readme(root, &results)?;
     println!();
@@ -277,7 +280,7 @@ fn machine() -> Value {
 
 /// Reads the parts just run from `out`, stamps them, and merges them into
 /// `benchmarks/results.json` (keeping parts not run this time).
-fn merge(root: &Path, out: &Path, ran: &[&str]) -> anyhow::Result<Value> {
+fn merge(root: &Path, out: &Path, ran: &[&str], env: &[(&str, String)]) -> anyhow::Result<Value> {
     let path = root.join("benchmarks/results.json");
     let mut results: Value = std::fs::read_to_string(&path)
         .ok()
@@ -304,7 +307,11 @@ fn merge(root: &Path, out: &Path, ran: &[&str]) -> anyhow::Result<Value> {
         } else {
             commit.clone()
         });
-        value["command"] = json!(format!("cargo xtask bench {part}"));
+        let minutes = env.iter().find(|(k, _)| *k == SOAK_MINUTES_ENV);
+        value["command"] = json!(match minutes {
+            Some((_, minutes)) if *part == SOAK => format!("cargo xtask soak --minutes {minutes}"),
+            _ => format!("cargo xtask bench {part}"),
+        });
         results["parts"][*part] = value;
     }
     std::fs::create_dir_all(root.join("benchmarks"))?;
@@ -442,7 +449,7 @@ fn render(root: &Path, results: &Value) -> anyhow::Result<String> {
     doc.push_str("## Targets\n\n");
     doc.push_str(&targets_table(results));
     doc.push('\n');
-    for (part, _) in PARTS {
+    for part in PARTS.iter().map(|(p, _)| *p).chain([SOAK]) {
         let p = &results["parts"][part];
         if !p.is_object() {
             continue;

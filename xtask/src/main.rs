@@ -356,7 +356,7 @@ fn soak(root: &Path, minutes: f64) -> anyhow::Result<()> {
         root,
         Some(bench::SOAK),
         &[
-            ("FERRULE_SOAK_MINUTES", minutes.to_string()),
+            (bench::SOAK_MINUTES_ENV, minutes.to_string()),
             ("FERRULE_SOAK_OUT", out.display().to_string()),
         ],
     )
