@@ -247,31 +247,7 @@ fn drivers(frame: &mut Frame, area: Rect, app: &App, s: &LiveStatus) {
             Cell::from(d.last_error.clone().unwrap_or_default()),
         ])
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(14),
-            Constraint::Length(12),
-            Constraint::Length(7),
-            Constraint::Length(8),
-            Constraint::Length(7),
-            Constraint::Length(9),
-            Constraint::Min(10),
-        ],
-    )
-    .header(
-        Row::new(vec![
-            "driver",
-            "device",
-            "polls/s",
-            "ok",
-            "failed",
-            "readings",
-            "last error",
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(Block::bordered().title(format!(
+    let title = format!(
         " drivers: {} running{} ",
         s.snapshot.drivers.len(),
         s.snapshot
@@ -282,8 +258,31 @@ fn drivers(frame: &mut Frame, area: Rect, app: &App, s: &LiveStatus) {
                 n => format!(", {n} NOT STARTED (view 4)"),
             })
             .unwrap_or_default()
-    )));
-    frame.render_widget(table, area);
+    );
+    let columns = [
+        ("driver", Constraint::Length(14)),
+        ("device", Constraint::Length(12)),
+        ("polls/s", Constraint::Length(7)),
+        ("ok", Constraint::Length(8)),
+        ("failed", Constraint::Length(7)),
+        ("readings", Constraint::Length(9)),
+        ("last error", Constraint::Min(10)),
+    ];
+    frame.render_widget(table(rows, &columns, title), area);
+}
+
+/// A bordered table with a bold header row.
+fn table<'a>(
+    rows: impl IntoIterator<Item = Row<'a>>,
+    columns: &[(&'a str, Constraint)],
+    title: String,
+) -> Table<'a> {
+    Table::new(rows, columns.iter().map(|(_, width)| *width))
+        .header(
+            Row::new(columns.iter().map(|(name, _)| *name))
+                .style(Style::new().add_modifier(Modifier::BOLD)),
+        )
+        .block(Block::bordered().title(title))
 }
 
 fn value_text(v: &Value) -> String {
@@ -340,23 +339,18 @@ fn values(frame: &mut Frame, area: Rect, app: &App, s: &LiveStatus) {
     if let Some(why) = &s.values_withheld {
         title = format!(" {why} ");
     }
-    let table = Table::new(
-        rows.into_iter().skip(app.scroll),
-        [
-            Constraint::Length(14),
-            Constraint::Length(20),
-            Constraint::Length(16),
-            Constraint::Length(8),
-            Constraint::Length(9),
-            Constraint::Min(6),
-        ],
-    )
-    .header(
-        Row::new(vec!["driver", "channel", "value", "unit", "quality", "age"])
-            .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(Block::bordered().title(title));
-    frame.render_widget(table, area);
+    let columns = [
+        ("driver", Constraint::Length(14)),
+        ("channel", Constraint::Length(20)),
+        ("value", Constraint::Length(16)),
+        ("unit", Constraint::Length(8)),
+        ("quality", Constraint::Length(9)),
+        ("age", Constraint::Min(6)),
+    ];
+    frame.render_widget(
+        table(rows.into_iter().skip(app.scroll), &columns, title),
+        area,
+    );
 }
 
 fn lines_view(frame: &mut Frame, area: Rect, app: &App, title: &str, lines: Vec<Line<'static>>) {

@@ -58,7 +58,8 @@ pub struct LastBatch {
     /// before the first batch, when it was over [`MAX_BATCH_SHOWN`], or
     /// when values are withheld.
     pub batch: Option<Box<RawValue>>,
-    /// The batch was over [`MAX_BATCH_SHOWN`].
+    /// The batch was over [`MAX_BATCH_SHOWN`], or over what was left of
+    /// the file's budget for batches (half of [`MAX_STATUS_BYTES`]).
     pub too_large: bool,
 }
 
@@ -135,14 +136,23 @@ impl StatusWriter {
             publisher: &self.publisher,
             queue: self.data.stats().ok(),
         });
+        // The batches together stay under half the file's bound, so a
+        // gateway with many drivers still writes a file readers take.
+        let mut budget = MAX_STATUS_BYTES as usize / 2;
         let last = drivers
             .iter()
             .map(|(name, counters)| {
-                let kept = counters
+                let mut kept = counters
                     .last_batch
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
+                if let Some(Some(json)) = &kept {
+                    match budget.checked_sub(json.len()) {
+                        Some(left) => budget = left,
+                        None => kept = Some(None),
+                    }
+                }
                 let too_large = kept.as_ref().is_some_and(|b| b.is_none());
                 let batch = match (&self.withhold, kept.flatten()) {
                     (None, Some(json)) => std::str::from_utf8(&json)
