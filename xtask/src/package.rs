@@ -123,7 +123,9 @@ pub fn check(root: &Path, deb: &Path) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("the package check installs and purges the package: run it as root");
     }
-    crate::ensure_debian_packages(&[("lintian", "lintian")])?;
+    // lintian, and systemd-analyze (a machine without systemd, a
+    // container, lacks it).
+    crate::ensure_debian_packages(&[("lintian", "lintian"), ("systemd-analyze", "systemd")])?;
     // lintian: no errors (warnings and notes are printed for the reader).
     let lint = Command::new("lintian")
         .args(["--no-tag-display-limit", "--fail-on", "error"])
@@ -183,9 +185,13 @@ pub fn check(root: &Path, deb: &Path) -> anyhow::Result<()> {
 
 fn installed_checks(deb: &Path) -> anyhow::Result<()> {
     let deb = deb.to_str().context("the .deb path is not UTF-8")?;
+    // As an operator installs it: apt brings its dependencies (adduser,
+    // ca-certificates) if the machine lacks them.
     crate::run(
         Path::new("."),
-        Command::new("dpkg").args(["--install", deb]),
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", deb])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     // The unit as installed: `systemd-analyze verify` prints a warning for
     // anything it doubts (and still exits 0 for some), so any output fails.
