@@ -145,7 +145,12 @@ fn backlog_drains_every_queued_reading() -> anyhow::Result<()> {
 #[test]
 fn footprint_samples_each_gateway_size() -> anyhow::Result<()> {
     let r = smoke("footprint", env!("CARGO_BIN_EXE_bench-footprint"))?;
-    for n in ["1 driver(s)", "10 driver(s)", "50 driver(s)"] {
+    for n in [
+        "1 driver(s)",
+        "10 driver(s)",
+        "50 driver(s)",
+        "10 driver(s), restarted (compile cache warm)",
+    ] {
         let rss = value(&r, &format!("RSS with {n}"))?;
         // A debug build's gateway with its plugins: more than the bare
         // binary, far less than a leak.
