@@ -66,8 +66,9 @@ enum Task {
     /// Build the .deb a gateway installs (target/debian/): the production
     /// binary, the hardened systemd unit, the config and example plugins.
     Package {
-        /// Cargo profile of the binary (release for gateways).
-        #[arg(long, default_value = "release")]
+        /// Cargo profile of the binary: `dist` for gateways (release with
+        /// fat LTO: smaller, less resident; about 20 minutes on 2 cores).
+        #[arg(long, default_value = "dist")]
         profile: String,
         /// Then lint it, install it here, check the installed unit and
         /// config, upgrade over a changed config and purge it (as root).

@@ -24,7 +24,7 @@ const PLUGINS: [&str; 4] = ["sim", "scale", "deadband", "modbus_tcp"];
 /// (0.0 is fully locked down, 10.0 fully exposed).
 const MAX_EXPOSURE: f64 = 2.0;
 
-/// Builds the .deb with `profile` (release for a gateway; CI's check uses
+/// Builds the .deb with `profile` (`dist` for a gateway; CI's check uses
 /// the test build's profile so wasmtime is compiled once per run); returns
 /// its path.
 pub fn build(root: &Path, profile: &str) -> anyhow::Result<PathBuf> {
@@ -196,7 +196,7 @@ fn installed_checks(deb: &Path) -> anyhow::Result<()> {
     // The unit as installed: `systemd-analyze verify` prints a warning for
     // anything it doubts (and still exits 0 for some), so any output fails.
     let verify = output(
-        Command::new("systemd-analyze").args(["verify", "/lib/systemd/system/ferrule.service"]),
+        Command::new("systemd-analyze").args(["verify", "/usr/lib/systemd/system/ferrule.service"]),
     )?;
     if !verify.trim().is_empty() {
         bail!("systemd-analyze verify ferrule.service:\n{verify}");
