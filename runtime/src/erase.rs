@@ -204,6 +204,14 @@ pub struct Stores {
     pub data_dir: PathBuf,
     /// The audit log.
     pub audit: AuditLog,
+    /// The live status file, which holds each driver's last batch.
+    pub status_file: PathBuf,
+    /// Shared with the status writer, and the running drivers whose last
+    /// batches it shows (absent when the gateway is not running).
+    pub status: (
+        Arc<crate::telemetry::status::Gate>,
+        Option<Arc<std::sync::Mutex<crate::telemetry::Live>>>,
+    ),
 }
 
 impl Stores {
@@ -320,6 +328,12 @@ impl Stores {
                 Ok(Err(e)) => errors.push(e.to_string()),
                 Err(e) => errors.push(format!("telemetry history: {e}")),
             }
+        }
+        // The status file shows each driver's last batch: forgotten, for
+        // every driver (they refill at their next poll).
+        let (gate, live) = &self.status;
+        if let Err(e) = gate.forget(&self.status_file, live.as_deref()) {
+            errors.push(format!("{}: {e}", self.status_file.display()));
         }
         if selector.all {
             let plugins = self.data_dir.join("plugins");
@@ -692,6 +706,8 @@ pub fn offline_stores(config: &crate::config::Config) -> Result<Stores, String> 
         history,
         keyring,
         audit: AuditLog::in_dir(&data_dir),
+        status_file: gateway::status_path(config),
+        status: (Arc::default(), None),
         data_dir,
     })
 }

@@ -1100,6 +1100,7 @@ pub async fn run_reloading(
     // them out by driver name. A reload changes both lists.
     let inboxes = remote::Inboxes::default();
     let live = Arc::new(std::sync::Mutex::new(telemetry::Live::default()));
+    let status_gate = Arc::new(telemetry::status::Gate::default());
     let tasks = TaskTracker::new();
     let mut commands = remote::start(inboxes.clone(), Some(audit.clone()));
     let (mut agent, bootstrap, layer) = match managed {
@@ -1134,6 +1135,8 @@ pub async fn run_reloading(
             keyring: keyring.clone(),
             data_dir: config.resolve(&config.gateway.data_dir),
             audit: audit.clone(),
+            status_file: status_path(&config),
+            status: (status_gate.clone(), Some(live.clone())),
         },
         orders,
         shutdown.clone(),
@@ -1174,6 +1177,7 @@ pub async fn run_reloading(
                 publisher: publisher_stats.clone(),
                 data: queue.clone(),
                 failing: false,
+                gate: status_gate,
             },
             shutdown.clone(),
         ));

@@ -103,6 +103,48 @@ fn in_ram(dir: &Path) -> bool {
     }
 }
 
+/// Shared by the status writer and erasure, so an erasure's data never
+/// reaches the status file: erasure forgets every driver's last batch and
+/// removes the file under the lock; a status collected before that is
+/// written without its batches.
+#[derive(Debug, Default)]
+pub struct Gate {
+    lock: std::sync::Mutex<()>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Gate {
+    /// Forgets every driver's last batch (they refill at their next poll)
+    /// and removes the status file at `path` (rewritten within one
+    /// interval, without what was erased).
+    pub fn forget(
+        &self,
+        path: &Path,
+        live: Option<&std::sync::Mutex<Live>>,
+    ) -> std::io::Result<()> {
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(live) = live {
+            let live = live.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, counters) in &live.drivers {
+                *counters
+                    .last_batch
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// What the status task needs.
 pub struct StatusWriter {
     /// Takes the samples (a collector of its own: CPU use is measured
@@ -122,6 +164,8 @@ pub struct StatusWriter {
     pub withhold: Option<String>,
     /// The last write failed (logged once until one succeeds).
     pub failing: bool,
+    /// Shared with erasure.
+    pub gate: Arc<Gate>,
 }
 
 impl StatusWriter {
@@ -179,9 +223,21 @@ impl StatusWriter {
     }
 
     async fn write(&mut self, stopped: bool) {
-        let status = self.status(stopped);
+        let generation = self.gate.generation();
+        let mut status = self.status(stopped);
         let path = self.path.clone();
-        let written = tokio::task::spawn_blocking(move || write_file(&path, &status)).await;
+        let gate = self.gate.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let _held = gate.lock.lock().unwrap_or_else(|e| e.into_inner());
+            if gate.generation() != generation {
+                // An erasure came between collecting and writing.
+                for last in &mut status.last {
+                    last.batch = None;
+                }
+            }
+            write_file(&path, &status)
+        })
+        .await;
         match written.map_err(std::io::Error::other) {
             Ok(Err(e)) | Err(e) => {
                 // Said once per run of failures, not every second.

@@ -189,7 +189,14 @@ async fn the_audit_log_records_starts_plugins_commands_reloads_and_data_access_a
             br#"{"id":"audit-1","channel":"zq-secret-channel-7731","value":5}"#.to_vec(),
         )
         .await?;
-    sub.next(Duration::from_secs(30), "command result").await?;
+    // The subscription takes the command itself too: wait for the answer,
+    // which the gateway publishes once the command is audited.
+    loop {
+        let m = sub.next(Duration::from_secs(30), "command result").await?;
+        if m.topic.ends_with("/result") {
+            break;
+        }
+    }
     // A config change, by reload.
     let text = std::fs::read_to_string(&config)?.replace("interval_ms = 50", "interval_ms = 60");
     std::fs::write(&config, text)?;
