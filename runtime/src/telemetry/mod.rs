@@ -779,19 +779,32 @@ pub fn fit(snapshot: &mut Snapshot, max_bytes: usize) -> u64 {
     trimmed
 }
 
+/// A snapshot of the running gateway now, and the drivers it was taken of
+/// (as the last reload left them): what the reporter and the live status
+/// both sample.
+fn snapshot_of(
+    collector: &mut Collector,
+    live: &std::sync::Mutex<Live>,
+    publisher: &PublisherStats,
+    data: &Queue,
+) -> (Snapshot, Vec<(String, Arc<DriverCounters>)>) {
+    let queue = data.stats().ok();
+    let (drivers, config) = {
+        let live = live.lock().unwrap_or_else(|e| e.into_inner());
+        (live.drivers.clone(), live.config.clone())
+    };
+    let snapshot = collector.collect(&Sources {
+        drivers: &drivers,
+        config: config.as_ref(),
+        publisher,
+        queue,
+    });
+    (snapshot, drivers)
+}
+
 impl Reporter {
     fn snapshot(&mut self) -> Snapshot {
-        let queue = self.data.stats().ok();
-        let (drivers, config) = {
-            let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            (live.drivers.clone(), live.config.clone())
-        };
-        self.collector.collect(&Sources {
-            drivers: &drivers,
-            config: config.as_ref(),
-            publisher: &self.publisher,
-            queue,
-        })
+        snapshot_of(&mut self.collector, &self.live, &self.publisher, &self.data).0
     }
 
     /// Captures a snapshot into the telemetry lane: durable, sent in order,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Collector, Live, Snapshot, Sources};
+use super::{Collector, Live, Snapshot};
 use crate::publish::PublisherStats;
 use crate::queue::Queue;
 
@@ -170,16 +170,8 @@ pub struct StatusWriter {
 
 impl StatusWriter {
     fn status(&mut self, stopped: bool) -> LiveStatus {
-        let (drivers, config) = {
-            let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            (live.drivers.clone(), live.config.clone())
-        };
-        let snapshot = self.collector.collect(&Sources {
-            drivers: &drivers,
-            config: config.as_ref(),
-            publisher: &self.publisher,
-            queue: self.data.stats().ok(),
-        });
+        let (snapshot, drivers) =
+            super::snapshot_of(&mut self.collector, &self.live, &self.publisher, &self.data);
         // The batches together stay under half the file's bound, so a
         // gateway with many drivers still writes a file readers take.
         let mut budget = MAX_STATUS_BYTES as usize / 2;
@@ -316,6 +308,7 @@ pub async fn run(mut writer: StatusWriter, shutdown: tokio_util::sync::Cancellat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::Sources;
 
     #[test]
     fn values_are_withheld_only_for_an_encrypted_queue_on_disk() {
