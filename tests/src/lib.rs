@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod net;
+pub mod rabbit;
 
 use anyhow::{Context, bail};
 use ferrule::dev::certs::{CertFiles, DevCa};
@@ -158,7 +159,7 @@ pub fn broker_writable_dir(parent: &Path, name: &str) -> anyhow::Result<PathBuf>
     Ok(dir)
 }
 
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }

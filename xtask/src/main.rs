@@ -500,9 +500,11 @@ fn ensure_peers() -> anyhow::Result<()> {
     ensure_python_tools()?;
     // The broker and its clients, the openssl tool (the TLS tests run
     // `openssl s_server` as a peer that speaks only old or weak TLS), and
-    // tmux (the terminal `ferrule top` is tested in).
+    // tmux (the terminal `ferrule top` is tested in), and RabbitMQ (the
+    // clustered broker of another make the cluster and fleet tests run).
     ensure_debian_packages(&[
         ("mosquitto", "mosquitto"),
+        ("rabbitmq-server", "rabbitmq-server"),
         ("mosquitto_sub", "mosquitto-clients"),
         ("openssl", "openssl"),
         ("tmux", "tmux"),

@@ -3,6 +3,7 @@
 
 mod abi;
 mod bad_input;
+mod cluster;
 mod common;
 mod compile_cache;
 mod containment;
