@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use ferrule_figures::number;
 
 /// Every part, in the order a full run takes them.
-pub const PARTS: [(&str, &str); 13] = [
+pub const PARTS: [(&str, &str); 14] = [
     ("e2e", "end-to-end throughput vs a bare rumqttc client"),
     (
         "latency",
@@ -45,6 +45,10 @@ pub const PARTS: [(&str, &str); 13] = [
     (
         "hostile",
         "host memory and telemetry files with hostile plugins",
+    ),
+    (
+        "cluster",
+        "50 gateways through one mosquitto and a RabbitMQ cluster that loses a node",
     ),
 ];
 

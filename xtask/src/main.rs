@@ -46,7 +46,8 @@ enum Task {
     Plugins,
     /// Benchmarks that print figures and write benchmarks/results.json and
     /// BENCHMARKS.md (release build). Parts: e2e, latency, stages, backlog,
-    /// footprint, gateways, queue, plugin, reload, fleet, link, modbus, hostile.
+    /// footprint, gateways, queue, plugin, reload, fleet, link, modbus,
+    /// hostile, cluster.
     Bench {
         /// Which part to run; all when absent; `render` runs none and
         /// renders BENCHMARKS.md again (after editing benchmarks/notes/).
@@ -62,6 +63,14 @@ enum Task {
     Soak {
         #[arg(long, default_value_t = 60.0)]
         minutes: f64,
+    },
+    /// N real gateways (sim drivers, a client certificate each) through one
+    /// mosquitto and then a three-node RabbitMQ cluster, one node killed
+    /// and restarted mid-run; fails if any gateway's sequence never
+    /// arrived; prints the fleet's figures (debug build, as the tests).
+    Fleet {
+        #[arg(long, default_value_t = 50)]
+        gateways: usize,
     },
     /// Build the .deb a gateway installs (target/debian/): the production
     /// binary, the hardened systemd unit, the config and example plugins.
@@ -110,6 +119,24 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { part } => bench(&root, part.as_deref()),
         Task::GuestPlugins => guest::build_all(&root).map(|_| ()),
         Task::Soak { minutes } => soak(&root, minutes),
+        Task::Fleet { gateways } => {
+            ensure_wasm_target()?;
+            ensure_peers()?;
+            build_plugins(&root)?;
+            let mut command = cargo();
+            command.args([
+                "build",
+                "-p",
+                "ferrule-benches",
+                "--bin",
+                "bench-cluster",
+                "-p",
+                "ferrule",
+            ]);
+            linted_env(&mut command);
+            run(&root, &mut command)?;
+            fleet(&root, gateways)
+        }
         Task::Proto => proto(&root),
         Task::Package { profile, check } => {
             let deb = package::build(&root, &profile)?;
@@ -319,6 +346,9 @@ fn test(root: &Path) -> anyhow::Result<()> {
     ]);
     linted_env(&mut command);
     run(root, &mut command)?;
+    // The fleet: 50 gateways through mosquitto and a RabbitMQ cluster that
+    // loses a node (its binaries came with the workspace build above).
+    fleet(root, 50)?;
     // The .deb, built from this run's profile (the release package is
     // `cargo xtask package`): linted, installed, checked and purged. Last,
     // because it rebuilds the ferrule binary without the `demo` feature.
@@ -361,6 +391,19 @@ fn soak(root: &Path, minutes: f64) -> anyhow::Result<()> {
             ("FERRULE_SOAK_OUT", out.display().to_string()),
         ],
     )
+}
+
+/// Runs the fleet test (`bench-cluster` of the test profile, built by the
+/// caller) with `gateways` gateways.
+fn fleet(root: &Path, gateways: usize) -> anyhow::Result<()> {
+    if !(1..=1000).contains(&gateways) {
+        bail!("--gateways {gateways}: expected 1 to 1000");
+    }
+    let mut command = Command::new(target_dir(root).join("debug/bench-cluster"));
+    command
+        .env("FERRULE_FLEET_GATEWAYS", gateways.to_string())
+        .env("FERRULE_LOG", "warn");
+    run(root, &mut command)
 }
 
 /// Regenerates the Sparkplug B types, formatted as the tree is.
