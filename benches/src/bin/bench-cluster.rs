@@ -275,6 +275,11 @@ fn fleet_first(tally: &Tally, id: &str) -> impl Fn() -> bool + use<> {
     }
 }
 
+/// How long a broker's idle CPU is measured before the fleet connects.
+fn idle_span() -> Duration {
+    Duration::from_secs(bench::scaled(10, 2))
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -285,6 +290,16 @@ fn usage(pids: &[u32]) -> anyhow::Result<Vec<(f64, u64)>> {
     (pids.iter())
         .map(|&p| ferrule_tests::process_usage(p).map(|(rss, cpu)| (cpu, rss)))
         .collect()
+}
+
+/// CPU use of `pids` together over `span`, percent of one core.
+async fn cpu_percent(pids: &[u32], span: Duration) -> anyhow::Result<f64> {
+    let before = usage(pids)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(span).await;
+    let after = usage(pids)?;
+    let cpu: f64 = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).sum();
+    Ok(100.0 * cpu / t0.elapsed().as_secs_f64())
 }
 
 /// What one broker's steady window measured.
@@ -450,6 +465,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     let tally = count(&mut consumer);
     let idle = ferrule_tests::rss_kib(mosquitto_pid)?;
+    let idle_cpu = cpu_percent(&[mosquitto_pid], idle_span()).await?;
     let mut gateways = fleet(
         &root.join("on-mosquitto"),
         &pki,
@@ -483,6 +499,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|i| cluster.beam_pid(i))
         .collect::<anyhow::Result<_>>()?;
     let idle: u64 = usage(&beams)?.iter().map(|u| u.1).sum();
+    let cluster_idle_cpu = cpu_percent(&beams, idle_span()).await?;
     let mut consumer =
         Subscriber::connect_persistent(&pki, ports[0], &format!("{PREFIX}/#"), "fleet-consumer")
             .await?;
@@ -612,14 +629,25 @@ async fn main() -> anyhow::Result<()> {
         clustered.broker_kib_per_gateway,
         "KiB",
     );
+    // What the fleet adds to each broker's CPU, beyond its idle use.
+    let per_thousand = |steady: &Steady, idle: f64| {
+        (steady.broker_cpu_percent - idle).max(0.0) * 1000.0
+            / steady.messages_per_s.max(f64::MIN_POSITIVE)
+    };
     report.figure(
-        "mosquitto CPU per 1,000 messages/s",
-        single.broker_cpu_percent * 1000.0 / single.messages_per_s.max(f64::MIN_POSITIVE),
+        "mosquitto CPU per 1,000 messages/s (above idle)",
+        per_thousand(&single, idle_cpu),
         "% of a core",
     );
     report.figure(
-        "RabbitMQ CPU per 1,000 messages/s (3 nodes)",
-        clustered.broker_cpu_percent * 1000.0 / clustered.messages_per_s.max(f64::MIN_POSITIVE),
+        "RabbitMQ CPU per 1,000 messages/s (3 nodes, above idle)",
+        per_thousand(&clustered, cluster_idle_cpu),
+        "% of a core",
+    );
+    report.figure("mosquitto CPU idle", idle_cpu, "% of a core");
+    report.figure(
+        "RabbitMQ CPU idle (3 nodes)",
+        cluster_idle_cpu,
         "% of a core",
     );
     report.figure("bytes per reading, readings format", json_bytes, "B");
