@@ -143,6 +143,31 @@ async fn on_a_rabbitmq_cluster_the_gateway_moves_to_another_node_when_its_node_d
         .await
         .map_err(|e| anyhow::anyhow!("{e}; gateway log:\n{}", ferrule.log_text()))?;
 
+    // A command from the consumer's node reaches the gateway on its new
+    // node through the session it took over, and its result comes back.
+    consumer
+        .client
+        .publish(
+            "ferrule/gw-test/cmd/sim-1/write",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"id":"after-failover","channel":"c0","value":5}"#.to_vec(),
+        )
+        .await?;
+    loop {
+        let m = consumer
+            .next(Duration::from_secs(30), "the command's result")
+            .await?;
+        if m.topic == "ferrule/gw-test/cmd/sim-1/result" {
+            anyhow::ensure!(
+                m.json()?["id"] == "after-failover",
+                "result of another command: {}",
+                m.text()
+            );
+            break;
+        }
+    }
+
     // Status: `online` (retained) at each connection. Node 3 died with the
     // gateway's session, will included, so no `offline` was published.
     let statuses = statuses(&seen);
