@@ -34,6 +34,8 @@ pub(super) enum LinkEvent {
         reason: String,
         authorization: bool,
     },
+    /// The broker acknowledged a subscription (SUBACK).
+    Subscribed,
     /// A message on a subscribed topic (a command).
     Message {
         topic: String,
@@ -310,6 +312,7 @@ fn v311_event(event: rumqttc::Event) -> LinkEvent {
             max_packet_size: None,
         },
         Event::Incoming(Packet::PubAck(ack)) => LinkEvent::Acked(ack.pkid),
+        Event::Incoming(Packet::SubAck(_)) => LinkEvent::Subscribed,
         Event::Incoming(Packet::Publish(p)) => LinkEvent::Message {
             topic: p.topic,
             payload: p.payload.to_vec(),
@@ -338,6 +341,7 @@ fn v5_event(event: rumqttc::v5::Event) -> LinkEvent {
                 ),
             },
         },
+        Event::Incoming(V5Packet::SubAck(_)) => LinkEvent::Subscribed,
         Event::Incoming(V5Packet::Publish(p)) => LinkEvent::Message {
             topic: String::from_utf8_lossy(&p.topic).into_owned(),
             payload: p.payload.to_vec(),

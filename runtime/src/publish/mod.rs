@@ -117,6 +117,14 @@ pub struct PublisherSettings {
     pub audit: Option<crate::audit::AuditLog>,
 }
 
+/// Connections in a row closed before the broker answered the gateway's
+/// subscriptions, after which the cause is spelled out.
+const SUBSCRIBE_DROPS: u32 = 3;
+
+/// What a broker that keeps closing the connection at the gateway's
+/// subscriptions most likely means.
+const SUBSCRIBE_DROPPED: &str = "the broker closes the connection before it acknowledges the gateway's subscriptions (commands, deployments), connection after connection; readings stay queued. On a RabbitMQ 3.10 cluster this is a clean session's subscription queue stranded on a node that is down: set clean_session = false on the gateway and mqtt.durable_queue_type = quorum on the broker (docs/brokers.md). Otherwise, check the broker's log and this gateway's subscribe permissions";
+
 /// Runs until `shutdown` turns true, reconnecting with exponential backoff
 /// and jitter.
 pub async fn run(
@@ -137,6 +145,9 @@ pub async fn run(
     let mut active = settings.clone();
     let mut next = 0;
     let mut audited = AuditedFailures::default();
+    // Connections in a row the broker closed while ferrule's subscriptions
+    // were still unanswered.
+    let mut dropped_subscribing = 0u32;
     // Aliases and declarations outlive a connection; births do not.
     let mut node = settings.sparkplug.clone().map(sparkplug::Node::new);
     loop {
@@ -146,7 +157,7 @@ pub async fn run(
         (active.host, active.port) = brokers[next % brokers.len()].clone();
         next += 1;
         let broker = format!("{}:{}", active.host, active.port);
-        let mut connected = false;
+        let mut reached = session::Reached::default();
         let result = session(
             &active,
             &queue,
@@ -154,9 +165,10 @@ pub async fn run(
             &stats,
             (commands.as_mut(), node.as_mut()),
             &shutdown,
-            &mut connected,
+            &mut reached,
         )
         .await;
+        let connected = reached.connected;
         stats.connected.store(false, Ordering::Relaxed);
         let Err(e) = result else {
             return;
@@ -167,7 +179,22 @@ pub async fn run(
             backoff.reset();
         }
         let wait = backoff.next_delay();
-        let (kind, why) = e.explain(&active.host);
+        let (kind, mut why) = e.explain(&active.host);
+        // A broker that refused the connection outright (a dead node of
+        // the cluster, tried in turn) neither breaks nor extends the run.
+        if connected {
+            dropped_subscribing = if reached.subscribing {
+                dropped_subscribing + 1
+            } else {
+                0
+            };
+        }
+        if dropped_subscribing >= SUBSCRIBE_DROPS {
+            why = format!("{why}; {SUBSCRIBE_DROPPED}");
+            if dropped_subscribing == SUBSCRIBE_DROPS {
+                tracing::error!(broker = %broker, times = dropped_subscribing, "{SUBSCRIBE_DROPPED}");
+            }
+        }
         stats.failed(kind, &why);
         if let Some(audit) = &settings.audit {
             audited.record(audit, kind, &broker, &why);
@@ -262,7 +289,7 @@ async fn session(
     stats: &PublisherStats,
     (commands, mut node): (Option<&mut Commands>, Option<&mut sparkplug::Node>),
     shutdown: &CancellationToken,
-    connected: &mut bool,
+    reached: &mut session::Reached,
 ) -> Result<(), SessionError> {
     // Removals handed over in the last session are committed before this
     // one reads the queue, so acknowledged entries are not sent again.
@@ -297,7 +324,7 @@ async fn session(
     }
     lanes.push(Lane::new(queue, LaneKind::Data));
     let mut session = Session::new(settings, lanes, stats, &client, commands, node);
-    let result = session.run(shutdown, &mut events, connected).await;
+    let result = session.run(shutdown, &mut events, reached).await;
     driver.abort();
     result
 }

@@ -191,6 +191,17 @@ pub(super) struct Session<'a> {
     pub(super) commands: Option<&'a mut Commands>,
     /// The Sparkplug edge node, with `format = "sparkplug-b"`.
     pub(super) node: Option<&'a mut Node>,
+    /// Subscriptions sent on this connection and not yet acknowledged.
+    subscriptions_pending: usize,
+}
+
+/// How far a connection got before it ended.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Reached {
+    /// The broker accepted the connection (CONNACK).
+    pub(super) connected: bool,
+    /// It ended with subscriptions the broker never acknowledged.
+    pub(super) subscribing: bool,
 }
 
 impl<'a> Session<'a> {
@@ -212,12 +223,24 @@ impl<'a> Session<'a> {
             window: usize::from(settings.max_inflight.max(1)),
             packet_limit: 0,
             opened: std::time::Instant::now(),
+            subscriptions_pending: 0,
             commands,
             node,
         }
     }
 
     pub(super) async fn run(
+        &mut self,
+        shutdown: &CancellationToken,
+        events: &mut Events,
+        reached: &mut Reached,
+    ) -> Result<(), SessionError> {
+        let result = self.serve(shutdown, events, &mut reached.connected).await;
+        reached.subscribing = self.subscriptions_pending > 0;
+        result
+    }
+
+    async fn serve(
         &mut self,
         shutdown: &CancellationToken,
         events: &mut Events,
@@ -322,6 +345,7 @@ impl<'a> Session<'a> {
         if let Some(node) = self.node.as_deref() {
             for filter in node.settings().filters() {
                 self.client.subscribe(filter)?;
+                self.subscriptions_pending += 1;
             }
             if node.waits_for_host() {
                 tracing::info!(
@@ -338,9 +362,11 @@ impl<'a> Session<'a> {
         }
         if let Some(commands) = self.commands.as_deref() {
             self.client.subscribe(s.topics.commands())?;
+            self.subscriptions_pending += 1;
             let links = commands.deploy.iter().chain(commands.erase.iter());
             for filter in links.flat_map(|l| &l.filters) {
                 self.client.subscribe(filter.clone())?;
+                self.subscriptions_pending += 1;
             }
         }
         Ok(())
@@ -381,6 +407,9 @@ impl<'a> Session<'a> {
                         authorization,
                     });
                 }
+            }
+            LinkEvent::Subscribed => {
+                self.subscriptions_pending = self.subscriptions_pending.saturating_sub(1);
             }
             LinkEvent::Message { topic, payload } => self.on_message(&topic, payload)?,
             LinkEvent::Connected { .. } | LinkEvent::Other => {}

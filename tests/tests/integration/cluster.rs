@@ -21,6 +21,14 @@ fn statuses(messages: &[Received]) -> Vec<String> {
         .collect()
 }
 
+/// Node 2, then node 1, as `mqtt.hosts` (node 3 is `mqtt.port`).
+fn hosts(ports: &[u16]) -> toml::Value {
+    toml::Value::Array(vec![
+        format!("127.0.0.1:{}", ports[1]).into(),
+        format!("127.0.0.1:{}", ports[0]).into(),
+    ])
+}
+
 /// A subscriber on a node of a cluster that has just changed: RabbitMQ
 /// registers client ids cluster-wide, and refuses connections while that
 /// registry elects a new leader after a node comes back.
@@ -78,17 +86,30 @@ async fn on_a_rabbitmq_cluster_the_gateway_moves_to_another_node_when_its_node_d
     // node is back (docs/brokers.md).
     let gateway = sim_config(&d.join("data"), &pki, ports[2], 100, 2, "")?
         .set("mqtt", "clean_session", false)
-        .set(
-            "mqtt",
-            "hosts",
-            toml::Value::Array(vec![
-                format!("127.0.0.1:{}", ports[1]).into(),
-                format!("127.0.0.1:{}", ports[0]).into(),
-            ]),
-        );
+        .set("mqtt", "hosts", hosts(&ports));
     let config = d.join("gateway.toml");
     std::fs::write(&config, gateway.render())?;
     let ferrule = start_ferrule(&d, &["run", "gateway.toml"])?;
+    // A second gateway on node 3 with a clean session, as operators
+    // coming from mosquitto would set it up: it cannot carry on while node
+    // 3 is down, says why, and loses nothing.
+    let mut clean_consumer = Subscriber::connect_persistent(
+        &pki,
+        ports[0],
+        "ferrule/gw-clean/data/#",
+        "cluster-consumer-2",
+    )
+    .await?;
+    let clean = sim_config(&d.join("data-clean"), &pki, ports[2], 100, 2, "")?
+        .set("gateway", "id", "gw-clean")
+        .set("mqtt", "hosts", hosts(&ports));
+    let clean_config = d.join("gateway-clean.toml");
+    std::fs::write(&clean_config, clean.render())?;
+    let clean_ferrule = start_ferrule(&d, &["run", "gateway-clean.toml"])?;
+    let mut clean_seqs = SeqLog::default();
+    clean_seqs
+        .wait_for_all(&mut clean_consumer, 1, 10, Duration::from_secs(60))
+        .await?;
 
     let mut seqs = SeqLog::default();
     let mut seen = Vec::new();
@@ -120,6 +141,9 @@ async fn on_a_rabbitmq_cluster_the_gateway_moves_to_another_node_when_its_node_d
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let failover = killed_at.elapsed();
+    clean_ferrule
+        .wait_for_log("mqtt.durable_queue_type = quorum", Duration::from_secs(60))
+        .await?;
     let after = collect(&mut consumer, Duration::from_secs(3)).await;
     for m in &after {
         seqs.push(m)?;
@@ -142,6 +166,20 @@ async fn on_a_rabbitmq_cluster_the_gateway_moves_to_another_node_when_its_node_d
     seqs.wait_for_all(&mut consumer, 1, last, Duration::from_secs(60))
         .await
         .map_err(|e| anyhow::anyhow!("{e}; gateway log:\n{}", ferrule.log_text()))?;
+    // With node 3 back, the clean-session gateway delivers its backlog.
+    let clean_last = queue_stats(&d, &clean_config)?["next_seq"]
+        .as_u64()
+        .unwrap_or(1)
+        - 1;
+    clean_seqs
+        .wait_for_all(&mut clean_consumer, 1, clean_last, Duration::from_secs(90))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; clean-session gateway's log:\n{}",
+                link_lines(&clean_ferrule.log_text())
+            )
+        })?;
 
     // A command from the consumer's node reaches the gateway on its new
     // node through the session it took over, and its result comes back.
