@@ -14,7 +14,8 @@ pub use error::ConfigError;
 pub use types::{
     Config, DeployConfig, DriverConfig, Encryption, GatewayConfig, LimitsOverride, MessageFormat,
     MqttConfig, MqttProtocol, PayloadFormatConfig, PluginLimits, ProcessorConfig, QueueConfig,
-    RetentionConfig, RuntimeConfig, StorageConfig, TelemetryConfig, WhenFull, credential_path,
+    RetentionConfig, RuntimeConfig, StorageConfig, TelemetryConfig, WhenFull, WritableChannel,
+    credential_path,
 };
 
 /// The smallest `mqtt.max_packet_size` accepted: room for the topic, the
@@ -325,6 +326,7 @@ impl Config {
                     ));
                 }
             }
+            self.check_commands(text, driver)?;
             let mut processor_names = std::collections::HashSet::new();
             for processor in &driver.processors {
                 self.check_name(text, &processor.name, "processor")?;
@@ -400,6 +402,63 @@ impl Config {
                     name.get_ref()
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// `[driver.commands.CHANNEL]` tables: limits that can be met.
+    fn check_commands(&self, text: &str, driver: &DriverConfig) -> Result<(), ConfigError> {
+        for (channel, rule) in &driver.commands {
+            let bad = |why: String| {
+                self.invalid(
+                    text,
+                    channel.span(),
+                    format!(
+                        "driver {:?}: commands.{}: {why}",
+                        driver.name.get_ref(),
+                        channel.get_ref()
+                    ),
+                )
+            };
+            if channel.get_ref().is_empty() || channel.get_ref().chars().any(char::is_control) {
+                return Err(bad("expected a channel name".to_string()));
+            }
+            let r = rule;
+            for (what, limit) in [("min", r.min), ("max", r.max)] {
+                if limit.is_some_and(|v| !v.is_finite()) {
+                    return Err(bad(format!("{what} must be a finite number")));
+                }
+            }
+            if let (Some(min), Some(max)) = (r.min, r.max)
+                && min > max
+            {
+                return Err(bad(format!("min {min} is above max {max}")));
+            }
+            if let Some(allowed) = &r.allowed {
+                if allowed.is_empty() {
+                    return Err(bad(
+                        "allowed is empty: leave the channel out to make it read-only".to_string(),
+                    ));
+                }
+                if let Some(other) = allowed.iter().find(|v| {
+                    !matches!(
+                        v,
+                        toml::Value::Integer(_)
+                            | toml::Value::Float(_)
+                            | toml::Value::Boolean(_)
+                            | toml::Value::String(_)
+                    )
+                }) {
+                    return Err(bad(format!(
+                        "allowed value {other}: expected numbers, booleans or strings"
+                    )));
+                }
+            }
+            if r.max_per_minute == Some(0) {
+                return Err(bad(
+                    "max_per_minute = 0: leave the channel out to make it read-only".to_string(),
+                ));
+            }
         }
         Ok(())
     }

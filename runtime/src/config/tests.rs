@@ -262,3 +262,63 @@ fn the_retention_table_sets_every_class_and_the_older_keys_still_apply() {
     assert_eq!(config.retention.plugin_data_days, Some(30));
     assert_eq!(config.retention.audit_days, 7 * 365);
 }
+
+#[test]
+fn writable_channels_are_listed_with_limits_that_can_be_met() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = write_fixture(dir.path());
+    let path = dir.path().join("gw.toml");
+    let parse = |commands: &str| {
+        Config::parse(&format!("{base}\n{commands}"), &path).map_err(|e| e.to_string())
+    };
+    let config = parse(
+        "[driver.commands.setpoint]\nmin = 10\nmax = 80.5\nmax_per_minute = 6\n\
+         [driver.commands.mode]\nallowed = [\"auto\", \"manual\"]\n[driver.commands.valve]\n",
+    )
+    .unwrap();
+    let commands = &config.drivers[0].commands;
+    assert_eq!(commands.len(), 3);
+    let rule = |name: &str| {
+        (commands.iter())
+            .find(|(c, _)| c.get_ref() == name)
+            .map(|(_, r)| r.clone())
+            .unwrap()
+    };
+    let setpoint = rule("setpoint");
+    assert_eq!((setpoint.min, setpoint.max), (Some(10.0), Some(80.5)));
+    assert_eq!(setpoint.max_per_minute, Some(6));
+    assert_eq!(rule("valve"), WritableChannel::default());
+    // None by default.
+    assert!(parse("").unwrap().drivers[0].commands.is_empty());
+
+    for (commands, why) in [
+        (
+            "[driver.commands.sp]\nmin = 5\nmax = 1\n",
+            "commands.sp: min 5 is above max 1",
+        ),
+        (
+            "[driver.commands.sp]\nallowed = []\n",
+            "commands.sp: allowed is empty",
+        ),
+        (
+            "[driver.commands.sp]\nallowed = [[1]]\n",
+            "commands.sp: allowed value [1]: expected numbers",
+        ),
+        (
+            "[driver.commands.sp]\nmax_per_minute = 0\n",
+            "commands.sp: max_per_minute = 0",
+        ),
+        (
+            "[driver.commands.sp]\nmin = nan\n",
+            "commands.sp: min must be a finite number",
+        ),
+    ] {
+        let err = parse(commands).unwrap_err();
+        assert!(
+            err.contains("gw.toml:16:18: ") && err.contains(&format!("driver \"d1\": {why}")),
+            "{commands}: {err}"
+        );
+    }
+    let err = parse("[driver.commands.sp]\nmaximum = 5\n").unwrap_err();
+    assert!(err.contains("unknown field `maximum`"), "{err}");
+}

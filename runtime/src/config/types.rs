@@ -546,6 +546,26 @@ pub struct DriverConfig {
     /// Run in order on every batch this driver produces.
     #[serde(rename = "processor", default)]
     pub processors: Vec<ProcessorConfig>,
+    /// `[driver.commands.CHANNEL]`: the channels commands from the cloud
+    /// may write, each with its limits. A channel not listed is never
+    /// written: by default, none is.
+    #[serde(default)]
+    pub commands: std::collections::BTreeMap<Spanned<String>, WritableChannel>,
+}
+
+/// What commands may write to one channel (`[driver.commands.CHANNEL]`).
+/// Every limit set must hold; an empty table allows any value.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritableChannel {
+    /// Lowest value allowed (numbers only).
+    pub min: Option<f64>,
+    /// Highest value allowed (numbers only).
+    pub max: Option<f64>,
+    /// The only values allowed (numbers, booleans or strings).
+    pub allowed: Option<Vec<toml::Value>>,
+    /// Writes accepted per minute at most, counted over the last 60 s.
+    pub max_per_minute: Option<u32>,
 }
 
 fn default_interval_ms() -> Spanned<u64> {

@@ -326,6 +326,7 @@ fn driver_spec(
             PayloadFormatConfig::Readings => PayloadFormat::Readings,
             PayloadFormatConfig::Compact => PayloadFormat::Compact,
         },
+        commands: Arc::new(crate::remote::Policy::new(&d.commands)),
         restart_min: Duration::from_millis(config.runtime.restart_min_ms.max(1)),
         restart_max: Duration::from_millis(
             config

@@ -189,7 +189,7 @@ impl Gateway {
         fingerprint: String,
     ) -> DriverTask {
         let (tx, rx) = mpsc::channel(16);
-        self.shared.inboxes.insert(spec.driver.name.clone(), tx);
+        (self.shared.inboxes).insert(spec.driver.name.clone(), tx, spec.commands.clone());
         let counters = Arc::new(DriverCounters::for_spec(&spec));
         let stop = self.shared.shutdown.child_token();
         let descriptors = descriptors(&spec);
@@ -598,7 +598,7 @@ fn fingerprint(config: &Config, d: &DriverConfig, trust: &str, plugin_shas: &[St
             })
         })
         .collect();
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "name": d.name.get_ref(),
         "plugin": path(d.plugin.get_ref()),
         "plugin_name": d.plugin_name.as_ref().map(|n| n.get_ref()),
@@ -616,6 +616,16 @@ fn fingerprint(config: &Config, d: &DriverConfig, trust: &str, plugin_shas: &[St
         "payload_format": format!("{:?}", config.mqtt.payload_format),
         "restart_ms": [config.runtime.restart_min_ms, config.runtime.restart_max_ms],
     });
+    // Added only when set, so a driver without commands keeps the
+    // fingerprint it had before commands could be configured.
+    if !d.commands.is_empty()
+        && let serde_json::Value::Object(fields) = &mut value
+    {
+        let commands: std::collections::BTreeMap<_, _> = (d.commands.iter())
+            .map(|(channel, rule)| (channel.get_ref().clone(), rule.clone()))
+            .collect();
+        fields.insert("commands".into(), serde_json::json!(commands));
+    }
     sha256_hex(value.to_string().as_bytes())
 }
 

@@ -62,6 +62,8 @@ pub struct DriverSpec {
     pub restart_max: Duration,
     /// How its batches are written.
     pub format: PayloadFormat,
+    /// What commands may write (`[driver.commands]`).
+    pub commands: Arc<crate::remote::Policy>,
 }
 
 /// Counters of one driver's pipeline, for logs and telemetry.

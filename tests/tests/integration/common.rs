@@ -111,3 +111,12 @@ pub fn sign_as(dir: &Path, key: &str, from: &Path, to: &str, version: &str) -> a
     ferrule_ok(dir, &[&args[..], &["-o", to, from]].concat())?;
     Ok(())
 }
+
+/// A driver's `[driver.commands]` making `channels` writable, with no limits.
+pub fn writable(channels: &[&str]) -> toml::Value {
+    toml::Value::Table(
+        (channels.iter())
+            .map(|c| (c.to_string(), toml::Value::Table(toml::Table::new())))
+            .collect(),
+    )
+}

@@ -505,7 +505,13 @@ async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered
         "{ name = \"run\", table = \"coil\", address = 1 }".to_string(),
         "{ name = \"level\", table = \"input\", address = 0 }".to_string(),
     ];
-    let mut rig = run(dir, vec![modbus_driver("plc", sim.port, 200, &channels)?]).await?;
+    // Every channel writable but `level`'s input register, which the
+    // driver declares read-only: listing it cannot change that.
+    let plc = modbus_driver("plc", sim.port, 200, &channels)?.set(
+        "commands",
+        crate::common::writable(&["setpoint", "limit", "run", "level"]),
+    );
+    let mut rig = run(dir, vec![plc]).await?;
     next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
     // The command subscription is made right after CONNACK; give the broker
     // a moment to have it in place.
@@ -559,7 +565,7 @@ async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered
         (
             r#"{"id":"b1","channel":"nope","value":1}"#,
             "plc",
-            "no channel \"nope\"",
+            "channel \"nope\" is not writable",
         ),
         (
             r#"{"id":"b2","channel":"setpoint","value":"high"}"#,
@@ -609,7 +615,13 @@ async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered
             .filter(|l| l.contains("command received"))
             .count()
             >= 7
-            && log.lines().filter(|l| l.contains("command failed")).count() >= 8
+            && (log.lines())
+                .filter(|l| l.contains("command failed") || l.contains("command refused"))
+                .count()
+                >= 8
+            && log
+                .lines()
+                .any(|l| l.contains("command refused") && l.contains("not-writable"))
             && log.lines().filter(|l| l.contains("command done")).count() == 3,
         "every command and result is logged:\n{log}"
     );

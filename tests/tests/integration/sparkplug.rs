@@ -307,6 +307,7 @@ async fn primary_host_state_rebirth_and_dcmd_writes_reach_the_device() -> anyhow
     let plc = PluginToml::new("plc", &plugin("modbus_tcp")?)
         .set("device", format!("127.0.0.1:{}", device.port))
         .set("interval_ms", 200)
+        .set("commands", crate::common::writable(&["setpoint"]))
         .config("timeout_ms", 500)
         .config(
             "channels",
