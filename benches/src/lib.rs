@@ -699,11 +699,9 @@ pub async fn first_arrival(
     let limit = std::time::Instant::now() + Duration::from_secs(90);
     while !arrived() {
         if std::time::Instant::now() > limit {
-            let log = gateway.log_text();
-            let lines: Vec<&str> = log.lines().collect();
             anyhow::bail!(
                 "{name} published nothing within 90 s; the end of its log:\n{}",
-                lines[lines.len().saturating_sub(40)..].join("\n")
+                ferrule_tests::log_tail(&gateway.log_text(), 40)
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

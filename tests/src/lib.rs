@@ -775,6 +775,12 @@ impl Jitter {
     }
 }
 
+/// The last `lines` lines of `text` (a process's log, for an error).
+pub fn log_tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// Seconds since midnight (UTC) of a log line's RFC 3339 timestamp.
 pub fn log_clock(line: &str) -> Option<f64> {
     let clock = line.split('T').nth(1)?.split('Z').next()?;

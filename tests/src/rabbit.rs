@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use ferrule::dev::certs::CertFiles;
 
-use crate::{Pki, Process, free_port, set_mode, spawn_logged, wait_for_port};
+use crate::{Pki, Process, free_port, log_tail, set_mode, spawn_logged, wait_for_port};
 
 /// One node: its name, ports and, while it runs, its process group.
 pub struct RabbitNode {
@@ -207,7 +207,7 @@ impl RabbitCluster {
                 bail!(
                     "RabbitMQ node {} not ready within {START_LIMIT:?}; its log ends:\n{}",
                     node.name,
-                    tail(&log, 40)
+                    log_tail(&log, 40)
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -370,9 +370,4 @@ fn node_config(node: &RabbitNode, tls: &TlsPaths, peers: &[String], definitions:
         ));
     }
     text
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

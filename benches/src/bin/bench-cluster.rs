@@ -33,7 +33,7 @@ use anyhow::{Context, bail};
 use ferrule::dev::config::{GatewayToml, PluginToml, table};
 use ferrule_benches::{self as bench, Report};
 use ferrule_tests::rabbit::{RabbitCluster, TlsPaths};
-use ferrule_tests::{Mosquitto, Pki, Process, Subscriber, clock_now, log_clock};
+use ferrule_tests::{Mosquitto, Pki, Process, Subscriber, clock_now, log_clock, log_tail};
 
 const PREFIX: &str = "fleet";
 
@@ -269,7 +269,7 @@ async fn start(fleet: &mut [Gateway], tally: &Tally) -> anyhow::Result<Duration>
                 fleet.len(),
                 &silent[..silent.len().min(5)],
                 first.id,
-                tail(&first.log(), 20)
+                log_tail(&first.log(), 20)
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -289,11 +289,6 @@ fn fleet_first(tally: &Tally, id: &str) -> impl Fn() -> bool + use<> {
 /// How long a broker's idle CPU is measured before the fleet connects.
 fn idle_span() -> Duration {
     Duration::from_secs(bench::scaled(10, 2))
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// CPU seconds and RSS (KiB) of each pid.
@@ -571,7 +566,7 @@ async fn main() -> anyhow::Result<()> {
                 bail!(
                     "{} never reconnected after node 2 died; its log ends:\n{}",
                     gateways[i].id,
-                    tail(&log, 20)
+                    log_tail(&log, 20)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -423,18 +423,17 @@ impl Config {
             if channel.get_ref().is_empty() || channel.get_ref().chars().any(char::is_control) {
                 return Err(bad("expected a channel name".to_string()));
             }
-            let r = rule;
-            for (what, limit) in [("min", r.min), ("max", r.max)] {
+            for (what, limit) in [("min", rule.min), ("max", rule.max)] {
                 if limit.is_some_and(|v| !v.is_finite()) {
                     return Err(bad(format!("{what} must be a finite number")));
                 }
             }
-            if let (Some(min), Some(max)) = (r.min, r.max)
+            if let (Some(min), Some(max)) = (rule.min, rule.max)
                 && min > max
             {
                 return Err(bad(format!("min {min} is above max {max}")));
             }
-            if let Some(allowed) = &r.allowed {
+            if let Some(allowed) = &rule.allowed {
                 if allowed.is_empty() {
                     return Err(bad(
                         "allowed is empty: leave the channel out to make it read-only".to_string(),
@@ -454,7 +453,7 @@ impl Config {
                     )));
                 }
             }
-            if r.max_per_minute == Some(0) {
+            if rule.max_per_minute == Some(0) {
                 return Err(bad(
                     "max_per_minute = 0: leave the channel out to make it read-only".to_string(),
                 ));
