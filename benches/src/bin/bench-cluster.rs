@@ -524,31 +524,40 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("cluster: all publishing after {:.1} s", took.as_secs_f64());
     let clustered = steady(&gateways, &tally, &beams, idle, load.window).await?;
 
-    // A node dies: node 2 (gateways 1, 4, 7… start there).
-    let victim = 1;
-    let victim_port = format!(":{}", ports[victim]);
-    let mut cluster = cluster;
-    // The gateways on node 2 now: each one's last connection went there
-    // (most started there; one that found it busy at start moved on).
+    // A node dies: of nodes 2 and 3 (node 1 holds the consumer's session),
+    // the one most gateways are on now. Gateways start on node i mod 3,
+    // but one that a node turned away at start (RabbitMQ refuses
+    // connections while its client-id registry settles) moved on to the
+    // next node of its list and stayed there.
+    let last_port = |g: &Gateway| {
+        let log = g.log();
+        (log.lines())
+            .rfind(|l| l.contains("mqtt connected"))
+            .and_then(|l| l.split("broker=127.0.0.1:").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|port| port.parse::<u16>().ok())
+    };
+    let on_node: Vec<Option<u16>> = gateways.iter().map(last_port).collect();
+    let count_on = |k: usize| on_node.iter().filter(|p| **p == Some(ports[k])).count();
+    let victim = if count_on(2) > count_on(1) { 2 } else { 1 };
     let on_victim: Vec<usize> = (0..gateways.len())
-        .filter(|&i| {
-            let log = gateways[i].log();
-            (log.lines())
-                .rfind(|l| l.contains("mqtt connected"))
-                .is_some_and(|l| l.contains(&victim_port))
-        })
+        .filter(|&i| on_node[i] == Some(ports[victim]))
         .collect();
+    anyhow::ensure!(
+        !on_victim.is_empty(),
+        "no gateway on node 2 or 3 to move: connected to {:?} (nodes' ports {ports:?})",
+        on_node
+    );
+    let victim_port = format!(":{}", ports[victim]);
+    let victim_name = format!("node {}", victim + 1);
+    let mut cluster = cluster;
     let killed_clock = clock_now();
     cluster.kill(victim);
     eprintln!(
-        "cluster: node 2 killed with {} gateways on it",
+        "cluster: {victim_name} killed with {} gateways on it",
         on_victim.len()
     );
     let mut reconnects = Vec::new();
-    anyhow::ensure!(
-        !on_victim.is_empty(),
-        "no gateway was on node 2 when it was killed"
-    );
     let deadline = Instant::now() + Duration::from_secs(120);
     for &i in &on_victim {
         loop {
@@ -564,7 +573,7 @@ async fn main() -> anyhow::Result<()> {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "{} never reconnected after node 2 died; its log ends:\n{}",
+                    "{} never reconnected after {victim_name} died; its log ends:\n{}",
                     gateways[i].id,
                     log_tail(&log, 20)
                 );
@@ -578,7 +587,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::Ok(cluster)
     })
     .await??;
-    eprintln!("cluster: node 2 back");
+    eprintln!("cluster: {victim_name} back");
     tokio::time::sleep(Duration::from_secs(bench::scaled(10, 2))).await;
     let duplicates = all_delivered(&gateways, &tally).await?;
     stop(&mut gateways).await;
