@@ -409,6 +409,10 @@ impl<'a> Session<'a> {
                 }
             }
             LinkEvent::Subscribed => {
+                if self.subscriptions_pending == 1 {
+                    // Commands published from now on reach this gateway.
+                    tracing::info!("mqtt subscribed");
+                }
                 self.subscriptions_pending = self.subscriptions_pending.saturating_sub(1);
             }
             LinkEvent::Message { topic, payload } => self.on_message(&topic, payload)?,

@@ -177,7 +177,7 @@ async fn the_audit_log_records_starts_plugins_commands_reloads_and_data_access_a
         ferrule_tests::Subscriber::connect(&rig.pki, rig.port, "ferrule/gw-test/audit").await?;
     let ferrule = start_ferrule(&dir, &["run", &arg])?;
     ferrule
-        .wait_for_log("mqtt connected", Duration::from_secs(60))
+        .wait_for_log("mqtt subscribed", Duration::from_secs(60))
         .await?;
     // A command (answered, whatever the driver says).
     let mut sub = rig.sub;
