@@ -26,6 +26,6 @@ pub mod plugin;
 pub mod publish;
 pub mod queue;
 pub mod reading;
-pub(crate) mod remote;
+pub mod remote;
 pub mod retention;
 pub mod telemetry;

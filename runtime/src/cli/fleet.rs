@@ -3,7 +3,9 @@
 //! `deploy` signs a state file's deployment, publishes it retained on the
 //! target's `deploy/desired` topic, serves the plugin chunks gateways ask
 //! for and exits with their reported outcome; `status` prints a gateway's
-//! retained report; `sign` and `verify` work on files, offline.
+//! retained report; `erase` and `command` sign an erasure order or a
+//! command and print the gateway's answer; `sign` and `verify` work on
+//! files, offline.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -84,6 +86,30 @@ pub enum FleetCommand {
         #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
+    /// Sign a command (a write to one channel of one driver) with the
+    /// operator key, send it to a gateway and print its result: the value
+    /// the device holds afterwards, or why it was refused.
+    Command {
+        /// The operator's file: `[operator] key` and the `[mqtt]` broker.
+        #[arg(long)]
+        bootstrap: PathBuf,
+        #[arg(long)]
+        gateway: String,
+        #[arg(long)]
+        driver: String,
+        #[arg(long)]
+        channel: String,
+        /// The value: JSON (`1200`, `21.5`, `true`, `"auto"`), or else
+        /// taken as a string (`auto`).
+        #[arg(long)]
+        value: String,
+        /// The command's id, unique per gateway; a new one when absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// How long to wait for the result.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
     /// Build a deployment document from a state file (drivers, and the
     /// signed plugin files they use) and sign it with an operator key.
     Sign {
@@ -154,6 +180,32 @@ pub async fn run(command: FleetCommand) -> anyhow::Result<()> {
                 all: selector.all,
             };
             erase(&bootstrap, &order, wait).await
+        }
+        FleetCommand::Command {
+            bootstrap,
+            gateway,
+            driver,
+            channel,
+            value,
+            id,
+            wait,
+        } => {
+            let value = serde_json::from_str::<serde_json::Value>(&value)
+                .ok()
+                .filter(|v| !(v.is_object() || v.is_array() || v.is_null()))
+                .unwrap_or(serde_json::Value::String(value));
+            let issued_ms = ferrule::reading::now_ms();
+            let command = ferrule::remote::SignedCommand {
+                schema: ferrule::remote::authority::SCHEMA,
+                kind: ferrule::remote::authority::KIND.to_string(),
+                gateway,
+                driver,
+                channel,
+                value,
+                id: id.unwrap_or_else(|| format!("op-{issued_ms}-{}", std::process::id())),
+                issued_ms,
+            };
+            send_command(&bootstrap, &command, wait).await
         }
         FleetCommand::Serve {
             bootstrap,
@@ -278,6 +330,61 @@ impl Operator {
 
     fn topics(&self, gateway: &str) -> Topics {
         Topics::new(&self.file.mqtt.topic_prefix, gateway)
+    }
+
+    /// `document` signed with the operator's key (`[operator] key`),
+    /// which signs `what`.
+    fn sign(&self, document: Vec<u8>, what: &str) -> anyhow::Result<deploy::Envelope> {
+        let key = (self.file.operator.key.as_ref())
+            .map(|k| self.dir.join(k))
+            .with_context(|| format!("[operator] key: the operator's secret key signs {what}"))?;
+        deploy::sign_document(document, &key).map_err(anyhow::Error::msg)
+    }
+
+    /// Publishes `message` (topic, payload) once subscribed to `answers`,
+    /// and returns the first JSON answer there that `ours` recognizes;
+    /// `(what, key_id, wait)`: what is sent, by whom, and for how long an
+    /// answer is waited for.
+    async fn ask(
+        &self,
+        (topic, payload): (&str, &[u8]),
+        answers: &str,
+        ours: impl Fn(&serde_json::Value) -> bool,
+        (what, key_id, wait): (&str, &str, Duration),
+    ) -> anyhow::Result<serde_json::Value> {
+        let (client, mut events) = self.connect()?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let event = tokio::select! {
+                event = events.poll() => event,
+                _ = tokio::time::sleep_until(deadline.into()) => anyhow::bail!(
+                    "{what}: no answer on {answers} within {} (is the gateway connected, with [trust] operator_keys?)",
+                    humantime::format_duration(wait)
+                ),
+            };
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    client.try_subscribe(answers, rumqttc::QoS::AtLeastOnce)?;
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    client.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())?;
+                    eprintln!("{what}: sent (signed by key id {key_id})");
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic == answers => {
+                    let answer: serde_json::Value =
+                        serde_json::from_slice(&p.payload).context("the answer is not JSON")?;
+                    if ours(&answer) {
+                        let _ = client.try_disconnect();
+                        return Ok(answer);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("broker connection: {e}; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     /// A connection to the first broker (a fleet operator's own link; the
@@ -652,65 +759,67 @@ async fn erase(
     wait: Duration,
 ) -> anyhow::Result<()> {
     let operator = Operator::load(bootstrap)?;
-    let key = (operator.file.operator.key.as_ref())
-        .map(|k| operator.dir.join(k))
-        .context("[operator] key: the operator's secret key signs erasure orders")?;
-    let envelope =
-        deploy::sign_document(serde_json::to_vec(order)?, &key).map_err(anyhow::Error::msg)?;
+    let envelope = operator.sign(serde_json::to_vec(order)?, "erasure orders")?;
     let topics = operator.topics(&order.gateway);
-    let (client, mut events) = operator.connect()?;
-    let deadline = Instant::now() + wait;
-    loop {
-        let event = tokio::select! {
-            event = events.poll() => event,
-            _ = tokio::time::sleep_until(deadline.into()) => anyhow::bail!(
-                "{}: no answer to erasure order {} on {} within {} (is the gateway connected, with [trust] operator_keys?)",
-                order.gateway, order.erase, topics.data_erase_result(), humantime::format_duration(wait)
-            ),
-        };
-        match event {
-            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                client.try_subscribe(topics.data_erase_result(), rumqttc::QoS::AtLeastOnce)?;
-            }
-            Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                client.try_publish(
-                    topics.data_erase(),
-                    rumqttc::QoS::AtLeastOnce,
-                    false,
-                    serde_json::to_vec(&envelope)?,
-                )?;
-                eprintln!(
-                    "erasure order {} sent to {} (signed by key id {})",
-                    order.erase, order.gateway, envelope.key_id
-                );
-            }
-            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))
-                if p.topic == topics.data_erase_result() =>
-            {
-                let answer: serde_json::Value =
-                    serde_json::from_slice(&p.payload).context("the answer is not JSON")?;
-                if answer["erase"].as_u64() != Some(order.erase) {
-                    continue;
-                }
-                let _ = client.try_disconnect();
-                println!("{}", serde_json::to_string_pretty(&answer)?);
-                if answer["ok"].as_bool() == Some(true) {
-                    return Ok(());
-                }
-                anyhow::bail!(
-                    "{}: erasure order {} not carried out: {}",
-                    order.gateway,
-                    order.erase,
-                    answer["error"].as_str().unwrap_or("no reason given")
-                );
-            }
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("broker connection: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+    let what = format!("erasure order {} to {}", order.erase, order.gateway);
+    let answer = operator
+        .ask(
+            (&topics.data_erase(), &serde_json::to_vec(&envelope)?),
+            &topics.data_erase_result(),
+            |answer| answer["erase"].as_u64() == Some(order.erase),
+            (&what, &envelope.key_id, wait),
+        )
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    if answer["ok"].as_bool() == Some(true) {
+        return Ok(());
     }
+    anyhow::bail!(
+        "{}: erasure order {} not carried out: {}",
+        order.gateway,
+        order.erase,
+        answer["error"].as_str().unwrap_or("no reason given")
+    );
+}
+
+/// Sends a signed command and prints the gateway's result.
+async fn send_command(
+    bootstrap: &Path,
+    command: &ferrule::remote::SignedCommand,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let operator = Operator::load(bootstrap)?;
+    let envelope = operator.sign(serde_json::to_vec(command)?, "commands")?;
+    let topics = operator.topics(&command.gateway);
+    let what = format!(
+        "command {} ({} = {} on driver {} of {})",
+        command.id, command.channel, command.value, command.driver, command.gateway
+    );
+    let answer = operator
+        .ask(
+            (
+                &topics.command_write(&command.driver),
+                &serde_json::to_vec(&envelope)?,
+            ),
+            &topics.command_result(&command.driver),
+            |answer| answer["id"].as_str() == Some(command.id.as_str()),
+            (&what, &envelope.key_id, wait),
+        )
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    if answer["ok"].as_bool() == Some(true) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{}: command {} {}: {}",
+        command.gateway,
+        command.id,
+        match answer["refused"].as_str() {
+            Some(code) => format!("refused ({code})"),
+            None => "failed".to_string(),
+        },
+        answer["error"].as_str().unwrap_or("no reason given")
+    );
 }
 
 async fn status(bootstrap: &Path, gateway: &str, json: bool, wait: Duration) -> anyhow::Result<()> {

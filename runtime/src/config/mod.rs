@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
 pub use types::{
-    Config, DeployConfig, DriverConfig, Encryption, GatewayConfig, LimitsOverride, MessageFormat,
-    MqttConfig, MqttProtocol, PayloadFormatConfig, PluginLimits, ProcessorConfig, QueueConfig,
-    RetentionConfig, RuntimeConfig, StorageConfig, TelemetryConfig, WhenFull, WritableChannel,
-    credential_path,
+    CommandsConfig, Config, DeployConfig, DriverConfig, Encryption, GatewayConfig, LimitsOverride,
+    MessageFormat, MqttConfig, MqttProtocol, PayloadFormatConfig, PluginLimits, ProcessorConfig,
+    QueueConfig, RetentionConfig, RuntimeConfig, StorageConfig, TelemetryConfig, WhenFull,
+    WritableChannel, credential_path,
 };
 
 /// The smallest `mqtt.max_packet_size` accepted: room for the topic, the
@@ -25,6 +25,13 @@ pub const MIN_PACKET_SIZE: u32 = 1024;
 /// The largest `deploy.chunk_bytes`: a chunk and its topic fit the 1 MiB
 /// packet the gateway accepts.
 pub const MAX_CHUNK_BYTES: u32 = 1000 << 10;
+
+/// The longest `[commands] window_s`: a day. The gateway remembers the id
+/// of every signed command for this long, to refuse it a second time.
+pub const MAX_COMMAND_WINDOW_S: u64 = 86_400;
+
+/// The most `[commands] clock_skew_s` may allow.
+pub const MAX_CLOCK_SKEW_S: u64 = 3_600;
 
 impl Config {
     /// Reads, parses and validates a config file.
@@ -120,6 +127,15 @@ impl Config {
         crate::plugin::trust::public_keys(&files)
     }
 
+    /// Whether commands must be signed by an operator key: as `[commands]
+    /// require_signed` says, else whenever operator keys are configured.
+    pub fn commands_require_signed(&self) -> bool {
+        match &self.commands.require_signed {
+            Some(on) => *on.get_ref(),
+            None => !self.trust.operator_keys.is_empty(),
+        }
+    }
+
     /// Resolves a path from the config file against the file's directory.
     pub fn resolve(&self, relative: &Path) -> PathBuf {
         if relative.is_absolute() {
@@ -176,6 +192,7 @@ impl Config {
                 ),
             });
         }
+        self.check_command_authority(text)?;
         let keep_alive = &self.mqtt.keep_alive_s;
         if !(1..=u64::from(u16::MAX)).contains(keep_alive.get_ref()) {
             return Err(self.invalid(
@@ -400,6 +417,45 @@ impl Config {
                 format!(
                     "{what} name {:?}: expected a non-empty name of letters, digits, '-', '_' or '.'",
                     name.get_ref()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[commands]`: signatures only with keys to check them, and a time
+    /// window a command can be sent in.
+    fn check_command_authority(&self, text: &str) -> Result<(), ConfigError> {
+        let c = &self.commands;
+        if let Some(on) = &c.require_signed
+            && *on.get_ref()
+            && self.trust.operator_keys.is_empty()
+        {
+            return Err(self.invalid(
+                text,
+                on.span(),
+                "commands.require_signed = true needs [trust] operator_keys: the keys whose signatures commands must carry".to_string(),
+            ));
+        }
+        let window = &c.window_s;
+        if !(1..=MAX_COMMAND_WINDOW_S).contains(window.get_ref()) {
+            return Err(self.invalid(
+                text,
+                window.span(),
+                format!(
+                    "commands.window_s = {}: expected 1 to {MAX_COMMAND_WINDOW_S} seconds",
+                    window.get_ref()
+                ),
+            ));
+        }
+        let skew = &c.clock_skew_s;
+        if *skew.get_ref() > MAX_CLOCK_SKEW_S {
+            return Err(self.invalid(
+                text,
+                skew.span(),
+                format!(
+                    "commands.clock_skew_s = {}: expected 0 to {MAX_CLOCK_SKEW_S} seconds",
+                    skew.get_ref()
                 ),
             ));
         }

@@ -29,6 +29,9 @@ pub struct Config {
     /// `[deploy]`: deployments over MQTT (docs/fleet.md).
     #[serde(default)]
     pub deploy: DeployConfig,
+    /// `[commands]`: which commands from the cloud are taken at all.
+    #[serde(default)]
+    pub commands: CommandsConfig,
     /// `[storage]`: encryption at rest.
     #[serde(default)]
     pub storage: StorageConfig,
@@ -643,6 +646,42 @@ fn default_chunk_bytes() -> u32 {
 
 fn default_chunk_timeout_s() -> u64 {
     10
+}
+
+/// `[commands]`: how commands from the cloud are authorized. The channels
+/// they may write are listed per driver (`[driver.commands.CHANNEL]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// Refuse commands that are not signed by one of `[trust]
+    /// operator_keys`; on by default once an operator key is configured.
+    pub require_signed: Option<Spanned<bool>>,
+    /// A signed command is taken only within this many seconds of its
+    /// `issued_ms` (60).
+    #[serde(default = "default_command_window_s")]
+    pub window_s: Spanned<u64>,
+    /// How far the operator's clock may be ahead of the gateway's, in
+    /// seconds (10).
+    #[serde(default = "default_clock_skew_s")]
+    pub clock_skew_s: Spanned<u64>,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            require_signed: None,
+            window_s: default_command_window_s(),
+            clock_skew_s: default_clock_skew_s(),
+        }
+    }
+}
+
+fn default_command_window_s() -> Spanned<u64> {
+    Spanned::new(0..0, 60)
+}
+
+fn default_clock_skew_s() -> Spanned<u64> {
+    Spanned::new(0..0, 10)
 }
 
 /// `[storage]`: how the gateway keeps data on its disk.

@@ -1103,7 +1103,28 @@ pub async fn run_reloading(
     let live = Arc::new(std::sync::Mutex::new(telemetry::Live::default()));
     let status_gate = Arc::new(telemetry::status::Gate::default());
     let tasks = TaskTracker::new();
-    let mut commands = remote::start(inboxes.clone(), Some(audit.clone()));
+    let authority =
+        remote::Authority::from_config(&config).map_err(|message| StartError::Trust {
+            config: config.source.clone(),
+            message,
+        })?;
+    tracing::info!(
+        require_signed = authority.require_signed(),
+        window_s = config.commands.window_s.get_ref(),
+        "commands: only channels listed in [driver.commands] are writable"
+    );
+    let command_counters = Arc::new(remote::CommandCounters::default());
+    live.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .commands = command_counters.clone();
+    let mut commands = remote::start(
+        inboxes.clone(),
+        Arc::new(authority),
+        remote::Record {
+            audit: Some(audit.clone()),
+            counters: command_counters,
+        },
+    );
     let (mut agent, bootstrap, layer) = match managed {
         Some(mut managed) => {
             let (bootstrap, layer) = (std::mem::take(&mut managed.bootstrap), managed.layer.take());

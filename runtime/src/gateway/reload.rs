@@ -654,6 +654,7 @@ fn restart_sections(old: &str, new: &str) -> Vec<String> {
         "storage",
         "retention",
         "deploy",
+        "commands",
     ]
     .into_iter()
     .filter(|section| old.get(*section) != new.get(*section))

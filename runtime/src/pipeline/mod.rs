@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -296,12 +296,22 @@ impl Chain {
     /// nothing. The batch comes written as the queue stores it: names and
     /// units from the channel table's prepared JSON.
     /// `deltas` (one per processor) records what the chain did.
+    /// `read_back` gets, for each channel named in it, the value the
+    /// driver read from that channel (before any processor).
     pub async fn poll_once(
         &mut self,
         driver: &str,
         deltas: &mut [ProcessorDelta],
+        read_back: &mut [(String, Option<(crate::reading::Value, u64)>)],
     ) -> Result<Option<PreparedBatch>, PluginError> {
         let mut samples = self.driver.poll(&mut self.channels).await?;
+        for (channel, got) in read_back.iter_mut() {
+            if let Some((index, _)) = self.channels.driver_channel(channel) {
+                *got = (samples.iter().rev())
+                    .find(|s| s.channel == index)
+                    .map(|s| (s.value.clone(), s.ts_ns));
+            }
+        }
         for (i, processor) in self.processors.iter_mut().enumerate() {
             if samples.is_empty() {
                 break;
@@ -378,9 +388,13 @@ async fn poll_until_stopped(
     let mut ticker = tokio::time::interval_at(aligned_start(spec.interval), spec.interval);
     // Keep the configured cadence: a late tick does not shift the ones after it.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Channels written since the last poll, whose value the next poll
+    // (at once, between ticks) sends back to the command.
+    let mut read_backs: Vec<(String, oneshot::Sender<remote::ReadBack>)> = Vec::new();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            () = std::future::ready(()), if !read_backs.is_empty() && chain.is_some() => {}
             outcome = window.oldest(), if !window.is_empty() => {
                 window.pop();
                 record_commit(&name, counters, outcome);
@@ -391,7 +405,11 @@ async fn poll_until_stopped(
                 let outcome = match chain.as_mut() {
                     None => Err("the driver is restarting; try again shortly".to_string()),
                     Some(live) => match live.write(&write.channel, write.value).await {
-                        Ok(()) => Ok(()),
+                        Ok(()) => {
+                            let (tx, rx) = oneshot::channel();
+                            read_backs.push((write.channel, tx));
+                            Ok(rx)
+                        }
                         Err(e) => {
                             if e.instance_lost() {
                                 counters.restarts.fetch_add(1, Ordering::Relaxed);
@@ -436,7 +454,22 @@ async fn poll_until_stopped(
         // lingering over waits for it (drivers polled together, one fsync).
         let expected = queue.expect();
         let mut deltas = vec![ProcessorDelta::default(); counters.processors.len()];
-        let polled = live.poll_once(&name, &mut deltas).await;
+        let mut watched: Vec<_> = (read_backs.iter())
+            .map(|(channel, _)| (channel.clone(), None))
+            .collect();
+        let polled = live.poll_once(&name, &mut deltas, &mut watched).await;
+        for ((channel, reply), (_, got)) in read_backs.drain(..).zip(watched) {
+            let read = match (&polled, got) {
+                (_, Some((value, ts_ns))) => remote::ReadBack::Read { value, ts_ns },
+                (Err(e), None) => {
+                    remote::ReadBack::Unread(format!("the poll after the write failed: {e}"))
+                }
+                (Ok(_), None) => remote::ReadBack::Unread(format!(
+                    "the poll after the write returned no value for channel {channel:?}"
+                )),
+            };
+            let _ = reply.send(read);
+        }
         {
             // The whole poll at once, as telemetry will see it.
             let _whole = counters.consistent();

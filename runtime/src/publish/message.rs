@@ -103,6 +103,11 @@ impl Topics {
             .filter(|d| !d.is_empty() && !d.contains('/'))
     }
 
+    /// Where commands for `driver` are sent.
+    pub fn command_write(&self, driver: &str) -> String {
+        format!("{}/cmd/{driver}/write", self.base)
+    }
+
     /// Where a driver's command results go.
     pub fn command_result(&self, driver: &str) -> String {
         format!("{}/cmd/{driver}/result", self.base)

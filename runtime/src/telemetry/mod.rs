@@ -58,6 +58,23 @@ pub struct Snapshot {
     /// The config the gateway runs.
     #[serde(default)]
     pub config: Option<ConfigFigures>,
+    /// Commands from the cloud since start.
+    #[serde(default)]
+    pub commands: CommandFigures,
+}
+
+/// What came of the commands from the cloud since the gateway started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandFigures {
+    /// Written to the device.
+    pub accepted: u64,
+    /// Refused by the gateway before the driver was asked.
+    pub refused: u64,
+    /// Failed in the driver or the device.
+    pub failed: u64,
+    /// The refused, by refusal code (`not-writable`, `replay`, …).
+    #[serde(default)]
+    pub refused_by: std::collections::BTreeMap<String, u64>,
 }
 
 /// Which config a gateway runs, and since when.
@@ -393,6 +410,8 @@ pub struct Live {
     pub drivers: Vec<(String, Arc<DriverCounters>)>,
     /// The config running, and the last reload.
     pub config: Option<ConfigFigures>,
+    /// The command router's counts.
+    pub commands: Arc<crate::remote::CommandCounters>,
 }
 
 /// Where a snapshot's figures come from.
@@ -457,6 +476,7 @@ impl Collector {
             drivers_omitted: 0,
             telemetry: TelemetryFigures::default(),
             config: sources.config.cloned(),
+            commands: CommandFigures::default(),
         }
     }
 
@@ -789,16 +809,21 @@ fn snapshot_of(
     data: &Queue,
 ) -> (Snapshot, Vec<(String, Arc<DriverCounters>)>) {
     let queue = data.stats().ok();
-    let (drivers, config) = {
+    let (drivers, config, commands) = {
         let live = live.lock().unwrap_or_else(|e| e.into_inner());
-        (live.drivers.clone(), live.config.clone())
+        (
+            live.drivers.clone(),
+            live.config.clone(),
+            live.commands.clone(),
+        )
     };
-    let snapshot = collector.collect(&Sources {
+    let mut snapshot = collector.collect(&Sources {
         drivers: &drivers,
         config: config.as_ref(),
         publisher,
         queue,
     });
+    snapshot.commands = commands.figures();
     (snapshot, drivers)
 }
 

@@ -1,28 +1,42 @@
 //! Remote commands from the cloud: writes to devices.
 //!
 //! The publisher subscribes to `{prefix}/{gateway}/cmd/+/write` and hands
-//! each message to the router here. A command is JSON
+//! each message to the router here. A command is either plain JSON
 //! `{"id": "…", "channel": "…", "value": …}` (`id` a string or number,
-//! echoed back; `value` a number, boolean or string). The router checks
-//! it, passes it to the named driver's task, which calls the plugin's
-//! `write` between polls, and answers on `{prefix}/{gateway}/cmd/{driver}/result`
-//! with `{"id": …, "ok": true}` or `{"id": …, "ok": false, "error": "…"}`.
-//! Unknown drivers and channels, malformed JSON and wrong value types get
-//! an error result; nothing a command says can stop the gateway. Every
-//! command and its result are logged.
+//! echoed back; `value` a number, boolean or string) or, signed by an
+//! operator key, an envelope `{"document", "key_id", "signature"}` around
+//! a [`SignedCommand`] (see [`authority`]). Once operator keys are
+//! configured, only signed commands are taken (`[commands]
+//! require_signed`).
+//!
+//! The router checks a command, passes it to the named driver's task,
+//! which calls the plugin's `write` between polls and polls again at once,
+//! and answers on `{prefix}/{gateway}/cmd/{driver}/result` with
+//! `{"id": …, "ok": true, "read_back": {"value": …, "matches": …}}` or
+//! `{"id": …, "ok": false, "error": "…"}`. Nothing a command says can stop
+//! the gateway. Every command and its result are logged, counted for
+//! telemetry and kept in the audit log.
 //!
 //! Writes are opt-in: the router refuses, before the driver is asked, a
 //! write to a channel its driver's `[driver.commands]` does not list, a
 //! value outside that channel's `min`/`max` or `allowed` values, and a
-//! write beyond its `max_per_minute`. The result then says
+//! write beyond its `max_per_minute`; when signatures are required, an
+//! unsigned command, a signature by an unknown key or one that does not
+//! match, a command for another gateway or driver, one outside its time
+//! window and one whose id was taken before. The result then says
 //! `"refused": CODE` besides the error.
 
+pub mod authority;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
+
+pub use authority::{Authority, SignedCommand};
 
 use crate::config::WritableChannel;
 use crate::reading::Value;
@@ -49,6 +63,10 @@ pub struct Answer {
     pub payload: Vec<u8>,
 }
 
+/// How long after a write the driver's next poll may take to read the
+/// channel back; the result then says the write was done but not read.
+const READ_BACK_WITHIN: Duration = Duration::from_secs(30);
+
 /// A write handed to a driver's task.
 #[derive(Debug)]
 pub struct Write {
@@ -56,8 +74,69 @@ pub struct Write {
     pub channel: String,
     /// The value to write.
     pub value: Value,
-    /// Where the driver's task answers: done, or why not.
-    pub reply: oneshot::Sender<Result<(), String>>,
+    /// Where the driver's task answers: done (and where the value its
+    /// next poll reads from the channel will come), or why not.
+    pub reply: oneshot::Sender<Result<oneshot::Receiver<ReadBack>, String>>,
+}
+
+/// What the driver's poll after a write read from the written channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadBack {
+    /// The channel's value, and when it was read (ns since the epoch).
+    Read {
+        /// The value the device holds.
+        value: Value,
+        /// When the driver read it.
+        ts_ns: u64,
+    },
+    /// Why there is no value to show.
+    Unread(String),
+}
+
+/// Commands taken, refused and failed since start, for telemetry.
+#[derive(Debug, Default)]
+pub struct CommandCounters {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+    refused_by: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl CommandCounters {
+    /// The counts as telemetry reports them.
+    pub fn figures(&self) -> crate::telemetry::CommandFigures {
+        crate::telemetry::CommandFigures {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            refused_by: (self
+                .refused_by
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner))
+            .iter()
+            .map(|(code, n)| ((*code).to_string(), *n))
+            .collect(),
+        }
+    }
+
+    fn count(&self, outcome: &Result<ReadBack, Failure>) {
+        match outcome {
+            Ok(_) => self.accepted.fetch_add(1, Ordering::Relaxed),
+            Err(Failure {
+                refused: Some(code),
+                ..
+            }) => {
+                *(self
+                    .refused_by
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner))
+                .entry(code)
+                .or_default() += 1;
+                self.refused.fetch_add(1, Ordering::Relaxed)
+            }
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
 }
 
 /// The publisher's ends of the command path.
@@ -120,12 +199,18 @@ struct Reply<'a> {
     /// Why the gateway refused it without asking the driver.
     #[serde(skip_serializing_if = "Option::is_none")]
     refused: Option<&'static str>,
+    /// The operator key that signed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signed_by: Option<&'a str>,
+    /// What the driver's next poll read from the channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_back: Option<serde_json::Value>,
 }
 
 /// Why a command failed: refused by the gateway's policy (with a code),
 /// or failed on the way to or in the device.
 #[derive(Debug, Clone, PartialEq)]
-struct Failure {
+pub struct Failure {
     refused: Option<&'static str>,
     error: String,
 }
@@ -136,6 +221,18 @@ impl From<String> for Failure {
             refused: None,
             error,
         }
+    }
+}
+
+impl Failure {
+    /// The refusal's code, when the gateway refused the command itself.
+    pub fn code(&self) -> Option<&'static str> {
+        self.refused
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.error
     }
 }
 
@@ -298,34 +395,54 @@ fn id_of(payload: &[u8]) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// A command as the audit log keeps it: its id and channel, and its value
-/// only as a SHA-256 (of its JSON) and a type; the log holds who wrote
-/// what where, not the process values themselves. A payload that is not
-/// a command is kept as its size and SHA-256.
-fn audited(payload: &[u8]) -> serde_json::Value {
+/// A command as the audit log keeps it: its id and channel, who signed it
+/// and when, and its value only as a SHA-256 (of its JSON) and a type;
+/// the log holds who wrote what where, not the process values themselves.
+/// A payload that is not a command is kept as its size and SHA-256.
+fn audited(payload: &[u8], asked: Option<&Asked>) -> serde_json::Value {
     let sha = crate::plugin::trust::sha256_hex;
-    match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(v) if v.is_object() => {
-            let value = &v["value"];
-            serde_json::json!({
-                "id": v["id"],
-                "channel": v["channel"],
-                "value_type": match value {
-                    serde_json::Value::Bool(_) => "bool",
-                    serde_json::Value::Number(_) => "number",
-                    serde_json::Value::String(_) => "string",
-                    serde_json::Value::Null => "none",
-                    _ => "other",
-                },
-                "value_sha256": sha(value.to_string().as_bytes()),
-            })
-        }
-        _ => serde_json::json!({
+    match asked {
+        Some(a) => serde_json::json!({
+            "id": a.id,
+            "channel": a.channel,
+            "value_type": json_type(&a.value),
+            "value_sha256": sha(a.value.to_string().as_bytes()),
+            "signed_by": a.signed_by,
+            "issued_ms": a.issued_ms,
+        }),
+        None => serde_json::json!({
             "malformed": true,
             "bytes": payload.len(),
             "sha256": sha(payload),
         }),
     }
+}
+
+fn json_type(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Null => "none",
+        _ => "other",
+    }
+}
+
+/// A result as the audit log keeps it: the read-back value, like the
+/// command's, as a type and a SHA-256.
+fn audited_result(mut result: serde_json::Value) -> serde_json::Value {
+    if let Some(read) = result.get_mut("read_back")
+        && let Some(value) = read.get("value").cloned()
+        && let Some(fields) = read.as_object_mut()
+    {
+        fields.remove("value");
+        fields.insert("value_type".into(), json_type(&value).into());
+        fields.insert(
+            "value_sha256".into(),
+            crate::plugin::trust::sha256_hex(value.to_string().as_bytes()).into(),
+        );
+    }
+    result
 }
 
 /// A running driver's inbox and the policy its commands pass first.
@@ -356,29 +473,33 @@ impl Inboxes {
     }
 }
 
+/// Where the router sends what it did.
+#[derive(Clone)]
+pub struct Record {
+    /// The audit log, where the gateway keeps one.
+    pub audit: Option<crate::audit::AuditLog>,
+    /// Counts for telemetry.
+    pub counters: Arc<CommandCounters>,
+}
+
 /// Starts the router; `drivers` holds each driver's task inbox by name;
-/// every command and its result go into `audit`.
-pub fn start(drivers: Inboxes, audit: Option<crate::audit::AuditLog>) -> Commands {
+/// `authority` decides whose commands are taken; every command and its
+/// result go into `record`.
+pub fn start(drivers: Inboxes, authority: Arc<Authority>, record: Record) -> Commands {
     let (inbox, mut incoming) = mpsc::channel::<Incoming>(64);
     let (answer_tx, answers) = mpsc::channel::<Answer>(64);
     tokio::spawn(async move {
         while let Some(message) = incoming.recv().await {
             let target = drivers.get(&message.driver);
             let answer_tx = answer_tx.clone();
-            let audit = audit.clone();
+            let record = record.clone();
+            let authority = authority.clone();
             // Each command in its own task: a slow device delays only its own answer.
             tokio::spawn(async move {
-                let answer = handle(&message, target).await;
-                if let Some(audit) = audit {
-                    let command = audited(&message.payload);
-                    let result = serde_json::from_slice::<serde_json::Value>(&answer.payload)
-                        .unwrap_or_default();
+                let (answer, audit) = handle(&message, target, &authority, &record.counters).await;
+                if let Some(log) = record.audit {
                     // Written off the runtime's workers: it syncs the file.
-                    let driver = message.driver.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        audit.record("command", serde_json::json!({"driver": driver, "command": command, "result": result}));
-                    })
-                    .await;
+                    let _ = tokio::task::spawn_blocking(move || log.record("command", audit)).await;
                 }
                 let _ = answer_tx.send(answer).await;
             });
@@ -392,43 +513,113 @@ pub fn start(drivers: Inboxes, audit: Option<crate::audit::AuditLog>) -> Command
     }
 }
 
-async fn handle(message: &Incoming, target: Option<Target>) -> Answer {
-    let driver = &message.driver;
-    let (id, outcome): (_, Result<(), Failure>) = match serde_json::from_slice::<WriteCommand>(
-        &message.payload,
-    ) {
-        Err(e) => (
-            id_of(&message.payload),
-            Err(
-                format!("malformed command: {e} (expected {{\"id\", \"channel\", \"value\"}})")
-                    .into(),
-            ),
-        ),
-        Ok(command) if !(command.id.is_string() || command.id.is_number()) => (
+/// A command as read from its message, before it is carried out.
+struct Asked {
+    id: serde_json::Value,
+    channel: String,
+    value: serde_json::Value,
+    /// The operator key that signed it, for a signed command.
+    signed_by: Option<String>,
+    issued_ms: Option<u64>,
+    /// The signed command, whose id is to be recorded as taken.
+    signed: Option<SignedCommand>,
+}
+
+/// What `message` asks for, if it can be read and is authorized; else
+/// the id to answer with and why not.
+fn read(message: &Incoming, authority: &Authority) -> Result<Asked, (serde_json::Value, Failure)> {
+    let payload = &message.payload;
+    if payload.len() > authority::MAX_COMMAND_BYTES {
+        return Err((
             serde_json::Value::Null,
-            Err("malformed command: id must be a string or a number"
-                .to_string()
-                .into()),
-        ),
-        Ok(command) => {
-            tracing::info!(driver = %driver, id = %command.id, channel = %command.channel, value = %command.value, "command received");
-            let outcome = match (value_of(&command.value), target) {
-                (Err(e), _) => Err(e.into()),
-                (_, None) => Err(format!("no driver {driver:?} on this gateway").into()),
-                (Ok(value), Some((inbox, policy))) => {
-                    match policy.admit(driver, &command.channel, &value) {
-                        Err(refused) => Err(refused),
-                        Ok(()) => write(&inbox, command.channel, value)
-                            .await
-                            .map_err(Failure::from),
-                    }
-                }
-            };
-            (command.id, outcome)
+            refusal(
+                "malformed",
+                format!(
+                    "a command of {} bytes; at most {} are read",
+                    payload.len(),
+                    authority::MAX_COMMAND_BYTES
+                ),
+            ),
+        ));
+    }
+    if authority::is_signed(payload) {
+        // The id the (not yet verified) document gives is only echoed, so
+        // that the sender can match the answer.
+        let claimed = serde_json::from_slice::<crate::deploy::Envelope>(payload)
+            .ok()
+            .and_then(|e| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, e.document).ok()
+            })
+            .map_or(serde_json::Value::Null, |d| id_of(&d));
+        let v = authority
+            .verify(payload, &message.driver)
+            .map_err(|f| (claimed, f))?;
+        let c = &v.command;
+        return Ok(Asked {
+            id: c.id.clone().into(),
+            channel: c.channel.clone(),
+            value: c.value.clone(),
+            signed_by: Some(v.key_id.clone()),
+            issued_ms: Some(c.issued_ms),
+            signed: Some(v.command),
+        });
+    }
+    if authority.require_signed() {
+        return Err((
+            id_of(payload),
+            refusal(
+                "unsigned",
+                "this gateway takes only commands signed by an operator key ([commands] require_signed)".to_string(),
+            ),
+        ));
+    }
+    match serde_json::from_slice::<WriteCommand>(payload) {
+        Err(e) => Err((
+            id_of(payload),
+            refusal(
+                "malformed",
+                format!("malformed command: {e} (expected {{\"id\", \"channel\", \"value\"}})"),
+            ),
+        )),
+        Ok(command) if !(command.id.is_string() || command.id.is_number()) => Err((
+            serde_json::Value::Null,
+            refusal(
+                "malformed",
+                "malformed command: id must be a string or a number".to_string(),
+            ),
+        )),
+        Ok(command) => Ok(Asked {
+            id: command.id,
+            channel: command.channel,
+            value: command.value,
+            signed_by: None,
+            issued_ms: None,
+            signed: None,
+        }),
+    }
+}
+
+/// Carries out `message`: the answer to publish and the audit record.
+async fn handle(
+    message: &Incoming,
+    target: Option<Target>,
+    authority: &Authority,
+    counters: &CommandCounters,
+) -> (Answer, serde_json::Value) {
+    let driver = &message.driver;
+    let asked = read(message, authority);
+    let (id, outcome) = match &asked {
+        Err((id, failure)) => (id.clone(), Err(failure.clone())),
+        Ok(a) => {
+            tracing::info!(driver = %driver, id = %a.id, channel = %a.channel, value = %a.value, signed_by = a.signed_by.as_deref().unwrap_or("-"), "command received");
+            (a.id.clone(), carry_out(driver, a, target, authority).await)
         }
     };
+    counters.count(&outcome);
     match &outcome {
-        Ok(()) => tracing::info!(driver = %driver, id = %id, "command done"),
+        Ok(read) => {
+            tracing::info!(driver = %driver, id = %id, read_back = ?read, "command done");
+        }
         Err(Failure {
             refused: Some(code),
             error,
@@ -437,21 +628,100 @@ async fn handle(message: &Incoming, target: Option<Target>) -> Answer {
         }
         Err(e) => tracing::warn!(driver = %driver, id = %id, error = %e.error, "command failed"),
     }
+    let asked = asked.ok();
     let failure = outcome.as_ref().err();
-    let payload = serde_json::to_vec(&Reply {
+    let read_back = match (&outcome, &asked) {
+        (Ok(read), Some(a)) => Some(read_back_json(read, &a.value)),
+        _ => None,
+    };
+    let reply = Reply {
         id: &id,
         ok: failure.is_none(),
         error: failure.map(|f| f.error.as_str()),
         refused: failure.and_then(|f| f.refused),
-    })
-    .unwrap_or_default();
-    Answer {
+        signed_by: asked.as_ref().and_then(|a| a.signed_by.as_deref()),
+        read_back,
+    };
+    let payload = serde_json::to_vec(&reply).unwrap_or_default();
+    let audit = serde_json::json!({
+        "driver": driver,
+        "command": audited(&message.payload, asked.as_ref()),
+        "result": audited_result(serde_json::to_value(&reply).unwrap_or_default()),
+    });
+    let answer = Answer {
         driver: driver.clone(),
         payload,
+    };
+    (answer, audit)
+}
+
+/// An authorized command checked against the driver's policy, recorded
+/// as taken (signed commands) and written.
+async fn carry_out(
+    driver: &str,
+    asked: &Asked,
+    target: Option<Target>,
+    authority: &Authority,
+) -> Result<ReadBack, Failure> {
+    let value = value_of(&asked.value).map_err(|e| refusal("wrong-type", e))?;
+    let Some((inbox, policy)) = target else {
+        return Err(refusal(
+            "no-driver",
+            format!("no driver {driver:?} on this gateway"),
+        ));
+    };
+    if let Some(signed) = &asked.signed {
+        authority.take(signed)?;
+    }
+    policy.admit(driver, &asked.channel, &value)?;
+    write(&inbox, asked.channel.clone(), value).await
+}
+
+/// The read-back as a result shows it: the value, when it was read, and
+/// whether it is the value written.
+fn read_back_json(read: &ReadBack, written: &serde_json::Value) -> serde_json::Value {
+    match read {
+        ReadBack::Read { value, ts_ns } => {
+            let shown = plain_json(value);
+            serde_json::json!({
+                "value": shown,
+                "ts_ms": ts_ns / 1_000_000,
+                "matches": same_json(&shown, written),
+            })
+        }
+        ReadBack::Unread(why) => serde_json::json!({ "error": why }),
     }
 }
 
-async fn write(target: &mpsc::Sender<Write>, channel: String, value: Value) -> Result<(), String> {
+/// A value as plain JSON (bytes as base64, a float that is not finite
+/// as its name).
+fn plain_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Int(i) => (*i).into(),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map_or_else(|| f.to_string().into(), serde_json::Value::Number),
+        Value::Bool(b) => (*b).into(),
+        Value::Text(s) => s.clone().into(),
+        Value::Bytes(b) => {
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b).into()
+        }
+    }
+}
+
+/// Whether a value read back is the one written: numbers by value, to
+/// the precision of a 32-bit float (what most registers hold).
+fn same_json(read: &serde_json::Value, written: &serde_json::Value) -> bool {
+    match (read.as_f64(), written.as_f64()) {
+        (Some(r), Some(w)) => r == w || (r - w).abs() <= w.abs().max(r.abs()) * 1e-6,
+        _ => read == written,
+    }
+}
+
+async fn write(
+    target: &mpsc::Sender<Write>,
+    channel: String,
+    value: Value,
+) -> Result<ReadBack, Failure> {
     let (reply, answer) = oneshot::channel();
     target
         .send(Write {
@@ -460,15 +730,30 @@ async fn write(target: &mpsc::Sender<Write>, channel: String, value: Value) -> R
             reply,
         })
         .await
-        .map_err(|_| "the driver has stopped".to_string())?;
-    match tokio::time::timeout(ANSWER_WITHIN, answer).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err("the driver dropped the command".to_string()),
-        Err(_) => Err(format!(
-            "no answer from the driver within {} s",
-            ANSWER_WITHIN.as_secs()
-        )),
-    }
+        .map_err(|_| refusal("no-driver", "the driver has stopped".to_string()))?;
+    let read_back = match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+        Ok(Ok(Ok(read_back))) => read_back,
+        Ok(Ok(Err(e))) => return Err(e.into()),
+        Ok(Err(_)) => return Err("the driver dropped the command".to_string().into()),
+        Err(_) => {
+            return Err(format!(
+                "no answer from the driver within {} s",
+                ANSWER_WITHIN.as_secs()
+            )
+            .into());
+        }
+    };
+    // Written: whatever comes of the read-back, the command succeeded.
+    Ok(
+        match tokio::time::timeout(READ_BACK_WITHIN, read_back).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(_)) => ReadBack::Unread("the driver stopped before it polled again".to_string()),
+            Err(_) => ReadBack::Unread(format!(
+                "the driver did not poll again within {} s",
+                READ_BACK_WITHIN.as_secs()
+            )),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -507,14 +792,27 @@ mod tests {
         tokio::spawn(async move {
             while let Some(w) = rx.recv().await {
                 counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = w.reply.send(driver_answers.clone().unwrap_or(Ok(())));
+                let answer = driver_answers.clone().unwrap_or(Ok(())).map(|()| {
+                    // The device holds what was written.
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send(ReadBack::Read {
+                        value: w.value,
+                        ts_ns: 1_000_000,
+                    });
+                    rx
+                });
+                let _ = w.reply.send(answer);
             }
         });
         let rules: BTreeMap<toml::Spanned<String>, WritableChannel> =
             toml::from_str(rules).unwrap();
         let drivers = Inboxes::default();
         drivers.insert("plc".to_string(), tx, Arc::new(Policy::new(&rules)));
-        let mut commands = start(drivers, None);
+        let record = Record {
+            audit: None,
+            counters: Arc::default(),
+        };
+        let mut commands = start(drivers, Arc::new(Authority::open()), record);
         let mut out = Vec::new();
         for payload in payloads {
             commands
@@ -625,7 +923,10 @@ mod tests {
             Some(Ok(())),
         )
         .await;
-        assert_eq!(ok, serde_json::json!({"id": "a1", "ok": true}));
+        assert_eq!(
+            ok,
+            serde_json::json!({"id": "a1", "ok": true, "read_back": {"value": 21.5, "ts_ms": 1, "matches": true}})
+        );
 
         let refused = answer(
             "plc",
