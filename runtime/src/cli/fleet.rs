@@ -367,7 +367,12 @@ impl Operator {
                     client.try_subscribe(answers, rumqttc::QoS::AtLeastOnce)?;
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                    client.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())?;
+                    client.try_publish(
+                        topic,
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        payload.to_vec(),
+                    )?;
                     eprintln!("{what}: sent (signed by key id {key_id})");
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic == answers => {

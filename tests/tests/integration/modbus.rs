@@ -121,9 +121,20 @@ struct Rig {
 
 /// Broker, subscriber and `ferrule run` with `drivers` as the `[[driver]]` tables.
 async fn run(dir: tempfile::TempDir, drivers: Vec<PluginToml>) -> anyhow::Result<Rig> {
+    run_with(dir, drivers, |_, gateway| Ok(gateway)).await
+}
+
+/// [`run`], with the gateway's config (and the rig's directory, where
+/// the config is) prepared by `prepare` first.
+async fn run_with(
+    dir: tempfile::TempDir,
+    drivers: Vec<PluginToml>,
+    prepare: impl FnOnce(&ferrule_tests::Rig, GatewayToml) -> anyhow::Result<GatewayToml>,
+) -> anyhow::Result<Rig> {
     let rig = ferrule_tests::Rig::start("", "ferrule/gw-test/#").await?;
     // The simulators' files stay in the test's own directory.
     let gateway = drivers.into_iter().fold(rig.gateway(), GatewayToml::driver);
+    let gateway = prepare(&rig, gateway)?;
     let (config, ferrule) = rig.run(&gateway, None)?;
     let ferrule_tests::Rig {
         broker,
@@ -196,10 +207,7 @@ async fn command(rig: &mut Rig, driver: &str, payload: &str) -> anyhow::Result<V
             payload.as_bytes().to_vec(),
         )
         .await?;
-    let id = serde_json::from_str::<Value>(payload)
-        .ok()
-        .and_then(|v| v.get("id").cloned())
-        .unwrap_or(Value::Null);
+    let id = id_in(payload);
     let topic = format!("ferrule/gw-test/cmd/{driver}/result");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -218,6 +226,18 @@ async fn command(rig: &mut Rig, driver: &str, payload: &str) -> anyhow::Result<V
                 return Ok(v);
             }
         }
+    }
+}
+
+/// The id of a command: its own, or its signed document's.
+fn id_in(payload: &str) -> Value {
+    let v = serde_json::from_str::<Value>(payload).unwrap_or(Value::Null);
+    let document = v["document"]
+        .as_str()
+        .and_then(|d| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, d).ok());
+    match document {
+        Some(d) => serde_json::from_slice::<Value>(&d).unwrap_or(Value::Null)["id"].clone(),
+        None => v.get("id").cloned().unwrap_or(Value::Null),
     }
 }
 
@@ -513,9 +533,9 @@ async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered
     );
     let mut rig = run(dir, vec![plc]).await?;
     next_of(&mut rig, "plc", Duration::from_secs(30)).await?;
-    // The command subscription is made right after CONNACK; give the broker
-    // a moment to have it in place.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    rig.ferrule
+        .wait_for_log("mqtt subscribed", Duration::from_secs(30))
+        .await?;
 
     let ok = command(
         &mut rig,
@@ -523,7 +543,13 @@ async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered
         r#"{"id":"w1","channel":"setpoint","value":1234}"#,
     )
     .await?;
-    assert_eq!(ok, json!({"id": "w1", "ok": true}));
+    assert_eq!((&ok["id"], &ok["ok"]), (&json!("w1"), &json!(true)), "{ok}");
+    // The driver's next poll read the register back.
+    assert_eq!(
+        (&ok["read_back"]["value"], &ok["read_back"]["matches"]),
+        (&json!(1234), &json!(true)),
+        "{ok}"
+    );
     assert_eq!(sim.read_holding(0, 1)?, [1234]);
 
     let ok = command(
@@ -532,7 +558,8 @@ async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered
         r#"{"id":2,"channel":"limit","value":21.5}"#,
     )
     .await?;
-    assert_eq!(ok, json!({"id": 2, "ok": true}));
+    assert_eq!((&ok["id"], &ok["ok"]), (&json!(2), &json!(true)), "{ok}");
+    assert_eq!(ok["read_back"]["value"], 21.5, "{ok}");
     assert_eq!(
         sim.read_holding(2, 2)?,
         words(&21.5f32.to_be_bytes(), false, true),
@@ -626,6 +653,263 @@ async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered
         "every command and result is logged:\n{log}"
     );
     assert!(rig.ferrule.child.try_wait()?.is_none(), "still running");
+    Ok(())
+}
+
+/// A command for `plc` on gw-test, signed with `key` (in `dir`).
+fn signed(
+    dir: &std::path::Path,
+    key: &str,
+    (id, channel, value): (&str, &str, Value),
+    issued_ms: u64,
+) -> anyhow::Result<String> {
+    let command = ferrule::remote::SignedCommand {
+        schema: ferrule::remote::authority::SCHEMA,
+        kind: ferrule::remote::authority::KIND.into(),
+        gateway: "gw-test".into(),
+        driver: "plc".into(),
+        channel: channel.into(),
+        value,
+        id: id.into(),
+        issued_ms,
+    };
+    let envelope = ferrule::deploy::sign_document(serde_json::to_vec(&command)?, &dir.join(key))
+        .map_err(anyhow::Error::msg)?;
+    Ok(serde_json::to_string(&envelope)?)
+}
+
+/// Sends `payload` and checks that it is refused with `code` and that
+/// the device's setpoint still holds `holds`.
+async fn refused(
+    rig: &mut Rig,
+    sim: &ModbusSim,
+    (payload, code): (&str, &str),
+    holds: u16,
+) -> anyhow::Result<Value> {
+    let v = command(rig, "plc", payload).await?;
+    anyhow::ensure!(
+        v["ok"] == false && v["refused"] == code,
+        "refused as {code}: {v}"
+    );
+    anyhow::ensure!(
+        sim.read_holding(0, 1)? == [holds],
+        "setpoint untouched by {v}"
+    );
+    Ok(v)
+}
+
+#[tokio::test]
+async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_what_the_device_holds()
+-> anyhow::Result<()> {
+    let dir = tempdir()?;
+    let sim = ModbusSim::start(dir.path(), &json!({ "holding": [100, 0, 0] }))?;
+    let channels = [
+        "{ name = \"setpoint\", table = \"holding\", address = 0 }".to_string(),
+        "{ name = \"mode\", table = \"holding\", address = 1 }".to_string(),
+        "{ name = \"other\", table = \"holding\", address = 2 }".to_string(),
+    ];
+    let rules: toml::Value = toml::from_str(
+        "[setpoint]\nmin = 0\nmax = 1500\nmax_per_minute = 3\n[mode]\nallowed = [0, 1, 2]\n",
+    )?;
+    let plc = modbus_driver("plc", sim.port, 200, &channels)?.set("commands", rules);
+    let mut work = std::path::PathBuf::new();
+    let mut rig = run_with(dir, vec![plc], |rig, gateway| {
+        work = rig.dir.path().to_path_buf();
+        crate::common::keygen(&work, "op.key")?;
+        crate::common::keygen(&work, "rogue.key")?;
+        // The operator's file for `ferrule fleet command`.
+        let (ca, cert, key) = (&rig.pki.ca.cert, &rig.pki.subscriber.cert, &rig.pki.subscriber.key);
+        std::fs::write(
+            work.join("operator.toml"),
+            format!(
+                "[operator]\nkey = \"op.key\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+                rig.port,
+                ca.display(),
+                cert.display(),
+                key.display()
+            ),
+        )?;
+        Ok(gateway
+            .set(
+                "trust",
+                "operator_keys",
+                toml::Value::Array(vec!["op.key.pub".into()]),
+            )
+            .set("commands", "window_s", 30)
+            .set("commands", "clock_skew_s", 5)
+            .set("telemetry", "interval_s", 1))
+    })
+    .await?;
+    rig.ferrule
+        .wait_for_log("mqtt subscribed", Duration::from_secs(60))
+        .await?;
+    let now = ferrule::reading::now_ms;
+    let sp = |id: &str, value: i64| (id.to_string(), value);
+    let sign = |key: &str, (id, value): (String, i64), channel: &str, at: u64| {
+        signed(&work, key, (&id, channel, json!(value)), at)
+    };
+
+    // Once operator keys are set, plain commands are refused.
+    refused(
+        &mut rig,
+        &sim,
+        (
+            r#"{"id":"u1","channel":"setpoint","value":500}"#,
+            "unsigned",
+        ),
+        100,
+    )
+    .await?;
+    let rogue = sign("rogue.key", sp("k1", 500), "setpoint", now())?;
+    refused(&mut rig, &sim, (&rogue, "unknown-key"), 100).await?;
+    // A signed document with its value changed afterwards.
+    let mut tampered: Value =
+        serde_json::from_str(&sign("op.key", sp("t1", 500), "setpoint", now())?)?;
+    let other = signed(&work, "op.key", ("t1", "setpoint", json!(1400)), now())?;
+    tampered["document"] = serde_json::from_str::<Value>(&other)?["document"].clone();
+    refused(
+        &mut rig,
+        &sim,
+        (&tampered.to_string(), "bad-signature"),
+        100,
+    )
+    .await?;
+    // Signed, but not allowed by [driver.commands].
+    let unlisted = sign("op.key", sp("n1", 5), "other", now())?;
+    refused(&mut rig, &sim, (&unlisted, "not-writable"), 100).await?;
+    let high = sign("op.key", sp("r1", 2000), "setpoint", now())?;
+    refused(&mut rig, &sim, (&high, "out-of-range"), 100).await?;
+    let mode = sign("op.key", sp("m1", 7), "mode", now())?;
+    refused(&mut rig, &sim, (&mode, "not-allowed"), 100).await?;
+    anyhow::ensure!(sim.read_holding(1, 1)? == [0], "mode untouched");
+    // Outside the window (30 s, 5 s of skew) on either side.
+    let stale = sign("op.key", sp("s1", 500), "setpoint", now() - 40_000)?;
+    refused(&mut rig, &sim, (&stale, "outside-window"), 100).await?;
+    let ahead = sign("op.key", sp("s2", 500), "setpoint", now() + 60_000)?;
+    refused(&mut rig, &sim, (&ahead, "outside-window"), 100).await?;
+
+    // A valid command from the operator CLI: written, and read back.
+    let (ok, out, err) = ferrule_tests::run_ferrule(
+        &work,
+        &[
+            "fleet",
+            "command",
+            "--bootstrap",
+            "operator.toml",
+            "--gateway",
+            "gw-test",
+            "--driver",
+            "plc",
+            "--channel",
+            "setpoint",
+            "--value",
+            "1200",
+            "--id",
+            "cli-1",
+        ],
+    )?;
+    anyhow::ensure!(ok, "ferrule fleet command: {out}{err}");
+    let result: Value = serde_json::from_str(&out)?;
+    anyhow::ensure!(
+        result["ok"] == true
+            && result["read_back"]["value"] == 1200
+            && result["read_back"]["matches"] == true
+            && result["signed_by"].is_string(),
+        "{result}"
+    );
+    anyhow::ensure!(sim.read_holding(0, 1)? == [1200]);
+
+    let second = sign("op.key", sp("ok-2", 900), "setpoint", now())?;
+    let v = command(&mut rig, "plc", &second).await?;
+    anyhow::ensure!(v["ok"] == true && v["read_back"]["value"] == 900, "{v}");
+    anyhow::ensure!(sim.read_holding(0, 1)? == [900]);
+    // The same message again: a replay.
+    refused(&mut rig, &sim, (&second, "replay"), 900).await?;
+    // max_per_minute = 3: a third write passes, a fourth does not.
+    let third = sign("op.key", sp("ok-3", 901), "setpoint", now())?;
+    anyhow::ensure!(command(&mut rig, "plc", &third).await?["ok"] == true);
+    let fourth = sign("op.key", sp("ok-4", 902), "setpoint", now())?;
+    refused(&mut rig, &sim, (&fourth, "rate-limited"), 901).await?;
+
+    // Telemetry counts them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = rig.sub.next(Duration::from_secs(10), "telemetry").await?;
+        if !m.topic.ends_with("/telemetry") {
+            continue;
+        }
+        let c = m.json()?["commands"].clone();
+        if c["accepted"] == 3 {
+            anyhow::ensure!(
+                c["refused"] == 10
+                    && c["failed"] == 0
+                    && c["refused_by"]["replay"] == 1
+                    && c["refused_by"]["rate-limited"] == 1
+                    && c["refused_by"]["outside-window"] == 2,
+                "{c}"
+            );
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no snapshot with the commands: {c}"
+        );
+    }
+
+    // After a restart, the commands taken are still known.
+    rig.ferrule.terminate(Duration::from_secs(30))?;
+    rig.ferrule =
+        ferrule_tests::start_ferrule(rig.dir.path(), &["run", &rig.config.to_string_lossy()])?;
+    rig.ferrule
+        .wait_for_log("mqtt subscribed", Duration::from_secs(60))
+        .await?;
+    refused(&mut rig, &sim, (&second, "replay"), 901).await?;
+    refused(&mut rig, &sim, (&third, "replay"), 901).await?;
+
+    // The audit log has every one of them: who signed, what came of it.
+    let (ok, shown, err) = ferrule_tests::run_ferrule(
+        rig.dir.path(),
+        &["audit", "show", &rig.config.to_string_lossy()],
+    )?;
+    anyhow::ensure!(ok, "{err}");
+    let commands: Vec<Value> = (shown.lines())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["event"] == "command")
+        .map(|r| r["detail"].clone())
+        .collect();
+    let codes: Vec<&str> = (commands.iter())
+        .map(|d| d["result"]["refused"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "unsigned",
+            "unknown-key",
+            "bad-signature",
+            "not-writable",
+            "out-of-range",
+            "not-allowed",
+            "outside-window",
+            "outside-window",
+            "-",
+            "-",
+            "replay",
+            "-",
+            "rate-limited",
+            "replay",
+            "replay"
+        ],
+        "{shown}"
+    );
+    let key_id = result["signed_by"].as_str().unwrap_or_default();
+    let accepted = &commands[8];
+    assert_eq!(accepted["command"]["id"], "cli-1");
+    assert_eq!(accepted["command"]["signed_by"], key_id);
+    assert_eq!(accepted["command"]["channel"], "setpoint");
+    assert!(accepted["command"]["issued_ms"].as_u64().is_some());
+    assert_eq!(accepted["result"]["read_back"]["matches"], true);
+    assert!(accepted["result"]["read_back"]["value_sha256"].is_string());
+    assert_eq!(commands[0]["command"]["signed_by"], Value::Null);
     Ok(())
 }
 
