@@ -492,12 +492,16 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 /// The pymodbus version the Modbus tests and example run against.
 const PYMODBUS: &str = "pymodbus==3.8.6";
 
-/// Python tools the tests start as peers: pymodbus (a Modbus TCP device).
+/// What the README's Python command-signing example needs.
+const CRYPTOGRAPHY: &str = "cryptography>=41";
+
+/// Python tools the tests start as peers: pymodbus (a Modbus TCP device),
+/// and cryptography for the command-signing example.
 fn ensure_python_tools() -> anyhow::Result<()> {
     let have = Command::new("python3")
         .args([
             "-c",
-            "import pymodbus, sys; sys.exit(0 if pymodbus.__version__ == '3.8.6' else 1)",
+            "import pymodbus, sys; from cryptography.hazmat.primitives.asymmetric import ed25519; sys.exit(0 if pymodbus.__version__ == '3.8.6' else 1)",
         ])
         .output()
         .map(|o| o.status.success())
@@ -505,7 +509,7 @@ fn ensure_python_tools() -> anyhow::Result<()> {
     if have {
         return Ok(());
     }
-    eprintln!("xtask: installing {PYMODBUS} (pip)");
+    eprintln!("xtask: installing {PYMODBUS} and {CRYPTOGRAPHY} (pip)");
     run(
         Path::new("."),
         Command::new("python3").args([
@@ -515,6 +519,7 @@ fn ensure_python_tools() -> anyhow::Result<()> {
             "--quiet",
             "--disable-pip-version-check",
             PYMODBUS,
+            CRYPTOGRAPHY,
         ]),
     )
 }

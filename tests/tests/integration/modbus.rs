@@ -712,10 +712,10 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
         "[setpoint]\nmin = 0\nmax = 1500\nmax_per_minute = 3\n[mode]\nallowed = [0, 1, 2]\n",
     )?;
     let plc = modbus_driver("plc", sim.port, 200, &channels)?.set("commands", rules);
-    let mut work = std::path::PathBuf::new();
+    let (mut work, mut key_id) = (std::path::PathBuf::new(), String::new());
     let mut rig = run_with(dir, vec![plc], |rig, gateway| {
         work = rig.dir.path().to_path_buf();
-        crate::common::keygen(&work, "op.key")?;
+        key_id = crate::common::keygen(&work, "op.key")?;
         crate::common::keygen(&work, "rogue.key")?;
         // The operator's file for `ferrule fleet command`.
         let (ca, cert, key) = (&rig.pki.ca.cert, &rig.pki.subscriber.cert, &rig.pki.subscriber.key);
@@ -830,6 +830,39 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
     anyhow::ensure!(command(&mut rig, "plc", &third).await?["ok"] == true);
     let fourth = sign("op.key", sp("ok-4", 902), "setpoint", now())?;
     refused(&mut rig, &sim, (&fourth, "rate-limited"), 901).await?;
+    // Signed by the README's Python example.
+    let script = ferrule_tests::workspace_root().join("examples/commands/sign_command.py");
+    let python = std::process::Command::new("python3")
+        .arg(&script)
+        .args([
+            "--key",
+            "op.key",
+            "--key-id",
+            &key_id,
+            "--gateway",
+            "gw-test",
+        ])
+        .args([
+            "--driver",
+            "plc",
+            "--channel",
+            "mode",
+            "--value",
+            "2",
+            "--id",
+            "py-1",
+        ])
+        .current_dir(&work)
+        .output()?;
+    anyhow::ensure!(
+        python.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let from_python = String::from_utf8(python.stdout)?;
+    let v = command(&mut rig, "plc", from_python.trim()).await?;
+    anyhow::ensure!(v["ok"] == true && v["read_back"]["value"] == 2, "{v}");
+    anyhow::ensure!(sim.read_holding(1, 1)? == [2], "mode written");
 
     // Telemetry counts them.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -839,7 +872,7 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
             continue;
         }
         let c = m.json()?["commands"].clone();
-        if c["accepted"] == 3 {
+        if c["accepted"] == 4 {
             anyhow::ensure!(
                 c["refused"] == 10
                     && c["failed"] == 0
@@ -896,12 +929,12 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
             "replay",
             "-",
             "rate-limited",
+            "-",
             "replay",
             "replay"
         ],
         "{shown}"
     );
-    let key_id = result["signed_by"].as_str().unwrap_or_default();
     let accepted = &commands[8];
     assert_eq!(accepted["command"]["id"], "cli-1");
     assert_eq!(accepted["command"]["signed_by"], key_id);
