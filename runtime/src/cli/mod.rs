@@ -415,6 +415,13 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let drivers = config.drivers.len();
     let processors: usize = config.drivers.iter().map(|d| d.processors.len()).sum();
+    let writable: std::collections::HashMap<String, Vec<String>> = (config.drivers.iter())
+        .map(|d| {
+            let channels = d.commands.keys().map(|c| c.get_ref().clone()).collect();
+            (d.name.get_ref().clone(), channels)
+        })
+        .collect();
+    let signed = config.commands_require_signed();
     let prepared = gateway::prepare(config)
         .await
         .with_context(|| format!("{}: check failed", path.display()))?;
@@ -447,12 +454,57 @@ async fn check(path: &Path) -> anyhow::Result<()> {
                 plugin::origin(p.loaded.provenance()),
             );
         }
+        let listed = writable
+            .get(&spec.driver.name)
+            .map_or(&[][..], Vec::as_slice);
+        if let Ok(chain) = chain {
+            for line in commands_report(chain.channels(), spec.driver.loaded.abi(), listed) {
+                println!("  {line}");
+            }
+        }
     }
+    println!(
+        "commands: {}",
+        if signed {
+            "only signed by an operator key ([commands] require_signed)"
+        } else {
+            "plain or signed (no operator key required)"
+        }
+    );
     println!(
         "{}: ok: {drivers} driver(s), {processors} processor(s); every plugin exports its world and accepted its config",
         path.display()
     );
     Ok(())
+}
+
+/// What `ferrule check` says of a driver's `[driver.commands]` channels:
+/// which are writable, and which a 0.2.0 driver declares read-only (never
+/// written, whatever the config says) or does not declare at all.
+fn commands_report(
+    table: &ferrule::plugin::ChannelTable,
+    abi: ferrule::plugin::Abi,
+    listed: &[String],
+) -> Vec<String> {
+    if listed.is_empty() {
+        return vec!["commands: none writable (no [driver.commands] tables)".to_string()];
+    }
+    let mut lines = vec![format!("commands: open to {}", listed.join(", "))];
+    if abi < ferrule::plugin::Abi::V0_2 {
+        return lines;
+    }
+    for channel in listed {
+        match table.driver_channel(channel) {
+            Some((_, c)) if !c.writable => lines.push(format!(
+                "warning: commands.{channel}: the driver declares it read-only; every write to it is refused"
+            )),
+            None => lines.push(format!(
+                "warning: commands.{channel}: the driver declares no such channel at init"
+            )),
+            Some(_) => {}
+        }
+    }
+    lines
 }
 
 /// The audit log of the data dir a config names.

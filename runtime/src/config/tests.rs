@@ -322,3 +322,63 @@ fn writable_channels_are_listed_with_limits_that_can_be_met() {
     let err = parse("[driver.commands.sp]\nmaximum = 5\n").unwrap_err();
     assert!(err.contains("unknown field `maximum`"), "{err}");
 }
+
+#[test]
+fn commands_need_signatures_once_operator_keys_are_set_and_a_window_that_can_be_met() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    crate::plugin::trust::keygen(&dir.path().join("op.key"), &dir.path().join("op.key.pub"))
+        .unwrap();
+    let with = |extra: &str| {
+        let text = format!("{}\n{extra}", write_fixture(dir.path()));
+        Config::parse(&text, &path).map_err(|e| e.to_string())
+    };
+    let keys = "[trust]\noperator_keys = [\"op.key.pub\"]\n";
+    // Unsigned commands are taken only while there is no operator key.
+    let plain = with("").unwrap();
+    assert!(!plain.commands_require_signed());
+    assert_eq!(*plain.commands.window_s.get_ref(), 60);
+    assert_eq!(*plain.commands.clock_skew_s.get_ref(), 10);
+    assert!(with(keys).unwrap().commands_require_signed());
+    let opted_out = with(&format!("{keys}[commands]\nrequire_signed = false\n")).unwrap();
+    assert!(!opted_out.commands_require_signed());
+    let tuned = with(&format!(
+        "{keys}[commands]\nwindow_s = 300\nclock_skew_s = 0\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            *tuned.commands.window_s.get_ref(),
+            *tuned.commands.clock_skew_s.get_ref()
+        ),
+        (300, 0)
+    );
+
+    for (extra, at, why) in [
+        (
+            "[commands]\nrequire_signed = true\n",
+            "gw.toml:17:18: ",
+            "commands.require_signed = true needs [trust] operator_keys",
+        ),
+        (
+            "[commands]\nwindow_s = 0\n",
+            "gw.toml:17:12: ",
+            "commands.window_s = 0: expected 1 to 86400 seconds",
+        ),
+        (
+            "[commands]\nwindow_s = 86401\n",
+            "gw.toml:17:12: ",
+            "expected 1 to 86400 seconds",
+        ),
+        (
+            "[commands]\nclock_skew_s = 7200\n",
+            "gw.toml:17:16: ",
+            "commands.clock_skew_s = 7200: expected 0 to 3600 seconds",
+        ),
+    ] {
+        let err = with(extra).unwrap_err();
+        assert!(err.contains(at) && err.contains(why), "{extra}: {err}");
+    }
+    let err = with("[commands]\nwindow = 5\n").unwrap_err();
+    assert!(err.contains("unknown field `window`"), "{err}");
+}

@@ -603,7 +603,7 @@ fn read(message: &Incoming, authority: &Authority) -> Result<Asked, (serde_json:
 async fn handle(
     message: &Incoming,
     target: Option<Target>,
-    authority: &Authority,
+    authority: &Arc<Authority>,
     counters: &CommandCounters,
 ) -> (Answer, serde_json::Value) {
     let driver = &message.driver;
@@ -661,7 +661,7 @@ async fn carry_out(
     driver: &str,
     asked: &Asked,
     target: Option<Target>,
-    authority: &Authority,
+    authority: &Arc<Authority>,
 ) -> Result<ReadBack, Failure> {
     let value = value_of(&asked.value).map_err(|e| refusal("wrong-type", e))?;
     let Some((inbox, policy)) = target else {
@@ -671,7 +671,11 @@ async fn carry_out(
         ));
     };
     if let Some(signed) = &asked.signed {
-        authority.take(signed)?;
+        // The record is synced to disk: off the runtime's workers.
+        let (authority, signed) = (authority.clone(), signed.clone());
+        tokio::task::spawn_blocking(move || authority.take(&signed))
+            .await
+            .map_err(|e| refusal("cannot-record", format!("recording the command: {e}")))??;
     }
     policy.admit(driver, &asked.channel, &value)?;
     write(&inbox, asked.channel.clone(), value).await
@@ -906,6 +910,80 @@ mod tests {
             "{}",
             says(9)
         );
+    }
+
+    #[tokio::test]
+    async fn signed_commands_are_taken_once_and_counted_with_their_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, public) = (dir.path().join("op.key"), dir.path().join("op.pub"));
+        let key_id = crate::plugin::trust::keygen(&secret, &public).unwrap();
+        let keys = crate::plugin::trust::public_keys(&[public]).unwrap();
+        let record = authority::record_path(dir.path());
+        let authority = Authority::new("gw", keys, true, (60_000, 5_000), &record);
+        let (tx, mut rx) = mpsc::channel::<Write>(1);
+        tokio::spawn(async move {
+            while let Some(w) = rx.recv().await {
+                let (read_tx, read_rx) = oneshot::channel();
+                let _ = read_tx.send(ReadBack::Unread("no poll in this test".into()));
+                let _ = w.reply.send(Ok(read_rx));
+            }
+        });
+        let drivers = Inboxes::default();
+        let rules = toml::from_str(OPEN_SP).unwrap();
+        drivers.insert("plc".to_string(), tx, Arc::new(Policy::new(&rules)));
+        let counters = Arc::new(CommandCounters::default());
+        let record = Record {
+            audit: None,
+            counters: counters.clone(),
+        };
+        let mut commands = start(drivers, Arc::new(authority), record);
+        let document = SignedCommand {
+            schema: authority::SCHEMA,
+            kind: authority::KIND.into(),
+            gateway: "gw".into(),
+            driver: "plc".into(),
+            channel: "sp".into(),
+            value: 7.into(),
+            id: "s-1".into(),
+            issued_ms: crate::reading::now_ms(),
+        };
+        let envelope =
+            crate::deploy::sign_document(serde_json::to_vec(&document).unwrap(), &secret).unwrap();
+        let signed = serde_json::to_vec(&envelope).unwrap();
+        let mut got = Vec::new();
+        for payload in [
+            signed.clone(),
+            signed,
+            br#"{"id":"p","channel":"sp","value":1}"#.to_vec(),
+        ] {
+            let driver = "plc".to_string();
+            commands
+                .inbox
+                .send(Incoming { driver, payload })
+                .await
+                .unwrap();
+            let a = commands.answers.recv().await.unwrap();
+            got.push(serde_json::from_slice::<serde_json::Value>(&a.payload).unwrap());
+        }
+        assert_eq!(got[0]["ok"], true, "{}", got[0]);
+        assert_eq!(got[0]["id"], "s-1");
+        assert_eq!(got[0]["signed_by"], key_id.as_str());
+        assert_eq!(got[0]["read_back"]["error"], "no poll in this test");
+        assert_eq!(
+            (&got[1]["id"], &got[1]["refused"]),
+            (&"s-1".into(), &"replay".into())
+        );
+        assert_eq!(
+            (&got[2]["id"], &got[2]["refused"]),
+            (&"p".into(), &"unsigned".into())
+        );
+        let figures = counters.figures();
+        assert_eq!(
+            (figures.accepted, figures.refused, figures.failed),
+            (1, 2, 0)
+        );
+        assert_eq!(figures.refused_by["replay"], 1);
+        assert_eq!(figures.refused_by["unsigned"], 1);
     }
 
     #[tokio::test]
