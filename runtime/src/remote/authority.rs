@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
+use redb::ReadableDatabase as _;
 use serde::{Deserialize, Serialize};
 
 use super::{Failure, refusal};
@@ -30,9 +31,6 @@ pub const MAX_COMMAND_BYTES: usize = 16 << 10;
 /// The most command ids remembered at once; a command that would need
 /// more is refused until older ones leave the window.
 const MAX_REMEMBERED: usize = 20_000;
-
-/// The largest record file read.
-const MAX_RECORD_BYTES: u64 = 8 << 20;
 
 /// A command as an operator signs it (`ferrule fleet command`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +86,7 @@ impl std::fmt::Debug for Authority {
 
 impl Authority {
     /// The authority of a gateway's config; its record of commands taken
-    /// lives in `{data_dir}/commands/taken.json`.
+    /// lives in `{data_dir}/commands/taken.redb`.
     pub fn from_config(config: &crate::config::Config) -> Result<Authority, String> {
         let data_dir = config.resolve(&config.gateway.data_dir);
         Ok(Authority::new(
@@ -237,60 +235,32 @@ impl Authority {
     /// be kept (then nothing is written to the device).
     pub fn take(&self, command: &SignedCommand) -> Result<(), Failure> {
         let now = crate::reading::now_ms();
+        let earliest = now.saturating_sub(self.window_ms + self.skew_ms);
         let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
-        record.forget_before(now.saturating_sub(self.window_ms + self.skew_ms));
-        if record.taken.contains_key(&command.id) {
-            return Err(refusal(
-                "replay",
-                format!(
-                    "command id {:?} was taken before: a command is carried out once",
-                    command.id
-                ),
-            ));
-        }
-        if command.issued_ms <= record.floor_ms {
-            return Err(refusal(
-                "replay",
-                format!(
-                    "command id {:?} was issued before {}, when this gateway's record of commands taken starts: it may have been taken already",
-                    command.id,
-                    humantime::format_rfc3339_millis(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.floor_ms)
-                    )
-                ),
-            ));
-        }
-        if record.taken.len() >= MAX_REMEMBERED {
-            return Err(refusal(
-                "busy",
-                format!(
-                    "{MAX_REMEMBERED} commands taken within the window already; try again later"
-                ),
-            ));
-        }
-        record.taken.insert(command.id.clone(), command.issued_ms);
-        if let Err(e) = record.save() {
-            record.taken.remove(&command.id);
-            return Err(refusal(
-                "cannot-record",
-                format!(
-                    "cannot keep the record of commands taken ({}): {e}; nothing was written",
-                    record.path.display()
-                ),
-            ));
-        }
-        Ok(())
+        record.take(&command.id, command.issued_ms, earliest)
     }
 }
 
 /// Where the record of commands taken lives.
 pub fn record_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("commands").join("taken.json")
+    data_dir.join("commands").join("taken.redb")
 }
 
-/// The ids of signed commands taken within the window, by issue time.
-#[derive(Debug, Default)]
+/// Ids of the signed commands taken, with their `issued_ms`.
+const TAKEN: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("taken");
+
+/// `floor_ms` and the record's `version`.
+const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+
+/// The record's layout; a newer one is left alone.
+const VERSION: u64 = 1;
+
+/// The ids of signed commands taken within the window, by issue time: in
+/// memory, and in a redb file each take is committed to (synced) before
+/// the device is written.
+#[derive(Default)]
 struct Record {
+    db: Option<redb::Database>,
     path: PathBuf,
     taken: BTreeMap<String, u64>,
     /// Commands issued at or before this are refused: their ids were
@@ -298,75 +268,175 @@ struct Record {
     floor_ms: u64,
 }
 
-/// The record's file.
-#[derive(Serialize, Deserialize)]
-struct RecordFile {
-    version: u32,
-    floor_ms: u64,
-    taken: BTreeMap<String, u64>,
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("path", &self.path)
+            .field("taken", &self.taken.len())
+            .field("floor_ms", &self.floor_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Record {
-    /// The record at `path`: empty when there is none yet; when it cannot
-    /// be read, empty with a floor of `lost_floor` (commands issued before
-    /// then may have been taken, so they are refused).
+    /// The record at `path`, created when there is none yet. One that
+    /// cannot be read is moved aside (`.damaged-{ms}`) and a new one
+    /// starts at a floor of `lost_floor`: commands issued before then may
+    /// have been taken, so they are refused.
     fn load(path: &Path, lost_floor: u64) -> Record {
-        let empty = |floor_ms| Record {
+        let mut record = Record {
+            db: None,
             path: path.to_path_buf(),
             taken: BTreeMap::new(),
-            floor_ms,
+            floor_ms: 0,
         };
-        let bytes = match crate::plugin::trust::read_bounded(path, MAX_RECORD_BYTES) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return empty(0),
-            Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "cannot read the record of commands taken; signed commands issued before now are refused");
-                return empty(lost_floor);
-            }
-        };
-        match serde_json::from_slice::<RecordFile>(&bytes) {
-            Ok(file) if file.version == 1 => Record {
-                path: path.to_path_buf(),
-                taken: file.taken,
-                floor_ms: file.floor_ms,
-            },
-            Ok(file) => {
-                tracing::error!(file = %path.display(), version = file.version, "a record of commands taken from a newer ferrule; signed commands issued before now are refused");
-                empty(lost_floor)
+        match Record::read(path) {
+            Ok((db, taken, floor_ms)) => {
+                record.db = Some(db);
+                record.taken = taken;
+                record.floor_ms = floor_ms;
             }
             Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "the record of commands taken is damaged; signed commands issued before now are refused");
-                empty(lost_floor)
+                tracing::error!(file = %path.display(), error = %e, "the record of commands taken cannot be read; signed commands issued before now are refused");
+                record.floor_ms = lost_floor;
+                if path.exists() {
+                    let aside =
+                        path.with_extension(format!("redb.damaged-{}", crate::reading::now_ms()));
+                    if let Err(e) = std::fs::rename(path, &aside) {
+                        tracing::error!(file = %path.display(), error = %e, "cannot move the damaged record of commands aside; signed commands are refused");
+                        return record;
+                    }
+                }
+                match Record::read(path) {
+                    Ok((db, _, _)) => record.db = Some(db),
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "cannot start a record of commands taken; signed commands are refused");
+                    }
+                }
+                if let Err(e) = record.commit(None, &[]) {
+                    tracing::error!(file = %path.display(), error = %e, "cannot keep the record's floor");
+                }
             }
         }
+        record
     }
 
-    /// Forgets ids issued before `earliest` (the window refuses them
-    /// anyway); the floor rises to the latest forgotten, so a clock set
-    /// back cannot bring them into the window again.
-    fn forget_before(&mut self, earliest: u64) {
+    /// The database at `path` (created if absent), its ids and floor.
+    fn read(path: &Path) -> Result<(redb::Database, BTreeMap<String, u64>, u64), String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        let db = redb::Database::create(path).map_err(|e| e.to_string())?;
+        let read = db.begin_read().map_err(|e| e.to_string())?;
+        let mut taken = BTreeMap::new();
+        let mut floor_ms = 0;
+        match read.open_table(META) {
+            Ok(meta) => {
+                let get = |key| meta.get(key).map(|v| v.map(|v| v.value()));
+                let version = get("version")
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or(VERSION);
+                if version > VERSION {
+                    return Err(format!(
+                        "a record of version {version}, from a newer ferrule (this one reads {VERSION})"
+                    ));
+                }
+                floor_ms = get("floor_ms").map_err(|e| e.to_string())?.unwrap_or(0);
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match read.open_table(TAKEN) {
+            Ok(table) => {
+                for row in redb::ReadableTable::iter(&table).map_err(|e| e.to_string())? {
+                    let (id, issued) = row.map_err(|e| e.to_string())?;
+                    taken.insert(id.value().to_string(), issued.value());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        drop(read);
+        Ok((db, taken, floor_ms))
+    }
+
+    /// Records `id` (issued at `issued_ms`) as taken, forgetting ids issued
+    /// before `earliest`; refused when it was taken before or may have
+    /// been, or when the record cannot be written.
+    fn take(&mut self, id: &str, issued_ms: u64, earliest: u64) -> Result<(), Failure> {
+        if self.taken.contains_key(id) {
+            return Err(refusal(
+                "replay",
+                format!("command id {id:?} was taken before: a command is carried out once"),
+            ));
+        }
+        if issued_ms <= self.floor_ms {
+            return Err(refusal(
+                "replay",
+                format!(
+                    "command id {id:?} was issued before {}, where this gateway's record of commands taken starts: it may have been taken already",
+                    humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.floor_ms)
+                    )
+                ),
+            ));
+        }
+        // The window refuses these anyway; the floor keeps them refused
+        // should the clock be set back.
         let old: Vec<String> = (self.taken.iter())
             .filter(|(_, issued)| **issued < earliest)
             .map(|(id, _)| id.clone())
             .collect();
-        for id in old {
-            if let Some(issued) = self.taken.remove(&id) {
-                self.floor_ms = self.floor_ms.max(issued);
-            }
+        if self.taken.len() - old.len() >= MAX_REMEMBERED {
+            return Err(refusal(
+                "busy",
+                format!(
+                    "{MAX_REMEMBERED} commands taken within the window already; try again later"
+                ),
+            ));
         }
+        let floor = (old.iter())
+            .filter_map(|id| self.taken.get(id))
+            .fold(self.floor_ms, |floor, issued| floor.max(*issued));
+        let before = self.floor_ms;
+        self.floor_ms = floor;
+        if let Err(e) = self.commit(Some((id, issued_ms)), &old) {
+            self.floor_ms = before;
+            return Err(refusal(
+                "cannot-record",
+                format!(
+                    "cannot keep the record of commands taken ({}): {e}; nothing was written",
+                    self.path.display()
+                ),
+            ));
+        }
+        for id in &old {
+            self.taken.remove(id);
+        }
+        self.taken.insert(id.to_string(), issued_ms);
+        Ok(())
     }
 
-    fn save(&self) -> std::io::Result<()> {
-        if self.path.as_os_str().is_empty() {
-            return Ok(());
+    /// One synced transaction: `add` recorded, `forget` removed, the
+    /// floor and version written.
+    fn commit(&self, add: Option<(&str, u64)>, forget: &[String]) -> Result<(), String> {
+        let db = self.db.as_ref().ok_or("the record could not be opened")?;
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let txn = db.begin_write().map_err(|e| err(&e))?;
+        {
+            let mut taken = txn.open_table(TAKEN).map_err(|e| err(&e))?;
+            for id in forget {
+                taken.remove(id.as_str()).map_err(|e| err(&e))?;
+            }
+            if let Some((id, issued)) = add {
+                taken.insert(id, issued).map_err(|e| err(&e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
+            meta.insert("version", VERSION).map_err(|e| err(&e))?;
+            meta.insert("floor_ms", self.floor_ms)
+                .map_err(|e| err(&e))?;
         }
-        let file = RecordFile {
-            version: 1,
-            floor_ms: self.floor_ms,
-            taken: self.taken.clone(),
-        };
-        let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
-        crate::plugin::trust::write_atomically(&self.path, &bytes, None)
+        txn.commit().map_err(|e| err(&e))
     }
 }
 
@@ -467,12 +537,27 @@ mod tests {
         assert_eq!(code(again.take(&command("c1", now))), "replay");
         again.take(&command("c8", now)).unwrap();
 
-        // A damaged record: nothing issued before the restart is taken.
-        std::fs::write(&record, b"{garbage").unwrap();
-        let lost = Authority::new("gw", keys, true, (60_000, 5_000), &record);
+        // A damaged record: set aside, and nothing issued before the
+        // restart is taken, then or after the next.
+        drop(again);
+        std::fs::write(
+            &record,
+            b"not a database at all, but long enough to be read as one",
+        )
+        .unwrap();
+        let lost = Authority::new("gw", keys.clone(), true, (60_000, 5_000), &record);
         assert_eq!(code(lost.take(&command("c9", now))), "replay");
         lost.take(&command("c10", crate::reading::now_ms() + 5_001))
             .unwrap();
+        drop(lost);
+        let after = Authority::new("gw", keys, true, (60_000, 5_000), &record);
+        assert_eq!(code(after.take(&command("c11", now))), "replay");
+        assert_eq!(code(after.take(&command("c10", now))), "replay");
+        let aside = std::fs::read_dir(record.parent().unwrap())
+            .unwrap()
+            .filter(|e| (e.as_ref().unwrap().file_name().to_string_lossy()).contains(".damaged-"))
+            .count();
+        assert_eq!(aside, 1);
     }
 
     #[test]
@@ -483,13 +568,14 @@ mod tests {
         let now = crate::reading::now_ms();
         authority.take(&command("old", now - 5_000)).unwrap();
         authority.take(&command("new", now)).unwrap();
-        let file: RecordFile = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
-        assert_eq!(file.taken.keys().collect::<Vec<_>>(), ["new"]);
-        assert_eq!(file.floor_ms, now - 5_000);
         assert_eq!(
             code(authority.take(&command("older", now - 6_000))),
             "replay"
         );
+        drop(authority);
+        let (_, taken, floor_ms) = Record::read(&record).unwrap();
+        assert_eq!(taken.keys().collect::<Vec<_>>(), ["new"]);
+        assert_eq!(floor_ms, now - 5_000);
     }
 
     #[test]
