@@ -398,24 +398,59 @@ fn id_of(payload: &[u8]) -> serde_json::Value {
 /// A command as the audit log keeps it: its id and channel, who signed it
 /// and when, and its value only as a SHA-256 (of its JSON) and a type;
 /// the log holds who wrote what where, not the process values themselves.
-/// A payload that is not a command is kept as its size and SHA-256.
+/// A command that was not taken as asked (unsigned where signatures are
+/// required, a signature that did not verify) is kept as what it claims,
+/// marked `"verified": false`; a payload that is not a command, as its
+/// size and SHA-256.
 fn audited(payload: &[u8], asked: Option<&Asked>) -> serde_json::Value {
     let sha = crate::plugin::trust::sha256_hex;
-    match asked {
-        Some(a) => serde_json::json!({
-            "id": a.id,
-            "channel": a.channel,
-            "value_type": json_type(&a.value),
-            "value_sha256": sha(a.value.to_string().as_bytes()),
-            "signed_by": a.signed_by,
-            "issued_ms": a.issued_ms,
-        }),
-        None => serde_json::json!({
+    let described =
+        |id: &serde_json::Value, channel: &serde_json::Value, value: &serde_json::Value| {
+            serde_json::json!({
+                "id": id,
+                "channel": channel,
+                "value_type": json_type(value),
+                "value_sha256": sha(value.to_string().as_bytes()),
+            })
+        };
+    if let Some(a) = asked {
+        let mut d = described(&a.id, &a.channel.clone().into(), &a.value);
+        d["signed_by"] = a.signed_by.clone().into();
+        d["issued_ms"] = a.issued_ms.into();
+        return d;
+    }
+    let claimed = claimed(payload);
+    match claimed.as_ref().and_then(|(v, _)| v.as_object()) {
+        Some(c) if c.contains_key("channel") => {
+            let field = |k: &str| c.get(k).cloned().unwrap_or_default();
+            let mut d = described(&field("id"), &field("channel"), &field("value"));
+            d["verified"] = false.into();
+            d["claimed_key_id"] = claimed.as_ref().and_then(|(_, k)| k.clone()).into();
+            d["issued_ms"] = field("issued_ms");
+            d
+        }
+        _ => serde_json::json!({
             "malformed": true,
             "bytes": payload.len(),
             "sha256": sha(payload),
         }),
     }
+}
+
+/// What a command message claims, unverified: its command (a signed
+/// envelope's document, or the message itself) and the key id it names.
+fn claimed(payload: &[u8]) -> Option<(serde_json::Value, Option<String>)> {
+    if !authority::is_signed(payload) {
+        return serde_json::from_slice(payload).ok().map(|v| (v, None));
+    }
+    let envelope = serde_json::from_slice::<crate::deploy::Envelope>(payload).ok()?;
+    let document = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        &envelope.document,
+    )
+    .ok()?;
+    let command = serde_json::from_slice(&document).ok()?;
+    Some((command, Some(envelope.key_id)))
 }
 
 fn json_type(value: &serde_json::Value) -> &'static str {
@@ -545,12 +580,10 @@ fn read(message: &Incoming, authority: &Authority) -> Result<Asked, (serde_json:
     if authority::is_signed(payload) {
         // The id the (not yet verified) document gives is only echoed, so
         // that the sender can match the answer.
-        let claimed = serde_json::from_slice::<crate::deploy::Envelope>(payload)
-            .ok()
-            .and_then(|e| {
-                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, e.document).ok()
-            })
-            .map_or(serde_json::Value::Null, |d| id_of(&d));
+        let claimed = claimed(payload)
+            .and_then(|(v, _)| v.get("id").cloned())
+            .filter(|id| id.is_string() || id.is_number())
+            .unwrap_or_default();
         let v = authority
             .verify(payload, &message.driver)
             .map_err(|f| (claimed, f))?;

@@ -712,11 +712,12 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
         "[setpoint]\nmin = 0\nmax = 1500\nmax_per_minute = 3\n[mode]\nallowed = [0, 1, 2]\n",
     )?;
     let plc = modbus_driver("plc", sim.port, 200, &channels)?.set("commands", rules);
-    let (mut work, mut key_id) = (std::path::PathBuf::new(), String::new());
+    let (mut work, mut key_id, mut rogue_id) =
+        (std::path::PathBuf::new(), String::new(), String::new());
     let mut rig = run_with(dir, vec![plc], |rig, gateway| {
         work = rig.dir.path().to_path_buf();
         key_id = crate::common::keygen(&work, "op.key")?;
-        crate::common::keygen(&work, "rogue.key")?;
+        rogue_id = crate::common::keygen(&work, "rogue.key")?;
         // The operator's file for `ferrule fleet command`.
         let (ca, cert, key) = (&rig.pki.ca.cert, &rig.pki.subscriber.cert, &rig.pki.subscriber.key);
         std::fs::write(
@@ -942,7 +943,17 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
     assert!(accepted["command"]["issued_ms"].as_u64().is_some());
     assert_eq!(accepted["result"]["read_back"]["matches"], true);
     assert!(accepted["result"]["read_back"]["value_sha256"].is_string());
-    assert_eq!(commands[0]["command"]["signed_by"], Value::Null);
+    // Refused before their signature checked out: what they claim, marked.
+    let unsigned = &commands[0]["command"];
+    assert_eq!(
+        (&unsigned["id"], &unsigned["channel"], &unsigned["verified"]),
+        (&json!("u1"), &json!("setpoint"), &json!(false)),
+        "{unsigned}"
+    );
+    let rogue = &commands[1]["command"];
+    assert_eq!(rogue["claimed_key_id"], rogue_id.as_str(), "{rogue}");
+    assert_eq!(rogue["verified"], false, "{rogue}");
+    assert!(rogue.get("signed_by").is_none(), "{rogue}");
     Ok(())
 }
 
