@@ -659,7 +659,14 @@ fn restart_sections(old: &str, new: &str) -> Vec<String> {
     .into_iter()
     .filter(|section| old.get(*section) != new.get(*section))
     .map(String::from)
+    // Operator keys authorize commands, deployments and erasure orders,
+    // whose handlers are set up at start; publisher keys apply at reload.
+    .chain((operator_keys(&old) != operator_keys(&new)).then(|| "trust.operator_keys".to_string()))
     .collect()
+}
+
+fn operator_keys(config: &toml::Table) -> Option<&toml::Value> {
+    config.get("trust")?.get("operator_keys")
 }
 
 #[cfg(test)]
@@ -731,5 +738,12 @@ mod tests {
         assert!(restart_sections(old, same).is_empty());
         let moved = "[queue]\nmax_bytes = 1\n[mqtt]\nhost = \"b\"\n";
         assert_eq!(restart_sections(old, moved), ["mqtt", "queue", "runtime"]);
+        let keys = "[trust]\npublisher_keys = [\"p.pub\"]\n";
+        let more = "[trust]\npublisher_keys = [\"p.pub\", \"q.pub\"]\n";
+        assert!(restart_sections(keys, more).is_empty(), "applied at reload");
+        let operators = "[trust]\npublisher_keys = [\"p.pub\"]\noperator_keys = [\"o.pub\"]\n";
+        assert_eq!(restart_sections(keys, operators), ["trust.operator_keys"]);
+        let window = "[commands]\nwindow_s = 30\n";
+        assert_eq!(restart_sections("", window), ["commands"]);
     }
 }
