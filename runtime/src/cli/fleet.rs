@@ -332,26 +332,23 @@ impl Operator {
         Topics::new(&self.file.mqtt.topic_prefix, gateway)
     }
 
-    /// `document` signed with the operator's key (`[operator] key`),
-    /// which signs `what`.
-    fn sign(&self, document: Vec<u8>, what: &str) -> anyhow::Result<deploy::Envelope> {
+    /// Signs `(document, what it is)` with the operator's key (`[operator]
+    /// key`), publishes it on `topic` once subscribed to `answers`, prints
+    /// the first JSON answer there that `ours` recognizes, and returns it
+    /// unless it says `"ok": true`. `(what, wait)`: what is sent, for
+    /// messages, and how long an answer is waited for.
+    async fn send_signed(
+        &self,
+        (document, signs): (Vec<u8>, &str),
+        (topic, answers): (&str, &str),
+        ours: impl Fn(&serde_json::Value) -> bool,
+        (what, wait): (&str, Duration),
+    ) -> anyhow::Result<Option<serde_json::Value>> {
         let key = (self.file.operator.key.as_ref())
             .map(|k| self.dir.join(k))
-            .with_context(|| format!("[operator] key: the operator's secret key signs {what}"))?;
-        deploy::sign_document(document, &key).map_err(anyhow::Error::msg)
-    }
-
-    /// Publishes `message` (topic, payload) once subscribed to `answers`,
-    /// and returns the first JSON answer there that `ours` recognizes;
-    /// `(what, key_id, wait)`: what is sent, by whom, and for how long an
-    /// answer is waited for.
-    async fn ask(
-        &self,
-        (topic, payload): (&str, &[u8]),
-        answers: &str,
-        ours: impl Fn(&serde_json::Value) -> bool,
-        (what, key_id, wait): (&str, &str, Duration),
-    ) -> anyhow::Result<serde_json::Value> {
+            .with_context(|| format!("[operator] key: the operator's secret key signs {signs}"))?;
+        let envelope = deploy::sign_document(document, &key).map_err(anyhow::Error::msg)?;
+        let payload = serde_json::to_vec(&envelope)?;
         let (client, mut events) = self.connect()?;
         let deadline = Instant::now() + wait;
         loop {
@@ -367,20 +364,17 @@ impl Operator {
                     client.try_subscribe(answers, rumqttc::QoS::AtLeastOnce)?;
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                    client.try_publish(
-                        topic,
-                        rumqttc::QoS::AtLeastOnce,
-                        false,
-                        payload.to_vec(),
-                    )?;
-                    eprintln!("{what}: sent (signed by key id {key_id})");
+                    client.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.clone())?;
+                    eprintln!("{what}: sent (signed by key id {})", envelope.key_id);
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic == answers => {
                     let answer: serde_json::Value =
                         serde_json::from_slice(&p.payload).context("the answer is not JSON")?;
                     if ours(&answer) {
                         let _ = client.try_disconnect();
-                        return Ok(answer);
+                        println!("{}", serde_json::to_string_pretty(&answer)?);
+                        let ok = answer["ok"].as_bool() == Some(true);
+                        return Ok((!ok).then_some(answer));
                     }
                 }
                 Ok(_) => {}
@@ -764,27 +758,25 @@ async fn erase(
     wait: Duration,
 ) -> anyhow::Result<()> {
     let operator = Operator::load(bootstrap)?;
-    let envelope = operator.sign(serde_json::to_vec(order)?, "erasure orders")?;
     let topics = operator.topics(&order.gateway);
     let what = format!("erasure order {} to {}", order.erase, order.gateway);
-    let answer = operator
-        .ask(
-            (&topics.data_erase(), &serde_json::to_vec(&envelope)?),
-            &topics.data_erase_result(),
+    let refused = operator
+        .send_signed(
+            (serde_json::to_vec(order)?, "erasure orders"),
+            (&topics.data_erase(), &topics.data_erase_result()),
             |answer| answer["erase"].as_u64() == Some(order.erase),
-            (&what, &envelope.key_id, wait),
+            (&what, wait),
         )
         .await?;
-    println!("{}", serde_json::to_string_pretty(&answer)?);
-    if answer["ok"].as_bool() == Some(true) {
-        return Ok(());
+    match refused {
+        None => Ok(()),
+        Some(answer) => anyhow::bail!(
+            "{}: erasure order {} not carried out: {}",
+            order.gateway,
+            order.erase,
+            answer["error"].as_str().unwrap_or("no reason given")
+        ),
     }
-    anyhow::bail!(
-        "{}: erasure order {} not carried out: {}",
-        order.gateway,
-        order.erase,
-        answer["error"].as_str().unwrap_or("no reason given")
-    );
 }
 
 /// Sends a signed command and prints the gateway's result.
@@ -794,37 +786,35 @@ async fn send_command(
     wait: Duration,
 ) -> anyhow::Result<()> {
     let operator = Operator::load(bootstrap)?;
-    let envelope = operator.sign(serde_json::to_vec(command)?, "commands")?;
     let topics = operator.topics(&command.gateway);
     let what = format!(
         "command {} ({} = {} on driver {} of {})",
         command.id, command.channel, command.value, command.driver, command.gateway
     );
-    let answer = operator
-        .ask(
+    let refused = operator
+        .send_signed(
+            (serde_json::to_vec(command)?, "commands"),
             (
                 &topics.command_write(&command.driver),
-                &serde_json::to_vec(&envelope)?,
+                &topics.command_result(&command.driver),
             ),
-            &topics.command_result(&command.driver),
             |answer| answer["id"].as_str() == Some(command.id.as_str()),
-            (&what, &envelope.key_id, wait),
+            (&what, wait),
         )
         .await?;
-    println!("{}", serde_json::to_string_pretty(&answer)?);
-    if answer["ok"].as_bool() == Some(true) {
-        return Ok(());
+    match refused {
+        None => Ok(()),
+        Some(answer) => anyhow::bail!(
+            "{}: command {} {}: {}",
+            command.gateway,
+            command.id,
+            match answer["refused"].as_str() {
+                Some(code) => format!("refused ({code})"),
+                None => "failed".to_string(),
+            },
+            answer["error"].as_str().unwrap_or("no reason given")
+        ),
     }
-    anyhow::bail!(
-        "{}: command {} {}: {}",
-        command.gateway,
-        command.id,
-        match answer["refused"].as_str() {
-            Some(code) => format!("refused ({code})"),
-            None => "failed".to_string(),
-        },
-        answer["error"].as_str().unwrap_or("no reason given")
-    );
 }
 
 async fn status(bootstrap: &Path, gateway: &str, json: bool, wait: Duration) -> anyhow::Result<()> {

@@ -899,6 +899,29 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
         .await?;
     refused(&mut rig, &sim, (&second, "replay"), 901).await?;
     refused(&mut rig, &sim, (&third, "replay"), 901).await?;
+    // The CLI says why it was refused, and exits non-zero.
+    let (ok, out, err) = ferrule_tests::run_ferrule(
+        &work,
+        &[
+            "fleet",
+            "command",
+            "--bootstrap",
+            "operator.toml",
+            "--gateway",
+            "gw-test",
+            "--driver",
+            "plc",
+            "--channel",
+            "other",
+            "--value",
+            "5",
+        ],
+    )?;
+    anyhow::ensure!(
+        !ok && err.contains("refused (not-writable)") && out.contains("\"refused\""),
+        "ferrule fleet command of an unlisted channel: {out}{err}"
+    );
+    anyhow::ensure!(sim.read_holding(2, 1)? == [0], "other untouched");
 
     // The audit log has every one of them: who signed, what came of it.
     let (ok, shown, err) = ferrule_tests::run_ferrule(
@@ -932,7 +955,8 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
             "rate-limited",
             "-",
             "replay",
-            "replay"
+            "replay",
+            "not-writable"
         ],
         "{shown}"
     );
