@@ -653,6 +653,18 @@ async fn write_commands_over_mqtt_reach_the_device_and_every_command_is_answered
         "every command and result is logged:\n{log}"
     );
     assert!(rig.ferrule.child.try_wait()?.is_none(), "still running");
+    // `ferrule check` says which listed channel cannot be written.
+    let (ok, out, err) =
+        ferrule_tests::run_ferrule(rig.dir.path(), &["check", &rig.config.to_string_lossy()])?;
+    anyhow::ensure!(ok, "{out}{err}");
+    anyhow::ensure!(
+        out.contains("commands: open to level, limit, run, setpoint")
+            && out.contains(
+                "warning: commands.level: the driver declares it read-only; every write to it is refused"
+            )
+            && !out.contains("warning: commands.setpoint"),
+        "{out}"
+    );
     Ok(())
 }
 
@@ -821,7 +833,13 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
     anyhow::ensure!(sim.read_holding(0, 1)? == [1200]);
 
     let second = sign("op.key", sp("ok-2", 900), "setpoint", now())?;
+    let sent = Instant::now();
     let v = command(&mut rig, "plc", &second).await?;
+    // A figure, not a check: verify, record, write, poll again, answer.
+    eprintln!(
+        "signed command answered with its read-back in {:.1} ms",
+        sent.elapsed().as_secs_f64() * 1000.0
+    );
     anyhow::ensure!(v["ok"] == true && v["read_back"]["value"] == 900, "{v}");
     anyhow::ensure!(sim.read_holding(0, 1)? == [900]);
     // The same message again: a replay.
