@@ -57,6 +57,9 @@ pub struct RabbitCluster {
 /// and joins the cluster).
 const START_LIMIT: Duration = Duration::from_secs(90);
 
+/// How long a node gets before it is started again, once.
+const FIRST_TRY: Duration = Duration::from_secs(60);
+
 impl RabbitCluster {
     /// The `rabbitmq-server` start script of Debian's package, run directly
     /// (the `/usr/sbin` wrapper would switch to the package's system user
@@ -152,9 +155,28 @@ impl RabbitCluster {
             cluster.spawn(i, &script)?;
         }
         for i in 0..count {
-            cluster.wait_ready(i)?;
+            cluster.ready_or_restarted(i, &script)?;
         }
         Ok(cluster)
+    }
+
+    /// Waits for node `i`; one that is not up within [`FIRST_TRY`] is
+    /// started again, once. A node can stay stuck in the election of the
+    /// MQTT plugin's client-id registry when the cluster's nodes start
+    /// together on a busy machine; started again, it joins the registry
+    /// its peers formed meanwhile.
+    fn ready_or_restarted(&mut self, i: usize, script: &Path) -> anyhow::Result<()> {
+        let Err(stuck) = self.wait_ready_within(i, FIRST_TRY) else {
+            return Ok(());
+        };
+        eprintln!(
+            "RabbitMQ node {} not up within {FIRST_TRY:?}; starting it again ({})",
+            self.nodes[i].name,
+            stuck.to_string().lines().last().unwrap_or_default()
+        );
+        self.kill(i);
+        self.spawn(i, script)?;
+        self.wait_ready(i)
     }
 
     fn spawn(&mut self, i: usize, script: &Path) -> anyhow::Result<()> {
@@ -194,6 +216,10 @@ impl RabbitCluster {
 
     /// Waits until node `i` accepts MQTT connections.
     pub fn wait_ready(&self, i: usize) -> anyhow::Result<()> {
+        self.wait_ready_within(i, START_LIMIT)
+    }
+
+    fn wait_ready_within(&self, i: usize, limit: Duration) -> anyhow::Result<()> {
         let node = &self.nodes[i];
         let started = Instant::now();
         loop {
@@ -203,9 +229,9 @@ impl RabbitCluster {
             {
                 return Ok(());
             }
-            if started.elapsed() > START_LIMIT {
+            if started.elapsed() > limit {
                 bail!(
-                    "RabbitMQ node {} not ready within {START_LIMIT:?}; its log ends:\n{}",
+                    "RabbitMQ node {} not ready within {limit:?}; its log ends:\n{}",
                     node.name,
                     log_tail(&log, 40)
                 );
@@ -230,9 +256,10 @@ impl RabbitCluster {
     /// Starts node `i` again after [`RabbitCluster::kill`] and waits until
     /// it is back in the cluster and serving MQTT.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let script = Self::server_script()?;
         self.kill(i);
-        self.spawn(i, &Self::server_script()?)?;
-        self.wait_ready(i)
+        self.spawn(i, &script)?;
+        self.ready_or_restarted(i, &script)
     }
 
     /// `rabbitmqctl` against node `i`.
