@@ -690,6 +690,34 @@ fn signed(
     Ok(serde_json::to_string(&envelope)?)
 }
 
+/// `ferrule fleet command` writing `value` to `channel` of driver plc on
+/// gw-test (with the command id `id`, when given), run with the operator
+/// file in `work`: (success, stdout, stderr).
+fn fleet_command(
+    work: &std::path::Path,
+    (channel, value): (&str, &str),
+    id: Option<&str>,
+) -> anyhow::Result<(bool, String, String)> {
+    let mut args = vec![
+        "fleet",
+        "command",
+        "--bootstrap",
+        "operator.toml",
+        "--gateway",
+        "gw-test",
+        "--driver",
+        "plc",
+        "--channel",
+        channel,
+        "--value",
+        value,
+    ];
+    if let Some(id) = id {
+        args.extend(["--id", id]);
+    }
+    ferrule_tests::run_ferrule(work, &args)
+}
+
 /// Sends `payload` and checks that it is refused with `code` and that
 /// the device's setpoint still holds `holds`.
 async fn refused(
@@ -802,25 +830,7 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
     refused(&mut rig, &sim, (&ahead, "outside-window"), 100).await?;
 
     // A valid command from the operator CLI: written, and read back.
-    let (ok, out, err) = ferrule_tests::run_ferrule(
-        &work,
-        &[
-            "fleet",
-            "command",
-            "--bootstrap",
-            "operator.toml",
-            "--gateway",
-            "gw-test",
-            "--driver",
-            "plc",
-            "--channel",
-            "setpoint",
-            "--value",
-            "1200",
-            "--id",
-            "cli-1",
-        ],
-    )?;
+    let (ok, out, err) = fleet_command(&work, ("setpoint", "1200"), Some("cli-1"))?;
     anyhow::ensure!(ok, "ferrule fleet command: {out}{err}");
     let result: Value = serde_json::from_str(&out)?;
     anyhow::ensure!(
@@ -918,23 +928,7 @@ async fn commands_must_be_listed_in_bounds_signed_fresh_and_new_and_read_back_wh
     refused(&mut rig, &sim, (&second, "replay"), 901).await?;
     refused(&mut rig, &sim, (&third, "replay"), 901).await?;
     // The CLI says why it was refused, and exits non-zero.
-    let (ok, out, err) = ferrule_tests::run_ferrule(
-        &work,
-        &[
-            "fleet",
-            "command",
-            "--bootstrap",
-            "operator.toml",
-            "--gateway",
-            "gw-test",
-            "--driver",
-            "plc",
-            "--channel",
-            "other",
-            "--value",
-            "5",
-        ],
-    )?;
+    let (ok, out, err) = fleet_command(&work, ("other", "5"), None)?;
     anyhow::ensure!(
         !ok && err.contains("refused (not-writable)") && out.contains("\"refused\""),
         "ferrule fleet command of an unlisted channel: {out}{err}"
