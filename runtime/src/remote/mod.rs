@@ -386,13 +386,13 @@ fn value_of(v: &serde_json::Value) -> Result<Value, String> {
     }
 }
 
-/// The id of a command, or `null` when it has none that can be echoed.
-fn id_of(payload: &[u8]) -> serde_json::Value {
-    serde_json::from_slice::<serde_json::Value>(payload)
-        .ok()
-        .and_then(|v| v.get("id").cloned())
+/// The id a command message claims (a signed envelope's document's, or
+/// the message's own), or `null` when it has none that can be echoed.
+fn claimed_id(payload: &[u8]) -> serde_json::Value {
+    claimed(payload)
+        .and_then(|(v, _)| v.get("id").cloned())
         .filter(|id| id.is_string() || id.is_number())
-        .unwrap_or(serde_json::Value::Null)
+        .unwrap_or_default()
 }
 
 /// A command as the audit log keeps it: its id and channel, who signed it
@@ -415,8 +415,8 @@ fn audited(payload: &[u8], asked: Option<&Asked>) -> serde_json::Value {
         };
     if let Some(a) = asked {
         let mut d = described(&a.id, &a.channel.clone().into(), &a.value);
-        d["signed_by"] = a.signed_by.clone().into();
-        d["issued_ms"] = a.issued_ms.into();
+        d["signed_by"] = a.signed_by().into();
+        d["issued_ms"] = a.signed.as_ref().map(|v| v.command.issued_ms).into();
         return d;
     }
     let claimed = claimed(payload);
@@ -553,11 +553,15 @@ struct Asked {
     id: serde_json::Value,
     channel: String,
     value: serde_json::Value,
+    /// A signed command as verified (its id is to be recorded as taken).
+    signed: Option<authority::Verified>,
+}
+
+impl Asked {
     /// The operator key that signed it, for a signed command.
-    signed_by: Option<String>,
-    issued_ms: Option<u64>,
-    /// The signed command, whose id is to be recorded as taken.
-    signed: Option<SignedCommand>,
+    fn signed_by(&self) -> Option<&str> {
+        self.signed.as_ref().map(|v| v.key_id.as_str())
+    }
 }
 
 /// What `message` asks for, if it can be read and is authorized; else
@@ -580,26 +584,20 @@ fn read(message: &Incoming, authority: &Authority) -> Result<Asked, (serde_json:
     if authority::is_signed(payload) {
         // The id the (not yet verified) document gives is only echoed, so
         // that the sender can match the answer.
-        let claimed = claimed(payload)
-            .and_then(|(v, _)| v.get("id").cloned())
-            .filter(|id| id.is_string() || id.is_number())
-            .unwrap_or_default();
         let v = authority
             .verify(payload, &message.driver)
-            .map_err(|f| (claimed, f))?;
+            .map_err(|f| (claimed_id(payload), f))?;
         let c = &v.command;
         return Ok(Asked {
             id: c.id.clone().into(),
             channel: c.channel.clone(),
             value: c.value.clone(),
-            signed_by: Some(v.key_id.clone()),
-            issued_ms: Some(c.issued_ms),
-            signed: Some(v.command),
+            signed: Some(v),
         });
     }
     if authority.require_signed() {
         return Err((
-            id_of(payload),
+            claimed_id(payload),
             refusal(
                 "unsigned",
                 "this gateway takes only commands signed by an operator key ([commands] require_signed)".to_string(),
@@ -608,7 +606,7 @@ fn read(message: &Incoming, authority: &Authority) -> Result<Asked, (serde_json:
     }
     match serde_json::from_slice::<WriteCommand>(payload) {
         Err(e) => Err((
-            id_of(payload),
+            claimed_id(payload),
             refusal(
                 "malformed",
                 format!("malformed command: {e} (expected {{\"id\", \"channel\", \"value\"}})"),
@@ -625,8 +623,6 @@ fn read(message: &Incoming, authority: &Authority) -> Result<Asked, (serde_json:
             id: command.id,
             channel: command.channel,
             value: command.value,
-            signed_by: None,
-            issued_ms: None,
             signed: None,
         }),
     }
@@ -644,7 +640,7 @@ async fn handle(
     let (id, outcome) = match &asked {
         Err((id, failure)) => (id.clone(), Err(failure.clone())),
         Ok(a) => {
-            tracing::info!(driver = %driver, id = %a.id, channel = %a.channel, value = %a.value, signed_by = a.signed_by.as_deref().unwrap_or("-"), "command received");
+            tracing::info!(driver = %driver, id = %a.id, channel = %a.channel, value = %a.value, signed_by = a.signed_by().unwrap_or("-"), "command received");
             (a.id.clone(), carry_out(driver, a, target, authority).await)
         }
     };
@@ -672,7 +668,7 @@ async fn handle(
         ok: failure.is_none(),
         error: failure.map(|f| f.error.as_str()),
         refused: failure.and_then(|f| f.refused),
-        signed_by: asked.as_ref().and_then(|a| a.signed_by.as_deref()),
+        signed_by: asked.as_ref().and_then(Asked::signed_by),
         read_back,
     };
     let payload = serde_json::to_vec(&reply).unwrap_or_default();
@@ -705,7 +701,7 @@ async fn carry_out(
     };
     if let Some(signed) = &asked.signed {
         // The record is synced to disk: off the runtime's workers.
-        let (authority, signed) = (authority.clone(), signed.clone());
+        let (authority, signed) = (authority.clone(), signed.command.clone());
         tokio::task::spawn_blocking(move || authority.take(&signed))
             .await
             .map_err(|e| refusal("cannot-record", format!("recording the command: {e}")))??;
