@@ -354,6 +354,14 @@ impl Record {
         }
         match read.open_table(TAKEN) {
             Ok(table) => {
+                // Never more than the window's ids were written: a file that
+                // holds more is not this gateway's record.
+                let rows = redb::ReadableTableMetadata::len(&table).map_err(|e| e.to_string())?;
+                if rows > MAX_REMEMBERED as u64 {
+                    return Err(format!(
+                        "{rows} ids, more than the {MAX_REMEMBERED} a record holds"
+                    ));
+                }
                 for row in redb::ReadableTable::iter(&table).map_err(|e| e.to_string())? {
                     let (id, issued) = row.map_err(|e| e.to_string())?;
                     taken.insert(id.value().to_string(), issued.value());
