@@ -29,11 +29,14 @@ pub struct RabbitNode {
 }
 
 /// The files a node's TLS listener needs: the CA that signs client
-/// certificates, and the node's certificate.
+/// certificates, and the node's certificate; and the certificate the
+/// harness logs in with to see that a node takes MQTT sessions (the
+/// subscriber's: its user is always defined).
 #[derive(Debug, Clone)]
 pub struct TlsPaths {
     pub ca: PathBuf,
     pub server: CertFiles,
+    pub probe: CertFiles,
 }
 
 impl TlsPaths {
@@ -41,6 +44,7 @@ impl TlsPaths {
         TlsPaths {
             ca: pki.ca.cert.clone(),
             server: pki.server.clone(),
+            probe: pki.subscriber.clone(),
         }
     }
 }
@@ -48,6 +52,7 @@ impl TlsPaths {
 /// A RabbitMQ cluster on loopback.
 pub struct RabbitCluster {
     pub nodes: Vec<RabbitNode>,
+    tls: TlsPaths,
     home: PathBuf,
     epmd_port: u16,
     _epmd: Process,
@@ -146,15 +151,21 @@ impl RabbitCluster {
         }
         let mut cluster = RabbitCluster {
             nodes,
+            tls: tls.clone(),
             home,
             epmd_port,
             _epmd: epmd,
         };
-        // All at once: each waits for its peers while the cluster forms.
-        for i in 0..count {
+        // The first node alone, then the others together, joining it. Its
+        // peers unreachable, the first node forms the cluster, and the MQTT
+        // plugin's client-id registry with it; nodes started all at once
+        // are often left without a registry leader, refusing every client.
+        cluster.spawn(0, &script)?;
+        cluster.ready_or_restarted(0, &script)?;
+        for i in 1..count {
             cluster.spawn(i, &script)?;
         }
-        for i in 0..count {
+        for i in 1..count {
             cluster.ready_or_restarted(i, &script)?;
         }
         Ok(cluster)
@@ -169,11 +180,7 @@ impl RabbitCluster {
         let Err(stuck) = self.wait_ready_within(i, FIRST_TRY) else {
             return Ok(());
         };
-        eprintln!(
-            "RabbitMQ node {} not up within {FIRST_TRY:?}; starting it again ({})",
-            self.nodes[i].name,
-            stuck.to_string().lines().last().unwrap_or_default()
-        );
+        eprintln!("{stuck:#}\nstarting it again");
         self.kill(i);
         self.spawn(i, script)?;
         self.wait_ready(i)
@@ -214,30 +221,81 @@ impl RabbitCluster {
         Ok(())
     }
 
-    /// Waits until node `i` accepts MQTT connections.
+    /// Waits until node `i` takes MQTT sessions.
     pub fn wait_ready(&self, i: usize) -> anyhow::Result<()> {
         self.wait_ready_within(i, START_LIMIT)
     }
 
+    /// Ready is a CONNECT answered with an accepting CONNACK. A node logs
+    /// its startup complete and opens its port before the MQTT plugin's
+    /// client-id registry has a leader, and until it has one the node
+    /// closes every new MQTT connection.
     fn wait_ready_within(&self, i: usize, limit: Duration) -> anyhow::Result<()> {
         let node = &self.nodes[i];
         let started = Instant::now();
+        let mut refused = None;
         loop {
             let log = node.log_text();
             if log.contains("Server startup complete")
                 && wait_for_port(node.mqtt_port, Duration::from_millis(200)).is_ok()
             {
-                return Ok(());
+                match self.takes_a_session(i) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => refused = Some(e),
+                }
             }
             if started.elapsed() > limit {
+                let refused = refused.map_or_else(String::new, |e| format!(" (MQTT: {e:#})"));
                 bail!(
-                    "RabbitMQ node {} not ready within {limit:?}; its log ends:\n{}",
+                    "RabbitMQ node {} not ready within {limit:?}{refused}; its log ends:\n{}",
                     node.name,
                     log_tail(&log, 40)
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// One MQTT session on node `i` with a clean session and an id of
+    /// its own, opened and closed; an error if the node does not accept it
+    /// within 5 s. Runs on a runtime of its own: the harness starts nodes
+    /// on blocking threads.
+    fn takes_a_session(&self, i: usize) -> anyhow::Result<()> {
+        use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
+        use rumqttc::{TlsConfiguration, Transport};
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+        let files = ferrule::publish::TlsFiles {
+            ca: self.tls.ca.clone(),
+            client_cert: Some(self.tls.probe.cert.clone()),
+            client_key: Some(self.tls.probe.key.clone()),
+        };
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("ferrule-probe-{}-{n}", std::process::id());
+        let mut options = MqttOptions::new(id, "127.0.0.1", self.nodes[i].mqtt_port);
+        options.set_clean_session(true);
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            ferrule::publish::tls::client_config(&files)?,
+        )));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let (client, mut events) = AsyncClient::new(options, 4);
+            let answer = tokio::time::timeout(Duration::from_secs(5), events.poll()).await;
+            match answer {
+                Ok(Ok(Event::Incoming(Packet::ConnAck(ack))))
+                    if ack.code == ConnectReturnCode::Success =>
+                {
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+                    Ok(())
+                }
+                Ok(Ok(other)) => bail!("answered {other:?} to CONNECT"),
+                Ok(Err(e)) => bail!("{e}"),
+                Err(_) => bail!("no CONNACK within 5 s"),
+            }
+        })
     }
 
     /// The MQTT ports of the nodes, in order.
