@@ -350,8 +350,9 @@ async fn steady(
         readings_per_s: (r1 - r0) as f64 / wall,
         messages_per_s: (m1 - m0) as f64 / wall,
         broker_cpu_percent: 100.0 * broker_cpu / wall,
-        broker_kib_per_gateway: broker_kib.saturating_sub(broker_idle_kib) as f64
-            / fleet.len() as f64,
+        // Signed: a broker's memory can be below its idle figure when its
+        // own variation is larger than what the fleet adds.
+        broker_kib_per_gateway: (broker_kib as f64 - broker_idle_kib as f64) / fleet.len() as f64,
         gateway_cpu: (after.iter().zip(&before))
             .map(|(a, b)| 100.0 * (a.0 - b.0) / wall)
             .collect(),
@@ -688,6 +689,14 @@ async fn main() -> anyhow::Result<()> {
         on_victim.len(),
         load.gateways
     ));
+    for (broker, steady) in [("mosquitto", &single), ("RabbitMQ", &clustered)] {
+        if steady.broker_kib_per_gateway <= 0.0 {
+            report.note(format!(
+                "{broker} used no more memory with the fleet connected than idle ({:.1} KiB per gateway): at {n:.0} gateways its own variation hides what a connection costs; a larger fleet measures it.",
+                steady.broker_kib_per_gateway
+            ));
+        }
+    }
     report.note(format!(
         "Broker CPU in the steady window: mosquitto {:.1} %, the three RabbitMQ nodes {:.1} % of a core, at {:.0} and {:.0} messages/s. Per-gateway figures are for {n:.0} processes sharing 2 cores with the brokers.",
         single.broker_cpu_percent,
