@@ -516,6 +516,33 @@ impl Rig {
     }
 }
 
+/// A client id no other client of this test process has: `{prefix}-{pid}-{n}`.
+pub(crate) fn unique_client_id(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Options for an MQTT client `client_id` of a broker on 127.0.0.1:`port`
+/// over TLS, trusting `ca` and logging in with `client`'s certificate.
+pub(crate) fn tls_client(
+    client_id: String,
+    port: u16,
+    ca: &Path,
+    client: &CertFiles,
+) -> anyhow::Result<MqttOptions> {
+    let files = TlsFiles {
+        ca: ca.to_path_buf(),
+        client_cert: Some(client.cert.clone()),
+        client_key: Some(client.key.clone()),
+    };
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        tls::client_config(&files)?,
+    )));
+    Ok(options)
+}
+
 /// A TLS MQTT subscriber that forwards what it receives to a channel.
 pub struct Subscriber {
     pub messages: mpsc::UnboundedReceiver<Received>,
@@ -560,26 +587,14 @@ impl Subscriber {
         persistent_id: Option<&str>,
         login: Option<(&str, &str)>,
     ) -> anyhow::Result<Subscriber> {
-        let files = TlsFiles {
-            ca: pki.ca.cert.clone(),
-            client_cert: Some(pki.subscriber.cert.clone()),
-            client_key: Some(pki.subscriber.key.clone()),
-        };
-        let client_id = persistent_id.map(str::to_string).unwrap_or_else(|| {
-            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            format!("test-sub-{}-{n}", std::process::id())
-        });
-        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        let client_id = persistent_id.map_or_else(|| unique_client_id("test-sub"), str::to_string);
+        let mut options = tls_client(client_id, port, &pki.ca.cert, &pki.subscriber)?;
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_session(persistent_id.is_none());
         options.set_max_packet_size(16 << 20, 1 << 20);
         if let Some((user, password)) = login {
             options.set_credentials(user, password);
         }
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls::client_config(&files)?,
-        )));
         let (client, mut events) = AsyncClient::new(options, 64);
         client.subscribe(filter, QoS::AtLeastOnce).await?;
         let (tx, messages) = mpsc::unbounded_channel();

@@ -261,22 +261,15 @@ impl RabbitCluster {
     /// within 5 s. Runs on a runtime of its own: the harness starts nodes
     /// on blocking threads.
     fn takes_a_session(&self, i: usize) -> anyhow::Result<()> {
-        use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
-        use rumqttc::{TlsConfiguration, Transport};
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        use rumqttc::{AsyncClient, ConnectReturnCode, Event, Packet};
 
-        let files = ferrule::publish::TlsFiles {
-            ca: self.tls.ca.clone(),
-            client_cert: Some(self.tls.probe.cert.clone()),
-            client_key: Some(self.tls.probe.key.clone()),
-        };
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("ferrule-probe-{}-{n}", std::process::id());
-        let mut options = MqttOptions::new(id, "127.0.0.1", self.nodes[i].mqtt_port);
+        let mut options = crate::tls_client(
+            crate::unique_client_id("ferrule-probe"),
+            self.nodes[i].mqtt_port,
+            &self.tls.ca,
+            &self.tls.probe,
+        )?;
         options.set_clean_session(true);
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            ferrule::publish::tls::client_config(&files)?,
-        )));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
